@@ -1,0 +1,488 @@
+"""Functional inner loops on any ``nn.Module``: MAML, MetaSGD and MAML++, with DropGrad.
+
+The kernel is :func:`sgd_step` plus :meth:`MAML.adapt`: parameters are a name -> tensor dict and
+the model is run with ``torch.func.functional_call``, so no layer needs a fast-weight subclass.
+Per task with support ``(xs, ys)``::
+
+    g      = grad_theta loss(f_theta(xs), ys)
+    g'     = dropgrad(g)                 # identity outside meta-training
+    theta' = theta - alpha * g'          # alpha: float (MAML), per element (MetaSGD),
+                                         # per tensor and step (MAML++)
+
+A batch of tasks is adapted either one task at a time (``batched=False``) or together with
+``torch.func.vmap`` (``batched=True``); both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .dropout import has_consistent_dropout, resample_dropout_masks
+from .noise import DropGrad
+
+Params = dict[str, Tensor]
+StepSize = float | Mapping[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["MAML", "MAMLPlusPlus", "MetaOutput", "MetaSGD", "Task", "msl_weights", "sgd_step"]
+
+
+class Task(NamedTuple):
+    """One few-shot task, or a stack of tasks with a leading task dimension T.
+
+    Attributes:
+        support_x: of shape ``(n_support, *input)`` or ``(T, n_support, *input)``.
+        support_y: of shape ``(n_support, ...)`` or ``(T, n_support, ...)``.
+        query_x: of shape ``(n_query, *input)`` or ``(T, n_query, *input)``.
+        query_y: of shape ``(n_query, ...)`` or ``(T, n_query, ...)``.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    @property
+    def n_tasks(self) -> int:
+        """Size of the leading task dimension of a stacked batch."""
+        return self.support_x.shape[0]
+
+    def task(self, t: int) -> "Task":
+        """Task ``t`` of a stacked batch."""
+        return Task(self.support_x[t], self.support_y[t], self.query_x[t], self.query_y[t])
+
+    def to(self, device: torch.device | str) -> "Task":
+        return Task(*(x.to(device, non_blocking=True) for x in self))
+
+
+@dataclass
+class MetaOutput:
+    """Result of a meta-batch.
+
+    Attributes:
+        loss: scalar mean query loss over the tasks (differentiable unless detached).
+        task_losses: of shape ``(T,)``.
+        query_output: the adapted model's query outputs, of shape ``(T, n_query, *out)``.
+    """
+
+    loss: Tensor
+    task_losses: Tensor
+    query_output: Tensor
+
+    def accuracy(self, query_y: Tensor) -> Tensor:
+        """Per-task classification accuracy in [0, 1], of shape ``(T,)``; ``query_y`` is ``(T, n_query)``."""
+        return (self.query_output.argmax(-1) == query_y).float().mean(-1)
+
+
+def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: StepSize) -> Params:
+    """One inner update ``theta - lr * g`` per named tensor.
+
+    Args:
+        params: name -> tensor (any shapes, e.g. with a leading task dimension).
+        grads: name -> gradient, shaped like ``params``.
+        lr: a float (MAML), or name -> tensor broadcastable to the parameter (a per-element
+            MetaSGD rate shaped like the parameter, or a 0-dim MAML++ rate).
+
+    >>> p = {"w": torch.tensor([1.0, 2.0])}
+    >>> sgd_step(p, {"w": torch.tensor([1.0, -1.0])}, 0.5)["w"]
+    tensor([0.5000, 2.5000])
+    """
+    names = list(params)
+    if isinstance(lr, Mapping):
+        return {n: params[n] - lr[n] * grads[n] for n in names}
+    new = torch._foreach_add([params[n] for n in names], [grads[n] for n in names], alpha=-lr)
+    return dict(zip(names, new))
+
+
+def msl_weights(n_steps: int, epoch: int, msl_epochs: int) -> Tensor:
+    """MAML++ multi-step loss weights for ``epoch``, of shape ``(n_steps,)``.
+
+    All steps start at ``1/n``; each epoch the non-final weights decay by ``1/(n * msl_epochs)``
+    down to ``0.03/n`` and the final weight grows by the same total, capped at
+    ``1 - (n - 1) * 0.03/n`` (the annealing of Antoniou et al., "How to train your MAML").
+
+    >>> msl_weights(4, 0, 10)
+    tensor([0.2500, 0.2500, 0.2500, 0.2500])
+    """
+    n = n_steps
+    w = torch.full((n,), 1.0 / n)
+    decay = 1.0 / n / max(msl_epochs, 1)
+    floor = 0.03 / n
+    w[:-1] = torch.clamp(w[:-1] - epoch * decay, min=floor)
+    w[-1] = min(1.0 / n + epoch * (n - 1) * decay, 1.0 - (n - 1) * floor)
+    return w
+
+
+def _escape(name: str) -> str:
+    # ParameterDict keys may not contain "."; parameter names always do.
+    return name.replace(".", "__")
+
+
+class MAML(nn.Module):
+    """Model-agnostic meta-learning (Finn et al. 2017) over any ``nn.Module``, with DropGrad.
+
+    The wrapped ``model``'s own parameters are the meta-learned initialisation theta.
+
+    Args:
+        model: the network ``f_theta``; any module that ``functional_call`` can run.
+        inner_lr: inner-loop step size alpha.
+        steps: inner-loop steps per task.
+        first_order: drop second-order terms (FOMAML): the inner gradients are constants.
+        dropgrad: the DropGrad operator (``None``: no noise). It follows this module's
+            train/eval mode, so it is off whenever the learner is in eval mode.
+        loss_fn: ``loss_fn(output, target) -> scalar``; default cross-entropy.
+        adapt: which parameters the inner loop adapts (``fnmatch`` patterns over parameter
+            names; default all). The others are meta-learned but fixed within a task.
+
+    Example, a 2-task meta-batch of 3-way 1-shot tasks on a linear model:
+
+    >>> _ = torch.manual_seed(0)
+    >>> learner = MAML(nn.Linear(4, 3), inner_lr=0.1, steps=2, dropgrad=DropGrad(0.1))
+    >>> tasks = Task(torch.randn(2, 3, 4), torch.arange(3).repeat(2, 1),
+    ...              torch.randn(2, 6, 4), torch.arange(3).repeat(2, 2))
+    >>> out = learner.meta_loss(tasks)
+    >>> out.loss.backward()
+    >>> out.query_output.shape, learner.model.weight.grad.shape
+    (torch.Size([2, 6, 3]), torch.Size([3, 4]))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float = 0.01,
+        steps: int = 5,
+        first_order: bool = False,
+        dropgrad: DropGrad | None = None,
+        loss_fn: LossFn = F.cross_entropy,
+        adapt: str | Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"inner loop: steps must be an integer >= 1, got steps={steps!r}")
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.steps = steps
+        self.first_order = bool(first_order)
+        self.dropgrad = dropgrad if dropgrad is not None else DropGrad(kind="none")
+        self.loss_fn = loss_fn
+        self.fast_names = self._select_fast_names(adapt)
+
+    # ------------------------------------------------------------ parameters
+    def _select_fast_names(self, adapt: str | Sequence[str] | None) -> list[str]:
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if adapt is None:
+            return names
+        patterns = [adapt] if isinstance(adapt, str) else list(adapt)
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"inner loop: adapt pattern {pattern!r} matches no parameter of the model")
+        return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+    def initial_params(self) -> Params:
+        """The initialisation theta of the adapted parameters (the model's own tensors)."""
+        own = dict(self.model.named_parameters())
+        return {n: own[n] for n in self.fast_names}
+
+    def step_size(self, step: int) -> StepSize:
+        """The step size used at inner step ``step``."""
+        return self.inner_lr
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the meta-gradient currently flows through the inner gradients."""
+        return not self.first_order
+
+    # ----------------------------------------------------------------- forward
+    def functional_forward(self, params: Mapping[str, Tensor], x: Tensor, step: int | None = None) -> Tensor:
+        """Run the model with ``params`` in place of its adapted parameters.
+
+        Args:
+            params: name -> tensor for (a subset of) the model's parameters.
+            x: a batch of inputs, of shape ``(batch, *input)``.
+            step: the inner step this forward belongs to (used by MAML++'s per-step BatchNorm).
+        """
+        return functional_call(self.model, dict(params), (x,))
+
+    def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Predict with adapted ``params`` (from :meth:`adapt`) or with theta; ``x`` is ``(batch, *input)``."""
+        return self.functional_forward(self.initial_params() if params is None else params, x, None)
+
+    # ------------------------------------------------------------- inner loop
+    def _modes(self) -> tuple[bool, bool]:
+        """(track, create_graph): keep the graph back to theta; and through the gradients."""
+        track = self.training and torch.is_grad_enabled()
+        return track, track and self.second_order
+
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> list[Params]:
+        """Adapt theta to one task's support set.
+
+        Args:
+            support_x: of shape ``(n_support, *input)``.
+            support_y: of shape ``(n_support, ...)``.
+
+        Returns:
+            The parameters after each inner step (``steps`` dicts). While meta-training they are
+            differentiable w.r.t. theta (and the step sizes); in eval mode, or under
+            ``torch.no_grad()``, each step starts from detached tensors and no graph is kept.
+        """
+        track, create_graph = self._modes()
+        params = self.initial_params()
+        trajectory: list[Params] = []
+        with torch.enable_grad():
+            for step in range(self.steps):
+                if not track:
+                    params = {n: p.detach().requires_grad_() for n, p in params.items()}
+                loss = self.loss_fn(self.functional_forward(params, support_x, step), support_y)
+                grads = torch.autograd.grad(
+                    loss, list(params.values()), create_graph=create_graph, materialize_grads=True
+                )
+                noisy = self.dropgrad(dict(zip(params, grads)))
+                params = sgd_step(params, noisy, self.step_size(step))
+                trajectory.append(params)
+        return trajectory
+
+    def query_loss(self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
+        """Query loss of the adapted parameters and the query outputs ``(n_query, *out)``."""
+        out = self.functional_forward(trajectory[-1], query_x, len(trajectory) - 1)
+        return self.loss_fn(out, query_y), out
+
+    def task_loss(self, task: Task) -> tuple[Tensor, Tensor]:
+        """Adapt on one task's support set; return (query loss, query outputs)."""
+        resample_dropout_masks(self.model)
+        trajectory = self.adapt(task.support_x, task.support_y)
+        return self.query_loss(trajectory, task.query_x, task.query_y)
+
+    # -------------------------------------------------------------- meta-batch
+    def meta_loss(self, tasks: Task, batched: bool = False) -> MetaOutput:
+        """Mean query loss over a stack of T tasks (each field has a leading task dimension).
+
+        ``batched=False`` adapts the tasks one after another; ``batched=True`` adapts them
+        together with ``torch.func.vmap`` (same numbers; see :meth:`check_batchable`).
+        """
+        if batched:
+            return self._meta_loss_vmap(tasks)
+        losses, outputs = zip(*(self.task_loss(tasks.task(t)) for t in range(tasks.n_tasks)))
+        task_losses = torch.stack(losses)
+        return MetaOutput(task_losses.mean(), task_losses, torch.stack(outputs))
+
+    def meta_backward(self, tasks: Task, batched: bool = False) -> MetaOutput:
+        """Back-propagate the mean query loss; returns detached outputs.
+
+        With ``batched=False`` each task's graph is freed right after its own backward, so peak
+        memory is one task's graph (what makes second-order ResNets fit).
+        """
+        if batched:
+            out = self._meta_loss_vmap(tasks)
+            out.loss.backward()
+            return MetaOutput(out.loss.detach(), out.task_losses.detach(), out.query_output.detach())
+        n = tasks.n_tasks
+        losses, outputs = [], []
+        for t in range(n):
+            loss, output = self.task_loss(tasks.task(t))
+            (loss / n).backward()
+            losses.append(loss.detach())
+            outputs.append(output.detach())
+        task_losses = torch.stack(losses)
+        return MetaOutput(task_losses.mean(), task_losses, torch.stack(outputs))
+
+    # ------------------------------------------------------------------ vmap
+    def check_batchable(self) -> None:
+        """Raise ValueError if the model cannot be adapted under ``vmap`` in its current mode.
+
+        vmap cannot update shared running statistics from per-task batches, nor keep a
+        per-task dropout mask in module state. And torch's vmap gives wrong second derivatives
+        through ``batch_norm`` and ``layer_norm`` (off by ~1e-3 against finite differences in
+        float64; see tests/core/test_inner.py), so second-order batched adaptation through
+        them is refused. Such models use the per-task loop, which is exact.
+        """
+        track, create_graph = self._modes()
+        for name, module in self.model.named_modules():
+            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if is_bn and module.training and module.track_running_stats:
+                raise ValueError(
+                    f"batched adaptation (vmap) cannot update the running statistics of BatchNorm "
+                    f"'{name}'; build it with track_running_stats=False or use batched=False"
+                )
+            batch_stats = is_bn and (module.training or not module.track_running_stats)
+            if create_graph and (batch_stats or isinstance(module, nn.LayerNorm)):
+                raise ValueError(
+                    f"second-order batched adaptation (vmap) through '{name}' "
+                    f"({type(module).__name__}) is refused: torch's vmap computes wrong second "
+                    f"derivatives for it; use batched=False (exact) or first_order=True"
+                )
+        if self.model.training and has_consistent_dropout(self.model):
+            raise ValueError(
+                "batched adaptation (vmap) does not support ConsistentDropout masks; use batched=False"
+            )
+
+    def _support_loss(self, params: Params, x: Tensor, y: Tensor, step: int) -> Tensor:
+        return self.loss_fn(self.functional_forward(params, x, step), y)
+
+    def _query_step(self, params: Params, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        out = self.functional_forward(params, x, step)
+        return self.loss_fn(out, y), out
+
+    def _meta_loss_vmap(self, tasks: Task) -> MetaOutput:
+        self.check_batchable()
+        track, create_graph = self._modes()
+        n = tasks.n_tasks
+        params = {k: v.expand(n, *v.shape) for k, v in self.initial_params().items()}
+        trajectory: list[Params] = []
+        with torch.enable_grad():
+            for step in range(self.steps):
+                if not track:
+                    params = {k: v.detach() for k, v in params.items()}
+                grad_fn = torch.func.grad(partial(self._support_loss, step=step))
+                grads = torch.func.vmap(grad_fn, randomness="different")(params, tasks.support_x, tasks.support_y)
+                if not create_graph:
+                    grads = {k: g.detach() for k, g in grads.items()}
+                # Noise is drawn outside vmap on the (T, *shape) gradients: a fresh draw per task.
+                params = sgd_step(params, self.dropgrad(grads), self.step_size(step))
+                trajectory.append(params)
+        task_losses, outputs = self._batched_query_loss(trajectory, tasks.query_x, tasks.query_y)
+        return MetaOutput(task_losses.mean(), task_losses, outputs)
+
+    def _batched_query_loss(self, trajectory: Sequence[Params], qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+        step = len(trajectory) - 1
+        return torch.func.vmap(partial(self._query_step, step=step), randomness="different")(trajectory[-1], qx, qy)
+
+
+class MetaSGD(MAML):
+    """Meta-SGD (Li et al. 2017): a learned step size per parameter element.
+
+    The step sizes live in ``self.lrs`` (initialised to ``inner_lr``) and are trained by the
+    outer optimiser together with theta; everything else is as in :class:`MAML`.
+
+    >>> learner = MetaSGD(nn.Linear(2, 2), inner_lr=0.05, steps=1)
+    >>> learner.lrs["weight"].shape
+    torch.Size([2, 2])
+    """
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.lrs = nn.ParameterDict(
+            {_escape(n): nn.Parameter(torch.full_like(p.detach(), self.inner_lr)) for n, p in self.initial_params().items()}
+        )
+
+    def step_size(self, step: int) -> StepSize:
+        return {n: self.lrs[_escape(n)] for n in self.fast_names}
+
+
+class MAMLPlusPlus(MAML):
+    """MAML++ (Antoniou et al. 2019) with DropGrad.
+
+    * learned per-layer per-step step sizes (``self.lrs[name]`` of shape ``(steps,)``),
+    * multi-step loss: the query loss after every step, weighted by :func:`msl_weights`, for the
+      first ``msl_epochs`` epochs; afterwards only the final step's loss,
+    * per-step BatchNorm: every BatchNorm layer gets ``steps`` sets of weights/biases (meta-learned,
+      not adapted in the inner loop) and of running statistics, indexed by the inner step,
+    * derivative-order annealing: first-order for the first ``first_order_epochs`` epochs.
+
+    Call :meth:`set_epoch` at the start of each epoch (the core trainer's ``on_epoch_start``).
+
+    >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    >>> learner = MAMLPlusPlus(net, steps=3, first_order_epochs=2)
+    >>> learner.lrs["0__weight"].shape, learner.bn_weight["1"].shape, learner.second_order
+    (torch.Size([3]), torch.Size([3, 4]), False)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        per_step_bn: bool = True,
+        msl_epochs: int = 10,
+        first_order_epochs: int = 0,
+        **kwargs,
+    ) -> None:
+        self._bn_modules: list[tuple[str, nn.modules.batchnorm._BatchNorm]] = []
+        if per_step_bn:
+            self._bn_modules = [
+                (name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
+        super().__init__(model, **kwargs)
+        self.per_step_bn = per_step_bn
+        self.msl_epochs = msl_epochs
+        self.first_order_epochs = first_order_epochs
+        self.epoch = 0
+        self.lrs = nn.ParameterDict(
+            {_escape(n): nn.Parameter(torch.full((self.steps,), self.inner_lr)) for n in self.fast_names}
+        )
+        self.bn_weight = nn.ParameterDict()
+        self.bn_bias = nn.ParameterDict()
+        for name, m in self._bn_modules:
+            key = _escape(name)
+            if m.affine:
+                self.bn_weight[key] = nn.Parameter(m.weight.detach().clone().repeat(self.steps, 1))
+                self.bn_bias[key] = nn.Parameter(m.bias.detach().clone().repeat(self.steps, 1))
+            if m.track_running_stats:
+                self.register_buffer(f"bn_mean__{key}", m.running_mean.detach().clone().repeat(self.steps, 1))
+                self.register_buffer(f"bn_var__{key}", m.running_var.detach().clone().repeat(self.steps, 1))
+                self.register_buffer(f"bn_count__{key}", torch.zeros(self.steps, dtype=torch.long))
+
+    def _select_fast_names(self, adapt: str | Sequence[str] | None) -> list[str]:
+        names = super()._select_fast_names(adapt)
+        # Per-step BatchNorm parameters are meta-learned only, never adapted in the inner loop.
+        bn = {f"{m}.{p}" for m, _ in self._bn_modules for p in ("weight", "bias")}
+        return [n for n in names if n not in bn]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's derivative order and multi-step loss weights."""
+        self.epoch = int(epoch)
+
+    @property
+    def second_order(self) -> bool:
+        return not self.first_order and self.epoch >= self.first_order_epochs
+
+    def step_size(self, step: int) -> StepSize:
+        return {n: self.lrs[_escape(n)][step] for n in self.fast_names}
+
+    def functional_forward(self, params: Mapping[str, Tensor], x: Tensor, step: int | None = None) -> Tensor:
+        if not self._bn_modules:
+            return functional_call(self.model, dict(params), (x,))
+        i = self.steps - 1 if step is None else step
+        tensors = dict(params)
+        for name, m in self._bn_modules:
+            key = _escape(name)
+            if m.affine:
+                tensors[f"{name}.weight"] = self.bn_weight[key][i]
+                tensors[f"{name}.bias"] = self.bn_bias[key][i]
+            if m.track_running_stats:
+                # Row views: BatchNorm's in-place statistics update lands in step i's row.
+                tensors[f"{name}.running_mean"] = getattr(self, f"bn_mean__{key}")[i]
+                tensors[f"{name}.running_var"] = getattr(self, f"bn_var__{key}")[i]
+                tensors[f"{name}.num_batches_tracked"] = getattr(self, f"bn_count__{key}")[i]
+        return functional_call(self.model, tensors, (x,))
+
+    def _use_msl(self) -> bool:
+        return self.training and self.epoch < self.msl_epochs and self.steps > 1
+
+    def query_loss(self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
+        if not self._use_msl():
+            return super().query_loss(trajectory, query_x, query_y)
+        weights = msl_weights(self.steps, self.epoch, self.msl_epochs).tolist()
+        loss = 0.0
+        for i, params in enumerate(trajectory):
+            out = self.functional_forward(params, query_x, i)
+            loss = loss + weights[i] * self.loss_fn(out, query_y)
+        return loss, out  # type: ignore[return-value]
+
+    def _batched_query_loss(self, trajectory: Sequence[Params], qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+        if not self._use_msl():
+            return super()._batched_query_loss(trajectory, qx, qy)
+        weights = msl_weights(self.steps, self.epoch, self.msl_epochs).tolist()
+        total = 0.0
+        for i, params in enumerate(trajectory):
+            losses, out = torch.func.vmap(partial(self._query_step, step=i), randomness="different")(params, qx, qy)
+            total = total + weights[i] * losses
+        return total, out  # type: ignore[return-value]

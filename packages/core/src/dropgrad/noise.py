@@ -1,0 +1,281 @@
+"""DropGrad: multiplicative noise on inner-loop gradients (Tseng et al.).
+
+In the inner loop of gradient-based meta-learning each gradient element is multiplied by
+noise ``n`` before the update, only while meta-training:
+
+* binary:   ``n ~ Bernoulli(1 - p) / (1 - p)``   (0 with probability p, else 1/(1-p))
+* gaussian: ``n ~ Normal(1, p / (1 - p))``        (std ``sqrt(p / (1 - p))``)
+
+Both have ``E[n] = 1`` and ``Var[n] = p / (1 - p)``. ``p = 0`` is exactly the identity.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+Kind = Literal["binary", "gaussian", "none"]
+Schedule = Literal["constant", "linear"]
+KINDS: tuple[str, ...] = ("binary", "gaussian", "none")
+SCHEDULES: tuple[str, ...] = ("constant", "linear")
+
+#: The paper's ResNet-18 ablation groups (Conv, Block1-4, FC) in torchvision's parameter
+#: naming. Apps whose models name parameters differently pass their own ``groups``.
+RESNET_GROUPS: dict[str, tuple[str, ...]] = {
+    "conv": ("conv1.*", "bn1.*"),
+    "block1": ("layer1.*",),
+    "block2": ("layer2.*",),
+    "block3": ("layer3.*",),
+    "block4": ("layer4.*",),
+    "fc": ("fc.*",),
+}
+
+Grads = TypeVar("Grads", Sequence[Tensor], Mapping[str, Tensor])
+
+# Low-precision noise would quantise 1 + eps badly; draw in float32 and cast.
+_DRAW_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
+def check_p(p: float, option: str = "p") -> float:
+    """Return ``p`` as a float after checking ``0 <= p < 1``.
+
+    >>> check_p(0.2)
+    0.2
+    >>> check_p(1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: DropGrad: p must satisfy 0 <= p < 1, got p=1.0
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+        raise ValueError(f"DropGrad: {option} must be a number with 0 <= {option} < 1, got {option}={p!r}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"DropGrad: {option} must satisfy 0 <= {option} < 1, got {option}={p!r}")
+    return float(p)
+
+
+def parse_selection(params: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """Normalise a parameter selection: ``None`` (all), ``"block4,fc"`` or ``["layer4.*", "fc.*"]``.
+
+    >>> parse_selection("block4, fc")
+    ('block4', 'fc')
+    >>> parse_selection(None) is None
+    True
+    """
+    if params is None:
+        return None
+    if isinstance(params, str):
+        entries = tuple(s.strip() for s in params.split(",") if s.strip())
+    else:
+        items = list(params)
+        if not all(isinstance(s, str) and s.strip() for s in items):
+            entries = ()
+        else:
+            entries = tuple(s.strip() for s in items)
+    if not entries:
+        raise ValueError(
+            f"DropGrad: params must be parameter-name patterns or group names, got params={params!r}"
+        )
+    return entries
+
+
+class DropGrad(nn.Module):
+    """Gradient dropout: ``g -> g * n`` on every selected gradient tensor, in one fused draw.
+
+    Args:
+        p: drop rate, ``0 <= p < 1``; the noise variance is ``p / (1 - p)``.
+        kind: ``"gaussian"`` (paper default), ``"binary"`` or ``"none"``.
+        schedule: ``"constant"``, or ``"linear"``: strength ramps from 0 to full as
+            :meth:`set_progress` goes from 0 to 1 (binary: p ramps; gaussian: the std ramps).
+        params: which tensors get noise, by name: ``None`` (all, the paper's "full"), or
+            group names (keys of ``groups``, case-insensitive) and/or ``fnmatch`` patterns
+            such as ``"layer4.*"``; a comma-separated string is accepted.
+        generator: optional ``torch.Generator`` for reproducible noise (else torch's global RNG).
+        groups: named groups of patterns; defaults to :data:`RESNET_GROUPS`.
+
+    Calling it on a sequence of gradient tensors, or a name -> tensor mapping, returns the same
+    structure with noise applied. It is the identity in eval mode, for kind ``"none"``, for
+    ``p == 0`` and at progress 0 of a linear schedule. Tensors may carry a leading task
+    dimension (a batch of tasks adapted together): every element still gets its own draw.
+
+    >>> dg = DropGrad(p=0.5, kind="binary", generator=torch.Generator().manual_seed(0))
+    >>> out = dg([torch.ones(6)])
+    >>> sorted(set(out[0].tolist())) # values are 0 or 1/(1-p)
+    [0.0, 2.0]
+    >>> _ = dg.eval(); dg([torch.ones(2)])[0]
+    tensor([1., 1.])
+    """
+
+    def __init__(
+        self,
+        p: float = 0.1,
+        kind: Kind = "gaussian",
+        schedule: Schedule = "constant",
+        params: str | Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"DropGrad: kind must be one of {', '.join(KINDS)}, got kind={kind!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(
+                f"DropGrad: schedule must be one of {', '.join(SCHEDULES)}, got schedule={schedule!r}"
+            )
+        self.p = check_p(p)
+        self.kind: str = kind
+        self.schedule: str = schedule
+        self.selection = parse_selection(params)
+        self.groups = {k.lower(): tuple(v) for k, v in (RESNET_GROUPS if groups is None else groups).items()}
+        self.generator = generator
+        self.progress = 1.0 if schedule == "constant" else 0.0
+        self._selected_cache: dict[tuple[str, ...], tuple[bool, ...]] = {}
+
+    # ----------------------------------------------------------------- strength
+    def set_progress(self, fraction: float) -> None:
+        """Set training progress in [0, 1] (used by the ``linear`` schedule)."""
+        if isinstance(fraction, bool) or not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"DropGrad.set_progress: fraction must be in [0, 1], got {fraction!r}")
+        self.progress = float(fraction)
+
+    @property
+    def effective_p(self) -> float:
+        """The drop rate in force now: ``p * progress`` for binary noise under the linear schedule.
+
+        (Gaussian noise keeps ``p``; its linear schedule ramps :attr:`std` instead.)
+        """
+        if self.kind == "binary" and self.schedule == "linear":
+            return self.p * self.progress
+        return self.p
+
+    @property
+    def std(self) -> float:
+        """The noise standard deviation in force now (gaussian: ``sqrt(p/(1-p)) * progress``)."""
+        if self.kind == "binary":
+            q = self.effective_p
+            return math.sqrt(q / (1.0 - q))
+        full = math.sqrt(self.p / (1.0 - self.p))
+        return full * self.progress if self.schedule == "linear" else full
+
+    @property
+    def active(self) -> bool:
+        """Whether a call changes anything (training mode, a real kind, non-zero strength)."""
+        return self.training and self.kind != "none" and self.std > 0.0
+
+    # ---------------------------------------------------------------- selection
+    def _patterns(self, entry: str) -> tuple[str, ...]:
+        return self.groups.get(entry.lower(), (entry,))
+
+    def selected(self, names: Sequence[str]) -> tuple[bool, ...]:
+        """Which of ``names`` receive noise. Every selection entry must match some name."""
+        key = tuple(names)
+        hit = self._selected_cache.get(key)
+        if hit is not None:
+            return hit
+        if self.selection is None:
+            hit = (True,) * len(key)
+        else:
+            flags = [False] * len(key)
+            for entry in self.selection:
+                matched = False
+                for pattern in self._patterns(entry):
+                    for i, name in enumerate(key):
+                        if fnmatch.fnmatchcase(name, pattern):
+                            flags[i] = matched = True
+                if not matched:
+                    sample = ", ".join(key[:8]) + (", ..." if len(key) > 8 else "")
+                    raise ValueError(
+                        f"DropGrad: params entry {entry!r} matches no parameter "
+                        f"(groups: {', '.join(self.groups)}; names: {sample})"
+                    )
+            hit = tuple(flags)
+        self._selected_cache[key] = hit
+        return hit
+
+    # -------------------------------------------------------------------- noise
+    def _draw(self, numel: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """One flat noise vector of ``numel`` elements (the fused draw)."""
+        gen = self.generator
+        draw_device = gen.device if gen is not None else device
+        draw_dtype = _DRAW_DTYPE.get(dtype, dtype)
+        if self.kind == "binary":
+            keep = 1.0 - self.effective_p
+            n = torch.empty(numel, device=draw_device, dtype=draw_dtype).bernoulli_(keep, generator=gen)
+            n.mul_(1.0 / keep)
+        else:
+            n = torch.randn(numel, device=draw_device, dtype=draw_dtype, generator=gen)
+            n.mul_(self.std).add_(1.0)
+        return n.to(device=device, dtype=dtype)
+
+    def noise_like(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """Noise tensors shaped like ``tensors``: one draw per (device, dtype) group, split into views."""
+        out: list[Tensor | None] = [None] * len(tensors)
+        by_group: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_group.setdefault((t.device, t.dtype), []).append(i)
+        for (device, dtype), idx in by_group.items():
+            sizes = [tensors[i].numel() for i in idx]
+            flat = self._draw(sum(sizes), device, dtype)
+            for i, chunk in zip(idx, flat.split(sizes)):
+                out[i] = chunk.view(tensors[i].shape)
+        return out  # type: ignore[return-value]
+
+    def forward(self, grads: Grads, names: Sequence[str] | None = None) -> Grads:
+        """Apply DropGrad.
+
+        Args:
+            grads: gradient tensors, a sequence or a name -> tensor mapping; any shapes, e.g.
+                of shape ``param.shape`` or ``(n_tasks, *param.shape)``.
+            names: parameter names for a sequence input (needed only with a ``params`` selection).
+
+        Returns:
+            The same structure (list/tuple/dict) with ``g * n`` on the selected tensors and the
+            other tensors passed through unchanged.
+        """
+        if isinstance(grads, Mapping):
+            keys = list(grads.keys())
+            values = list(grads.values())
+        else:
+            keys = None
+            values = list(grads)
+        if not self.active:
+            return grads
+        if self.selection is not None:
+            names = keys if keys is not None else names
+            if names is None:
+                raise ValueError(
+                    "DropGrad: params selects tensors by name; pass a name -> tensor mapping or names="
+                )
+            if len(names) != len(values):
+                raise ValueError(f"DropGrad: got {len(values)} tensors but {len(names)} names")
+            flags = self.selected(names)
+        else:
+            flags = (True,) * len(values)
+        chosen = [v for v, f in zip(values, flags) if f]
+        if chosen:
+            noisy = iter(torch._foreach_mul(chosen, self.noise_like(chosen)))
+            values = [next(noisy) if f else v for v, f in zip(values, flags)]
+        if keys is not None:
+            return dict(zip(keys, values))  # type: ignore[return-value]
+        return type(grads)(values) if isinstance(grads, tuple) else values  # type: ignore[return-value]
+
+    # -------------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"progress": self.progress}
+        if self.generator is not None:
+            state["generator_state"] = self.generator.get_state()
+        return state
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.progress = float(state["progress"])
+        if self.generator is not None and "generator_state" in state:
+            self.generator.set_state(state["generator_state"])
+
+    def extra_repr(self) -> str:
+        sel = "all" if self.selection is None else ",".join(self.selection)
+        return f"p={self.p}, kind={self.kind}, schedule={self.schedule}, params={sel}"

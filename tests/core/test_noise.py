@@ -1,0 +1,181 @@
+"""DropGrad noise: distribution, identity cases, validation, selection, schedule, state."""
+
+import math
+
+import pytest
+import torch
+
+from dropgrad.noise import DropGrad, RESNET_GROUPS
+
+N = 1_000_000
+
+
+def _noise(dg: DropGrad, n: int = N) -> torch.Tensor:
+    return dg([torch.ones(n, dtype=torch.float64)])[0]
+
+
+@pytest.mark.parametrize("kind", ["binary", "gaussian"])
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.5, 0.8])
+def test_mean_one_and_variance_p_over_1_minus_p(kind, p):
+    n = _noise(DropGrad(p, kind, generator=torch.Generator().manual_seed(int(p * 100))))
+    var = p / (1 - p)
+    # Standard error of the mean is sqrt(var / N); allow 5 of them.
+    assert abs(n.mean().item() - 1.0) < 5 * math.sqrt(var / N)
+    # The variance estimate's relative standard error is about sqrt(2 / N) for Gaussian noise and
+    # larger for the two-point binary law (kurtosis); 2% is > 10 standard errors for both here.
+    assert n.var().item() == pytest.approx(var, rel=0.02)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.6])
+def test_binary_support_and_drop_rate(p):
+    n = _noise(DropGrad(p, "binary", generator=torch.Generator().manual_seed(1)))
+    values = torch.unique(n)
+    assert values.tolist() == pytest.approx([0.0, 1.0 / (1.0 - p)])
+    dropped = (n == 0).double().mean().item()
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / N)
+
+
+def test_gaussian_is_normal_shaped():
+    p = 0.2
+    n = _noise(DropGrad(p, "gaussian", generator=torch.Generator().manual_seed(2)))
+    z = (n - 1.0) / math.sqrt(p / (1 - p))
+    # Third and fourth standardised moments of a normal law: 0 and 3.
+    assert abs((z**3).mean().item()) < 0.02
+    assert (z**4).mean().item() == pytest.approx(3.0, abs=0.05)
+
+
+def test_fresh_draw_per_call_and_per_element():
+    dg = DropGrad(0.5, "gaussian", generator=torch.Generator().manual_seed(0))
+    a = _noise(dg, 1000)
+    b = _noise(dg, 1000)
+    assert not torch.equal(a, b)
+    assert torch.unique(a).numel() == 1000
+
+
+@pytest.mark.parametrize("kind", ["binary", "gaussian"])
+def test_identity_cases(kind):
+    g = [torch.randn(5, 3), torch.randn(7)]
+    assert DropGrad(0.0, kind)(g)[0] is g[0]
+    assert DropGrad(0.5, "none")(g)[0] is g[0]
+    dg = DropGrad(0.5, kind).eval()
+    out = dg(g)
+    assert all(o is x for o, x in zip(out, g))
+    dg.train()
+    assert not torch.equal(dg(g)[0], g[0])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.1", True])
+def test_p_out_of_range_is_a_value_error_naming_p(bad):
+    with pytest.raises(ValueError, match=r"\bp\b"):
+        DropGrad(bad)
+
+
+def test_bad_kind_and_schedule():
+    with pytest.raises(ValueError, match="kind"):
+        DropGrad(0.1, "uniform")
+    with pytest.raises(ValueError, match="schedule"):
+        DropGrad(0.1, schedule="cosine")
+
+
+def test_structure_is_preserved():
+    g = {"a.weight": torch.ones(2), "b.bias": torch.ones(3)}
+    out = DropGrad(0.3)(g)
+    assert isinstance(out, dict) and list(out) == list(g)
+    assert isinstance(DropGrad(0.3)((torch.ones(2), torch.ones(2))), tuple)
+    assert isinstance(DropGrad(0.3)([torch.ones(2)]), list)
+
+
+def test_noise_keeps_shape_device_dtype_and_leading_task_dim():
+    g = [torch.ones(4, 3, 2, dtype=torch.float64), torch.ones(4, 5, dtype=torch.bfloat16)]
+    out = DropGrad(0.3, generator=torch.Generator().manual_seed(0))(g)
+    assert [o.shape for o in out] == [x.shape for x in g]
+    assert [o.dtype for o in out] == [x.dtype for x in g]
+    # Every task (leading dimension) gets its own noise.
+    assert not torch.equal(out[0][0], out[0][1])
+
+
+def test_selection_hits_exactly_the_chosen_tensors():
+    names = ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight", "fc.weight", "fc.bias"]
+    grads = {n: torch.ones(1000) for n in names}
+    out = DropGrad(0.5, "binary", params="block4,fc")(grads)
+    changed = {n for n in names if not torch.equal(out[n], grads[n])}
+    assert changed == {"layer4.1.conv2.weight", "fc.weight", "fc.bias"}
+    out = DropGrad(0.5, "binary", params=["conv", "layer1.*"])(grads)
+    changed = {n for n in names if not torch.equal(out[n], grads[n])}
+    assert changed == {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight"}
+    for n in set(names) - changed:
+        assert out[n] is grads[n]
+
+
+def test_selection_with_custom_groups_and_sequence_names():
+    dg = DropGrad(0.5, "binary", params="head", groups={"head": ["classifier.*"]})
+    out = dg([torch.ones(100), torch.ones(100)], names=["trunk.w", "classifier.w"])
+    assert torch.equal(out[0], torch.ones(100)) and not torch.equal(out[1], torch.ones(100))
+
+
+def test_selection_errors_are_clear():
+    with pytest.raises(ValueError, match="'layer9.\\*' matches no parameter"):
+        DropGrad(0.2, params="layer9.*")({"fc.weight": torch.ones(2)})
+    with pytest.raises(ValueError, match="by name"):
+        DropGrad(0.2, params="fc")([torch.ones(2)])
+    with pytest.raises(ValueError, match="params"):
+        DropGrad(0.2, params=[""])
+    assert set(RESNET_GROUPS) == {"conv", "block1", "block2", "block3", "block4", "fc"}
+
+
+def test_linear_schedule_values():
+    g = DropGrad(0.2, "gaussian", schedule="linear")
+    assert g.progress == 0.0 and g.std == 0.0 and not g.active
+    x = [torch.ones(10)]
+    assert g(x)[0] is x[0]
+    full = math.sqrt(0.2 / 0.8)
+    for f in (0.25, 0.5, 1.0):
+        g.set_progress(f)
+        assert g.std == pytest.approx(full * f)
+        assert g.effective_p == 0.2
+    b = DropGrad(0.4, "binary", schedule="linear")
+    b.set_progress(0.5)
+    assert b.effective_p == pytest.approx(0.2)
+    n = _noise(b)
+    assert torch.unique(n).tolist() == pytest.approx([0.0, 1 / 0.8])
+    assert (n == 0).double().mean().item() == pytest.approx(0.2, abs=0.003)
+    c = DropGrad(0.2, schedule="constant")
+    assert c.std == pytest.approx(full)
+    with pytest.raises(ValueError, match="fraction"):
+        g.set_progress(1.5)
+
+
+def test_gaussian_linear_std_ramp_is_measured():
+    g = DropGrad(0.5, "gaussian", schedule="linear", generator=torch.Generator().manual_seed(3))
+    g.set_progress(0.5)
+    assert _noise(g).std().item() == pytest.approx(0.5, rel=0.01)
+
+
+def test_noise_is_differentiable_for_second_order():
+    w = torch.randn(10, requires_grad=True)
+    g = torch.autograd.grad((w**2).sum(), w, create_graph=True)[0]
+    dg = DropGrad(0.3, generator=torch.Generator().manual_seed(0))
+    noisy = dg([g])[0]
+    (second,) = torch.autograd.grad(noisy.sum(), w)
+    n = noisy.detach() / g.detach()
+    assert torch.allclose(second, 2 * n)
+
+
+def test_generator_reproducibility_and_state_dict():
+    a = DropGrad(0.3, generator=torch.Generator().manual_seed(7), schedule="linear")
+    a.set_progress(0.6)
+    _noise(a, 10)
+    state = a.state_dict()
+    expected = _noise(a, 10)
+    b = DropGrad(0.3, generator=torch.Generator().manual_seed(999), schedule="linear")
+    b.load_state_dict(state)
+    assert b.progress == pytest.approx(0.6)
+    assert torch.equal(_noise(b, 10), expected)
+
+
+def test_global_rng_is_used_without_generator():
+    dg = DropGrad(0.3)
+    torch.manual_seed(5)
+    a = _noise(dg, 100)
+    torch.manual_seed(5)
+    assert torch.equal(a, _noise(dg, 100))

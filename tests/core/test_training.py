@@ -1,0 +1,281 @@
+"""MetaTrainer: logs, checkpoints, early stopping, errors, plots, and kill-and-resume exactness."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dropgrad.checkpoint import CheckpointError, load_checkpoint
+from dropgrad.training import MetaTrainer, TrainConfig, load_best_model, plot_metrics, read_metrics
+
+HERE = Path(__file__).resolve().parent
+
+
+def _regression(seed: int = 0):
+    """A tiny linear-regression 'meta-learner' and its data."""
+    torch.manual_seed(seed)
+    model = nn.Linear(3, 1)
+    x = torch.randn(32, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def step_fn(global_step: int) -> dict[str, float]:
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return {"loss": loss.item(), "acc": torch.tensor(0.5)}  # a 0-d tensor is accepted too
+
+    return model, optimizer, step_fn, x, y
+
+
+def _trainer(run_dir, config, **kwargs):
+    model, optimizer, step_fn, x, y = _regression()
+
+    def validate_fn(epoch: int) -> dict[str, float]:
+        return {"val_loss": ((model(x) - y) ** 2).mean().item()}
+
+    kwargs.setdefault("validate_fn", validate_fn)
+    lines: list[str] = []
+    trainer = MetaTrainer(run_dir, config, model, optimizer, step_fn=step_fn, logger=lines.append, **kwargs)
+    return trainer, model, lines
+
+
+def test_fit_writes_run_dir(tmp_path):
+    cfg = TrainConfig(epochs=3, steps_per_epoch=7, log_every_steps=3, progress=False)
+    trainer, model, lines = _trainer(tmp_path, cfg)
+    summary = trainer.fit()
+
+    assert summary["epochs_completed"] == 3 and summary["global_step"] == 21
+    assert summary["best_epoch"] == 2 and not summary["stopped_early"]
+    assert summary["monitor"] == "val_loss"
+    assert json.loads((tmp_path / "train_summary.json").read_text()) == summary
+    assert json.loads((tmp_path / "train_config.json").read_text())["steps_per_epoch"] == 7
+
+    train = read_metrics(tmp_path / "metrics.jsonl", "train")
+    # Windows of 3 steps restart each epoch, with a final partial window: steps 3, 6, 7 per epoch.
+    assert [(r["epoch"], r["step"]) for r in train][:3] == [(0, 3), (0, 6), (0, 7)]
+    assert len(train) == 9 and {"loss", "acc", "lr", "time"} <= set(train[0])
+    val = read_metrics(tmp_path / "metrics.jsonl", "val")
+    assert [r["epoch"] for r in val] == [0, 1, 2] and all(r["best"] for r in val)
+    assert {"val_loss", "train_loss", "train_acc"} <= set(val[0])
+
+    # Everything printed is in log.txt, and nothing else.
+    assert (tmp_path / "log.txt").read_text().splitlines() == lines
+    assert any(line.startswith("epoch 2 (3/3)") for line in lines)
+
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["epoch"] == 3 and last["global_step"] == 21 and last["step_in_epoch"] == 0
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(last["model"][name], tensor)
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["epoch"] == 2 and best["value"] == pytest.approx(val[-1]["val_loss"])
+
+
+def test_early_stopping_keeps_best_epoch(tmp_path):
+    cfg = TrainConfig(epochs=20, steps_per_epoch=3, patience=2, progress=False)
+    worsening = [3.0, 1.0, 2.0, 2.5, 2.7, 3.0]  # best at epoch 1, then worse and worse
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    trainer, model, _ = _trainer(tmp_path, cfg)
+
+    def validate_fn(epoch: int) -> dict[str, float]:
+        snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"val_loss": worsening[epoch]}
+
+    trainer.validate_fn = validate_fn
+    summary = trainer.fit()
+    assert summary["stopped_early"] and summary["epochs_completed"] == 4
+    assert summary["best_epoch"] == 1 and summary["best_value"] == 1.0
+
+    fresh = nn.Linear(3, 1)
+    info = load_best_model(tmp_path, fresh)
+    assert info["epoch"] == 1 and info["monitor"] == "val_loss" and info["value"] == 1.0
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, snapshots[1][name])
+    assert "early stopping" in (tmp_path / "log.txt").read_text()
+    # Resuming a run that stopped early trains no further.
+    again, _, _ = _trainer(tmp_path, cfg, validate_fn=validate_fn)
+    assert again.fit(resume=True)["global_step"] == summary["global_step"]
+
+
+def test_monitor_max_and_train_metric_without_validation(tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, monitor="train_loss", progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg, validate_fn=None)
+    summary = trainer.fit()
+    assert summary["best_epoch"] == 1  # loss goes down
+    with pytest.raises(ValueError, match="needs a validate_fn"):
+        _trainer(tmp_path / "other", TrainConfig(progress=False), validate_fn=None)
+
+
+def test_missing_monitor_key_names_it(tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, monitor="val_acc", progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg)
+    with pytest.raises(ValueError, match=r"'val_acc'.*present: .*val_loss"):
+        trainer.fit()
+
+
+def test_resume_without_checkpoint_and_fresh_over_existing(tmp_path):
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg)
+    with pytest.raises(ValueError, match=rf"cannot resume: .*{tmp_path.name}"):
+        trainer.fit(resume=True)
+    trainer.fit()
+    again, _, _ = _trainer(tmp_path, cfg)
+    with pytest.raises(ValueError, match="already holds a run"):
+        again.fit()
+
+
+def test_corrupt_last_checkpoint_is_a_clear_error(tmp_path):
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg)
+    trainer.fit()
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    again, _, _ = _trainer(tmp_path, cfg)
+    with pytest.raises(CheckpointError, match="last.pt is not a complete checkpoint.*best.pt"):
+        again.fit(resume=True)
+
+
+def test_step_fn_without_backward_is_reported(tmp_path):
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = MetaTrainer(
+        tmp_path, TrainConfig(epochs=1, steps_per_epoch=1, monitor="train_loss", progress=False),
+        model, opt, step_fn=lambda step: {"loss": 1.0}, logger=lambda line: None,
+    )
+    with pytest.raises(RuntimeError, match="backward"):
+        trainer.fit()
+
+
+def test_grad_clip_scheduler_dropgrad_progress_and_modes(tmp_path):
+    from dropgrad.noise import DropGrad
+
+    dg = DropGrad(p=0.2, kind="gaussian", schedule="linear")
+    seen: list[tuple[int, float, bool]] = []
+    cfg = TrainConfig(epochs=3, steps_per_epoch=2, grad_clip=0.01, progress=False)
+    trainer, model, _ = _trainer(tmp_path, cfg, dropgrad=dg)
+    scheduler = torch.optim.lr_scheduler.StepLR(trainer.optimizer, step_size=1, gamma=0.5)
+    trainer.scheduler = scheduler
+
+    def validate_fn(epoch: int) -> dict[str, float]:
+        # Gradients are available at validation time (adaptation needs them) ...
+        assert torch.is_grad_enabled()
+        # ... and the model and DropGrad are in eval mode.
+        seen.append((epoch, dg.progress, model.training or dg.training))
+        return {"val_loss": 1.0 / (epoch + 1)}
+
+    trainer.validate_fn = validate_fn
+    trainer.on_epoch_start = lambda epoch: seen.append((epoch, -1.0, model.training))
+    trainer.fit()
+    assert [s for s in seen if s[1] >= 0] == [(0, 0.0, False), (1, 0.5, False), (2, 1.0, False)]
+    assert scheduler.get_last_lr() == [0.05 * 0.5**3]
+    train = read_metrics(tmp_path / "metrics.jsonl", "train")
+    assert all(r["grad_norm"] > 0 for r in train)
+    assert model.training
+
+
+def test_bad_config_values_name_the_option():
+    with pytest.raises(ValueError, match="TrainConfig.patience"):
+        TrainConfig(patience=0)
+    with pytest.raises(ValueError, match="TrainConfig.monitor_mode"):
+        TrainConfig(monitor_mode="lowest")  # type: ignore[arg-type]
+    from dataclasses import fields
+
+    assert all(f.metadata.get("help") for f in fields(TrainConfig))
+
+
+def test_plot_metrics(tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg)
+    trainer.fit()
+    out = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots" / "val.png", ["train_loss", "val_loss"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "train.png", "loss", event="train")
+    with pytest.raises(ValueError, match="'nope'.*present"):
+        plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "x.png", "nope")
+
+
+# ----------------------------------------------------------------------------- kill and resume
+SCRIPT = HERE / "_resumable_train.py"
+
+
+def _run_script(run_dir: Path, *extra: str) -> None:
+    subprocess.run([sys.executable, str(SCRIPT), str(run_dir), *extra], check=True, timeout=120,
+                   stdout=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
+    reference = tmp_path / "reference"
+    _run_script(reference)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed)], stdout=subprocess.DEVNULL)
+    try:
+        last = killed / "checkpoints" / "last.pt"
+        metrics = killed / "metrics.jsonl"
+        deadline = time.monotonic() + 60
+        # Wait for a mid-epoch checkpoint after the first epoch (global step 21 = epoch 1,
+        # step 1), then for a train record written after it (records every 2 steps, the next
+        # checkpoint 7 steps later), so the kill leaves log lines that resume must cut off.
+        checkpoint_step = None
+        while True:
+            assert proc.poll() is None, "training finished before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            if checkpoint_step is None and last.exists():
+                step = load_checkpoint(last)["global_step"]
+                checkpoint_step = step if step >= 21 and step % 20 else None
+            elif checkpoint_step is not None:
+                steps = [r["step"] for r in read_metrics(metrics, "train")]
+                if steps and steps[-1] > checkpoint_step:
+                    break
+            time.sleep(0.003)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (killed / "final.pt").exists()
+    state = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert 0 < state["global_step"] < 120 and state["step_in_epoch"] > 0
+    assert (killed / "metrics.jsonl").stat().st_size > state["log_sizes"]["metrics.jsonl"]
+
+    _run_script(killed, "--resume")
+    want = torch.load(reference / "final.pt", weights_only=True)
+    got = torch.load(killed / "final.pt", weights_only=True)
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+
+    ref_records = read_metrics(reference / "metrics.jsonl")
+    records = read_metrics(killed / "metrics.jsonl")
+    train_keys = [(r["epoch"], r["step"]) for r in records if r["event"] == "train"]
+    assert not [k for k, n in Counter(train_keys).items() if n > 1], "duplicated train records"
+    assert train_keys == [(r["epoch"], r["step"]) for r in ref_records if r["event"] == "train"]
+    assert sum(r["event"] == "resume" for r in records) == 1
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k != "time"} for r in rs if r["event"] != "resume"]
+
+    assert strip(records) == strip(ref_records)  # identical metrics, only timings differ
+    assert load_checkpoint(killed / "checkpoints" / "best.pt")["epoch"] == load_checkpoint(
+        reference / "checkpoints" / "best.pt"
+    )["epoch"]
+
+
+def test_progress_bar_and_stdout_logging(tmp_path, capsys):
+    model, optimizer, step_fn, x, y = _regression()
+    cfg = TrainConfig(epochs=2, steps_per_epoch=3, monitor="train_loss", progress=True)
+    MetaTrainer(tmp_path, cfg, model, optimizer, step_fn=step_fn).fit()
+    out = capsys.readouterr().out.splitlines()
+    assert out == (tmp_path / "log.txt").read_text().splitlines()
+    assert out[-1].startswith("training complete")

@@ -1,0 +1,98 @@
+"""Repository-level promises: packaging metadata, CI running the README's test command, layering."""
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MEMBERS = {
+    "packages/core": ("dropgrad-core", "dropgrad"),
+    "apps/fewshot": ("dropgrad-fewshot", "dropgrad_fewshot"),
+    "apps/tracking": ("dropgrad-tracking", "dropgrad_tracking"),
+    "apps/viewpoint": ("dropgrad-viewpoint", "dropgrad_viewpoint"),
+}
+
+
+def _readme_test_command() -> str:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n\s*```", text, re.S)
+    assert block, "README.md must mark its test command with <!-- test-command -->"
+    return block.group(1).strip()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    command = _readme_test_command()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert command in ci.splitlines(), f"{command!r} is not a line of .ci/run"
+    assert "tools/setup.sh" in ci
+
+
+@pytest.mark.parametrize("path", sorted(MEMBERS))
+def test_member_metadata(path):
+    meta = tomllib.loads((ROOT / path / "pyproject.toml").read_text())
+    dist, module = MEMBERS[path]
+    assert meta["project"]["name"] == dist
+    assert meta["build-system"]["build-backend"] == "poetry.core.masonry.api"
+    assert meta["tool"]["poetry"]["packages"] == [{"include": module, "from": "src"}]
+    assert (ROOT / path / "src" / module / "__init__.py").is_file()
+    assert (ROOT / path / "README.md").is_file()
+    assert "<" not in meta["project"]["requires-python"], "no upper cap on Python"
+    if path != "packages/core":
+        assert any(d.startswith("dropgrad-core") for d in meta["project"]["dependencies"])
+        core = meta["tool"]["poetry"]["dependencies"]["dropgrad-core"]
+        assert core == {"path": "../../packages/core", "develop": True}
+
+
+def test_root_is_a_poetry_non_package_project_listing_every_member():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    poetry = meta["tool"]["poetry"]
+    assert poetry["package-mode"] is False
+    deps = poetry["dependencies"]
+    for path, (dist, _) in MEMBERS.items():
+        assert deps[dist] == {"path": path, "develop": True}
+    assert deps["torch"] == "2.14.1" and deps["torchvision"] == "0.29.1"
+    assert {"pytest", "hypothesis"} <= set(poetry["group"]["dev"]["dependencies"])
+    pins = (ROOT / "requirements.txt").read_text().split()
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+
+
+@pytest.mark.skipif(shutil.which("poetry") is None and not (Path(sys.executable).parent / "poetry").exists(),
+                    reason="poetry is not installed in this environment")
+@pytest.mark.parametrize("path", [".", *sorted(MEMBERS)])
+def test_poetry_check(path):
+    poetry = shutil.which("poetry", path=str(Path(sys.executable).parent)) or shutil.which("poetry")
+    result = subprocess.run([poetry, "check"], cwd=ROOT / path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_layering_apps_never_import_each_other_and_core_imports_no_app():
+    apps = {m for _, m in MEMBERS.values()} - {"dropgrad"}
+    for path, (_, module) in MEMBERS.items():
+        for source in (ROOT / path / "src").rglob("*.py"):
+            forbidden = apps - {module}
+            assert not (_imports(source) & forbidden), f"{source.relative_to(ROOT)} imports {_imports(source) & forbidden}"
+
+
+def test_torch_load_is_always_weights_only():
+    for source in list((ROOT / "packages").rglob("*.py")) + list((ROOT / "apps").rglob("*.py")) + list((ROOT / "tools").rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and getattr(node.func.value, "id", None) == "torch":
+                kw = {k.arg: k.value for k in node.keywords}
+                assert "weights_only" in kw and getattr(kw["weights_only"], "value", None) is True, f"{source}:{node.lineno}"
