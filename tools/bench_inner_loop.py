@@ -151,6 +151,64 @@ def make_meta_step(
     return naive_step
 
 
+# ------------------------------------------------------------ the noise operator alone
+def _timed(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    """Median seconds of ``fn`` over ``reps`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def noise_cost(name: str, size: int, settings: dict[str, int], device: torch.device, reps: int = 5) -> dict[str, Any]:
+    """DropGrad on one inner step's gradients: fused call vs a per-tensor loop vs that step's backward."""
+    torch.manual_seed(0)
+    model = build_model(name, size, settings["ways"]).to(device)
+    tasks = make_tasks(1, settings["ways"], settings["shots"], 1, size, device, torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def forward_backward() -> list[Tensor]:
+        loss = F.cross_entropy(model(tasks.support_x[0]), tasks.support_y[0])
+        return list(torch.autograd.grad(loss, params))
+
+    grads = forward_backward()
+    fused = dropgrad.DropGrad(P, "gaussian")
+    std = math.sqrt(P / (1 - P))
+    per_tensor = lambda: [g * (torch.randn(g.shape, device=g.device, dtype=g.dtype) * std + 1) for g in grads]  # noqa: E731
+    t_step = _timed(forward_backward, device, reps)
+    t_fused = _timed(lambda: fused(grads), device, reps * 10)
+    t_naive = _timed(per_tensor, device, reps * 10)
+    return {
+        "model": name, "px": size, "tensors": len(grads), "elements": sum(g.numel() for g in grads),
+        "support_fwd_bwd_ms": 1e3 * t_step, "fused_ms": 1e3 * t_fused, "per_tensor_ms": 1e3 * t_naive,
+        "fused_share_of_step": t_fused / t_step, "per_tensor_share_of_step": t_naive / t_step,
+    }
+
+
+def format_noise_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "",
+        f"DropGrad operator alone (gaussian p={P}) on one inner step's gradients, median times; "
+        "'share' = time / that step's support forward+backward",
+        f"{'model':8}  {'px':>3}  {'tensors':>7}  {'elements':>10}  {'fwd+bwd ms':>10}  {'fused ms':>8}  "
+        f"{'share':>6}  {'per-tensor ms':>13}  {'share':>6}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['model']:8}  {r['px']:>3}  {r['tensors']:>7}  {r['elements']:>10}  {r['support_fwd_bwd_ms']:>10.1f}  "
+            f"{r['fused_ms']:>8.3f}  {100 * r['fused_share_of_step']:>5.2f}%  {r['per_tensor_ms']:>13.3f}  "
+            f"{100 * r['per_tensor_share_of_step']:>5.2f}%"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ equivalence check
 def equivalence_check(models: list[str], orders: list[str], device: torch.device) -> dict[str, Any]:
     """Noise off, float64, small shapes: ours and naive must agree on loss and meta-gradients."""
@@ -197,8 +255,21 @@ class RunConfig:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes.
+
+    Linux: ``VmHWM`` from ``/proc/self/status``. Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux
+    carries ``ru_maxrss`` over ``execve``, so a child spawned by a 2 GiB parent (subprocess uses
+    vfork) starts with the parent's peak. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB otherwise).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -371,13 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
             "DropGrad overhead, peak memory, ours/naive speed ratio. Inputs are torch.randn images "
             "made once on the device before timing."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            "Each (model, order, impl, DropGrad) config runs in a fresh subprocess of this script. Peak "
+            "memory: on CUDA torch.cuda.max_memory_allocated; on CPU the whole process's peak RSS "
+            "(torch runtime included). A config that runs out of memory is reported as OOM and the "
+            "others still run. Before timing, ours and naive must agree (noise off, float64, small "
+            "shapes) on the loss and every meta-gradient, else the script stops with exit status 1."
+        ),
     )
     parser.add_argument("--models", type=_choices(MODELS), default=list(MODELS),
                         help="comma-separated benchmark models: conv4 (4 x conv3x3-64/BN/ReLU/maxpool + "
-                             "linear head) and/or resnet18 (torchvision, random init)")
+                             "linear head) and/or resnet18 (torchvision, random init); default conv4,resnet18")
     parser.add_argument("--orders", type=_choices(ORDERS), default=list(ORDERS),
-                        help="comma-separated MAML orders: first (FOMAML) and/or second (through the inner gradients)")
+                        help="comma-separated MAML orders: first (FOMAML) and/or second (through the inner gradients); default first,second")
     parser.add_argument("--tasks", type=_positive, default=None,
                         help=f"tasks per meta-batch (default {DEFAULTS['tasks']}; {QUICK['tasks']} with --quick)")
     parser.add_argument("--ways", type=_positive, default=None, help=f"classes per task, N (default {DEFAULTS['ways']})")
@@ -397,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"timed meta-steps per configuration (default {DEFAULTS['iters']}; "
                              f"{QUICK['iters']} with --quick)")
     parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+                        help="auto (CUDA when available, else CPU; the default), cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke-test shapes: 1 task, 2 inner steps, conv4 at 32 px, resnet18 at 64 px, "
                              "1 timed iteration; options given explicitly still win")
@@ -486,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         baselines = [r["baseline_rss_bytes"] for r in runs.values() if "baseline_rss_bytes" in r]
         base = f"; import-only baseline ~{_mib(min(baselines))}" if baselines else ""
-        mem_note = ("peak mem (CPU): whole-process peak RSS (ru_maxrss) of a fresh process per config, "
-                    f"including the torch runtime{base}")
+        mem_note = ("peak mem (CPU): WHOLE-PROCESS peak RSS (VmHWM) of a fresh process per config, "
+                    f"including the torch runtime and the input data{base}")
     header = [
         f"MAML inner-loop benchmark: {s['tasks']} tasks/meta-step, {s['ways']}-way {s['shots']}-shot "
         f"{s['queries']}-query, {s['steps']} inner steps, lr {INNER_LR}, DropGrad gaussian p={P} when on",
@@ -499,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         "DG overhead = (step time on - step time off) / step time off; ours / naive = tasks/s ratio with DropGrad on",
     ]
     print(format_table(data["rows"], header), flush=True)
+    data["noise_op"] = [noise_cost(name, sizes[name], settings, device) for name in args.models]
+    print(format_noise_table(data["noise_op"]), flush=True)
     if args.json:
         write_json(args.json, data)
     failed = [r for r in runs.values() if r["status"] == "error"]

@@ -50,3 +50,15 @@ def test_cli_errors(tmp_path):
     assert not (tmp_path / "new").exists()  # nothing half-written
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "none"), "--resume"])
+
+
+def test_resume_reproduces_the_run_and_keeps_its_options(tmp_path):
+    out = tmp_path / "run"
+    small = ["--epochs", "2", "--steps-per-epoch", "20", "--test-tasks", "20", "--val-tasks", "10",
+             "--scratch-steps", "5", "--no-progress", "--device", "cpu"]
+    assert main(["--out", str(out), *small]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert main(["--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text()) == first
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--resume", "--p", "0.3"])

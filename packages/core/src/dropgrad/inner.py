@@ -251,10 +251,20 @@ class MAML(nn.Module):
                 trajectory.append(params)
         return trajectory
 
-    def query_loss(self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
-        """Query loss of the adapted parameters and the query outputs ``(n_query, *out)``."""
-        out = self.functional_forward(trajectory[-1], query_x, len(trajectory) - 1)
-        return self.loss_fn(out, query_y), out
+    def query_loss(
+        self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor, batched: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Query loss of the adapted parameters (the trajectory's last entry) and the query outputs.
+
+        Shapes: ``query_x`` ``(n_query, *input)`` gives a scalar loss and ``(n_query, *out)``;
+        with ``batched=True`` everything has a leading task dimension and the loss is ``(T,)``.
+        """
+        return self._query_at(trajectory[-1], query_x, query_y, len(trajectory) - 1, batched)
+
+    def _query_at(self, params: Params, x: Tensor, y: Tensor, step: int, batched: bool) -> tuple[Tensor, Tensor]:
+        if batched:
+            return torch.func.vmap(partial(self._query_step, step=step), randomness="different")(params, x, y)
+        return self._query_step(params, x, y, step)
 
     def task_loss(self, task: Task) -> tuple[Tensor, Tensor]:
         """Adapt on one task's support set; return (query loss, query outputs)."""
@@ -349,12 +359,8 @@ class MAML(nn.Module):
                 # Noise is drawn outside vmap on the (T, *shape) gradients: a fresh draw per task.
                 params = sgd_step(params, self.dropgrad(grads), self.step_size(step))
                 trajectory.append(params)
-        task_losses, outputs = self._batched_query_loss(trajectory, tasks.query_x, tasks.query_y)
+        task_losses, outputs = self.query_loss(trajectory, tasks.query_x, tasks.query_y, batched=True)
         return MetaOutput(task_losses.mean(), task_losses, outputs)
-
-    def _batched_query_loss(self, trajectory: Sequence[Params], qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-        step = len(trajectory) - 1
-        return torch.func.vmap(partial(self._query_step, step=step), randomness="different")(trajectory[-1], qx, qy)
 
 
 class MetaSGD(MAML):
@@ -467,22 +473,14 @@ class MAMLPlusPlus(MAML):
     def _use_msl(self) -> bool:
         return self.training and self.epoch < self.msl_epochs and self.steps > 1
 
-    def query_loss(self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
+    def query_loss(
+        self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor, batched: bool = False
+    ) -> tuple[Tensor, Tensor]:
         if not self._use_msl():
-            return super().query_loss(trajectory, query_x, query_y)
+            return super().query_loss(trajectory, query_x, query_y, batched)
         weights = msl_weights(self.steps, self.epoch, self.msl_epochs).tolist()
-        loss = 0.0
+        total: Tensor | float = 0.0
         for i, params in enumerate(trajectory):
-            out = self.functional_forward(params, query_x, i)
-            loss = loss + weights[i] * self.loss_fn(out, query_y)
-        return loss, out  # type: ignore[return-value]
-
-    def _batched_query_loss(self, trajectory: Sequence[Params], qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-        if not self._use_msl():
-            return super()._batched_query_loss(trajectory, qx, qy)
-        weights = msl_weights(self.steps, self.epoch, self.msl_epochs).tolist()
-        total = 0.0
-        for i, params in enumerate(trajectory):
-            losses, out = torch.func.vmap(partial(self._query_step, step=i), randomness="different")(params, qx, qy)
-            total = total + weights[i] * losses
+            loss, out = self._query_at(params, query_x, query_y, i, batched)
+            total = total + weights[i] * loss
         return total, out  # type: ignore[return-value]

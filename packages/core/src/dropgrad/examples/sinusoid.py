@@ -87,6 +87,7 @@ class SinusoidConfig:
     scratch_steps: int = field(default=200, metadata={"help": "Adam steps of the from-scratch baseline on each support set"})
     patience: int | None = field(default=None, metadata={"help": "early stopping patience in epochs (none: off)"})
     batched: bool = field(default=True, metadata={"help": "adapt the tasks of a meta-batch together with vmap"})
+    bf16: bool = field(default=False, metadata={"help": "meta-train and validate under bfloat16 autocast"})
     seed: int = field(default=0, metadata={"help": "seed of the task streams, initialisation and noise"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda or cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -163,6 +164,7 @@ def run(cfg: SinusoidConfig, out: Path, resume: bool = False) -> dict:
         monitor="val_mse",
         monitor_mode="min",
         patience=cfg.patience,
+        bf16=cfg.bf16,
         progress=cfg.progress,
     )
     trainer = MetaTrainer(
