@@ -10,6 +10,7 @@
 >>> learner.meta_loss(task).loss.backward()
 """
 
+from .atomic import atomic_write, write_json
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
     ConfigError,
@@ -48,6 +49,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "add_dataclass_arguments",
+    "atomic_write",
     "autocast",
     "build_config",
     "capture_rng_state",
@@ -72,4 +74,5 @@ __all__ = [
     "sgd_step",
     "start_run",
     "summarize",
+    "write_json",
 ]

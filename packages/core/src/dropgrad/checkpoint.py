@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -57,20 +58,6 @@ def _refusal(exc: BaseException) -> str | None:
     return f"it refers to {match.group(1)}" if match else None
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; some platforms (Windows) cannot open directories, so skip there."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any], *, verify: bool = True) -> Path:
     """Atomically write ``payload`` to ``path`` with :func:`torch.save`.
 
@@ -103,34 +90,20 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any], *, ve
     data = dict(payload)
     data.setdefault("format", CHECKPOINT_FORMAT)
     data.setdefault("version", CHECKPOINT_VERSION)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the target, so os.replace is a rename within one file system.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify:
-            try:
-                # mmap: storages are mapped, not read, so verifying a large file is cheap.
-                probe = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
-                del probe
-            except Exception as exc:
-                raise CheckpointError(
-                    f"cannot write checkpoint {path}: the payload would not load with "
-                    f"torch.load(weights_only=True) ({_refusal(exc) or _short(exc)}); store only "
-                    "tensors, numbers, "
-                    "strings, None and lists/tuples/dicts of them"
-                ) from exc
-        os.replace(tmp, path)
-    except BaseException:
-        # Any failure (including KeyboardInterrupt) leaves the old target as it was.
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    def verify_loadable(tmp: Path) -> None:
+        try:
+            # mmap: storages are mapped, not read, so verifying a large file is cheap.
+            probe = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+            del probe
+        except Exception as exc:
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: the payload would not load with "
+                f"torch.load(weights_only=True) ({_refusal(exc) or _short(exc)}); store only "
+                "tensors, numbers, strings, None and lists/tuples/dicts of them"
+            ) from exc
+
+    return atomic_write(path, lambda f: torch.save(data, f), check=verify_loadable if verify else None)
 
 
 def _hint(path: Path) -> str:

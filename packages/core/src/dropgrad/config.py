@@ -22,7 +22,6 @@ import json
 import numbers
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +29,8 @@ from pathlib import Path, PurePath
 from typing import Any, Literal, Protocol, TypeVar
 
 import yaml
+
+from .atomic import write_json
 
 __all__ = [
     "ConfigError",
@@ -629,20 +630,4 @@ def save_config(path: str | os.PathLike, obj: Any) -> Path:
         data = _jsonable(obj, "config")
     else:
         data = config_to_dict(obj)
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a config is meant to be shared
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
+    return write_json(p, data, sort_keys=True)

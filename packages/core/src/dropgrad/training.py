@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write, write_json
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .runtime import autocast, capture_rng_state, restore_rng_state
 
@@ -571,7 +571,7 @@ class MetaTrainer:
             # Leftovers of an attempt killed before its first checkpoint belong to no run.
             self.metrics_path.write_text("", encoding="utf-8")
             self.best_path.unlink(missing_ok=True)
-        _write_json(self.run_dir / CONFIG_FILE, cfg.to_dict())
+        write_json(self.run_dir / CONFIG_FILE, cfg.to_dict())
 
         if pending_rng is not None and (self.step_in_epoch == 0 or self.stopped_early or self.epoch >= cfg.epochs):
             # At an epoch boundary the uninterrupted run called on_epoch_start with these states.
@@ -628,21 +628,8 @@ class MetaTrainer:
         if not self.stopped_early and self.epoch >= cfg.epochs:
             self.log(f"training complete: {self.epoch} epoch(s), {self.global_step} steps")
         result = self.summary()
-        _write_json(self.run_dir / SUMMARY_FILE, result)
+        write_json(self.run_dir / SUMMARY_FILE, result)
         return result
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a kill never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_best_model(run_dir: str | os.PathLike[str], model: nn.Module, map_location: Any = "cpu") -> dict[str, Any]:
@@ -755,13 +742,4 @@ def plot_metrics(
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, lambda f: fig.savefig(f, format="png"))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..atomic import write_json
 from ..config import add_dataclass_arguments, build_config, load_config_file, namespace_values
 from ..rundir import resume_run, start_run
 from ..inner import MAML, Task
@@ -194,7 +195,7 @@ def run(cfg: SinusoidConfig, out: Path, resume: bool = False) -> dict:
         "best_epoch": summary["best_epoch"],
         "device": str(device),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_json(out / "results.json", results, sort_keys=True)
     plot_metrics(out / "metrics.jsonl", out / "val_mse.png", ["val_mse"])
     _plot_example(evaluator, test.task(0), out / "example.png")
     for k, v in parts.items():
