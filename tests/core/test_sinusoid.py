@@ -62,3 +62,15 @@ def test_resume_reproduces_the_run_and_keeps_its_options(tmp_path):
     assert json.loads((out / "results.json").read_text()) == first
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--resume", "--p", "0.3"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--resume", "--config", str(out / "config.json")])
+
+
+def test_bf16_autocast_run(tmp_path):
+    out = tmp_path / "run"
+    small = ["--epochs", "2", "--steps-per-epoch", "30", "--test-tasks", "20", "--val-tasks", "10",
+             "--scratch-steps", "5", "--no-progress", "--device", "cpu", "--bf16"]
+    assert main(["--out", str(out), *small]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert json.loads((out / "config.json").read_text())["bf16"] is True
+    assert all(v == v and abs(v) < 1e3 for k, v in res.items() if k.startswith("test_mse"))  # finite

@@ -94,12 +94,8 @@ class SinusoidConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
-def mse(out: Tensor, target: Tensor) -> Tensor:
-    return F.mse_loss(out, target)
-
-
 def make_learner(model: nn.Module, cfg: SinusoidConfig, steps: int, dropgrad: DropGrad | None) -> MAML:
-    return MAML(model, inner_lr=cfg.inner_lr, steps=steps, first_order=cfg.first_order, dropgrad=dropgrad, loss_fn=mse)
+    return MAML(model, inner_lr=cfg.inner_lr, steps=steps, first_order=cfg.first_order, dropgrad=dropgrad, loss_fn=F.mse_loss)
 
 
 def evaluate(learner: MAML, tasks: Task, batched: bool = True) -> dict[str, Tensor]:
@@ -242,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = namespace_values(args, SinusoidConfig)
     try:
         if args.resume:
+            if args.config is not None:
+                raise ValueError("--config cannot be combined with --resume: a resumed run keeps the options in its config.json")
             cfg = resume_run(args.out, SinusoidConfig, given)
         else:
             file_values = load_config_file(args.config) if args.config else None
