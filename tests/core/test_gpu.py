@@ -33,7 +33,7 @@ def test_cpu_generator_with_cuda_gradients():
 def test_meta_gradients_match_cpu():
     torch.manual_seed(0)
     cpu = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4)).double()
-    gpu = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4)).double().cuda()
+    gpu = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4)).double().to(select_device("cuda"))
     gpu.load_state_dict(cpu.state_dict())
     g = torch.Generator().manual_seed(1)
     tasks = Task(torch.randn(2, 8, 3, generator=g, dtype=torch.float64), torch.arange(4).repeat(2, 2),
