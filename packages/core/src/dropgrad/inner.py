@@ -242,7 +242,7 @@ class MAML(nn.Module):
             for step in range(self.steps):
                 if not track:
                     params = {n: p.detach().requires_grad_() for n, p in params.items()}
-                loss = self.loss_fn(self.functional_forward(params, support_x, step), support_y)
+                loss = self._support_loss(params, support_x, support_y, step)
                 grads = torch.autograd.grad(
                     loss, list(params.values()), create_graph=create_graph, materialize_grads=True
                 )
