@@ -1,0 +1,130 @@
+"""Command-line entry points: ``fewshot-train`` and ``fewshot-test``.
+
+User errors (bad options, missing or malformed data, an unusable run directory) end with one
+``error: ...`` line and exit status 2, before any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dropgrad import (
+    CheckpointError,
+    ConfigError,
+    add_dataclass_arguments,
+    build_config,
+    load_config_file,
+    namespace_values,
+    resume_run,
+    start_run,
+)
+
+from .config import FewShotConfig, resolve_defaults
+from .data import DataError
+
+__all__ = ["test_main", "train_main"]
+
+USER_ERRORS = (ValueError, DataError, ConfigError, CheckpointError, FileNotFoundError)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fewshot-train",
+        description=(
+            "Meta-train a few-shot classifier (MAML, MetaSGD, MetaSGD*, MAML++) with DropGrad, keep the best "
+            "model on validation accuracy and test it. With no options: MAML + Gaussian DropGrad on the "
+            "embedded procedural glyphs (no files needed)."
+        ),
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/fewshot"), help="run directory (default: runs/fewshot)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--config", type=Path, help="JSON or YAML file of options (e.g. a run's config.json); command-line options override it")
+    add_dataclass_arguments(parser, FewShotConfig)
+    return parser
+
+
+def load_train_config(args: argparse.Namespace) -> FewShotConfig:
+    """The run's config from ``--resume``, or from defaults < ``--config`` < options."""
+    given = namespace_values(args, FewShotConfig)
+    if args.resume:
+        if args.config is not None:
+            raise ValueError("--config cannot be combined with --resume: a resumed run keeps the options in its config.json")
+        return resume_run(args.out, FewShotConfig, given, mutable=("device", "progress", "num_workers"))
+    file_values = load_config_file(args.config) if args.config else None
+    return resolve_defaults(build_config(FewShotConfig, file_values, given))
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fewshot-train``."""
+    from .run import train
+
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_train_config(args)
+        if not args.resume:
+            start_run(args.out, cfg)
+        results = train(cfg, args.out, resume=args.resume)
+    except USER_ERRORS as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(json.dumps(results, sort_keys=True))
+    return 0
+
+
+def test_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fewshot-test",
+        description=(
+            "Test a trained run's best model on few-shot episodes of its own test split or of another data set "
+            "(--test-dataset cub for the cross-domain protocol): mean accuracy and 95%% confidence interval."
+        ),
+    )
+    parser.add_argument("run_dir", type=Path, help="run directory written by fewshot-train")
+    parser.add_argument("--test-dataset", choices=("glyphs", "omniglot", "miniimagenet", "cub"), help="data set to test on (default: the run's test data set)")
+    parser.add_argument("--data-root", help="folder of --test-dataset (default: the run's)")
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="split of the test data set (default: test)")
+    parser.add_argument("--episodes", type=int, default=600, help="test episodes (default: 600)")
+    parser.add_argument("--shot", type=int, help="support images per class (default: the run's)")
+    parser.add_argument("--query", type=int, help="query images per class (default: the run's --test-query)")
+    parser.add_argument("--seed", type=int, help="seed of the test episodes (default: the run's test stream)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
+    parser.add_argument("--cam", nargs="?", const="cam.png", default=None, metavar="PNG",
+                        help="also write class activation maps of adapted query images (default name cam.png, in the run directory)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def test_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fewshot-test``."""
+    from .testing import test_run
+
+    parser = test_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+        results = test_run(
+            args.run_dir,
+            test_dataset=args.test_dataset,
+            data_root=args.data_root,
+            split=args.split,
+            episodes=args.episodes,
+            shot=args.shot,
+            query=args.query,
+            seed=args.seed,
+            device=args.device,
+            cam=args.cam,
+            progress=not args.no_progress,
+        )
+    except USER_ERRORS as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(json.dumps(results, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

@@ -1,0 +1,275 @@
+"""One few-shot run: build data and learner, meta-train with the core loop, test the best model.
+
+The run directory (``--out``) ends up holding::
+
+    config.json           every option, resolved (reload with --config, continue with --resume)
+    metrics.jsonl         train records (loss, acc) and one val record per epoch (val_loss, val_acc)
+    log.txt               every printed line
+    checkpoints/          last.pt (full state, exact resume) and best.pt (best validation accuracy)
+    pretrained.pt         metasgd-star only: the cross-entropy pre-trained backbone
+    val_loss.png          validation loss over epochs (the paper's Fig. 3 curve)
+    val_acc.png           validation accuracy over epochs
+    results.json          test accuracy of best.pt: mean and 95% CI in percent, episode count
+
+Episode streams are separated by seed offsets, and validation/test draw from class-disjoint
+splits, so no test episode is ever trained or validated on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dropgrad import (
+    MAML,
+    MAMLPlusPlus,
+    MetaTrainer,
+    TrainConfig,
+    load_best_model,
+    load_checkpoint,
+    plot_metrics,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    summarize,
+    write_json,
+)
+
+from .config import FewShotConfig
+from .data import EpisodeBatches, build_dataset, check_episodes
+from .methods import build_learner, use_vmap
+from .models import pretrain_feature_extractor
+
+__all__ = ["VAL_STREAM", "TEST_STREAM", "evaluate", "load_split", "train"]
+
+VAL_STREAM, TEST_STREAM = 1_000_003, 2_000_003
+# Validation/test tasks are adapted this many at a time (memory bound, not a result knob).
+_EVAL_CHUNK = 8
+
+
+def load_split(cfg: FewShotConfig, split: str, *, test: bool = False, augment: bool = False):
+    """Build one split of the run's (or, ``test=True``, its test data set's) data."""
+    name = cfg.test_dataset if test and cfg.test_dataset else cfg.dataset
+    root = cfg.test_data_root if test else cfg.data_root
+    options: dict[str, Any] = {}
+    if name == "omniglot":
+        options = {"protocol": cfg.omniglot_protocol, "rotations": cfg.rotations}
+    channels = 1 if name in ("glyphs", "omniglot") else 3
+    if channels != cfg.channels:
+        raise ValueError(
+            f"--test-dataset {name} has {channels}-channel images but the model was trained on "
+            f"{cfg.channels}-channel {cfg.dataset}; cross-domain testing needs two RGB data sets (e.g. miniimagenet -> cub)"
+        )
+    return build_dataset(
+        name,  # type: ignore[arg-type]
+        split,  # type: ignore[arg-type]
+        data_root=root,
+        image_size=cfg.image_size_resolved,
+        augment=augment,
+        seed=cfg.seed,
+        **options,
+    )
+
+
+def evaluate(
+    learner: MAML,
+    dataset: Any,
+    *,
+    way: int,
+    shot: int,
+    query: int,
+    episodes: int,
+    seed: int,
+    device: torch.device,
+    batched: bool,
+    progress: bool = False,
+    desc: str = "test",
+) -> dict[str, np.ndarray]:
+    """Adapt (no DropGrad, no dropout) and score ``episodes`` tasks; per-episode arrays.
+
+    Returns ``{"acc": (episodes,) in percent, "loss": (episodes,)}``. The tasks are a pure
+    function of ``seed``; the learner's train/eval mode is restored afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    batches = EpisodeBatches(dataset, n_way=way, n_shot=shot, n_query=query, tasks_per_batch=_EVAL_CHUNK, seed=seed)
+    was_training = learner.training
+    learner.eval()
+    accs, losses = [], []
+    n_chunks = -(-episodes // _EVAL_CHUNK)
+    bar = tqdm(range(n_chunks), desc=desc, unit="chunk", disable=not progress, leave=False)
+    try:
+        for i in bar:
+            tasks = batches.batch(i).to(device)
+            keep = min(_EVAL_CHUNK, episodes - i * _EVAL_CHUNK)
+            if keep < _EVAL_CHUNK:
+                tasks = type(tasks)(*(t[:keep] for t in tasks))
+            out = learner.meta_loss(tasks, batched=batched)
+            accs.append(out.accuracy(tasks.query_y).detach().float().cpu() * 100)
+            losses.append(out.task_losses.detach().float().cpu())
+            bar.set_postfix(acc=f"{torch.cat(accs).mean():.2f}")
+    finally:
+        learner.train(was_training)
+    return {"acc": torch.cat(accs).numpy(), "loss": torch.cat(losses).numpy()}
+
+
+def _pretrain(cfg: FewShotConfig, learner: MAML, out: Path, device: torch.device, log) -> None:
+    """MetaSGD*: cross-entropy pre-training of the backbone, done once per run directory."""
+    path = out / "pretrained.pt"
+    model = learner.model
+    if path.is_file():
+        state = load_checkpoint(path, map_location=device)["trunk"]
+        log(f"metasgd-star: loaded the pre-trained backbone from {path}")
+    else:
+        train_set = load_split(cfg, "train", augment=cfg.augment)
+        summary = pretrain_feature_extractor(
+            model,
+            train_set,
+            epochs=cfg.pretrain_epochs,
+            batch_size=cfg.pretrain_batch,
+            lr=cfg.pretrain_lr,
+            device=device,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+        log(f"metasgd-star: pre-trained the backbone with cross-entropy: {summary}")
+        # The classifier is the meta-learned N-way head; only the trunk is carried over.
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+        save_checkpoint(path, {"trunk": state, "summary": dict(summary)})
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys or any(not k.startswith("fc.") for k in result.missing_keys):
+        raise ValueError(
+            f"{path}: does not fit backbone {cfg.backbone} (unexpected {result.unexpected_keys[:3]}, "
+            f"missing {result.missing_keys[:3]}); delete it to pre-train again"
+        )
+
+
+class _Prefetched:
+    """Meta-batch ``i`` on demand, read ahead by data-loader workers when there are any.
+
+    Batches are a pure function of their index, so prefetching changes no number; a request
+    out of sequence (a resumed run) restarts the read-ahead at that index.
+    """
+
+    def __init__(self, batches: EpisodeBatches, stop: int) -> None:
+        self.batches, self.stop = batches, stop
+        self._it: Any = None
+        self._next = -1
+
+    def get(self, index: int):
+        if self.batches.num_workers == 0:
+            return self.batches.batch(index)
+        if self._it is None or index != self._next:
+            self._it = self.batches.iterate(index, max(self.stop, index + 1))
+        self._next = index + 1
+        return next(self._it)
+
+
+def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]:
+    """Meta-train, keep the best model on validation accuracy, test it; returns ``results.json``."""
+    out = Path(out)
+    device = select_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    # Everything about the data is checked before the first step.
+    train_set = load_split(cfg, "train", augment=cfg.augment)
+    val_set = load_split(cfg, "val")
+    test_set = load_split(cfg, "test", test=True)
+    check_episodes(train_set, cfg.way, cfg.shot, cfg.query)
+    check_episodes(val_set, cfg.way, cfg.shot, cfg.test_query)
+    check_episodes(test_set, cfg.way, cfg.shot, cfg.test_query)
+
+    learner = build_learner(cfg).to(device)
+    batched = use_vmap(learner, cfg.batched)
+    messages: list[str] = []
+    if cfg.method == "metasgd-star":
+        _pretrain(cfg, learner, out, device, messages.append)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
+    batches = EpisodeBatches(
+        train_set,
+        n_way=cfg.way,
+        n_shot=cfg.shot,
+        n_query=cfg.query,
+        tasks_per_batch=cfg.meta_batch,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+    )
+
+    stream = _Prefetched(batches, cfg.epochs * (cfg.episodes_per_epoch // cfg.meta_batch))
+
+    def step_fn(global_step: int) -> dict[str, float]:
+        tasks = stream.get(global_step).to(device)
+        result = learner.meta_backward(tasks, batched=batched)
+        return {"loss": result.loss.item(), "acc": 100 * result.accuracy(tasks.query_y).mean().item()}
+
+    def validate_fn(epoch: int) -> dict[str, float]:
+        scores = evaluate(
+            learner, val_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.val_episodes,
+            seed=cfg.seed + VAL_STREAM, device=device, batched=batched, desc="val",
+            progress=cfg.progress,
+        )
+        return {"val_loss": float(scores["loss"].mean()), "val_acc": float(scores["acc"].mean())}
+
+    def on_epoch_start(epoch: int) -> None:
+        if isinstance(learner, MAMLPlusPlus):
+            learner.set_epoch(epoch)
+
+    assert cfg.epochs is not None and cfg.episodes_per_epoch is not None, "call resolve_defaults first"
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        steps_per_epoch=cfg.episodes_per_epoch // cfg.meta_batch,
+        monitor="val_acc",
+        monitor_mode="max",
+        patience=cfg.patience,
+        bf16=cfg.bf16,
+        progress=cfg.progress,
+    )
+    trainer = MetaTrainer(
+        out, train_cfg, learner, optimizer, step_fn=step_fn, validate_fn=validate_fn,
+        dropgrad=learner.dropgrad, device=device, on_epoch_start=on_epoch_start,
+    )
+    for line in messages:
+        trainer.log(line)
+    trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
+    trainer.log(f"learner: {type(learner).__name__}, {'vmap over tasks' if batched else 'per-task loop'}, device {device}")
+    summary = trainer.fit(resume=resume)
+
+    load_best_model(out, learner, map_location=device)
+    scores = evaluate(
+        learner, test_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.test_episodes,
+        seed=cfg.seed + TEST_STREAM, device=device, batched=batched, progress=cfg.progress,
+    )
+    acc = summarize(scores["acc"])
+    results = {
+        "test_acc_mean": acc.mean,
+        "test_acc_ci95": acc.ci95,
+        "test_episodes": int(len(scores["acc"])),
+        "test_dataset": cfg.test_dataset,
+        "test_split": "test",
+        "way": cfg.way,
+        "shot": cfg.shot,
+        "test_query": cfg.test_query,
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "dropgrad": cfg.dropgrad,
+        "p": cfg.p,
+        "regularizer": cfg.regularizer,
+        "best_epoch": summary["best_epoch"],
+        "best_val_acc": summary.get("best_value"),
+        "epochs_completed": summary["epochs_completed"],
+        "device": str(device),
+    }
+    write_json(out / "results.json", results, sort_keys=True)
+    plot_metrics(out / "metrics.jsonl", out / "val_loss.png", ["val_loss"], title="validation loss")
+    plot_metrics(out / "metrics.jsonl", out / "val_acc.png", ["val_acc"], title="validation accuracy (%)")
+    trainer.log(f"test ({cfg.test_dataset}, {results['test_episodes']} episodes): {acc.mean:.2f} +- {acc.ci95:.2f} %")
+    return results
+
+
+def config_with(cfg: FewShotConfig, **changes: Any) -> FewShotConfig:
+    """A copy of ``cfg`` with some options changed (validated again)."""
+    return dataclasses.replace(cfg, **changes)

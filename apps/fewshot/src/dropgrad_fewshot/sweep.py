@@ -1,0 +1,216 @@
+"""``fewshot-sweep CONFIG``: a grid of runs and the paper's result tables.
+
+The sweep file (YAML or JSON) has three keys::
+
+    out: runs/sweep-glyphs            # folder of the sweep (one run directory per grid point)
+    base: {dataset: glyphs, epochs: 5} # fewshot-train options shared by every run
+    grid:                              # options to vary; every combination is one run
+      method: [maml, metasgd]
+      regularizer: [none, dropout, spatialdropout, binary, gaussian]
+      p: [0.1, 0.2, 0.3]
+      shot: [1, 5]
+      dropgrad_layers: [all, "block4,fc"]
+
+``regularizer`` is the tables' column axis and names DropGrad kinds too: ``none`` (no
+regularisation), ``dropout``/``spatialdropout`` (activation dropout, DropGrad off), ``binary``/
+``gaussian`` (DropGrad of that kind). ``p`` and ``dropgrad_layers`` only vary DropGrad runs, so
+grid points that resolve to the same run are run once. Any other ``FewShotConfig`` option may
+be varied too. A finished run (``results.json`` present) is reused and an interrupted one resumed,
+so re-running the same command continues the sweep.
+
+Written to ``out``: ``results.jsonl`` (one line per run: its varied options and results),
+``tables.md`` (Tables 1-4 layout: rows method x shot [x layers], columns regulariser; and the
+Fig. 2 layout: binary vs Gaussian over p) and ``p_sweep.png`` when p varies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dropgrad import ConfigError, atomic_write, build_config, load_config_file, resume_run, start_run
+
+from .cli import USER_ERRORS
+from .config import FewShotConfig, resolve_defaults
+
+__all__ = ["expand_grid", "format_tables", "main", "run_sweep"]
+
+REGULARIZERS = ("none", "dropout", "spatialdropout", "binary", "gaussian")
+_DROPGRAD_ONLY = ("p", "dropgrad_layers", "dropgrad_schedule")
+
+
+def _regularizer_options(label: str) -> dict[str, Any]:
+    if label not in REGULARIZERS:
+        raise ConfigError(f"sweep grid: regularizer {label!r} is not one of {', '.join(REGULARIZERS)}")
+    if label in ("binary", "gaussian"):
+        return {"dropgrad": label, "regularizer": "none"}
+    return {"dropgrad": "none", "regularizer": label}
+
+
+def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], FewShotConfig]]:
+    """Every distinct run of the grid: (the varied values that name it, its resolved config).
+
+    >>> runs = expand_grid({"epochs": 1}, {"regularizer": ["none", "gaussian"], "p": [0.1, 0.2]})
+    >>> [label for label, _ in runs]
+    [{'regularizer': 'none'}, {'regularizer': 'gaussian', 'p': 0.1}, {'regularizer': 'gaussian', 'p': 0.2}]
+    >>> runs[2][1].dropgrad, runs[2][1].p
+    ('gaussian', 0.2)
+    """
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ConfigError(f"sweep grid: {key} must be a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    seen: set[str] = set()
+    runs: list[tuple[dict[str, Any], FewShotConfig]] = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        varied = dict(zip(keys, combo))
+        options = dict(base)
+        label: dict[str, Any] = {}
+        reg = varied.pop("regularizer", None)
+        if reg is not None:
+            options.update(_regularizer_options(reg))
+            label["regularizer"] = reg
+        uses_dropgrad = options.get("dropgrad", "gaussian") != "none"
+        for k, v in varied.items():
+            if k in _DROPGRAD_ONLY and not uses_dropgrad:
+                continue  # the same run for every p / layer choice: keep one
+            options[k] = v
+            label[k] = v
+        cfg = resolve_defaults(build_config(FewShotConfig, None, options))
+        key = json.dumps(label, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            runs.append((label, cfg))
+    return runs
+
+
+def _slug(label: Mapping[str, Any]) -> str:
+    parts = [f"{k}-{v}" for k, v in label.items()] or ["base"]
+    return "_".join(parts).replace("/", "-").replace(",", "+").replace(" ", "")
+
+
+def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or reuse) every grid point; returns one record per run."""
+    from .run import train
+
+    unknown = set(spec) - {"out", "base", "grid"}
+    if unknown or "out" not in spec or "grid" not in spec:
+        raise ConfigError(f"{source}: expected keys out, base (optional) and grid; got {sorted(spec)}")
+    out = Path(spec["out"])
+    base = dict(spec.get("base") or {})
+    base.setdefault("progress", progress)
+    runs = expand_grid(base, spec["grid"])
+    records = []
+    for i, (label, cfg) in enumerate(runs):
+        run_dir = out / _slug(label)
+        results_path = run_dir / "results.json"
+        print(f"[{i + 1}/{len(runs)}] {run_dir}", flush=True)
+        if results_path.is_file():
+            results = json.loads(results_path.read_text())
+        elif (run_dir / "config.json").is_file():
+            results = train(resume_run(run_dir, FewShotConfig, {}), run_dir, resume=True)
+        else:
+            start_run(run_dir, cfg)
+            results = train(cfg, run_dir)
+        records.append({"run": str(run_dir), **label, **results})
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    atomic_write(out / "results.jsonl", lambda f: f.write(lines), binary=False)
+    tables = format_tables(records)
+    atomic_write(out / "tables.md", lambda f: f.write(tables), binary=False)
+    if len({r.get("p") for r in records if r.get("dropgrad") != "none"}) > 1:
+        plot_p_sweep(records, out / "p_sweep.png")
+    return records
+
+
+def _cell(r: Mapping[str, Any]) -> str:
+    return f"{r['test_acc_mean']:.2f} ± {r['test_acc_ci95']:.2f}"
+
+
+def format_tables(records: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown tables: accuracy (%) ± 95% CI by method x shot [x layers] and regulariser [x p].
+
+    >>> recs = [{"method": "maml", "shot": 1, "regularizer": r, "p": 0.1, "dropgrad": d,
+    ...          "test_acc_mean": a, "test_acc_ci95": 0.5}
+    ...         for r, d, a in [("none", "none", 40.0), ("gaussian", "gaussian", 42.5)]]
+    >>> print(format_tables(recs).splitlines()[2:5])
+    ['| method | shot | none | gaussian (p=0.1) |', '|---|---|---|---|', '| maml | 1 | 40.00 ± 0.50 | 42.50 ± 0.50 |']
+    """
+    def reg_of(r: Mapping[str, Any]) -> str:
+        if r.get("dropgrad", "none") != "none":
+            return f"{r['dropgrad']} (p={r['p']})"
+        return str(r.get("regularizer", "none"))
+
+    row_keys = [k for k in ("method", "backbone", "dataset", "test_dataset", "shot", "dropgrad_layers") if any(k in r for r in records)]
+    columns: list[str] = []
+    rows: dict[tuple, dict[str, str]] = {}
+    for r in records:
+        col = reg_of(r)
+        if col not in columns:
+            columns.append(col)
+        rows.setdefault(tuple(r.get(k, "") for k in row_keys), {})[col] = _cell(r)
+    lines = [
+        "## Test accuracy (%) ± 95% CI",
+        "",
+        "| " + " | ".join(row_keys + columns) + " |",
+        "|" + "---|" * (len(row_keys) + len(columns)),
+    ]
+    for key, cells in rows.items():
+        lines.append("| " + " | ".join([str(k) for k in key] + [cells.get(c, "") for c in columns]) + " |")
+    ps = sorted({r["p"] for r in records if r.get("dropgrad") in ("binary", "gaussian")})
+    if len(ps) > 1:
+        lines += ["", "## Binary vs Gaussian DropGrad over p (the paper's Fig. 2)", ""]
+        groups: dict[tuple, dict[tuple, str]] = {}
+        for r in records:
+            if r.get("dropgrad") in ("binary", "gaussian"):
+                k = tuple(r.get(x, "") for x in row_keys if x != "dropgrad_layers")
+                groups.setdefault(k, {})[(r["p"], r["dropgrad"])] = _cell(r)
+        head = [x for x in row_keys if x != "dropgrad_layers"]
+        lines += ["| " + " | ".join(head + ["p", "binary", "gaussian"]) + " |", "|" + "---|" * (len(head) + 3)]
+        for k, cells in groups.items():
+            for p in ps:
+                lines.append("| " + " | ".join([str(x) for x in k] + [str(p), cells.get((p, "binary"), ""), cells.get((p, "gaussian"), "")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_p_sweep(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Accuracy over p for binary and Gaussian DropGrad with 95% CI bars (Fig. 2)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for kind in ("binary", "gaussian"):
+        pts = sorted((r["p"], r["test_acc_mean"], r["test_acc_ci95"]) for r in records if r.get("dropgrad") == kind)
+        if pts:
+            p, m, c = zip(*pts)
+            ax.errorbar(p, m, yerr=c, marker="o", capsize=3, label=kind)
+    ax.set_xlabel("p")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fewshot-sweep``."""
+    parser = argparse.ArgumentParser(prog="fewshot-sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", type=Path, help="sweep file (YAML or JSON) with out, base and grid")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_config_file(args.config)
+        records = run_sweep(spec, str(args.config), progress=not args.no_progress)
+    except USER_ERRORS as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(format_tables(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

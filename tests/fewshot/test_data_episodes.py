@@ -1,0 +1,138 @@
+"""EpisodeBatches: pure function of (seed, index), class-major labels, workers change nothing."""
+
+import numpy as np
+import pytest
+import torch
+from dropgrad import EpisodeSampler
+from dropgrad_fewshot.data import (
+    DataError,
+    EpisodeBatches,
+    GlyphDataset,
+    build_dataset,
+    check_episodes,
+)
+
+
+@pytest.fixture(scope="module")
+def glyphs():
+    return GlyphDataset("train", n_classes=30, images_per_class=6, seed=3)
+
+
+def make(ds, **kw):
+    args = {"n_way": 5, "n_shot": 2, "n_query": 3, "tasks_per_batch": 3, "seed": 11}
+    args.update(kw)
+    return EpisodeBatches(ds, **args)
+
+
+def assert_tasks_equal(a, b):
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_shapes_dtypes_and_class_major_labels(glyphs):
+    task = make(glyphs).batch(0)
+    assert task.support_x.shape == (3, 10, 1, 28, 28) and task.support_x.dtype == torch.float32
+    assert task.query_x.shape == (3, 15, 1, 28, 28)
+    assert task.support_y.dtype == torch.int64
+    assert task.support_y.tolist() == [[0, 0, 1, 1, 2, 2, 3, 3, 4, 4]] * 3
+    assert task.query_y.tolist() == [[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]] * 3
+
+
+def test_batch_is_the_core_samplers_episodes(glyphs):
+    """Task t of batch b holds the images of core EpisodeSampler episode b*T + t, in its order."""
+    batches = make(glyphs)
+    sampler = EpisodeSampler(glyphs.labels, 5, 2, 3, seed=11)
+    task = batches.batch(4)
+    for t in range(3):
+        ep = sampler.sample(4 * 3 + t)
+        expect_s = torch.stack([glyphs[int(i)][0] for i in ep.support])
+        expect_q = torch.stack([glyphs[int(i)][0] for i in ep.query])
+        assert torch.equal(task.support_x[t], expect_s)
+        assert torch.equal(task.query_x[t], expect_q)
+        # class-major: every support image of episode class k carries label k
+        assert [int(glyphs.labels[i]) for i in ep.support[::2]] == ep.classes.tolist()
+
+
+def test_pure_function_of_seed_and_index(glyphs):
+    a = make(glyphs)
+    first = [a.batch(i) for i in (0, 1, 2)]
+    # A fresh object and a fresh dataset, asked in another order, give the same batches.
+    b = make(GlyphDataset("train", n_classes=30, images_per_class=6, seed=3))
+    assert_tasks_equal(b.batch(2), first[2])
+    assert_tasks_equal(b.batch(0), first[0])
+    assert not torch.equal(first[0].query_x, first[1].query_x)
+    assert not torch.equal(make(glyphs, seed=12).batch(0).query_x, first[0].query_x)
+
+
+def test_augmented_batches_are_reproducible():
+    ds = GlyphDataset("train", n_classes=10, images_per_class=6, augment=True)
+    plain = GlyphDataset("train", n_classes=10, images_per_class=6)
+    a, b = make(ds).batch(5), make(ds).batch(5)
+    assert_tasks_equal(a, b)
+    assert not torch.equal(a.query_x, make(plain).batch(5).query_x)  # augmentation did something
+
+
+def test_iterate_with_and_without_workers_is_identical(glyphs):
+    plain = list(make(glyphs).iterate(3, 7))
+    workers = list(make(glyphs, num_workers=2).iterate(3, 7))
+    assert len(plain) == len(workers) == 4
+    for a, b in zip(plain, workers):
+        assert_tasks_equal(a, b)
+    assert_tasks_equal(plain[0], make(glyphs).batch(3))
+    it = iter(make(glyphs))
+    assert_tasks_equal(next(it), make(glyphs).batch(0))
+
+
+def test_device_argument(glyphs):
+    task = make(glyphs, device="cpu").batch(0)
+    assert task.support_x.device.type == "cpu"
+
+
+def test_check_episodes_too_few_classes_and_images(tmp_path):
+    ds = GlyphDataset("test", n_classes=4, images_per_class=5)
+    check_episodes(ds, 4, 1, 4)
+    with pytest.raises(DataError, match="5-way tasks need at least 5 classes, but the split has 4"):
+        check_episodes(ds, 5, 1, 1)
+    with pytest.raises(DataError, match=r"need 6 images per class \(--shot \+ --query\), but 4 of 4 classes"):
+        check_episodes(ds, 2, 1, 5)
+    with pytest.raises(DataError, match="n_shot"):
+        check_episodes(ds, 2, 0, 5)
+    with pytest.raises(DataError, match="need 6 images per class"):
+        EpisodeBatches(ds, n_way=2, n_shot=1, n_query=5, tasks_per_batch=1, seed=0)
+
+
+def test_check_episodes_names_the_class_folder(tmp_path):
+    """A short Omniglot character is reported with its folder."""
+    from PIL import Image
+
+    for set_, n_chars in (("images_background", 3), ("images_evaluation", 2)):
+        for c in range(n_chars):
+            d = tmp_path / set_ / "Alpha" / f"character{c + 1:02d}"
+            d.mkdir(parents=True)
+            for k in range(2 if (set_, c) == ("images_background", 1) else 4):
+                Image.new("1", (105, 105), 1).save(d / f"{c:04d}_{k:02d}.png")
+    ds = build_dataset("omniglot", "train", data_root=tmp_path, protocol="background", val_characters=0)
+    with pytest.raises(DataError) as err:
+        check_episodes(ds, 2, 1, 2)
+    msg = str(err.value)
+    assert "images_background/Alpha/character02" in msg and "has 2 images" in msg
+    assert "1 of 3 classes" in msg
+
+
+def test_invalid_arguments(glyphs):
+    with pytest.raises(DataError, match="tasks_per_batch"):
+        make(glyphs, tasks_per_batch=0)
+    with pytest.raises(DataError, match="seed"):
+        make(glyphs, seed=-1)
+    with pytest.raises(DataError, match="batch index"):
+        make(glyphs).batch(-1)
+
+
+def test_all_classes_and_items_get_used(glyphs):
+    """Over many batches every class appears (no class silently excluded)."""
+    batches = make(glyphs, n_way=5, n_shot=1, n_query=1, tasks_per_batch=4)
+    seen = set()
+    sampler = batches.sampler
+    for e in range(200):
+        seen.update(np.asarray(sampler.sample(e).classes).tolist())
+    assert seen == set(range(glyphs.n_classes))

@@ -1,0 +1,117 @@
+"""Omniglot on the real files: counts, the MAML and background protocols, rotations, errors."""
+
+import numpy as np
+import pytest
+import torch
+from dropgrad_fewshot.data import DataError, build_dataset
+from dropgrad_fewshot.data.omniglot import omniglot_characters, split_characters
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def omniglot(shared_data):
+    return shared_data / "omniglot"
+
+
+def test_official_counts(omniglot):
+    background = omniglot_characters(omniglot, "images_background")
+    evaluation = omniglot_characters(omniglot, "images_evaluation")
+    assert len(background) == 964 and len(evaluation) == 659
+    assert len({c.alphabet for c in background}) == 30 and len({c.alphabet for c in evaluation}) == 20
+    assert all(len(c.files) == 20 for c in background + evaluation)
+
+
+def test_maml_protocol_split(omniglot):
+    splits = {s: split_characters(omniglot, s) for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [1100, 100, 423]
+    folders = {s: {c.folder for c in chars} for s, chars in splits.items()}
+    assert not folders["train"] & folders["val"] and not folders["train"] & folders["test"]
+    assert not folders["val"] & folders["test"]
+    assert len(folders["train"] | folders["val"] | folders["test"]) == 1623
+    # Both sets are pooled: meta-training characters come from both.
+    assert {c.set for c in splits["train"]} == {"images_background", "images_evaluation"}
+    # The split is fixed by split_seed, not by the run's seed.
+    assert [c.folder for c in split_characters(omniglot, "test", split_seed=2)] != [c.folder for c in splits["test"]]
+    ds = build_dataset("omniglot", "test", data_root=omniglot, seed=5)
+    assert splits["test"][0].folder == ds.paths[0].parent
+
+
+def test_maml_datasets_with_rotations(omniglot):
+    sizes = {s: build_dataset("omniglot", s, data_root=omniglot) for s in ("train", "val", "test")}
+    assert [sizes[s].n_classes for s in ("train", "val", "test")] == [4400, 400, 1692]
+    assert len(sizes["test"]) == 1692 * 20
+    ds = sizes["test"]
+    assert np.array_equal(np.bincount(ds.labels), np.full(1692, 20))
+    x0, y0 = ds[0]
+    x3, y3 = ds[3 * 20]  # the same drawing as a new class rotated by 270 degrees
+    assert (y0, y3) == (0, 3) and ds.paths[0] == ds.paths[60]
+    assert torch.equal(x3, torch.rot90(x0, 3, dims=(-2, -1)))
+    assert "rot270" in ds.class_names[3]
+
+
+def test_background_protocol(omniglot):
+    train = build_dataset("omniglot", "train", data_root=omniglot, protocol="background")
+    val = build_dataset("omniglot", "val", data_root=omniglot, protocol="background")
+    test = build_dataset("omniglot", "test", data_root=omniglot, protocol="background")
+    assert (train.n_classes, val.n_classes, test.n_classes) == (864, 100, 659)
+    assert all("images_evaluation" in str(p) for p in test.paths[::500])
+    assert not set(train.paths) & set(val.paths)
+    rotated = build_dataset("omniglot", "test", data_root=omniglot, protocol="background", rotations=True)
+    assert rotated.n_classes == 4 * 659
+
+
+def test_images_are_28px_inverted_in_unit_range(omniglot):
+    ds = build_dataset("omniglot", "val", data_root=omniglot, rotations=False)
+    x, _ = ds[7]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and 0.5 < float(x.max()) <= 1.0
+    assert x.mean() < 0.3  # strokes bright on a dark background
+    # Reference: Lanczos resize of the 1-bit PNG, inverted.
+    ref = np.asarray(Image.open(ds.paths[7]).convert("L").resize((28, 28), Image.Resampling.LANCZOS), dtype=np.float32)
+    assert np.allclose(x[0].numpy(), 1 - ref / 255, atol=1e-6)
+    big = build_dataset("omniglot", "val", data_root=omniglot, image_size=84)
+    assert big[0][0].shape == (1, 84, 84)
+
+
+def test_wrong_folder_messages(omniglot, tmp_path):
+    with pytest.raises(DataError, match="is one of the two sets; pass its parent folder"):
+        build_dataset("omniglot", "train", data_root=omniglot / "images_background")
+    with pytest.raises(DataError, match="missing folder .*images_background.*expected the Omniglot folder"):
+        build_dataset("omniglot", "train", data_root=tmp_path)
+    with pytest.raises(DataError, match="is not a folder"):
+        build_dataset("omniglot", "train", data_root=tmp_path / "nope")
+    (tmp_path / "images_background.zip").touch()
+    with pytest.raises(DataError, match="unzip it in place"):
+        build_dataset("omniglot", "train", data_root=tmp_path)
+    with pytest.raises(DataError, match="protocol='lake' is not one of"):
+        build_dataset("omniglot", "train", data_root=omniglot, protocol="lake")
+
+
+def _tiny_omniglot(root, chars=(3, 2), drawings=4):
+    for set_, n in zip(("images_background", "images_evaluation"), chars):
+        for c in range(n):
+            d = root / set_ / "Alpha" / f"character{c + 1:02d}"
+            d.mkdir(parents=True)
+            for k in range(drawings):
+                Image.new("1", (105, 105), 1).save(d / f"{c:04d}_{k:02d}.png")
+    return root
+
+
+def test_partial_folder_and_empty_character(tmp_path):
+    root = _tiny_omniglot(tmp_path)
+    with pytest.raises(DataError, match="takes 1200 meta-training characters .* holds 5 characters"):
+        build_dataset("omniglot", "train", data_root=root)
+    ds = build_dataset("omniglot", "train", data_root=root, train_characters=3, val_characters=1)
+    assert ds.n_classes == 2 * 4
+    (root / "images_evaluation" / "Alpha" / "character09").mkdir()
+    with pytest.raises(DataError, match="character09 holds no .png drawings"):
+        build_dataset("omniglot", "test", data_root=root, protocol="background")
+
+
+def test_unreadable_image_names_the_path(tmp_path):
+    root = _tiny_omniglot(tmp_path)
+    bad = root / "images_evaluation" / "Alpha" / "character01" / "0000_00.png"
+    bad.write_bytes(b"not a png")
+    ds = build_dataset("omniglot", "test", data_root=root, protocol="background")
+    with pytest.raises(DataError, match=f"unreadable image {bad}"):
+        ds[0]

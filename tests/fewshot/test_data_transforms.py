@@ -1,0 +1,77 @@
+"""CloserLook transforms against torchvision / PIL references; keyed augmentation randomness."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from dropgrad_fewshot.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    GrayscaleTransform,
+    RGBTransform,
+    random_resized_crop_params,
+)
+from PIL import Image, ImageEnhance
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, size=(75, 110, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("size", [84, 224])
+def test_eval_transform_matches_closerlook_pipeline(photo, size):
+    """Resize both sides to int(1.15 * size), centre crop, ImageNet normalisation."""
+    side = int(1.15 * size)
+    reference = T.Compose([
+        T.Resize([side, side]),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    assert torch.allclose(RGBTransform(size)(photo, None), reference(photo), atol=1e-6)
+
+
+def test_augmented_transform_is_keyed_and_matches_pil_reference(photo):
+    t = RGBTransform(32, augment=True)
+    a = t(photo, np.random.default_rng(5))
+    assert a.shape == (3, 32, 32)
+    assert torch.equal(a, t(photo, np.random.default_rng(5)))
+    assert not torch.equal(a, t(photo, np.random.default_rng(6)))
+    # Reference with PIL ImageEnhance, replaying the same draws in the same order.
+    rng = np.random.default_rng(5)
+    top, left, h, w = random_resized_crop_params(photo.width, photo.height, rng)
+    im = photo.crop((left, top, left + w, top + h)).resize((32, 32), Image.Resampling.BILINEAR)
+    b, c, s = rng.uniform(0.6, 1.4, size=3)
+    im = ImageEnhance.Brightness(im).enhance(b)
+    im = ImageEnhance.Contrast(im).enhance(c)
+    im = ImageEnhance.Color(im).enhance(s)
+    if rng.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    ref = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(im))
+    assert torch.allclose(a, ref, atol=1e-6)
+
+
+def test_random_resized_crop_params_cover_the_scale_range():
+    rng = np.random.default_rng(1)
+    fractions = []
+    for _ in range(2000):
+        top, left, h, w = random_resized_crop_params(100, 80, rng)
+        assert 0 <= top and top + h <= 80 and 0 <= left and left + w <= 100 and h > 0 and w > 0
+        fractions.append(h * w / 8000)
+    assert min(fractions) < 0.12 and max(fractions) > 0.9
+    # the fallback: an extreme aspect ratio gets the central crop clamped to 4/3
+    top, left, h, w = random_resized_crop_params(1000, 10, np.random.default_rng(0), scale=(1.0, 1.0))
+    assert (h, w) == (10, 13) and left == (1000 - 13) // 2
+
+
+def test_grayscale_transform_shift():
+    im = Image.new("L", (28, 28), 255)
+    im.putpixel((10, 12), 0)
+    x = GrayscaleTransform(28, invert=True)(im, None)
+    assert x.shape == (1, 28, 28) and x[0, 12, 10] == 1.0 and x.sum() == 1.0
+    shifted = GrayscaleTransform(28, invert=True, augment=True)(im, np.random.default_rng(3))
+    assert shifted.sum() == 1.0 and abs(shifted[0].nonzero()[0] - torch.tensor([12, 10])).max() <= 2
+    with pytest.raises(ValueError, match="needs an rng"):
+        GrayscaleTransform(28, invert=True, augment=True)(im, None)

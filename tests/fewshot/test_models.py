@@ -1,0 +1,426 @@
+"""Backbones: shapes, parameter names and groups, functional_call / vmap, BatchNorm modes,
+consistent dropout, channels_last and bf16."""
+
+import fnmatch
+
+import dropgrad
+import pytest
+import torch
+import torchvision
+from dropgrad_fewshot.models import (
+    BACKBONES,
+    build_model,
+    count_parameters,
+    dropgrad_groups,
+)
+from torch import nn
+from torch.func import functional_call, vmap
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Small convs on a shared 2-core machine: torch's second intra-op thread mostly spins waiting
+    # for a core (the suite ran ~7x slower under load with 2 threads); restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _images(batch, channels, size, seed=0):
+    return torch.randn(
+        batch, channels, size, size, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+# ------------------------------------------------------------------------------------ shapes
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("size,channels", [(28, 1), (84, 3)])
+def test_output_and_feature_shapes(backbone, size, channels):
+    torch.manual_seed(0)
+    net = build_model(backbone, 7, in_channels=channels, image_size=size)
+    x = _images(3, channels, size)
+    logits, fmap = net(x, return_features=True)
+    assert logits.shape == (3, 7)
+    assert torch.equal(net.features(x), fmap)
+    assert net.pool(fmap).shape == (3, net.feature_dim) == (3, net.fc.in_features)
+    width = 48 if backbone == "conv4-48" else 64
+    if backbone.startswith("conv4"):
+        side = {28: 1, 84: 5}[
+            size
+        ]  # 28 -> 14 -> 7 -> 3 -> 1; 84 -> 42 -> 21 -> 10 -> 5
+        assert fmap.shape == (3, width, side, side)
+        assert net.feature_dim == width * side * side
+    else:
+        side = {28: 1, 84: 3}[size]
+        assert fmap.shape == (3, 512, side, side) and net.feature_dim == 512
+    assert net.classifier is net.fc
+
+
+@pytest.mark.parametrize("backbone", ["conv4", "resnet18"])
+def test_224_pixels_shape(backbone):
+    net = build_model(backbone, 5, image_size=224)
+    with torch.no_grad():
+        logits, fmap = net(torch.randn(1, 3, 224, 224), return_features=True)
+    assert logits.shape == (1, 5)
+    assert fmap.shape[-2:] == ((14, 14) if backbone == "conv4" else (7, 7))
+
+
+def test_conv4_parameter_count_by_hand():
+    # conv: k*k*cin*cout + cout (bias); BN: 2*cout; head: feature_dim*n_way + n_way.
+    def conv4(cin, width, side, n_way):
+        first = 9 * cin * width + width + 2 * width
+        rest = 3 * (9 * width * width + width + 2 * width)
+        return first + rest + width * side * side * n_way + n_way
+
+    assert count_parameters(
+        build_model("conv4", 5, in_channels=1, image_size=28)
+    ) == conv4(1, 64, 1, 5)
+    assert count_parameters(build_model("conv4", 5, image_size=84)) == conv4(
+        3, 64, 5, 5
+    )
+    assert count_parameters(build_model("conv4-48", 5, image_size=84)) == conv4(
+        3, 48, 5, 5
+    )
+
+
+@pytest.mark.parametrize(
+    "backbone,layers", [("resnet10", [1, 1, 1, 1]), ("resnet18", [2, 2, 2, 2])]
+)
+def test_resnet_matches_torchvision_layout_and_function(backbone, layers):
+    """Same parameter names and shapes as torchvision's ResNet with BasicBlocks, and with the same
+    weights the same function (train-mode BatchNorm uses batch statistics in both)."""
+    torch.manual_seed(0)
+    ours = build_model(backbone, 5, image_size=64)
+    ref = torchvision.models.resnet.ResNet(
+        torchvision.models.resnet.BasicBlock, layers, num_classes=5
+    )
+    ours_shapes = {n: p.shape for n, p in ours.named_parameters()}
+    ref_shapes = {n: p.shape for n, p in ref.named_parameters()}
+    assert ours_shapes == ref_shapes
+    ours.load_state_dict({n: p for n, p in ref.named_parameters()})
+    ref.train()
+    x = _images(4, 3, 64)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- groups
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_groups_cover_every_parameter_exactly_once(backbone):
+    groups = dropgrad_groups(backbone)
+    names = [
+        n
+        for n, _ in build_model(
+            backbone, 5, in_channels=1, image_size=28
+        ).named_parameters()
+    ]
+    for name in names:
+        hits = [
+            g
+            for g, pats in groups.items()
+            if any(fnmatch.fnmatchcase(name, p) for p in pats)
+        ]
+        assert len(hits) == 1, (name, hits)
+    for g, pats in groups.items():
+        assert any(fnmatch.fnmatchcase(n, p) for n in names for p in pats), (
+            f"group {g} is empty"
+        )
+
+
+def test_resnet_groups_are_the_papers():
+    assert dropgrad_groups("resnet18") == dropgrad.RESNET_GROUPS
+    assert set(dropgrad_groups("conv4")) == {"conv1", "conv2", "conv3", "conv4", "fc"}
+
+
+@pytest.mark.parametrize(
+    "backbone,group,expected",
+    [
+        ("resnet18", "block4", "layer4."),
+        ("resnet10", "conv", ("conv1.", "bn1.")),
+        ("conv4", "conv2", "block2."),
+    ],
+)
+def test_dropgrad_selects_a_group(backbone, group, expected):
+    net = build_model(backbone, 5, in_channels=1, image_size=28)
+    names = [n for n, _ in net.named_parameters()]
+    dg = dropgrad.DropGrad(
+        p=0.5, kind="binary", params=group, groups=dropgrad_groups(backbone)
+    )
+    flags = dg.selected(names)
+    assert [n for n, f in zip(names, flags) if f] == [
+        n for n in names if n.startswith(expected)
+    ]
+
+
+# ------------------------------------------------------------------------------- vmap
+@pytest.mark.parametrize("backbone", ["conv4", "conv4-48", "resnet10", "resnet18"])
+def test_vmap_over_tasks_equals_a_loop(backbone):
+    torch.manual_seed(0)
+    net = build_model(backbone, 5, in_channels=1, image_size=28)
+    T = 3
+    params = {
+        n: p.detach() + 0.05 * torch.randn(T, *p.shape)
+        for n, p in net.named_parameters()
+    }
+    x = torch.randn(T, 10, 1, 28, 28)
+
+    def f(p, xx):
+        return functional_call(net, p, (xx,))
+
+    batched = vmap(f)(params, x)
+    looped = torch.stack(
+        [f({n: v[t] for n, v in params.items()}, x[t]) for t in range(T)]
+    )
+    torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-5)
+    # And the tasks really differ (the perturbed parameters are used, not the module's own).
+    assert not torch.allclose(
+        looped[0], f({n: p for n, p in net.named_parameters()}, x[0])
+    )
+
+
+@pytest.mark.parametrize("backbone", ["conv4", "resnet10"])
+def test_core_maml_batched_equals_per_task(backbone):
+    torch.manual_seed(0)
+    net = build_model(backbone, 5, in_channels=1, image_size=28)
+    learner = dropgrad.MAML(net, inner_lr=0.05, steps=1, first_order=True)
+    learner.check_batchable()  # batch-statistics BN: accepted
+    T = 2
+    tasks = dropgrad.Task(
+        torch.randn(T, 5, 1, 28, 28),
+        torch.arange(5).repeat(T, 1),
+        torch.randn(T, 10, 1, 28, 28),
+        torch.arange(5).repeat(T, 2),
+    )
+    a = learner.meta_loss(tasks, batched=True)
+    b = learner.meta_loss(tasks, batched=False)
+    torch.testing.assert_close(a.task_losses, b.task_losses, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.query_output, b.query_output, rtol=1e-4, atol=1e-4)
+
+
+def test_second_order_maml_runs_per_task_through_resnet():
+    torch.manual_seed(0)
+    net = build_model("resnet10", 3, in_channels=1, image_size=28)
+    learner = dropgrad.MAML(net, inner_lr=0.05, steps=1, first_order=False)
+    task = dropgrad.Task(
+        torch.randn(1, 3, 1, 28, 28),
+        torch.arange(3)[None],
+        torch.randn(1, 6, 1, 28, 28),
+        torch.arange(3).repeat(2)[None],
+    )
+    learner.meta_backward(task)
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters()
+    )
+
+
+# ------------------------------------------------------------------------ BatchNorm modes
+def test_batchnorm_conventions():
+    plain = build_model("conv4", 5, in_channels=1, image_size=28)
+    assert not list(plain.buffers())  # batch statistics, nothing to carry per task
+    x = _images(6, 1, 28)
+    train_out = plain(x)
+    plain.eval()
+    # Eval normalises with the batch too: the same function as in training, and an image's
+    # logits depend on the batch it comes with.
+    torch.testing.assert_close(plain(x), train_out)
+    assert not torch.allclose(plain(x)[:2], plain(x[:2]))
+
+    tracked = build_model(
+        "resnet10", 5, in_channels=1, image_size=28, bn_running_stats=True
+    )
+    assert any(n.endswith("running_mean") for n, _ in tracked.named_buffers())
+    with pytest.raises(ValueError, match="running statistics"):
+        dropgrad.MAML(tracked, steps=1, first_order=True).check_batchable()
+
+
+def test_mamlpp_per_step_batchnorm_uses_running_stats():
+    torch.manual_seed(0)
+    net = build_model("conv4", 5, in_channels=1, image_size=28, bn_running_stats=True)
+    learner = dropgrad.MAMLPlusPlus(net, inner_lr=0.05, steps=2, first_order=True)
+    tasks = dropgrad.Task(
+        torch.randn(1, 5, 1, 28, 28),
+        torch.arange(5)[None],
+        torch.randn(1, 10, 1, 28, 28),
+        torch.arange(5).repeat(2)[None],
+    )
+    before = learner.bn_mean__block1__bn.clone()
+    learner.meta_backward(tasks)
+    after = learner.bn_mean__block1__bn
+    assert not torch.equal(before[0], after[0]) and not torch.equal(before[1], after[1])
+
+
+# ------------------------------------------------------------------------ consistent dropout
+def _drops(net):
+    return [m for m in net.modules() if isinstance(m, dropgrad.ConsistentDropout)]
+
+
+@pytest.mark.parametrize(
+    "backbone,n_blocks", [("conv4", 4), ("resnet10", 4), ("resnet18", 8)]
+)
+@pytest.mark.parametrize("regularizer", ["dropout", "spatialdropout"])
+def test_one_regulariser_after_every_block(backbone, n_blocks, regularizer):
+    net = build_model(backbone, 5, regularizer=regularizer, dropout_p=0.2)
+    drops = _drops(net)
+    assert len(drops) == n_blocks
+    assert all(
+        d.p == 0.2 and d.spatial == (regularizer == "spatialdropout") for d in drops
+    )
+    assert not _drops(build_model(backbone, 5))
+
+
+@pytest.mark.parametrize("regularizer", ["dropout", "spatialdropout"])
+def test_dropout_mask_shared_within_a_task_and_fresh_across_tasks(regularizer):
+    """Record the masks every forward of the core inner loop uses: all forwards of a task
+    (support at each step, query after adaptation) share them; the next task draws new ones."""
+    torch.manual_seed(0)
+    net = build_model(
+        "conv4",
+        5,
+        in_channels=1,
+        image_size=28,
+        regularizer=regularizer,
+        dropout_p=0.5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    seen: list[list[torch.Tensor]] = []
+    for d in _drops(net):
+        record: list[torch.Tensor] = []
+        seen.append(record)
+        d.register_forward_hook(
+            lambda mod, inp, out, record=record: record.append(mod.mask.clone())
+        )
+    learner = dropgrad.MAML(net, inner_lr=0.05, steps=3, first_order=True)
+    T = 2
+    tasks = dropgrad.Task(
+        torch.randn(T, 5, 1, 28, 28),
+        torch.arange(5).repeat(T, 1),
+        torch.randn(T, 15, 1, 28, 28),
+        torch.arange(5).repeat(T, 3),
+    )
+    learner.meta_loss(tasks)
+    per_task = learner.steps + 1  # support forward per step, then the query forward
+    for record in seen:
+        assert len(record) == T * per_task
+        first, second = record[:per_task], record[per_task:]
+        assert all(torch.equal(m, first[0]) for m in first)
+        assert all(torch.equal(m, second[0]) for m in second)
+        assert not torch.equal(first[0], second[0])
+        if regularizer == "spatialdropout":
+            assert first[0].shape[1:] == (1, 1)  # whole channels
+        assert set(first[0].unique().tolist()) <= {0.0, 2.0}
+
+
+def test_spatial_dropout_zeroes_whole_channels_of_block_outputs():
+    torch.manual_seed(0)
+    net = build_model(
+        "conv4",
+        5,
+        in_channels=1,
+        image_size=28,
+        regularizer="spatialdropout",
+        dropout_p=0.5,
+    )
+    dropgrad.resample_dropout_masks(net)
+    out = net.block1(_images(4, 1, 28))
+    dropped = net.block1.drop.mask.flatten() == 0
+    assert dropped.any() and (~dropped).any()
+    assert (out[:, dropped] == 0).all()
+    assert (out[:, ~dropped].abs().sum(dim=(0, 2, 3)) > 0).all()
+
+
+@pytest.mark.parametrize(
+    "backbone,regularizer", [("conv4", "dropout"), ("resnet10", "spatialdropout")]
+)
+def test_dropout_is_identity_in_eval(backbone, regularizer):
+    torch.manual_seed(0)
+    net = build_model(
+        backbone,
+        5,
+        in_channels=1,
+        image_size=28,
+        regularizer=regularizer,
+        dropout_p=0.5,
+    )
+    plain = build_model(backbone, 5, in_channels=1, image_size=28)
+    plain.load_state_dict(net.state_dict())
+    x = _images(4, 1, 28)
+    net.eval(), plain.eval()
+    torch.testing.assert_close(net(x), plain(x))
+    net.train()
+    assert not torch.allclose(net(x), plain(x))
+
+
+def test_vmap_path_refuses_dropout_while_training():
+    net = build_model("conv4", 5, in_channels=1, image_size=28, regularizer="dropout")
+    with pytest.raises(ValueError, match="ConsistentDropout"):
+        dropgrad.MAML(net, steps=1, first_order=True).check_batchable()
+
+
+# ---------------------------------------------------------------- channels_last and bf16
+@pytest.mark.parametrize("backbone", ["conv4", "resnet10"])
+def test_channels_last_and_bf16_autocast(backbone):
+    torch.manual_seed(0)
+    net = build_model(backbone, 5, image_size=84)
+    x = _images(4, 3, 84)
+    ref = net(x)
+    net_cl = net.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(
+        net_cl(x.contiguous(memory_format=torch.channels_last)),
+        ref,
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    with dropgrad.autocast("cpu", enabled=True):
+        low = net(x)
+    assert low.dtype == torch.bfloat16
+    assert torch.isfinite(low.float()).all()
+    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+    low.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+# ------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (
+            {"backbone": "vgg"},
+            "--backbone must be one of conv4, conv4-48, resnet10, resnet18",
+        ),
+        (
+            {"regularizer": "dropblock"},
+            "--regularizer must be one of none, dropout, spatialdropout",
+        ),
+        ({"dropout_p": 1.0}, "0 <= p < 1"),
+        ({"n_way": 0}, "n_way must be an integer >= 1"),
+        ({"image_size": 12}, "image_size must be at least 16"),
+    ],
+)
+def test_bad_options_are_named(kwargs, match):
+    args = {"backbone": "conv4", "n_way": 5} | kwargs
+    with pytest.raises(ValueError, match=match):
+        build_model(args.pop("backbone"), args.pop("n_way"), **args)
+    if "backbone" in kwargs:
+        with pytest.raises(ValueError, match="--backbone"):
+            dropgrad_groups(kwargs["backbone"])
+
+
+def test_conv4_names_a_size_mismatch():
+    net = build_model("conv4", 5, image_size=84)
+    with pytest.raises(ValueError, match="built for 84 px"):
+        net(torch.zeros(1, 3, 28, 28))
+
+
+def test_reset_classifier():
+    net = build_model("resnet10", 5, image_size=32)
+    trunk = {
+        k: v.clone() for k, v in net.state_dict().items() if not k.startswith("fc.")
+    }
+    net.reset_classifier(64)
+    assert (
+        net.fc.weight.shape == (64, 512)
+        and net.n_way == 64
+        and (net.fc.bias == 0).all()
+    )
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in trunk.items())
+    assert isinstance(net.classifier, nn.Linear)

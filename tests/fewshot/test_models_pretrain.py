@@ -1,0 +1,181 @@
+"""MetaSGD* pre-training of the feature extractor on a tiny in-test dataset that satisfies the
+FewShotDataset contract (labels, channels, image_size, items)."""
+
+import numpy as np
+import pytest
+import torch
+from dropgrad_fewshot.models import build_model, pretrain_feature_extractor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Small convs on a shared 2-core machine: torch's second intra-op thread mostly spins waiting
+    # for a core (the suite ran ~7x slower under load with 2 threads); restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Quadrants(torch.utils.data.Dataset):
+    """4 classes, 16 px grey images: class c brightens quadrant c; noise on top (linearly separable)."""
+
+    channels = 1
+    image_size = 16
+
+    def __init__(
+        self,
+        per_class: int = 12,
+        seed: int = 0,
+        signal: float = 1.0,
+        noise: float = 0.3,
+    ) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = np.repeat(np.arange(4), per_class).astype(np.int64)
+        self.images = noise * torch.randn(len(self.labels), 1, 16, 16, generator=g)
+        for i, c in enumerate(self.labels):
+            r, q = divmod(int(c), 2)
+            self.images[i, 0, 8 * r : 8 * r + 8, 8 * q : 8 * q + 8] += signal
+        self.class_names = [f"q{c}" for c in range(4)]
+        self.epoch_seeds: list[int] = []
+
+    def set_epoch_seed(self, seed: int) -> None:
+        self.epoch_seeds.append(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+@pytest.mark.parametrize("backbone,epochs", [("conv4", 6), ("resnet10", 1)])
+def test_pretraining_lowers_the_loss_and_keeps_the_head(backbone, epochs):
+    torch.manual_seed(0)
+    data = Quadrants()
+    net = build_model(backbone, 5, in_channels=1, image_size=16)
+    head = {k: v.clone() for k, v in net.fc.state_dict().items()}
+    trunk_before = (
+        net.block1.conv.weight.clone()
+        if backbone == "conv4"
+        else net.conv1.weight.clone()
+    )
+    rng_before = torch.get_rng_state()
+    summary = pretrain_feature_extractor(
+        net,
+        data,
+        epochs=epochs,
+        batch_size=16,
+        lr=3e-3,
+        device="cpu",
+        seed=0,
+        progress=False,
+    )
+    assert torch.equal(
+        torch.get_rng_state(), rng_before
+    )  # the caller's RNG stream is untouched
+    assert (
+        summary["n_classes"] == 4
+        and summary["n_images"] == 48
+        and summary["epochs"] == epochs
+    )
+    assert summary["steps"] == epochs * 3
+    assert (
+        data.epoch_seeds == sorted(set(data.epoch_seeds))
+        and len(data.epoch_seeds) == epochs
+    )
+    if epochs > 1:
+        hist = summary["history"]
+        assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
+        assert summary["final_train_accuracy"] >= 0.9
+    # The few-shot head is untouched; the trunk moved.
+    assert all(torch.equal(v, net.fc.state_dict()[k]) for k, v in head.items())
+    trunk_after = net.block1.conv.weight if backbone == "conv4" else net.conv1.weight
+    assert not torch.equal(trunk_before, trunk_after)
+
+
+def test_pretrained_trunk_separates_the_classes(init_seed=0):
+    """On noisy images, a nearest-class-mean classifier on the pooled features of the
+    pre-trained trunk clearly beats the one on the random trunk (MetaSGD* starts from the former)."""
+    torch.manual_seed(init_seed)
+    data = Quadrants(per_class=24, seed=1, signal=0.4, noise=1.0)
+    held_out = Quadrants(per_class=12, seed=2, signal=0.4, noise=1.0)
+    net = build_model("conv4", 4, in_channels=1, image_size=16)
+
+    def ncm_accuracy():
+        with torch.no_grad():
+            f_train = net.pool(net.features(data.images))
+            f_test = net.pool(net.features(held_out.images))
+        means = torch.stack(
+            [f_train[torch.as_tensor(data.labels) == c].mean(0) for c in range(4)]
+        )
+        pred = torch.cdist(f_test, means).argmin(-1)
+        return (pred == torch.as_tensor(held_out.labels)).float().mean().item()
+
+    random_trunk = ncm_accuracy()
+    pretrain_feature_extractor(
+        net,
+        data,
+        epochs=8,
+        batch_size=16,
+        lr=3e-3,
+        device="cpu",
+        seed=0,
+        progress=False,
+    )
+    assert ncm_accuracy() >= random_trunk + 0.15
+
+
+def test_pretraining_is_a_function_of_the_seed():
+    data = Quadrants()
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(0)
+        net = build_model(
+            "conv4",
+            5,
+            in_channels=1,
+            image_size=16,
+            regularizer="dropout",
+            generator=torch.Generator().manual_seed(seed * 7),
+        )
+        pretrain_feature_extractor(
+            net,
+            data,
+            epochs=2,
+            batch_size=16,
+            lr=1e-3,
+            device="cpu",
+            seed=seed,
+            progress=False,
+        )
+        runs.append(net.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"batch_size": 2.5}, "batch_size must be an integer >= 1"),
+        ({"lr": -1.0}, "lr must be a number > 0"),
+        ({"in_channels": 3}, "1 channel"),
+        ({"image_size": 28}, "built for image_size=28"),
+    ],
+)
+def test_bad_options_fail_before_training(change, match):
+    build = {k: change.pop(k) for k in ("in_channels", "image_size") if k in change}
+    net = build_model("conv4", 5, **({"in_channels": 1, "image_size": 16} | build))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    args = {
+        "epochs": 1,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "device": "cpu",
+        "seed": 0,
+        "progress": False,
+    } | change
+    with pytest.raises(ValueError, match=match):
+        pretrain_feature_extractor(net, Quadrants(), **args)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())

@@ -1,0 +1,203 @@
+"""fewshot-train / fewshot-test / fewshot-sweep end to end on the embedded glyphs, with tiny budgets."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dropgrad import load_checkpoint
+from dropgrad_fewshot import cli, sweep
+from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
+from dropgrad_fewshot.data import EpisodeBatches, build_dataset
+from dropgrad_fewshot.methods import build_learner, make_dropgrad, use_vmap
+from dropgrad_fewshot.run import evaluate, load_split
+
+TINY = [
+    "--way", "3", "--shot", "1", "--query", "2", "--test-query", "2", "--inner-steps", "2",
+    "--meta-batch", "2", "--epochs", "2", "--episodes-per-epoch", "4", "--val-episodes", "4",
+    "--test-episodes", "6", "--no-progress",
+]
+
+
+def tiny_config(**changes) -> FewShotConfig:
+    base = dict(way=3, shot=1, query=2, test_query=2, inner_steps=2, meta_batch=2, epochs=2,
+                episodes_per_epoch=4, val_episodes=4, test_episodes=6, progress=False)
+    base.update(changes)
+    return resolve_defaults(FewShotConfig(**base))
+
+
+def test_default_run_end_to_end_writes_the_whole_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.train_main(["--out", str(out), *TINY]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((out / "results.json").read_text())
+    assert printed == results
+    assert results["test_episodes"] == 6 and 0 <= results["test_acc_mean"] <= 100 and results["test_acc_ci95"] >= 0
+    for name in ("config.json", "metrics.jsonl", "log.txt", "checkpoints/best.pt", "checkpoints/last.pt",
+                 "val_loss.png", "val_acc.png"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "glyphs" and config["epochs"] == 2 and config["dropgrad"] == "gaussian"
+    vals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
+    assert [v["epoch"] for v in vals] == [0, 1] and all("val_acc" in v and "val_loss" in v for v in vals)
+
+
+def test_fewshot_test_rescores_the_run_and_writes_cams(tmp_path, capsys):
+    out = tmp_path / "run"
+    cli.train_main(["--out", str(out), *TINY])
+    trained = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert cli.test_main([str(out), "--episodes", "6", "--cam", "--no-progress"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Same best model, same test stream: the same episodes and the same accuracies.
+    assert again["test_acc_mean"] == pytest.approx(trained["test_acc_mean"])
+    assert (out / "cam.png").stat().st_size > 0
+    assert (out / "test_glyphs_test_3w1s.json").is_file()
+
+
+def test_resume_continues_the_same_run(tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    cli.train_main(["--out", str(whole), *TINY])
+
+    part = tmp_path / "part"
+    original = EpisodeBatches.batch
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(self, index):
+        # Training batches of epoch 1 have index >= 2; crash once, at the first of them.
+        if self.tasks_per_batch == 2 and index == 3 and calls["n"] == 0:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(EpisodeBatches, "batch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        cli.train_main(["--out", str(part), *TINY])
+    assert not (part / "results.json").exists()
+    assert cli.train_main(["--out", str(part), "--resume", "--no-progress"]) == 0
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert json.loads((whole / "results.json").read_text())["test_acc_mean"] == pytest.approx(
+        json.loads((part / "results.json").read_text())["test_acc_mean"]
+    )
+
+
+@pytest.mark.parametrize("method", ["maml", "metasgd", "metasgd-star", "mamlpp"])
+@pytest.mark.parametrize("regularizer", ["none", "dropout", "spatialdropout"])
+def test_every_method_and_regularizer_takes_a_meta_step(method, regularizer, tmp_path, monkeypatch):
+    from dropgrad_fewshot import run
+
+    cfg = tiny_config(method=method, regularizer=regularizer, dropgrad="binary", p=0.3, pretrain_epochs=1)
+    torch.manual_seed(0)
+    learner = build_learner(cfg)
+    if method == "metasgd-star":
+        # Pre-train on 10 glyph classes (the full base split is the real run's job).
+        small = build_dataset("glyphs", "train", image_size=28, n_classes=10)
+        monkeypatch.setattr(run, "load_split", lambda *a, **k: small)
+        before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        run._pretrain(cfg, learner, tmp_path, torch.device("cpu"), lambda line: None)
+        monkeypatch.undo()
+        assert (tmp_path / "pretrained.pt").is_file()
+        after = learner.model.state_dict()
+        assert not torch.equal(after["block1.conv.weight"], before["block1.conv.weight"])
+        assert torch.equal(after["fc.weight"], before["fc.weight"]), "the N-way head is not pre-trained"
+        # A second call (a resumed run) loads the saved backbone instead of training again.
+        fresh = build_learner(cfg)
+        run._pretrain(cfg, fresh, tmp_path, torch.device("cpu"), lambda line: None)
+        assert torch.equal(fresh.model.state_dict()["block1.conv.weight"], after["block1.conv.weight"])
+    data = load_split(cfg, "train")
+    tasks = EpisodeBatches(data, n_way=3, n_shot=1, n_query=2, tasks_per_batch=2, seed=0).batch(0)
+    before = {k: v.detach().clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    out = learner.meta_backward(tasks, batched=use_vmap(learner, "auto"))
+    assert torch.isfinite(out.loss)
+    opt.step()
+    changed = [k for k, v in learner.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    assert any(k.startswith("model.") for k in changed)
+    if method in ("metasgd", "metasgd-star", "mamlpp"):
+        assert any(k.startswith("lrs.") for k in changed), "learned step sizes are meta-trained"
+
+
+def test_dropgrad_is_off_at_test_time():
+    """Evaluation with DropGrad on (p=0.5) equals evaluation of the same weights without DropGrad."""
+    cfg = tiny_config(dropgrad="binary", p=0.5)
+    torch.manual_seed(0)
+    noisy = build_learner(cfg)
+    clean = build_learner(tiny_config(dropgrad="none"))
+    clean.load_state_dict(noisy.state_dict())
+    data = load_split(cfg, "test")
+    kw = dict(way=3, shot=1, query=2, episodes=4, seed=5, device=torch.device("cpu"), batched=False)
+    a = evaluate(noisy, data, **kw)
+    b = evaluate(clean, data, **kw)
+    np.testing.assert_array_equal(a["acc"], b["acc"])
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    # ... while in training mode the same learner's adaptation is noisy.
+    tasks = EpisodeBatches(data, n_way=3, n_shot=1, n_query=2, tasks_per_batch=1, seed=5).batch(0)
+    noisy.train()
+    clean.train()
+    assert not torch.allclose(noisy.meta_loss(tasks).loss, clean.meta_loss(tasks).loss)
+
+
+def test_dropgrad_layers_select_resnet_groups():
+    dg = make_dropgrad(FewShotConfig(backbone="resnet18", dropgrad_layers="conv,block1"))
+    assert dg.selected(["conv1.weight", "bn1.bias", "layer1.0.conv2.weight", "layer2.0.conv1.weight", "fc.weight"]) == (
+        True, True, True, False, False,
+    )
+
+
+def test_defaults_match_the_papers_sources():
+    cfg = resolve_defaults(FewShotConfig())
+    assert (cfg.inner_steps, cfg.inner_lr, cfg.meta_batch, cfg.outer_lr) == (5, 0.01, 4, 1e-3)
+    assert (cfg.query, cfg.test_query, cfg.test_episodes) == (16, 15, 600)
+    assert (cfg.dropgrad, cfg.p, cfg.dropout_p) == ("gaussian", 0.1, 0.3)
+    cub = resolve_defaults(FewShotConfig(dataset="cub", data_root="x", shot=1))
+    assert (cub.epochs, cub.episodes_per_epoch) == (2400, 100)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--p", "1.0"], "--p"),
+        (["--way", "1"], "--way"),
+        (["--dataset", "omniglot"], "--data-root"),
+        (["--episodes-per-epoch", "5"], "multiple of --meta-batch"),
+        (["--dataset", "omniglot", "--data-root", "no/such/folder"], "no/such/folder"),
+        (["--way", "5000"], "5000"),
+    ],
+)
+def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dropgrad_fewshot.cli", "--out", str(tmp_path / "r"), *argv, "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert expected in proc.stderr, proc.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_path, capsys):
+    spec = {
+        "out": str(tmp_path / "sweep"),
+        "base": {"way": 3, "shot": 1, "query": 2, "test_query": 2, "inner_steps": 1, "meta_batch": 2,
+                 "epochs": 1, "episodes_per_epoch": 2, "val_episodes": 2, "test_episodes": 4},
+        "grid": {"regularizer": ["none", "binary", "gaussian"], "p": [0.1, 0.3]},
+    }
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(spec))
+    assert sweep.main([str(path), "--no-progress"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(runs) == 5  # none once, binary and gaussian at two p each
+    tables = (tmp_path / "sweep" / "tables.md").read_text()
+    assert "binary (p=0.3)" in tables and "gaussian (p=0.1)" in tables and "Fig. 2" in tables
+    assert (tmp_path / "sweep" / "p_sweep.png").is_file()
+    mtime = (tmp_path / "sweep" / runs[0] / "results.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert sweep.main([str(path), "--no-progress"]) == 0
+    assert (tmp_path / "sweep" / runs[0] / "results.json").stat().st_mtime_ns == mtime

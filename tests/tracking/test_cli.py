@@ -1,0 +1,121 @@
+"""``track-eval`` end to end: the synthetic set with the static baseline, re-scoring, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from dropgrad_tracking.cli import main
+
+FAST = ["--synthetic-sequences", "3", "--synthetic-frames", "20", "--no-progress"]
+
+
+def _run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def static_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("static")
+    code = main(["--dataset", "synthetic", "--tracker", "static", "--out", str(out), "--json", *FAST])
+    assert code == 0
+    return out
+
+
+def test_synthetic_static_end_to_end(static_run):
+    report = json.loads((static_run / "report.json").read_text())
+    static = report["trackers"]["static"]
+    assert report["dataset"] == "Synthetic" and report["n_sequences"] == 3
+    assert set(static["sequences"]) == {"Synthetic-01", "Synthetic-02", "Synthetic-03"}
+    for key in ("success_auc", "precision_20", "fps", "fps_without_first", "first_frame_seconds", "success_curve"):
+        assert key in static["overall"], key
+    assert len(static["overall"]["success_curve"]) == 21 and len(static["overall"]["precision_curve"]) == 51
+    assert static["sequences"]["Synthetic-01"]["n_frames"] == 20
+    assert static["metadata"]["tracker"] == "static"
+    assert "ALL" in (static_run / "attributes.md").read_text() and (static_run / "attributes.csv").is_file()
+    for kind in ("success", "precision"):
+        assert (static_run / "plots" / f"{kind}_ALL.png").stat().st_size > 1000
+        assert (static_run / "plots" / f"{kind}_BC.png").is_file()
+    assert (static_run / "got10k" / "Synthetic" / "static" / "times" / "Synthetic-01_time.txt").is_file()
+    assert (static_run / "synthetic-data" / "Synthetic-01" / "attrs.txt").is_file()
+
+
+def test_rescoring_the_written_results_and_comparing_trackers(static_run, tmp_path, capsys):
+    # A perfect "tracker": the ground truth itself, spelled with another name variant.
+    perfect = tmp_path / "perfect"
+    perfect.mkdir()
+    for gt in sorted((static_run / "synthetic-data").glob("*/groundtruth_rect.txt")):
+        (perfect / f"{gt.parent.name.lower().replace('-', '_')}.txt").write_text(gt.read_text().replace(",", "\t"))
+    code, out, err = _run([
+        "--dataset", "synthetic", "--root", str(static_run / "synthetic-data"), "--out", str(tmp_path / "cmp"),
+        "--results", f"static={static_run / 'results' / 'static'}", "--results", f"perfect={perfect}", "--json", *FAST,
+    ], capsys)
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])["trackers"]
+    before = json.loads((static_run / "report.json").read_text())["trackers"]["static"]["overall"]
+    assert summary["static"]["success_auc"] == pytest.approx(before["success_auc"], abs=1e-12)
+    assert summary["perfect"]["success_auc"] == pytest.approx(20 / 21) and summary["perfect"]["precision_20"] == 1.0
+    assert summary["static"]["success_auc"] < 0.5 * summary["perfect"]["success_auc"]
+    assert "static" in summary and "fps" in summary["static"] and "fps" not in summary["perfect"]
+    table = (tmp_path / "cmp" / "attributes.md").read_text()
+    assert "static AUC" in table and "perfect P@20" in table
+
+
+def test_off_by_one_results_warn_and_bigger_mismatches_fail(static_run, tmp_path, capsys):
+    res = tmp_path / "res"
+    res.mkdir()
+    for txt in sorted((static_run / "results" / "static").glob("*.txt")):
+        lines = txt.read_text().splitlines()
+        (res / txt.name).write_text("\n".join(lines[:-1]) + "\n")  # one frame short
+    args = ["--dataset", "synthetic", "--root", str(static_run / "synthetic-data"), "--results", str(res), "--no-plots", *FAST]
+    code, out, err = _run([*args, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0 and "warning:" in err and "19 boxes for 20 ground-truth frames" in err
+    (res / "Synthetic-02.txt").write_text("1,2,3,4\n" * 5)
+    code, out, err = _run([*args, "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "Synthetic-02.txt: 5 boxes, but the ground truth of Synthetic-02 has 20 frames" in err
+    (res / "Synthetic-02.txt").write_text("1,2,3,4\n1;2;3;4\n")
+    code, out, err = _run([*args, "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "Synthetic-02.txt, line 2" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "OTB2015", "--results", "x"], "OTB2015 not found: no --root and no --annotations"),
+        (["--dataset", "synthetic"], "nothing to score"),
+        (["--dataset", "synthetic", "--tracker", "static", "--checkpoint", "run"], "--checkpoint is not used by --tracker static"),
+        (["--dataset", "synthetic", "--tracker", "kcf"], "not a known tracker"),
+        (["--dataset", "synthetic", "--results", "does/not/exist"], "--results does/not/exist: not a directory"),
+    ],
+)
+def test_user_errors_exit_2_with_one_message(tmp_path, capsys, args, message):
+    code, out, err = _run([*args, "--out", str(tmp_path / "o"), *FAST], capsys)
+    assert code == 2
+    assert "track-eval: error: " in err and message in err and "Traceback" not in err
+
+
+def test_missing_otb_message_points_to_synthetic(tmp_path, capsys):
+    code, _, err = _run(["--dataset", "OTB2015", "--root", str(tmp_path / "nowhere"), "--results", "x", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "groundtruth_rect.txt" in err and "--dataset synthetic runs without any data" in err
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "dropgrad_tracking.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for option in ("--dataset", "--annotations", "--results", "--tracker", "--empty-gt", "--json", "static"):
+        assert option in result.stdout
+
+
+def test_scoring_is_deterministic(static_run, tmp_path, capsys):
+    args = ["--dataset", "synthetic", "--root", str(static_run / "synthetic-data"), "--results", str(static_run / "results" / "static"),
+            "--no-plots", *FAST]
+    _run([*args, "--out", str(tmp_path / "a")], capsys)
+    _run([*args, "--out", str(tmp_path / "b")], capsys)
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    b = json.loads((tmp_path / "b" / "report.json").read_text())
+    a.pop("scoring_seconds"), b.pop("scoring_seconds")
+    assert np.allclose(a["trackers"]["static"]["overall"]["success_curve"], b["trackers"]["static"]["overall"]["success_curve"])
+    assert a["trackers"]["static"]["sequences"] == b["trackers"]["static"]["sequences"]

@@ -1,0 +1,110 @@
+"""The OPE scorer on hand-made cases: perfect tracker, empty boxes, lengths, thresholds."""
+
+import warnings
+
+import numpy as np
+import pytest
+from dropgrad_tracking.data.sequence import Sequence
+from dropgrad_tracking.evaluation import (
+    SUCCESS_THRESHOLDS,
+    LengthMismatchError,
+    TrackerResult,
+    align_lengths,
+    evaluate_tracker,
+    score_sequence,
+    summarize,
+)
+
+
+def _gt(n=10):
+    return np.array([[10.0 + 3 * i, 20, 30, 40] for i in range(n)])
+
+
+def test_perfect_tracker_scores_20_of_21():
+    gt = _gt()
+    s = score_sequence(gt.copy(), gt)
+    assert s.success_auc == pytest.approx(20 / 21, abs=1e-15)
+    assert s.success[-1] == 0.0 and (s.success[:-1] == 1).all()
+    assert (s.precision == 1).all() and s.precision_20 == 1.0 and s.mean_iou == 1.0
+
+
+def test_first_frame_counts_as_ground_truth():
+    gt = _gt(4)
+    boxes = np.full_like(gt, 500.0)
+    s = score_sequence(boxes, gt)
+    assert s.success[0] == pytest.approx(1 / 4) and s.precision_20 == pytest.approx(1 / 4)
+
+
+def test_success_thresholds_are_strict_and_toolkit_exact():
+    assert SUCCESS_THRESHOLDS[3] == 0.15 and SUCCESS_THRESHOLDS[6] == 0.3  # k / 20, not linspace's 0.15000000000000002
+    gt = np.array([[0.0, 0, 10, 10]] * 2)
+    half = np.array([[0.0, 0, 10, 10], [0, 0, 5, 10]])  # IoU exactly 0.5 on frame 2
+    s = score_sequence(half, gt)
+    assert s.success[10] == 0.5 and s.success[9] == 1.0  # 0.5 > 0.5 is false, 0.5 > 0.45 true
+    off = np.array([[0.0, 0, 10, 10], [20, 0, 10, 10]])  # centre error exactly 20 px
+    assert score_sequence(off, gt).precision_20 == 1.0 and score_sequence(off, gt).precision[19] == 0.5
+
+
+def test_empty_ground_truth_frames():
+    gt = _gt(5)
+    gt[3] = 0  # target not visible
+    boxes = gt.copy()
+    boxes[3] = [100, 100, 10, 10]
+    boxes[4] = [300, 300, 10, 10]  # a miss
+    excluded = score_sequence(boxes, gt)
+    assert excluded.n_scored == 4 and excluded.success[0] == pytest.approx(3 / 4) and excluded.precision_20 == pytest.approx(3 / 4)
+    toolkit = score_sequence(boxes, gt, empty_gt="toolkit")
+    # The toolkit keeps invalid frames in the denominator: a failure in success, a hit in precision.
+    assert toolkit.success[0] == pytest.approx(3 / 5) and toolkit.precision_20 == pytest.approx(4 / 5)
+    kept = score_sequence(boxes, gt, empty_gt="keep")
+    assert kept.success[0] == pytest.approx(3 / 5) and kept.n_scored == 5
+    gt_edge = _gt(3)
+    gt_edge[1, 0] = 0  # x = 0: a real box the toolkit nevertheless counts as invalid
+    assert score_sequence(gt_edge.copy(), gt_edge, empty_gt="toolkit").success[0] == pytest.approx(2 / 3)
+    assert score_sequence(gt_edge.copy(), gt_edge).success[0] == 1.0
+    with pytest.raises(ValueError, match="every ground-truth box is empty"):
+        score_sequence(np.zeros((2, 4)), np.zeros((2, 4)))
+
+
+def test_off_by_one_lengths_score_common_frames_and_warn():
+    gt = _gt(10)
+    with pytest.warns(UserWarning, match="9 boxes for 10 ground-truth frames"):
+        boxes, cut, note = align_lengths(gt[:9], gt, "r/Couple.txt", "Couple")
+    assert len(boxes) == len(cut) == 9 and "r/Couple.txt" in note
+    with pytest.warns(UserWarning):
+        boxes, cut, _ = align_lengths(np.vstack([gt, gt[:2]]), gt, "r/Couple.txt", "Couple")
+    assert len(boxes) == 10
+    with pytest.raises(LengthMismatchError, match="r/Couple.txt: 7 boxes, but the ground truth of Couple has 10 frames"):
+        align_lengths(gt[:7], gt, "r/Couple.txt", "Couple")
+
+
+def test_evaluate_tracker_averages_per_sequence_then_across():
+    a = Sequence("a", [], _gt(4), ("SV",))
+    b = Sequence("b", [], _gt(8), ("OCC",))
+    miss = b.boxes.copy()
+    miss[1:] += 500
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = evaluate_tracker("t", {"a": TrackerResult(a.boxes.copy(), "a"), "b": TrackerResult(miss, "b")}, {"a": a, "b": b})
+    # Per sequence first: (1 + 1/8) / 2, not the frame-weighted 5/12.
+    assert ev.overall.success[0] == pytest.approx((1 + 1 / 8) / 2)
+    assert ev.attributes["SV"].success_auc == pytest.approx(20 / 21)
+    assert summarize(ev.scores, ["b"]).precision_20 == pytest.approx(1 / 8)
+
+
+def test_timing_fps_with_and_without_first_frame():
+    gt = _gt(3)
+    ev = evaluate_tracker("t", {"a": TrackerResult(gt.copy(), "a", times=np.array([1.0, 0.5, 0.5]))}, {"a": Sequence("a", [], gt)})
+    t = ev.overall.timing
+    assert t["fps"] == pytest.approx(3 / 2) and t["fps_without_first"] == pytest.approx(2.0) and t["first_frame_seconds"] == 1.0
+
+
+def test_lost_target_nan_boxes_count_as_misses(tmp_path):
+    from dropgrad_tracking.data import read_box_file
+
+    path = tmp_path / "Couple.txt"
+    path.write_text("10,20,30,40\nnan,nan,nan,nan\nNaN NaN NaN NaN\n")
+    boxes = read_box_file(path)
+    gt = np.array([[10.0, 20, 30, 40]] * 3)
+    s = score_sequence(boxes, gt)
+    assert s.success[0] == pytest.approx(1 / 3) and s.precision[-1] == pytest.approx(1 / 3)

@@ -1,0 +1,102 @@
+"""The tracker registry and the tracker-independent run path with its two result layouts."""
+
+import numpy as np
+import pytest
+from dropgrad_tracking.data import SyntheticConfig, load_otb_folders, write_synthetic
+from dropgrad_tracking.evaluation import evaluate_tracker, read_results
+from dropgrad_tracking.trackers import (
+    StaticTracker,
+    Tracker,
+    TrackerOptions,
+    as_array,
+    available_trackers,
+    make_tracker,
+    register_tracker,
+    registry,
+    run_tracker,
+)
+from got10k.trackers import Tracker as Got10kTracker
+
+
+class Oracle(Tracker):
+    """Returns the ground truth it was given: any tracker type must run through the same path."""
+
+    def __init__(self, sequences):
+        super().__init__("oracle", metadata={"backbone": "none"})
+        self.boxes = [s.boxes for s in sequences.values()]
+        self.seen = []
+
+    def init(self, image, box):
+        self.frame, self.current = 0, None
+        self.seen.append(as_array(image).shape)
+        for boxes in self.boxes:
+            if np.array_equal(boxes[0], box):
+                self.current = boxes
+
+    def update(self, image):
+        self.frame += 1
+        return self.current[self.frame]
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory):
+    root = write_synthetic(tmp_path_factory.mktemp("syn"), SyntheticConfig(n_sequences=2, n_frames=12, height=80, width=100))
+    return load_otb_folders(root)
+
+
+def test_static_is_registered_and_refuses_unused_options():
+    assert "static" in available_trackers()
+    tracker = make_tracker("STATIC")
+    assert isinstance(tracker, Got10kTracker) and tracker.name == "static"
+    with pytest.raises(ValueError, match="--checkpoint is not used by --tracker static"):
+        make_tracker("static", TrackerOptions(checkpoint="run"))
+    with pytest.raises(ValueError, match="not a known tracker; choose from .*static"):
+        make_tracker("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_tracker("static", lambda o: StaticTracker(), "dup")
+
+
+def test_a_registered_tracker_receives_its_options(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    got = {}
+
+    def factory(options):
+        got["options"] = options
+        return StaticTracker()
+
+    register_tracker("needs-ckpt", factory, "test", accepts=["checkpoint"])
+    make_tracker("needs-ckpt", TrackerOptions(checkpoint="run_dir", device="cpu", seed=4))
+    assert got["options"].checkpoint == "run_dir" and got["options"].seed == 4
+
+
+def test_runner_writes_otb_and_got10k_layouts_and_any_tracker_scores(sequences, tmp_path):
+    oracle = Oracle(sequences)
+    results = run_tracker(oracle, sequences, tmp_path, dataset="Synthetic", progress=False)
+    assert oracle.seen == [(80, 100, 3)] * 2
+    ev = evaluate_tracker("oracle", results, sequences)
+    assert ev.overall.success_auc == pytest.approx(20 / 21)
+    for name, seq in sequences.items():
+        text = np.loadtxt(tmp_path / "results" / "oracle" / f"{name}.txt", delimiter=",")
+        np.testing.assert_allclose(text, seq.boxes)
+        got = np.loadtxt(tmp_path / "got10k" / "Synthetic" / "oracle" / f"{name}.txt", delimiter=",")
+        np.testing.assert_allclose(got, seq.boxes)
+        times = np.loadtxt(tmp_path / "got10k" / "Synthetic" / "oracle" / "times" / f"{name}_time.txt")
+        assert times.shape == (len(seq),) and (times >= 0).all()
+    assert '"backbone": "none"' in (tmp_path / "results" / "oracle" / "tracker.json").read_text()
+    # The written folder reads back (with times) through the same reader as any published results.
+    again, ignored = read_results(tmp_path / "results" / "oracle", sequences)
+    assert not ignored and all(again[n].times is not None for n in sequences)
+    np.testing.assert_allclose(again[next(iter(sequences))].boxes, results[next(iter(sequences))].boxes)
+
+
+def test_got10k_track_loop_runs_our_tracker(sequences):
+    seq = next(iter(sequences.values()))
+    boxes, times = StaticTracker().track([str(f) for f in seq.frames], seq.boxes[0])
+    assert boxes.shape == (len(seq), 4) and (boxes == seq.boxes[0]).all()
+
+
+def test_as_array_accepts_pil_and_arrays():
+    from PIL import Image
+
+    pil = Image.fromarray(np.zeros((4, 5), dtype=np.uint8))
+    assert as_array(pil).shape == (4, 5, 3) and as_array(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
