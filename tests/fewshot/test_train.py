@@ -201,3 +201,55 @@ def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_
     capsys.readouterr()
     assert sweep.main([str(path), "--no-progress"]) == 0
     assert (tmp_path / "sweep" / runs[0] / "results.json").stat().st_mtime_ns == mtime
+
+
+def test_cross_domain_protocol_trains_and_validates_on_miniimagenet_and_tests_on_cub(monkeypatch):
+    from dropgrad_fewshot import run
+
+    calls = []
+    monkeypatch.setattr(run, "build_dataset", lambda name, split, **kw: calls.append((name, split, kw["data_root"], kw["image_size"])))
+    cfg = resolve_defaults(FewShotConfig(dataset="miniimagenet", data_root="mini", test_dataset="cub",
+                                         test_data_root="CUB_200_2011", backbone="resnet18"))
+    run.load_split(cfg, "train")
+    run.load_split(cfg, "val")
+    run.load_split(cfg, "test", test=True)
+    assert calls == [("miniimagenet", "train", "mini", 224), ("miniimagenet", "val", "mini", 224),
+                     ("cub", "test", "CUB_200_2011", 224)]
+    with pytest.raises(ValueError, match="3-channel"):
+        run.load_split(resolve_defaults(FewShotConfig(test_dataset="cub", test_data_root="x")), "test", test=True)
+
+
+def test_verify_images_names_the_first_unreadable_file(tmp_path):
+    from PIL import Image
+
+    from dropgrad_fewshot.data import DataError, GrayscaleTransform, ImageFileDataset
+    from dropgrad_fewshot.run import verify_images
+
+    paths = []
+    for k in range(4):
+        path = tmp_path / f"{k}.png"
+        Image.new("L", (8, 8), 40 * k).save(path)
+        paths.append(path)
+    paths[2].write_bytes(b"not a png")
+    data = ImageFileDataset(
+        paths=paths, labels=[0, 0, 1, 1], class_names=["a", "b"], class_sources=["a/", "b/"],
+        transform=GrayscaleTransform(8, invert=False), mode="L", name="omniglot", split="train",
+        channels=1, image_size=8, augment=False, seed=0,
+    )
+    with pytest.raises(DataError, match=r"1 of 4 images cannot be read.*2\.png"):
+        verify_images(data)
+    paths[2].unlink()
+    Image.new("L", (8, 8)).save(paths[2])
+    verify_images(data)
+
+
+def test_prefetched_meta_batches_equal_direct_ones_in_and_out_of_sequence():
+    from dropgrad_fewshot.run import _Prefetched
+
+    data = load_split(tiny_config(), "train")
+    direct = EpisodeBatches(data, n_way=3, n_shot=1, n_query=2, tasks_per_batch=2, seed=3)
+    workers = EpisodeBatches(data, n_way=3, n_shot=1, n_query=2, tasks_per_batch=2, seed=3, num_workers=1)
+    stream = _Prefetched(workers, stop=8)
+    for i in (0, 1, 2, 5, 6):  # 5 is a jump, as after a resume
+        for a, b in zip(stream.get(i), direct.batch(i)):
+            assert torch.equal(a, b)

@@ -74,6 +74,7 @@ class FewShotConfig:
     pretrain_batch: int = field(default=64, metadata={"help": "metasgd-star: pre-training batch size"})
     batched: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together with vmap (auto: when the model allows it)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (GPU)"})
+    verify_images: bool = field(default=False, metadata={"help": "decode every image of the three splits before training, so an unreadable file stops the run before it starts (default: it stops the run, naming the file, when first loaded)"})
     num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, episodes and noise"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda or cuda:N"})

@@ -40,11 +40,11 @@ from dropgrad import (
 )
 
 from .config import FewShotConfig
-from .data import EpisodeBatches, build_dataset, check_episodes
+from .data import DataError, EpisodeBatches, build_dataset, check_episodes
 from .methods import build_learner, use_vmap
 from .models import pretrain_feature_extractor
 
-__all__ = ["VAL_STREAM", "TEST_STREAM", "evaluate", "load_split", "train"]
+__all__ = ["VAL_STREAM", "TEST_STREAM", "evaluate", "load_split", "train", "verify_images"]
 
 VAL_STREAM, TEST_STREAM = 1_000_003, 2_000_003
 # Validation/test tasks are adapted this many at a time (memory bound, not a result knob).
@@ -73,6 +73,26 @@ def load_split(cfg: FewShotConfig, split: str, *, test: bool = False, augment: b
         seed=cfg.seed,
         **options,
     )
+
+
+def verify_images(dataset: Any, progress: bool = False) -> None:
+    """Decode every image of ``dataset``; one DataError naming the first unreadable file and the count.
+
+    >>> from dropgrad_fewshot.data import build_dataset
+    >>> verify_images(build_dataset("glyphs", "val", n_classes=2))  # procedural: nothing to read
+    """
+    from tqdm.auto import tqdm
+
+    if getattr(dataset, "name", None) == "glyphs":
+        return
+    bad: list[str] = []
+    for i in tqdm(range(len(dataset)), desc=f"verify {dataset.describe()}", disable=not progress, leave=False):
+        try:
+            dataset.load(i)
+        except DataError as err:
+            bad.append(str(err))
+    if bad:
+        raise DataError(f"{len(bad)} of {len(dataset)} images cannot be read ({dataset.describe()}); first: {bad[0]}")
 
 
 def evaluate(
@@ -182,6 +202,9 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     check_episodes(train_set, cfg.way, cfg.shot, cfg.query)
     check_episodes(val_set, cfg.way, cfg.shot, cfg.test_query)
     check_episodes(test_set, cfg.way, cfg.shot, cfg.test_query)
+    if cfg.verify_images:
+        for split in (train_set, val_set, test_set):
+            verify_images(split, cfg.progress)
 
     learner = build_learner(cfg).to(device)
     batched = use_vmap(learner, cfg.batched)
