@@ -115,7 +115,7 @@ def test_every_method_and_regularizer_takes_a_meta_step(method, regularizer, tmp
     tasks = EpisodeBatches(data, n_way=3, n_shot=1, n_query=2, tasks_per_batch=2, seed=0).batch(0)
     before = {k: v.detach().clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    out = learner.meta_backward(tasks, batched=use_vmap(learner, "auto"))
+    out = learner.meta_backward(tasks, batched=False)
     assert torch.isfinite(out.loss)
     opt.step()
     changed = [k for k, v in learner.state_dict().items() if k in before and not torch.equal(v, before[k])]
@@ -253,3 +253,18 @@ def test_prefetched_meta_batches_equal_direct_ones_in_and_out_of_sequence():
     for i in (0, 1, 2, 5, 6):  # 5 is a jump, as after a resume
         for a, b in zip(stream.get(i), direct.batch(i)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method, regularizer", [("maml", "none"), ("mamlpp", "none"), ("maml", "dropout")])
+def test_evaluation_with_vmap_equals_the_per_task_loop(method, regularizer):
+    cfg = tiny_config(method=method, regularizer=regularizer)
+    torch.manual_seed(0)
+    learner = build_learner(cfg)
+    assert use_vmap(learner, "on", training=False)
+    assert not use_vmap(learner, "auto", training=False), "auto loops on a CPU"
+    data = load_split(cfg, "val")
+    kw = dict(way=3, shot=1, query=2, episodes=10, seed=7, device=torch.device("cpu"))
+    loop = evaluate(learner, data, batched=False, **kw)
+    vmap = evaluate(learner, data, batched=True, **kw)
+    np.testing.assert_array_equal(loop["acc"], vmap["acc"])
+    np.testing.assert_allclose(loop["loss"], vmap["loss"], rtol=1e-4, atol=1e-5)

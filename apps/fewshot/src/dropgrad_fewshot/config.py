@@ -72,7 +72,7 @@ class FewShotConfig:
     pretrain_epochs: int = field(default=20, metadata={"help": "metasgd-star: cross-entropy pre-training epochs over the base classes"})
     pretrain_lr: float = field(default=1e-3, metadata={"help": "metasgd-star: Adam learning rate of the pre-training"})
     pretrain_batch: int = field(default=64, metadata={"help": "metasgd-star: pre-training batch size"})
-    batched: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together with vmap (auto: when the model allows it)"})
+    batched: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together with vmap (auto: on a GPU, when vmap is exact for the model)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (GPU)"})
     verify_images: bool = field(default=False, metadata={"help": "decode every image of the three splits before training, so an unreadable file stops the run before it starts (default: it stops the run, naming the file, when first loaded)"})
     num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})

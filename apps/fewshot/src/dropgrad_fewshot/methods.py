@@ -87,16 +87,22 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
     raise ValueError(f"--method must be maml, metasgd, metasgd-star or mamlpp, got {cfg.method!r}")
 
 
-def use_vmap(learner: MAML, setting: str) -> bool:
-    """Whether to adapt a meta-batch with vmap: ``on``/``off``, or ``auto`` (when the model allows).
+def use_vmap(learner: MAML, setting: str, training: bool = True) -> bool:
+    """Whether to adapt tasks with vmap: ``on``/``off``, or ``auto``.
 
-    Models vmap cannot adapt exactly (consistent dropout masks, BatchNorm running statistics,
-    second order through BatchNorm) take the per-task loop, which gives the same numbers.
+    ``auto`` batches on a GPU when vmap is exact for the model: models it cannot adapt exactly
+    (consistent dropout masks, BatchNorm running statistics, second order through BatchNorm)
+    take the per-task loop, which gives the same numbers. On a CPU the loop is as fast or faster
+    (Conv4 evaluation: 0.08 s per task looped against 0.14 s batched), so ``auto`` loops there.
+    ``training`` asks for meta-training or for evaluation, where adaptation is first order and
+    dropout is off, so vmap is exact for more models.
     """
     if setting == "off":
         return False
+    if setting == "auto" and next(learner.parameters()).device.type != "cuda":
+        return False
     was_training = learner.training
-    learner.train()
+    learner.train(training)
     try:
         learner.check_batchable()
         ok, reason = True, ""

@@ -208,6 +208,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
 
     learner = build_learner(cfg).to(device)
     batched = use_vmap(learner, cfg.batched)
+    eval_batched = use_vmap(learner, cfg.batched, training=False)
     messages: list[str] = []
     if cfg.method == "metasgd-star":
         _pretrain(cfg, learner, out, device, messages.append)
@@ -232,7 +233,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     def validate_fn(epoch: int) -> dict[str, float]:
         scores = evaluate(
             learner, val_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.val_episodes,
-            seed=cfg.seed + VAL_STREAM, device=device, batched=batched, desc="val",
+            seed=cfg.seed + VAL_STREAM, device=device, batched=eval_batched, desc="val",
             progress=cfg.progress,
         )
         return {"val_loss": float(scores["loss"].mean()), "val_acc": float(scores["acc"].mean())}
@@ -258,13 +259,14 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     for line in messages:
         trainer.log(line)
     trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
-    trainer.log(f"learner: {type(learner).__name__}, {'vmap over tasks' if batched else 'per-task loop'}, device {device}")
+    how = {True: "vmap over tasks", False: "per-task loop"}
+    trainer.log(f"learner: {type(learner).__name__}; training: {how[batched]}, evaluation: {how[eval_batched]}; device {device}")
     summary = trainer.fit(resume=resume)
 
     load_best_model(out, learner, map_location=device)
     scores = evaluate(
         learner, test_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.test_episodes,
-        seed=cfg.seed + TEST_STREAM, device=device, batched=batched, progress=cfg.progress,
+        seed=cfg.seed + TEST_STREAM, device=device, batched=eval_batched, progress=cfg.progress,
     )
     acc = summarize(scores["acc"])
     results = {

@@ -78,7 +78,7 @@ def test_run(
     dataset = load_split(test_cfg, split, test=True)
     check_episodes(dataset, cfg.way, shot, query)
     stream = cfg.seed + TEST_STREAM if seed is None else seed
-    batched = use_vmap(learner, cfg.batched)
+    batched = use_vmap(learner, cfg.batched, training=False)
     scores = evaluate(
         learner, dataset, way=cfg.way, shot=shot, query=query, episodes=episodes, seed=stream,
         device=dev, batched=batched, progress=progress,
