@@ -219,7 +219,7 @@ def test_cross_domain_protocol_trains_and_validates_on_miniimagenet_and_tests_on
         run.load_split(resolve_defaults(FewShotConfig(test_dataset="cub", test_data_root="x")), "test", test=True)
 
 
-def test_verify_images_names_the_first_unreadable_file(tmp_path):
+def test_verify_images_and_preload_name_the_first_unreadable_file(tmp_path):
     from PIL import Image
 
     from dropgrad_fewshot.data import DataError, GrayscaleTransform, ImageFileDataset
@@ -231,16 +231,27 @@ def test_verify_images_names_the_first_unreadable_file(tmp_path):
         Image.new("L", (8, 8), 40 * k).save(path)
         paths.append(path)
     paths[2].write_bytes(b"not a png")
-    data = ImageFileDataset(
-        paths=paths, labels=[0, 0, 1, 1], class_names=["a", "b"], class_sources=["a/", "b/"],
-        transform=GrayscaleTransform(8, invert=False), mode="L", name="omniglot", split="train",
-        channels=1, image_size=8, augment=False, seed=0,
-    )
+
+    def make(cache: bool) -> ImageFileDataset:
+        return ImageFileDataset(
+            paths=paths, labels=[0, 0, 1, 1], class_names=["a", "b"], class_sources=["a/", "b/"],
+            transform=GrayscaleTransform(8, invert=False), mode="L", cache=cache, name="omniglot",
+            split="train", channels=1, image_size=8, augment=False, seed=0,
+        )
+
     with pytest.raises(DataError, match=r"1 of 4 images cannot be read.*2\.png"):
-        verify_images(data)
+        verify_images(make(False))
+    with pytest.raises(DataError, match=r"2\.png"):
+        make(True).preload()
     paths[2].unlink()
-    Image.new("L", (8, 8)).save(paths[2])
-    verify_images(data)
+    Image.new("L", (8, 8), 80).save(paths[2])
+    verify_images(make(False))
+    # Preloading a cached set decodes every file once, to the tensors a lazy load gives.
+    cached = make(True)
+    assert cached.preload(threads=2) == 4 and make(False).preload() == 0
+    for i in range(4):
+        paths[i].unlink()  # from now on only the cache can answer
+        assert torch.equal(cached.load(i), torch.full((1, 8, 8), 40 * i / 255))
 
 
 def test_prefetched_meta_batches_equal_direct_ones_in_and_out_of_sequence():

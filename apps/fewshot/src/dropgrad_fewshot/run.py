@@ -205,6 +205,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     if cfg.verify_images:
         for split in (train_set, val_set, test_set):
             verify_images(split, cfg.progress)
+    preloaded = sum(split.preload() for split in (train_set, val_set, test_set) if hasattr(split, "preload"))
 
     learner = build_learner(cfg).to(device)
     batched = use_vmap(learner, cfg.batched)
@@ -258,6 +259,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     )
     for line in messages:
         trainer.log(line)
+    if preloaded:
+        trainer.log(f"data: decoded {preloaded} images into memory before training")
     trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
     how = {True: "vmap over tasks", False: "per-task loop"}
     trainer.log(f"learner: {type(learner).__name__}; training: {how[batched]}, evaluation: {how[eval_batched]}; device {device}")

@@ -77,6 +77,8 @@ def test_run(
     query = query or cfg.test_query
     dataset = load_split(test_cfg, split, test=True)
     check_episodes(dataset, cfg.way, shot, query)
+    if hasattr(dataset, "preload"):
+        dataset.preload()
     stream = cfg.seed + TEST_STREAM if seed is None else seed
     batched = use_vmap(learner, cfg.batched, training=False)
     scores = evaluate(

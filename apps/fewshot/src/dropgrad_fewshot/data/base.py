@@ -212,6 +212,34 @@ class ImageFileDataset(FewShotDataset):
             x = torch.rot90(x, int(self.rotations[index]), dims=(-2, -1))
         return x.contiguous()
 
+    def preload(self, threads: int | None = None) -> int:
+        """Decode every image into the cache now (a no-op without ``cache``); returns how many.
+
+        Lazy decoding on first use made the first epoch of a GPU run decode-bound (Omniglot
+        20-way: about 1.4 s of PNG decoding per meta-batch of 16 tasks); decoding the split once,
+        up front, on several threads (PIL releases the GIL while decoding and resizing) moves
+        that cost before training. Unreadable files raise :class:`DataError` naming the path.
+        """
+        if not self.cache:
+            return 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = sorted({p for p in self.paths if p not in self._cache}, key=str)
+        workers = threads or min(8, os.cpu_count() or 1)
+
+        def decode(path: Path) -> tuple[Path, Tensor]:
+            return path, self.transform(open_image(path, self.mode), None)
+
+        done = 0
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for path, x in pool.map(decode, todo):
+                if self._cache_bytes >= _CACHE_LIMIT_BYTES:
+                    break
+                self._cache[path] = x
+                self._cache_bytes += x.numel() * x.element_size()
+                done += 1
+        return done
+
     def __getstate__(self) -> dict:
         # Worker processes rebuild their own cache rather than receive a pickled copy.
         state = self.__dict__.copy()
