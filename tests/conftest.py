@@ -1,9 +1,17 @@
 """Shared test settings: `gpu` tests skip without CUDA; real data samples come from ../shared/data."""
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# The tests run many small tensor ops; with torch's default of one thread per core, a second
+# thread spins waiting for a busy core on a loaded 2-core machine (measured: 10-40x slower
+# meta-steps). One thread, inherited by the CLI subprocesses too, unless the caller sets it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
