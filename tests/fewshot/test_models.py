@@ -17,15 +17,6 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Small convs on a shared 2-core machine: torch's second intra-op thread mostly spins waiting
-    # for a core (the suite ran ~7x slower under load with 2 threads); restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _images(batch, channels, size, seed=0):
     return torch.randn(

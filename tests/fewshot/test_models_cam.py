@@ -13,15 +13,6 @@ from dropgrad_fewshot.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Small convs on a shared 2-core machine: torch's second intra-op thread mostly spins waiting
-    # for a core (the suite ran ~7x slower under load with 2 threads); restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _reference_cams(
     fmap: np.ndarray, weight: np.ndarray, classes: np.ndarray, size: tuple[int, int]

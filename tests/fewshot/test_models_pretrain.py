@@ -7,15 +7,6 @@ import torch
 from dropgrad_fewshot.models import build_model, pretrain_feature_extractor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Small convs on a shared 2-core machine: torch's second intra-op thread mostly spins waiting
-    # for a core (the suite ran ~7x slower under load with 2 threads); restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class Quadrants(torch.utils.data.Dataset):
     """4 classes, 16 px grey images: class c brightens quadrant c; noise on top (linearly separable)."""
