@@ -8,8 +8,8 @@ from pathlib import Path
 # meta-steps). One thread, inherited by the CLI subprocesses too, unless the caller sets it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

@@ -17,7 +17,6 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 
-
 def _images(batch, channels, size, seed=0):
     return torch.randn(
         batch, channels, size, size, generator=torch.Generator().manual_seed(seed)

@@ -13,7 +13,6 @@ from dropgrad_fewshot.models import (
 )
 
 
-
 def _reference_cams(
     fmap: np.ndarray, weight: np.ndarray, classes: np.ndarray, size: tuple[int, int]
 ) -> np.ndarray:

@@ -7,7 +7,6 @@ import torch
 from dropgrad_fewshot.models import build_model, pretrain_feature_extractor
 
 
-
 class Quadrants(torch.utils.data.Dataset):
     """4 classes, 16 px grey images: class c brightens quadrant c; noise on top (linearly separable)."""
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from dropgrad_fewshot import cli
 
 

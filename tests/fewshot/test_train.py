@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from dropgrad import load_checkpoint
 from dropgrad_fewshot import cli, sweep
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
@@ -220,10 +219,9 @@ def test_cross_domain_protocol_trains_and_validates_on_miniimagenet_and_tests_on
 
 
 def test_verify_images_and_preload_name_the_first_unreadable_file(tmp_path):
-    from PIL import Image
-
     from dropgrad_fewshot.data import DataError, GrayscaleTransform, ImageFileDataset
     from dropgrad_fewshot.run import verify_images
+    from PIL import Image
 
     paths = []
     for k in range(4):

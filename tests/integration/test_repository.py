@@ -21,7 +21,7 @@ MEMBERS = {
 
 def _readme_test_command() -> str:
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n\s*```", text, re.S)
+    block = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n\s*```", text, re.DOTALL)
     assert block, "README.md must mark its test command with <!-- test-command -->"
     return block.group(1).strip()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-
 from dropgrad import MAML, DropGrad, MAMLPlusPlus, MetaSGD
 
 from .config import FewShotConfig

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from dropgrad import (
     MAML,
     MAMLPlusPlus,
@@ -44,7 +43,7 @@ from .data import DataError, EpisodeBatches, build_dataset, check_episodes
 from .methods import build_learner, use_vmap
 from .models import pretrain_feature_extractor
 
-__all__ = ["VAL_STREAM", "TEST_STREAM", "evaluate", "load_split", "train", "verify_images"]
+__all__ = ["TEST_STREAM", "VAL_STREAM", "evaluate", "load_split", "train", "verify_images"]
 
 VAL_STREAM, TEST_STREAM = 1_000_003, 2_000_003
 # Validation/test tasks are adapted this many at a time (memory bound, not a result knob).
@@ -275,7 +274,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     results = {
         "test_acc_mean": acc.mean,
         "test_acc_ci95": acc.ci95,
-        "test_episodes": int(len(scores["acc"])),
+        "test_episodes": len(scores["acc"]),
         "test_dataset": cfg.test_dataset,
         "test_split": "test",
         "way": cfg.way,

@@ -33,7 +33,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dropgrad import ConfigError, atomic_write, build_config, load_config_file, resume_run, start_run
+from dropgrad import (
+    ConfigError,
+    atomic_write,
+    build_config,
+    load_config_file,
+    resume_run,
+    start_run,
+)
 
 from .cli import USER_ERRORS
 from .config import FewShotConfig, resolve_defaults

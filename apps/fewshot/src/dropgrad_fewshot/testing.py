@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from dropgrad import (
     CheckpointError,
     build_config,
@@ -89,7 +88,7 @@ def test_run(
     results: dict[str, Any] = {
         "test_acc_mean": acc.mean,
         "test_acc_ci95": acc.ci95,
-        "test_episodes": int(len(scores["acc"])),
+        "test_episodes": len(scores["acc"]),
         "test_dataset": test_cfg.test_dataset,
         "test_split": split,
         "way": cfg.way,

@@ -50,7 +50,7 @@ from .trackers import (
     tracker_spec,
 )
 
-__all__ = ["main", "build_parser", "load_dataset"]
+__all__ = ["build_parser", "load_dataset", "main"]
 
 _USER_ERRORS = (OTBDataError, ResultsError, BoxFileError, LengthMismatchError, ImageReadError, ValueError, OSError)
 

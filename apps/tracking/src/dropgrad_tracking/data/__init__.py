@@ -15,11 +15,11 @@ from .sequence import ImageReadError, Sequence, read_image
 
 __all__ = [
     "ATTRIBUTES",
-    "BoxFileError",
     "FRAME_RANGES",
+    "OTB100_NAMES",
+    "BoxFileError",
     "ImageReadError",
     "NameMap",
-    "OTB100_NAMES",
     "OTBDataError",
     "Sequence",
     "canonical_name",
@@ -35,14 +35,14 @@ __all__ = [
     "write_box_file",
 ]
 
-from .synthetic import (  # noqa: E402
+from .synthetic import (
     SyntheticConfig,
     ensure_synthetic,
     render_sequence,
     write_synthetic,
 )
-from .vid import VidSnippet, read_vid_list, vid_sequences  # noqa: E402
-from .vot import load_vot, load_vot_sequence, read_sequence_list  # noqa: E402
+from .vid import VidSnippet, read_vid_list, vid_sequences
+from .vot import load_vot, load_vot_sequence, read_sequence_list
 
 __all__ += [
     "SyntheticConfig",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from dropgrad import atomic_write
 
-__all__ = ["BoxFileError", "parse_box_lines", "read_box_file", "write_box_file", "polygon_to_box"]
+__all__ = ["BoxFileError", "parse_box_lines", "polygon_to_box", "read_box_file", "write_box_file"]
 
 _SPLIT = re.compile(r"[,\s]+")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["OTB100_NAMES", "ALIASES", "name_key", "canonical_name", "NameMap", "got10k_name"]
+__all__ = ["ALIASES", "OTB100_NAMES", "NameMap", "canonical_name", "got10k_name", "name_key"]
 
 #: The 100 targets of OTB2015 (TB-100), spelled as in the OTB toolkit's ``tb_100`` list.
 OTB100_NAMES: tuple[str, ...] = (

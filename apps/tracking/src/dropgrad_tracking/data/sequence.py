@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["Sequence", "read_image", "ImageReadError"]
+__all__ = ["ImageReadError", "Sequence", "read_image"]
 
 
 class ImageReadError(OSError):

@@ -30,7 +30,7 @@ from dropgrad import atomic_write, write_json
 from .otb import load_otb_folders
 from .sequence import Sequence
 
-__all__ = ["SyntheticConfig", "render_sequence", "write_synthetic", "ensure_synthetic", "GENERATOR_VERSION"]
+__all__ = ["GENERATOR_VERSION", "SyntheticConfig", "ensure_synthetic", "render_sequence", "write_synthetic"]
 
 #: Bumped whenever the rendering changes, so a stale folder is regenerated rather than reused.
 GENERATOR_VERSION = 1

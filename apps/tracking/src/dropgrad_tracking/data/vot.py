@@ -21,7 +21,7 @@ from .boxes import polygon_to_box, read_box_file
 from .otb import OTBDataError
 from .sequence import Sequence
 
-__all__ = ["read_sequence_list", "load_vot_sequence", "load_vot"]
+__all__ = ["load_vot", "load_vot_sequence", "read_sequence_list"]
 
 _IMAGE = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 

@@ -21,10 +21,10 @@ from .report import (
 from .results import ResultsError, TrackerResult, parse_results_arg, read_results
 
 __all__ = [
-    "LengthMismatchError",
     "PRECISION_THRESHOLDS",
-    "ResultsError",
     "SUCCESS_THRESHOLDS",
+    "LengthMismatchError",
+    "ResultsError",
     "SequenceScore",
     "Summary",
     "TrackerEvaluation",

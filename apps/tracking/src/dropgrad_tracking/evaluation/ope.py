@@ -35,8 +35,8 @@ import numpy as np
 from .iou import box_iou, center_error, is_empty_box
 
 __all__ = [
-    "SUCCESS_THRESHOLDS",
     "PRECISION_THRESHOLDS",
+    "SUCCESS_THRESHOLDS",
     "EmptyGT",
     "LengthMismatchError",
     "SequenceScore",

@@ -23,7 +23,7 @@ from .ope import (
 )
 from .results import TrackerResult
 
-__all__ = ["TrackerEvaluation", "evaluate_tracker", "attribute_groups", "build_report", "attribute_table", "write_report"]
+__all__ = ["TrackerEvaluation", "attribute_groups", "attribute_table", "build_report", "evaluate_tracker", "write_report"]
 
 
 @dataclass

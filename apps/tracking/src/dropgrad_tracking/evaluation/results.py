@@ -20,7 +20,7 @@ import numpy as np
 from ..data.boxes import BoxFileError, read_box_file
 from ..data.names import ALIASES, NameMap
 
-__all__ = ["METADATA_FILE", "TrackerResult", "ResultsError", "read_results", "read_metadata", "parse_results_arg"]
+__all__ = ["METADATA_FILE", "ResultsError", "TrackerResult", "parse_results_arg", "read_metadata", "read_results"]
 
 #: Written by the runner next to the results: tracker name, data set, seed and the tracker's
 #: ``metadata`` (e.g. ``{"backbone": "random-init"}``); copied into every report of that folder.

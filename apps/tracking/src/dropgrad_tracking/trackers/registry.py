@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .base import Tracker
 
-__all__ = ["TrackerOptions", "TrackerSpec", "register_tracker", "make_tracker", "available_trackers", "tracker_spec"]
+__all__ = ["TrackerOptions", "TrackerSpec", "available_trackers", "make_tracker", "register_tracker", "tracker_spec"]
 
 
 @dataclass(frozen=True)

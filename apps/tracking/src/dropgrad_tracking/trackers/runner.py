@@ -30,7 +30,7 @@ from ..data.sequence import Sequence
 from ..evaluation.results import METADATA_FILE, TrackerResult
 from .base import Tracker, as_box
 
-__all__ = ["TrackingRun", "track_sequence", "run_tracker"]
+__all__ = ["TrackingRun", "run_tracker", "track_sequence"]
 
 
 @dataclass
