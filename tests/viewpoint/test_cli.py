@@ -1,0 +1,93 @@
+"""viewpoint-train / viewpoint-eval end to end on a small synthetic set, and their error handling."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from dropgrad_viewpoint.cli import main_eval, main_train
+from dropgrad_viewpoint.data.mat import save_mat
+
+TINY = ["--dataset", "objectnet3d", "--shots", "5", "--query", "3", "--epochs", "3", "--steps-per-epoch", "20",
+        "--val-categories", "1", "--val-draws", "1", "--eval-draws", "3", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main_train(TINY + ["--data-root", str(small_synthetic), "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run(tiny_run):
+    for name in ("config.json", "metrics.jsonl", "log.txt", "split.json", "results.json", "examples.png",
+                 "val_acc30.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (tiny_run / name).is_file(), name
+    res = json.loads((tiny_run / "results.json").read_text())
+    assert set(res["categories"]) == {"shape04", "shape05"} and res["draws"] == 3
+    for part in [res["pooled"], res["category_mean"], *res["categories"].values()]:
+        assert 0 <= part["acc30"] <= 100 and 0 <= part["mederr"] <= 180 and part["runs"] == 3
+    # A short meta-training already beats the unadapted initialisation (all copies alike).
+    assert res["pooled"]["acc30"] > res["unadapted_pooled"]["acc30"]
+    assert res["pooled"]["mederr"] < res["unadapted_pooled"]["mederr"]
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert split["test"] == ["shape04", "shape05"] and len(split["val"]) == 1 and len(split["train"]) == 3
+
+
+def test_eval_reproduces_the_training_run_evaluation(tiny_run, small_synthetic):
+    before = json.loads((tiny_run / "results.json").read_text())
+    assert main_eval([str(tiny_run), "--draws", "3"]) == 0
+    after = json.loads((tiny_run / "results.json").read_text())
+    assert after["pooled"] == before["pooled"] and after["categories"] == before["categories"]
+
+
+def test_resume_of_a_finished_run_keeps_its_results(tiny_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    before = json.loads((copy / "results.json").read_text())
+    assert main_train(["--out", str(copy), "--resume", "--no-progress"]) == 0
+    assert json.loads((copy / "results.json").read_text())["pooled"] == before["pooled"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--p", "1.0"], "--p"),
+        (["--dataset", "objectnet3d"], "--dataset objectnet3d needs --data-root"),
+        (["--shots", "0"], "--shots must be >= 1"),
+        (["--weight-hidden", "-1"], "--weight-hidden must be >= 0"),
+    ],
+)
+def test_bad_options_exit_2_before_anything_is_written(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main_train(args + ["--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "nodata")] if args[0] != "--dataset" else args + ["--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_annotation_exits_2_naming_file_and_field(small_synthetic, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(small_synthetic, root)
+    bad = root / "Annotations" / "shape00_0003.mat"
+    save_mat(bad, {"record": {"filename": "shape00_0003.png", "objects": [{"class": "shape00", "bbox": np.array([1.0, 2, 3])}]}})
+    with pytest.raises(SystemExit) as exc:
+        main_train(TINY + ["--data-root", str(root), "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "record.objects(1).bbox" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_novel_objects_exits_2(small_synthetic, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main_train(TINY[:2] + ["--shots", "14", "--data-root", str(small_synthetic), "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    assert "novel category 'shape04'" in capsys.readouterr().err
+
+
+def test_eval_of_a_non_run_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main_eval([str(tmp_path)])
+    assert exc.value.code == 2 and "not a viewpoint-train run directory" in capsys.readouterr().err

@@ -1,0 +1,202 @@
+"""The synthetic generator writes ObjectNet3D files that the one real loader reads back exactly."""
+
+import filecmp
+
+import numpy as np
+import pytest
+import torch
+from dropgrad_viewpoint.data.mat import MatError, save_mat
+from dropgrad_viewpoint.data.objectnet3d import (
+    CategoryData,
+    ObjectNet3D,
+    crop_object,
+    make_split,
+)
+from dropgrad_viewpoint.data.synthetic import (
+    _camera,
+    ensure_synthetic,
+    generate_synthetic,
+)
+from dropgrad_viewpoint.geometry import (
+    project_points,
+    rotation_error_deg,
+    unproject_points,
+    viewpoint_to_rotation,
+    weighted_procrustes,
+)
+from dropgrad_viewpoint.methods.pose import rotations_from_prediction
+
+from .conftest import SMALL
+
+
+def test_loader_reads_back_exact_viewpoints_and_keypoints(small_synthetic):
+    ds = ObjectNet3D(small_synthetic, ["train", "val"])
+    assert ds.categories == SMALL.category_names()
+    assert len(ds.items) == len(SMALL.category_names()) * SMALL.images_per_category
+    for it in ds.items:
+        c = SMALL.category_names().index(it.ann.cls)
+        i = int(it.record_path.stem.split("_")[1])
+        # The generator's draws for this image, made again from its seed: CAD model, then camera.
+        rng = np.random.default_rng([SMALL.seed, c, 3000 + i])
+        assert it.ann.cad_index == 1 + int(rng.integers(SMALL.cad_per_category))
+        cam = _camera(rng, SMALL.image_size)
+        vp = it.ann.viewpoint
+        assert (vp.azimuth, vp.elevation, vp.theta, vp.distance, vp.px, vp.py, vp.viewport) == tuple(
+            cam[k] for k in ("azimuth", "elevation", "theta", "distance", "px", "py", "viewport"))
+        cad = ds.cad(it.ann.cls)[it.ann.cad_index - 1]
+        uv, _ = project_points(cad.keypoints, **cam)
+        for k, name in enumerate(cad.names):
+            assert np.array_equal(it.ann.anchors[name][0], uv[k])
+
+
+def test_v73_cad_files_are_written_and_read(small_synthetic):
+    with open(small_synthetic / "CAD" / "shape02.mat", "rb") as f:
+        assert f.read(10) == b"MATLAB 7.3"
+    ds = ObjectNet3D(small_synthetic, ["train"])
+    assert 5 <= len(ds.keypoint_names("shape02")) <= 24
+
+
+def test_generation_is_deterministic(small_synthetic, tmp_path):
+    again = generate_synthetic(tmp_path / "again", SMALL)
+    for sub in ("Images", "Image_sets"):
+        names = sorted(p.name for p in (small_synthetic / sub).iterdir())
+        _match, mismatch, errors = filecmp.cmpfiles(small_synthetic / sub, again / sub, names, shallow=False)
+        assert not mismatch and not errors, (sub, mismatch)
+    # .mat headers carry a creation time: compare what they hold.
+    a, b = ObjectNet3D(small_synthetic, ["train", "val"]), ObjectNet3D(again, ["train", "val"])
+    for x, y in zip(a.items, b.items):
+        assert x.ann.viewpoint == y.ann.viewpoint and np.array_equal(x.ann.bbox, y.ann.bbox)
+        assert all(np.array_equal(x.ann.anchors[k][0], y.ann.anchors[k][0]) for k in x.ann.anchors)
+    for c in a.categories:
+        for m, n in zip(a.cad(c), b.cad(c)):
+            assert np.array_equal(m.vertices, n.vertices) and np.array_equal(m.keypoints, n.keypoints)
+
+
+def test_ensure_refuses_other_folders(small_synthetic, tmp_path):
+    assert ensure_synthetic(small_synthetic, SMALL) == small_synthetic
+    with pytest.raises(ValueError, match="other options"):
+        ensure_synthetic(small_synthetic)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("")
+    with pytest.raises(ValueError, match="not a synthetic set"):
+        ensure_synthetic(tmp_path / "x")
+
+
+def test_oracle_predictions_give_near_zero_error(small_synthetic):
+    ds = ObjectNet3D(small_synthetic, ["val"])
+    for cls in SMALL.novel_names():
+        items = ds.usable(cls, "test")
+        data = CategoryData.build(ds, cls, items, 64)
+        vis = data.visible.numpy()
+        # Weak perspective from the crop: true 2D keypoints, depth and canonical coordinates.
+        rots = rotations_from_prediction(data.kp2d, data.depth, data.canon, vis.astype(float))
+        err = rotation_error_deg(rots, data.rotation.numpy().astype(np.float64))
+        assert np.median(err) < 2.0 and err.max() < 6.0
+        # Full perspective with the annotated camera: exact.
+        for it in items:
+            vp = it.ann.viewpoint
+            cad = ds.cad(cls)[it.ann.cad_index - 1]
+            uv, z = project_points(cad.keypoints, vp.azimuth, vp.elevation, vp.theta, vp.distance, vp.focal, vp.px, vp.py, vp.viewport)
+            r, _, _ = weighted_procrustes(cad.keypoints, unproject_points(uv, z, vp.focal, vp.px, vp.py, vp.viewport))
+            assert rotation_error_deg(r, viewpoint_to_rotation(vp.azimuth, vp.elevation, vp.theta)) < 1e-4
+
+
+def test_crop_is_square_with_context_and_maps_keypoints():
+    img = np.zeros((100, 120, 3), np.uint8)
+    img[39, 59] = 255  # annotation pixel (60, 40), 1-based
+    crop, center, side = crop_object(img, np.array([40.0, 30, 80, 50]), 60)
+    assert side == 60.0 and center.tolist() == [60.0, 40.0]
+    ys, xs = np.nonzero(crop[..., 0] == crop[..., 0].max())
+    assert abs(xs.mean() - 29.5) <= 1 and abs(ys.mean() - 29.5) <= 1  # the crop's centre
+
+
+def _folder(tmp_path, objects, n_cad=1):
+    root = tmp_path / "on3d"
+    for sub in ("Annotations", "Images", "Image_sets", "CAD"):
+        (root / sub).mkdir(parents=True)
+    save_mat(root / "CAD" / "mug.mat", {"mug": [{"vertices": np.eye(3), "faces": np.array([[1.0, 2, 3]]), "pnames": ["a", "b"],
+                                                 "a": np.array([0.1, 0, 0]), "b": np.array([0, 0.1, 0])}] * n_cad})
+    ids = []
+    for i, obj in enumerate(objects):
+        save_mat(root / "Annotations" / f"im{i}.mat", {"record": {"filename": f"im{i}.png", "objects": [obj]}})
+        (root / "Images" / f"im{i}.png").write_bytes(b"")
+        ids.append(f"im{i}")
+    (root / "Image_sets" / "train.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def _obj(**over):
+    vp = {"azimuth": 0.0, "elevation": 0.0, "theta": 0.0, "distance": 5.0, "focal": 1.0, "px": 20.0, "py": 20.0, "viewport": 100.0}
+    obj = {"class": "mug", "bbox": np.array([1.0, 1, 30, 30]), "viewpoint": vp, "cad_index": 1.0,
+           "anchors": {"a": {"location": np.array([5.0, 5.0]), "status": 1.0}}, "truncated": 0.0, "occluded": 0.0, "difficult": 0.0}
+    obj.update(over)
+    return obj
+
+
+def test_train_and_test_filters(tmp_path):
+    no_kp = {"a": {"location": np.zeros((0,)), "status": 0.0}}
+    occluded_kp = {"a": {"location": np.array([5.0, 5.0]), "status": 3.0}}
+    objs = [_obj(), _obj(difficult=1.0), _obj(truncated=1.0), _obj(occluded=1.0), _obj(anchors=no_kp), _obj(anchors=occluded_kp)]
+    ds = ObjectNet3D(_folder(tmp_path, objs), ["train"])
+    assert [int(it.record_path.stem[2:]) for it in ds.usable("mug", "train")] == [0, 2, 3]
+    assert [int(it.record_path.stem[2:]) for it in ds.usable("mug", "test")] == [0]
+
+
+def test_cad_index_beyond_the_cad_file_names_file_and_field(tmp_path):
+    root = _folder(tmp_path, [_obj(), _obj(cad_index=2.0)])
+    with pytest.raises(MatError, match=r"im1\.mat: field record\.objects\(1\)\.cad_index=2 is beyond .*mug\.mat, which holds 1"):
+        ObjectNet3D(root, ["train"])
+
+
+def test_too_few_usable_novel_objects_is_an_error(small_synthetic):
+    base, novel = ObjectNet3D(small_synthetic, ["train"]), ObjectNet3D(small_synthetic, ["val"])
+    split = make_split(base, novel, SMALL.novel_names(), 1, 5, 0)
+    assert len(split.val) == 1 and sorted(split.train + split.val) == SMALL.category_names()[:4]
+    with pytest.raises(ValueError, match=r"novel category 'shape04' has \d+ usable test object\(s\).*needs at least 15"):
+        make_split(base, novel, SMALL.novel_names(), 1, 14, 0)
+
+
+def test_missing_image_set_is_named(small_synthetic):
+    with pytest.raises(FileNotFoundError, match="Image_sets/test.txt not found"):
+        ObjectNet3D(small_synthetic, ["test"])
+
+
+def test_category_targets_are_consistent(small_synthetic):
+    ds = ObjectNet3D(small_synthetic, ["train"])
+    data = CategoryData.build(ds, "shape00", ds.usable("shape00", "train"), 64)
+    assert data.images.shape[1:] == (3, 64, 64) and data.kp2d.shape[1] == data.n_keypoints
+    assert data.visible.any(1).all() and torch.all(data.kp2d.abs() < 0.5)
+    assert torch.allclose(data.rotation @ data.rotation.transpose(1, 2), torch.eye(3).expand(len(data), 3, 3), atol=1e-5)
+
+
+def test_body_sides_have_their_own_colour_slots():
+    from dropgrad_viewpoint.data.shapes import N_PARTS, ShapeTemplate, make_instance
+
+    for body in ("box", "cylinder"):
+        t = ShapeTemplate("c", body, np.array([0.8, 0.6, 0.5]), 0, 0.5, False, 0, False, N_PARTS)
+        mesh = make_instance(t, np.random.default_rng(0))
+        tri = mesh.vertices[mesh.faces]
+        normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        # Faces on different sides (normals pointing apart) get different slots, so no turn about
+        # the vertical axis maps the body's colours onto themselves.
+        sides = np.abs(normal[:, 2]) < 1e-9 * np.abs(normal).max()
+        azim = np.degrees(np.arctan2(normal[sides, 1], normal[sides, 0])) % 360
+        parts = mesh.face_part[sides]
+        assert len(set(parts.tolist())) == 4 and parts.max() < N_PARTS
+        for a in (90, 180, 270):
+            turned = (azim + a) % 360
+            same = [parts[np.argmin(np.abs((azim - t + 180) % 360 - 180))] for t in turned]
+            assert not np.array_equal(np.array(same), parts), (body, a)
+
+
+def test_ensure_refuses_a_version_1_folder(small_synthetic, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(small_synthetic, old)
+    saved = json.loads((old / "synthetic.json").read_text())
+    del saved["version"]  # version 1 wrote no version field
+    (old / "synthetic.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="other options"):
+        ensure_synthetic(old, SMALL)
