@@ -16,10 +16,8 @@ from dropgrad import (
     CheckpointError,
     ConfigError,
     add_dataclass_arguments,
-    build_config,
-    load_config_file,
     namespace_values,
-    resume_run,
+    run_config,
     start_run,
 )
 
@@ -49,13 +47,11 @@ def train_parser() -> argparse.ArgumentParser:
 
 def load_train_config(args: argparse.Namespace) -> FewShotConfig:
     """The run's config from ``--resume``, or from defaults < ``--config`` < options."""
-    given = namespace_values(args, FewShotConfig)
-    if args.resume:
-        if args.config is not None:
-            raise ValueError("--config cannot be combined with --resume: a resumed run keeps the options in its config.json")
-        return resume_run(args.out, FewShotConfig, given, mutable=("device", "progress", "num_workers"))
-    file_values = load_config_file(args.config) if args.config else None
-    return resolve_defaults(build_config(FewShotConfig, file_values, given))
+    cfg = run_config(
+        FewShotConfig, args.out, namespace_values(args, FewShotConfig), resume=args.resume,
+        config_file=args.config, mutable=("device", "progress", "num_workers"),
+    )
+    return cfg if args.resume else resolve_defaults(cfg)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

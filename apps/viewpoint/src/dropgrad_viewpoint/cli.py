@@ -18,7 +18,7 @@ from dropgrad import (
     build_config,
     load_config_file,
     namespace_values,
-    resume_run,
+    run_config,
     select_device,
     start_run,
 )
@@ -47,14 +47,10 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     from .pipeline import load_data, run
 
     try:
+        cfg = run_config(ViewpointConfig, args.out, given, resume=args.resume, config_file=args.config)
         if args.resume:
-            if args.config is not None:
-                raise ValueError("--config cannot be combined with --resume: a resumed run keeps the options in its config.json")
-            cfg = resume_run(args.out, ViewpointConfig, given)
             data = load_data(cfg, log=lambda line: print(line, file=sys.stderr))
         else:
-            file_values = load_config_file(args.config) if args.config else None
-            cfg = build_config(ViewpointConfig, file_values, given)
             cfg.check()
             select_device(cfg.device)
             # Read and check all data before the run directory exists: bad data leaves nothing behind.

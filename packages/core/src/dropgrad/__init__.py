@@ -26,9 +26,21 @@ from .episodes import Episode, EpisodeSampler
 from .inner import MAML, MAMLPlusPlus, MetaOutput, MetaSGD, Task, msl_weights, sgd_step
 from .metrics import MeanCI, mean_ci95, summarize
 from .noise import RESNET_GROUPS, DropGrad, check_p
-from .rundir import resume_run, start_run
-from .runtime import autocast, capture_rng_state, restore_rng_state, seed_everything, select_device
-from .training import MetaTrainer, TrainConfig, load_best_model, plot_metrics, read_metrics
+from .rundir import resume_run, run_config, start_run
+from .runtime import (
+    autocast,
+    capture_rng_state,
+    restore_rng_state,
+    seed_everything,
+    select_device,
+)
+from .training import (
+    MetaTrainer,
+    TrainConfig,
+    load_best_model,
+    plot_metrics,
+    read_metrics,
+)
 
 __version__ = "0.1.0"
 
@@ -67,6 +79,7 @@ __all__ = [
     "resample_dropout_masks",
     "restore_rng_state",
     "resume_run",
+    "run_config",
     "save_checkpoint",
     "save_config",
     "seed_everything",

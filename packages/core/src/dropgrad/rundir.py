@@ -17,7 +17,7 @@ from .config import ConfigError, build_config, load_config_file, save_config
 
 T = TypeVar("T")
 
-__all__ = ["resume_run", "start_run"]
+__all__ = ["resume_run", "run_config", "start_run"]
 
 
 def start_run(out: str | os.PathLike[str], config: Any) -> Path:
@@ -70,3 +70,34 @@ def resume_run(
                 f"a resumed run keeps its options (only {', '.join(sorted(allowed))} may change)"
             )
     return dataclasses.replace(saved, **{k: v for k, v in changes.items() if k in allowed})  # type: ignore[type-var]
+
+
+def run_config(
+    cls: type[T],
+    out: str | os.PathLike[str],
+    cli_values: Mapping[str, Any],
+    *,
+    resume: bool = False,
+    config_file: str | os.PathLike[str] | None = None,
+    mutable: Iterable[str] = ("device", "progress"),
+) -> T:
+    """The options of a run as every CLI takes them: ``--resume``, or defaults < ``--config`` < options.
+
+    With ``resume`` the run in ``out`` keeps its saved options (see :func:`resume_run`); a
+    config file cannot be combined with it.
+
+    >>> import tempfile, dataclasses
+    >>> @dataclasses.dataclass
+    ... class Opt:
+    ...     lr: float = 0.1
+    ...     device: str = "auto"
+    >>> run = start_run(Path(tempfile.mkdtemp()) / "run", run_config(Opt, "unused", {"lr": 0.5}))
+    >>> run_config(Opt, run, {"device": "cpu"}, resume=True)
+    Opt(lr=0.5, device='cpu')
+    """
+    if resume:
+        if config_file is not None:
+            raise ConfigError("--config cannot be combined with --resume: a resumed run keeps the options in its config.json")
+        return resume_run(out, cls, cli_values, mutable=mutable)
+    file_values = load_config_file(config_file) if config_file is not None else None
+    return build_config(cls, file_values, cli_values)

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..atomic import write_json
-from ..config import add_dataclass_arguments, build_config, load_config_file, namespace_values
-from ..rundir import resume_run, start_run
+from ..config import add_dataclass_arguments, namespace_values
 from ..inner import MAML, Task
 from ..metrics import MeanCI, summarize
 from ..noise import DropGrad, check_p
+from ..rundir import run_config, start_run
 from ..runtime import seed_everything, select_device
 from ..training import MetaTrainer, TrainConfig, load_best_model, plot_metrics
 
@@ -237,13 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = namespace_values(args, SinusoidConfig)
     try:
-        if args.resume:
-            if args.config is not None:
-                raise ValueError("--config cannot be combined with --resume: a resumed run keeps the options in its config.json")
-            cfg = resume_run(args.out, SinusoidConfig, given)
-        else:
-            file_values = load_config_file(args.config) if args.config else None
-            cfg = build_config(SinusoidConfig, file_values, given)
+        cfg = run_config(SinusoidConfig, args.out, given, resume=args.resume, config_file=args.config)
+        if not args.resume:
             check_p(cfg.p, "--p")
             start_run(args.out, cfg)
     except ValueError as err:
