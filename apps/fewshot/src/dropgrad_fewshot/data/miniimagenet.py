@@ -11,7 +11,7 @@ Layouts (option ``layout``; "auto" picks the first that matches, in this order):
 ``closerlook``  CloserLook's ``base.json``, ``val.json``, ``novel.json`` (``label_names``,
             ``image_names``, ``image_labels``) in ``data_root`` or ``filelist_dir``; ``image_names``
             are absolute paths on the machine that wrote them. ``data_root`` is the user's ILSVRC
-            folder. The common folder of all listed paths (e.g. ``/home/x/ILSVRC2015/Data/CLS-LOC/
+            folder. The common folder of all listed paths (e.g. ``/data/x/ILSVRC2015/Data/CLS-LOC/
             train``) is stripped, leaving ``<wnid>/<file>``, and the first of ``data_root/<tail>``
             for every tail of that foreign folder (``ILSVRC2015/Data/CLS-LOC/train``, ...,
             ``train``, nothing) that holds the first listed file becomes the image folder; so
@@ -131,8 +131,8 @@ def closerlook_image_root(root: Path, image_names: list[str], filelist: Path) ->
     >>> root = Path(tempfile.mkdtemp())
     >>> (root / "Data/CLS-LOC/train/n01").mkdir(parents=True)
     >>> (root / "Data/CLS-LOC/train/n01/n01_1.JPEG").touch()
-    >>> names = ["/home/a/ILSVRC2015/Data/CLS-LOC/train/n01/n01_1.JPEG",
-    ...          "/home/a/ILSVRC2015/Data/CLS-LOC/train/n02/n02_9.JPEG"]
+    >>> names = ["/data/a/ILSVRC2015/Data/CLS-LOC/train/n01/n01_1.JPEG",
+    ...          "/data/a/ILSVRC2015/Data/CLS-LOC/train/n02/n02_9.JPEG"]
     >>> base, rel = closerlook_image_root(root, names, Path("base.json"))
     >>> base.relative_to(root).as_posix(), rel
     ('Data/CLS-LOC/train', ['n01/n01_1.JPEG', 'n02/n02_9.JPEG'])
