@@ -17,7 +17,6 @@ splits, so no test episode is ever trained or validated on.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +189,8 @@ class _Prefetched:
 
 def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     """Meta-train, keep the best model on validation accuracy, test it; returns ``results.json``."""
+    if cfg.epochs is None or cfg.episodes_per_epoch is None:
+        raise ValueError("train() needs a resolved config: pass it through resolve_defaults first")
     out = Path(out)
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
@@ -222,7 +223,6 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
         seed=cfg.seed,
         num_workers=cfg.num_workers,
     )
-
     stream = _Prefetched(batches, cfg.epochs * (cfg.episodes_per_epoch // cfg.meta_batch))
 
     def step_fn(global_step: int) -> dict[str, float]:
@@ -242,7 +242,6 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
         if isinstance(learner, MAMLPlusPlus):
             learner.set_epoch(epoch)
 
-    assert cfg.epochs is not None and cfg.episodes_per_epoch is not None, "call resolve_defaults first"
     train_cfg = TrainConfig(
         epochs=cfg.epochs,
         steps_per_epoch=cfg.episodes_per_epoch // cfg.meta_batch,
@@ -296,7 +295,3 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     trainer.log(f"test ({cfg.test_dataset}, {results['test_episodes']} episodes): {acc.mean:.2f} +- {acc.ci95:.2f} %")
     return results
 
-
-def config_with(cfg: FewShotConfig, **changes: Any) -> FewShotConfig:
-    """A copy of ``cfg`` with some options changed (validated again)."""
-    return dataclasses.replace(cfg, **changes)
