@@ -59,8 +59,23 @@ class LengthMismatchError(ValueError):
     """A results file whose box count differs from the ground truth by more than the tolerance."""
 
 
+class _CurveScores:
+    """The OTB scores read off a success curve (21 thresholds) and a precision curve (0..50 px)."""
+
+    success: np.ndarray
+    precision: np.ndarray
+
+    @property
+    def success_auc(self) -> float:
+        return float(np.mean(self.success))
+
+    @property
+    def precision_20(self) -> float:
+        return float(self.precision[20])
+
+
 @dataclass
-class SequenceScore:
+class SequenceScore(_CurveScores):
     """OPE scores of one tracker on one sequence.
 
     Attributes:
@@ -81,14 +96,6 @@ class SequenceScore:
     times: np.ndarray | None = None
     fps: float | None = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def success_auc(self) -> float:
-        return float(np.mean(self.success))
-
-    @property
-    def precision_20(self) -> float:
-        return float(self.precision[20])
 
     def to_dict(self) -> dict:
         out = {
@@ -214,21 +221,13 @@ def timing(scores: Iterable[SequenceScore]) -> dict[str, float]:
 
 
 @dataclass
-class Summary:
+class Summary(_CurveScores):
     """Scores averaged over a set of sequences (all, or those with one attribute)."""
 
     names: list[str]
     success: np.ndarray
     precision: np.ndarray
     timing: dict[str, float]
-
-    @property
-    def success_auc(self) -> float:
-        return float(np.mean(self.success))
-
-    @property
-    def precision_20(self) -> float:
-        return float(self.precision[20])
 
     def to_dict(self, curves: bool = True) -> dict:
         out: dict = {
