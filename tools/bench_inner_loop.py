@@ -65,22 +65,28 @@ P = 0.1  # DropGrad (gaussian) when on
 
 
 # ----------------------------------------------------------------------------- models
-def conv4(image_size: int, n_classes: int) -> nn.Module:
-    """4 x (conv3x3-64, BatchNorm, ReLU, maxpool 2), then a linear head (64*5*5 -> n at 84 px)."""
+def conv4(image_size: int, n_classes: int, batch_stats: bool = False) -> nn.Module:
+    """4 x (conv3x3-64, BatchNorm, ReLU, maxpool 2), then a linear head (64*5*5 -> n at 84 px).
+
+    ``batch_stats``: BatchNorm without running statistics (what batched adaptation needs).
+    """
     layers: list[nn.Module] = []
     channels, size = 3, image_size
     for _ in range(4):
-        layers += [nn.Conv2d(channels, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2)]
+        bn = nn.BatchNorm2d(64, track_running_stats=not batch_stats)
+        layers += [nn.Conv2d(channels, 64, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2)]
         channels, size = 64, size // 2
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * size * size, n_classes))
 
 
-def build_model(name: str, image_size: int, n_classes: int) -> nn.Module:
+def build_model(name: str, image_size: int, n_classes: int, batch_stats: bool = False) -> nn.Module:
+    """conv4 or torchvision's resnet18; ``batch_stats``: BatchNorm without running statistics."""
     if name == "conv4":
-        return conv4(image_size, n_classes)
+        return conv4(image_size, n_classes, batch_stats)
     import torchvision  # only needed here; importing it costs seconds per process
 
-    return torchvision.models.resnet18(weights=None, num_classes=n_classes)
+    norm = (lambda c: nn.BatchNorm2d(c, track_running_stats=False)) if batch_stats else None
+    return torchvision.models.resnet18(weights=None, num_classes=n_classes, norm_layer=norm)
 
 
 def make_tasks(
@@ -181,7 +187,7 @@ def noise_cost(name: str, size: int, settings: dict[str, int], device: torch.dev
     grads = forward_backward()
     fused = dropgrad.DropGrad(P, "gaussian")
     std = math.sqrt(P / (1 - P))
-    per_tensor = lambda: [g * (torch.randn(g.shape, device=g.device, dtype=g.dtype) * std + 1) for g in grads]  # noqa: E731
+    per_tensor = lambda: [g * (torch.randn(g.shape, device=g.device, dtype=g.dtype) * std + 1) for g in grads]
     t_step = _timed(forward_backward, device, reps)
     t_fused = _timed(lambda: fused(grads), device, reps * 10)
     t_naive = _timed(per_tensor, device, reps * 10)
@@ -393,7 +399,7 @@ def format_table(rows: list[dict[str, Any]], header: list[str]) -> str:
             "" if r["ours_over_naive"] is None else f"{r['ours_over_naive']:.2f}x",
         ])
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    line = lambda cells: "  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     out = header + ["", line(cols), line(["-" * w for w in widths])] + [line(b) for b in body]
     return "\n".join(out)
 
@@ -520,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     log(f"equivalence check (ours vs naive, noise off) on {device} ...")
     equivalence = equivalence_check(args.models, args.orders, device)
     data: dict[str, Any] = {

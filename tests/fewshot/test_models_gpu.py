@@ -13,8 +13,19 @@ from dropgrad_fewshot.models import (
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture
+def no_tf32():
+    """Full fp32 convolutions: with TF32 (cuDNN's default) the grouped convolutions vmap runs and the
+    per-task loop's plain ones round differently, 5e-3 apart on ResNet-18 after 2 inner steps
+    (seen on an H200); with it off they agree to 1e-3 (also seen there)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize("backbone", ["conv4", "resnet18"])
-def test_cuda_vmap_matches_loop_and_cpu(backbone):
+def test_cuda_vmap_matches_loop_and_cpu(backbone, no_tf32):
     torch.manual_seed(0)
     net = build_model(backbone, 5, image_size=84)
     T = 4
@@ -40,9 +51,7 @@ def test_cuda_vmap_matches_loop_and_cpu(backbone):
     net = net.to(memory_format=torch.channels_last)
     looped_cl = learner.meta_loss(tasks, batched=False).task_losses.detach()
     torch.testing.assert_close(looped_cl, looped, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(
-        looped.cpu(), cpu, rtol=1e-2, atol=1e-2
-    )  # TF32 convs on the GPU
+    torch.testing.assert_close(looped.cpu(), cpu, rtol=1e-2, atol=1e-2)
     with dropgrad.autocast("cuda", enabled=True):
         out = learner.meta_backward(tasks, batched=False)
     assert torch.isfinite(out.task_losses).all()

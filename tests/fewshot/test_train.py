@@ -277,3 +277,15 @@ def test_evaluation_with_vmap_equals_the_per_task_loop(method, regularizer):
     vmap = evaluate(learner, data, batched=True, **kw)
     np.testing.assert_array_equal(loop["acc"], vmap["acc"])
     np.testing.assert_allclose(loop["loss"], vmap["loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_batches_first_order_training_and_evaluation_but_loops_second_order_training(monkeypatch):
+    from dropgrad_fewshot import methods
+
+    monkeypatch.setattr(methods, "_on_gpu", lambda learner: True)  # the decision made on a GPU
+    second = build_learner(tiny_config(first_order=False))
+    first = build_learner(tiny_config(first_order=True))
+    assert not use_vmap(second, "auto", training=True), "second order: slower and larger batched (H200)"
+    assert use_vmap(second, "auto", training=False)
+    assert use_vmap(first, "auto", training=True)
+    assert use_vmap(second, "on", training=True), "'on' still batches second order"

@@ -15,6 +15,8 @@ from pathlib import Path
 from dropgrad import (
     CheckpointError,
     ConfigError,
+    DistributedContext,
+    DistributedError,
     add_dataclass_arguments,
     namespace_values,
     run_config,
@@ -59,15 +61,37 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from .run import train
 
     parser = train_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        # torchrun ... -m dropgrad_fewshot.cli -- --p 0.2: torchrun's own parser rejects the
+        # abbreviation --p (ambiguous with its --print-completion) unless "--" shields it.
+        argv = argv[1:]
     args = parser.parse_args(argv)
+    # Under torchrun every process runs this; rank 0 alone writes the run directory and prints.
+    dist = DistributedContext()
     try:
+        dist = DistributedContext.from_env()
         cfg = load_train_config(args)
-        if not args.resume:
+        dist.init(cfg.device)
+        if not args.resume and dist.is_main:
             start_run(args.out, cfg)
-        results = train(cfg, args.out, resume=args.resume)
-    except USER_ERRORS as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(json.dumps(results, sort_keys=True))
+        results = train(cfg, args.out, resume=args.resume, dist=dist)
+    except (*USER_ERRORS, DistributedError) as err:
+        agreed = dist.fail(err)  # ranks still in setup stop too; rank 0 prints the first error
+        if dist.is_main:
+            sys.stderr.write(f"{parser.prog}: error: {err}\n")
+            sys.stderr.flush()
+        elif not agreed and dist.initialized:
+            # This rank's own error during training: nobody else knows it.
+            sys.stderr.write(f"{parser.prog}: error (process {dist.rank} of {dist.world_size}): {err}\n")
+            sys.stderr.flush()
+        if agreed:
+            dist.barrier()  # the others exit only after rank 0 has printed (torchrun then stops it)
+        dist.destroy()
+        parser.exit(2)
+    if dist.is_main:
+        print(json.dumps(results, sort_keys=True))
+    dist.destroy()
     return 0
 
 

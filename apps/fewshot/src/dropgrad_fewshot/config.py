@@ -41,6 +41,7 @@ class FewShotConfig:
     data_root: str | None = field(default=None, metadata={"help": "folder of the data set (omniglot: the folder holding images_background/; miniimagenet: the image folder, or the ILSVRC folder for CloserLook filelists; cub: CUB_200_2011/)"})
     test_dataset: Dataset | None = field(default=None, metadata={"help": "data set of the final test (default: --dataset; cub after miniimagenet is the cross-domain protocol)"})
     test_data_root: str | None = field(default=None, metadata={"help": "folder of --test-dataset (default: --data-root)"})
+    cache: str | None = field(default=None, metadata={"help": "folder of episode caches built by fewshot-cache / tools/build_episode_cache.py: train/val/test read decoded uint8 images from memory-mapped files and augment on the device (--data-root is then not needed)"})
     method: Literal["maml", "metasgd", "metasgd-star", "mamlpp"] = field(default="maml", metadata={"help": "meta-learning method (metasgd-star: MetaSGD from a feature extractor pre-trained with cross-entropy on the base classes)"})
     first_order: bool = field(default=False, metadata={"help": "first-order approximation (no second derivatives)"})
     backbone: Literal["conv4", "conv4-48", "resnet10", "resnet18"] = field(default="conv4", metadata={"help": "network (ResNets: CloserLook variant; conv4-48: MAML++'s 48-filter Conv4)"})
@@ -72,8 +73,11 @@ class FewShotConfig:
     pretrain_epochs: int = field(default=20, metadata={"help": "metasgd-star: cross-entropy pre-training epochs over the base classes"})
     pretrain_lr: float = field(default=1e-3, metadata={"help": "metasgd-star: Adam learning rate of the pre-training"})
     pretrain_batch: int = field(default=64, metadata={"help": "metasgd-star: pre-training batch size"})
-    batched: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together with vmap (auto: on a GPU, when vmap is exact for the model)"})
+    batched: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together with vmap (auto: on a GPU, when vmap is exact for the model; second-order training loops)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (GPU)"})
+    channels_last: bool = field(default=False, metadata={"help": "store conv weights channels_last (NHWC; faster convolutions on recent GPUs, above all with --bf16)"})
+    task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch)"})
+    checkpoint: bool = field(default=False, metadata={"help": "second order: recompute each inner step during the backward pass instead of keeping its activations (less memory, about one more forward+backward per step)"})
     verify_images: bool = field(default=False, metadata={"help": "decode every image of the three splits before training, so an unreadable file stops the run before it starts (default: it stops the run, naming the file, when first loaded)"})
     num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, episodes and noise"})
@@ -93,6 +97,7 @@ class FewShotConfig:
         need(self.inner_steps >= 1, "inner-steps", ">= 1")
         need(self.inner_lr > 0, "inner-lr", "> 0")
         need(self.meta_batch >= 1, "meta-batch", ">= 1")
+        need(self.task_chunk is None or self.task_chunk >= 1, "task-chunk", ">= 1")
         need(self.outer_lr > 0, "outer-lr", "> 0")
         check_p(self.p, "--p")
         need(0 <= self.dropout_p < 1, "dropout-p", "in [0, 1)")
@@ -112,8 +117,8 @@ class FewShotConfig:
             raise ValueError("--first-order-epochs must be >= 0")
         if self.dataset in ("glyphs", "omniglot") and self.augment:
             raise ValueError("--augment applies to the RGB data sets (miniimagenet, cub); glyphs/omniglot use rotations")
-        if self.dataset != "glyphs" and self.data_root is None:
-            raise ValueError(f"--dataset {self.dataset} needs --data-root (the folder holding the data set)")
+        if self.dataset != "glyphs" and self.data_root is None and self.cache is None:
+            raise ValueError(f"--dataset {self.dataset} needs --data-root (the folder holding the data set) or --cache (a folder of episode caches)")
 
     @property
     def image_size_resolved(self) -> int:

@@ -71,11 +71,16 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
         dropout_p=cfg.dropout_p,
         bn_running_stats=mamlpp,
     )
+    if cfg.channels_last:
+        # Inputs need no conversion: a convolution with channels_last weights outputs channels_last.
+        model = model.to(memory_format=torch.channels_last)
     common = dict(
         inner_lr=cfg.inner_lr,
         steps=cfg.inner_steps,
         first_order=cfg.first_order,
         dropgrad=make_dropgrad(cfg),
+        checkpoint=cfg.checkpoint,
+        task_chunk=cfg.task_chunk,
     )
     if cfg.method == "maml":
         return MAML(model, **common)
@@ -86,19 +91,28 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
     raise ValueError(f"--method must be maml, metasgd, metasgd-star or mamlpp, got {cfg.method!r}")
 
 
+def _on_gpu(learner: MAML) -> bool:
+    return next(learner.parameters()).device.type == "cuda"
+
+
 def use_vmap(learner: MAML, setting: str, training: bool = True) -> bool:
     """Whether to adapt tasks with vmap: ``on``/``off``, or ``auto``.
 
-    ``auto`` batches on a GPU when vmap is exact for the model: models it cannot adapt exactly
-    (consistent dropout masks, BatchNorm running statistics, second order through BatchNorm)
-    take the per-task loop, which gives the same numbers. On a CPU the loop is as fast or faster
-    (Conv4 evaluation: 0.08 s per task looped against 0.14 s batched), so ``auto`` loops there.
+    ``auto`` batches on a GPU when vmap is exact for the model: models it cannot adapt
+    (consistent dropout masks, BatchNorm running statistics while training) take the per-task
+    loop, which gives the same numbers. Second-order meta-training also loops under ``auto``:
+    batched it is exact but was slower and larger on an H200 (ResNet-18 224 px: 4.21 against
+    4.58 tasks/s, 17.5 against 7.45 GiB; docs/performance.md); ``on`` still batches it. On a
+    CPU the loop is as fast or faster (Conv4 evaluation: 0.08 s per task looped against 0.14 s
+    batched), so ``auto`` loops there.
     ``training`` asks for meta-training or for evaluation, where adaptation is first order and
     dropout is off, so vmap is exact for more models.
     """
     if setting == "off":
         return False
-    if setting == "auto" and next(learner.parameters()).device.type != "cuda":
+    if setting == "auto" and not _on_gpu(learner):
+        return False
+    if setting == "auto" and training and not learner.first_order:
         return False
     was_training = learner.training
     learner.train(training)

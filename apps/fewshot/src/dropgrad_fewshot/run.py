@@ -13,6 +13,10 @@ The run directory (``--out``) ends up holding::
 
 Episode streams are separated by seed offsets, and validation/test draw from class-disjoint
 splits, so no test episode is ever trained or validated on.
+
+Under torchrun (see ``dropgrad.DistributedContext``) every process builds the same meta-batch
+and adapts its shard of the tasks; meta-gradients are averaged by the core trainer, validation
+and test episodes are split across the processes and gathered, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from dropgrad import (
     MAML,
+    DistributedContext,
     MAMLPlusPlus,
     MetaTrainer,
     TrainConfig,
@@ -32,13 +37,19 @@ from dropgrad import (
     plot_metrics,
     save_checkpoint,
     seed_everything,
-    select_device,
     summarize,
     write_json,
 )
 
 from .config import FewShotConfig
-from .data import DataError, EpisodeBatches, build_dataset, check_episodes
+from .data import (
+    DataError,
+    EpisodeBatches,
+    build_dataset,
+    check_episodes,
+    episode_batches,
+    open_cache,
+)
 from .methods import build_learner, use_vmap
 from .models import pretrain_feature_extractor
 
@@ -62,6 +73,10 @@ def load_split(cfg: FewShotConfig, split: str, *, test: bool = False, augment: b
             f"--test-dataset {name} has {channels}-channel images but the model was trained on "
             f"{cfg.channels}-channel {cfg.dataset}; cross-domain testing needs two RGB data sets (e.g. miniimagenet -> cub)"
         )
+    if cfg.cache and not (test and root is not None and root != cfg.data_root):
+        # Decoded once by fewshot-cache; open_cache checks it is this run's data set, split and size.
+        # A test set with a folder of its own (--test-data-root, fewshot-test --data-root) is read from files.
+        return open_cache(cfg.cache, name, split, cfg.image_size_resolved, options=options, augment=augment, seed=cfg.seed)
     return build_dataset(
         name,  # type: ignore[arg-type]
         split,  # type: ignore[arg-type]
@@ -106,20 +121,25 @@ def evaluate(
     batched: bool,
     progress: bool = False,
     desc: str = "test",
+    dist: DistributedContext | None = None,
 ) -> dict[str, np.ndarray]:
     """Adapt (no DropGrad, no dropout) and score ``episodes`` tasks; per-episode arrays.
 
     Returns ``{"acc": (episodes,) in percent, "loss": (episodes,)}``. The tasks are a pure
-    function of ``seed``; the learner's train/eval mode is restored afterwards.
+    function of ``seed``; the learner's train/eval mode is restored afterwards. With a
+    ``dist`` context of several processes (call it on every rank), each adapts a contiguous
+    share of the chunks of episodes and every rank returns all episodes' arrays, in order.
     """
     from tqdm.auto import tqdm
 
-    batches = EpisodeBatches(dataset, n_way=way, n_shot=shot, n_query=query, tasks_per_batch=_EVAL_CHUNK, seed=seed)
+    batches = episode_batches(dataset, n_way=way, n_shot=shot, n_query=query, tasks_per_batch=_EVAL_CHUNK, seed=seed, device=device)
     was_training = learner.training
     learner.eval()
     accs, losses = [], []
     n_chunks = -(-episodes // _EVAL_CHUNK)
-    bar = tqdm(range(n_chunks), desc=desc, unit="chunk", disable=not progress, leave=False)
+    # Whole chunks per rank: each episode is adapted exactly as in a single process.
+    share = range(n_chunks) if dist is None else dist.shard(n_chunks).indices
+    bar = tqdm(share, desc=desc, unit="chunk", disable=not progress, leave=False)
     try:
         for i in bar:
             tasks = batches.batch(i).to(device)
@@ -132,6 +152,10 @@ def evaluate(
             bar.set_postfix(acc=f"{torch.cat(accs).mean():.2f}")
     finally:
         learner.train(was_training)
+    if dist is not None and dist.is_distributed:
+        parts = dist.all_gather_object((torch.cat(accs).numpy() if accs else np.zeros(0, np.float32),
+                                        torch.cat(losses).numpy() if losses else np.zeros(0, np.float32)))
+        return {"acc": np.concatenate([a for a, _ in parts]), "loss": np.concatenate([b for _, b in parts])}
     return {"acc": torch.cat(accs).numpy(), "loss": torch.cat(losses).numpy()}
 
 
@@ -187,12 +211,22 @@ class _Prefetched:
         return next(self._it)
 
 
-def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]:
-    """Meta-train, keep the best model on validation accuracy, test it; returns ``results.json``."""
+def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: DistributedContext | None = None) -> dict[str, Any]:
+    """Meta-train, keep the best model on validation accuracy, test it; returns ``results.json``.
+
+    ``dist``: this process's context under torchrun (``init()``-ed, or it is initialised here);
+    every rank calls ``train`` and gets the same results; only rank 0 writes into ``out``.
+    """
     if cfg.epochs is None or cfg.episodes_per_epoch is None:
         raise ValueError("train() needs a resolved config: pass it through resolve_defaults first")
     out = Path(out)
-    device = select_device(cfg.device)
+    dist = DistributedContext() if dist is None else dist
+    device = dist.init(cfg.device)
+    if cfg.meta_batch < dist.world_size:
+        raise ValueError(
+            f"--meta-batch {cfg.meta_batch} cannot be split over {dist.world_size} processes: every process "
+            "adapts at least one task of each meta-batch (start fewer processes or raise --meta-batch)"
+        )
     seed_everything(cfg.seed)
 
     # Everything about the data is checked before the first step.
@@ -212,9 +246,14 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     eval_batched = use_vmap(learner, cfg.batched, training=False)
     messages: list[str] = []
     if cfg.method == "metasgd-star":
-        _pretrain(cfg, learner, out, device, messages.append)
+        if dist.is_main:
+            _pretrain(cfg, learner, out, device, messages.append)
+        dist.agree()  # the other ranks load the backbone rank 0 pre-trained and saved
+        if not dist.is_main:
+            _pretrain(cfg, learner, out, device, messages.append)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
-    batches = EpisodeBatches(
+    # A cached split gives CachedEpisodeBatches: tasks built (and augmented) on the device.
+    batches = episode_batches(
         train_set,
         n_way=cfg.way,
         n_shot=cfg.shot,
@@ -222,11 +261,17 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
         tasks_per_batch=cfg.meta_batch,
         seed=cfg.seed,
         num_workers=cfg.num_workers,
+        device=device,
     )
     stream = _Prefetched(batches, cfg.epochs * (cfg.episodes_per_epoch // cfg.meta_batch))
 
     def step_fn(global_step: int) -> dict[str, float]:
-        tasks = stream.get(global_step).to(device)
+        tasks = stream.get(global_step)
+        if dist.is_distributed:
+            # Same meta-batch on every rank; this rank's tasks, weighted by their share.
+            part = dist.meta_batch_shard(tasks.n_tasks).slice
+            tasks = type(tasks)(*(t[part] for t in tasks))
+        tasks = tasks.to(device)
         result = learner.meta_backward(tasks, batched=batched)
         return {"loss": result.loss.item(), "acc": 100 * result.accuracy(tasks.query_y).mean().item()}
 
@@ -234,7 +279,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
         scores = evaluate(
             learner, val_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.val_episodes,
             seed=cfg.seed + VAL_STREAM, device=device, batched=eval_batched, desc="val",
-            progress=cfg.progress,
+            progress=cfg.progress and dist.is_main, dist=dist,
         )
         return {"val_loss": float(scores["loss"].mean()), "val_acc": float(scores["acc"].mean())}
 
@@ -253,7 +298,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     )
     trainer = MetaTrainer(
         out, train_cfg, learner, optimizer, step_fn=step_fn, validate_fn=validate_fn,
-        dropgrad=learner.dropgrad, device=device, on_epoch_start=on_epoch_start,
+        dropgrad=learner.dropgrad, device=device, on_epoch_start=on_epoch_start, distributed=dist,
     )
     for line in messages:
         trainer.log(line)
@@ -262,12 +307,23 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
     trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
     how = {True: "vmap over tasks", False: "per-task loop"}
     trainer.log(f"learner: {type(learner).__name__}; training: {how[batched]}, evaluation: {how[eval_batched]}; device {device}")
+    if dist.is_distributed:
+        lo, hi = cfg.meta_batch // dist.world_size, -(-cfg.meta_batch // dist.world_size)
+        trainer.log(
+            f"distributed: {dist.world_size} processes ({dist.backend}), each adapting "
+            f"{lo if lo == hi else f'{lo}-{hi}'} of the {cfg.meta_batch} tasks of every meta-batch"
+        )
+        # DropGrad noise and dropout masks come from the global RNGs: different on every rank,
+        # reproducible from --seed; rank 0 keeps the single-process stream.
+        if not dist.is_main:
+            seed_everything(dist.rank_seed(cfg.seed))
     summary = trainer.fit(resume=resume)
 
     load_best_model(out, learner, map_location=device)
     scores = evaluate(
         learner, test_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.test_episodes,
-        seed=cfg.seed + TEST_STREAM, device=device, batched=eval_batched, progress=cfg.progress,
+        seed=cfg.seed + TEST_STREAM, device=device, batched=eval_batched, progress=cfg.progress and dist.is_main,
+        dist=dist,
     )
     acc = summarize(scores["acc"])
     results = {
@@ -288,10 +344,15 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False) -> dict[str, Any]
         "best_val_acc": summary.get("best_value"),
         "epochs_completed": summary["epochs_completed"],
         "device": str(device),
+        "processes": dist.world_size,
     }
+    if not dist.is_main:
+        dist.barrier()  # rank 0 writes results and plots
+        return results
     write_json(out / "results.json", results, sort_keys=True)
     plot_metrics(out / "metrics.jsonl", out / "val_loss.png", ["val_loss"], title="validation loss")
     plot_metrics(out / "metrics.jsonl", out / "val_acc.png", ["val_acc"], title="validation accuracy (%)")
     trainer.log(f"test ({cfg.test_dataset}, {results['test_episodes']} episodes): {acc.mean:.2f} +- {acc.ci95:.2f} %")
+    dist.barrier()
     return results
 

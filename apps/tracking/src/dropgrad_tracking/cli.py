@@ -9,6 +9,14 @@ Examples::
 
     track-eval --dataset OTB2015 --annotations OTB100.json --results STRUCK=res/STRUCK --out runs/eval
     track-eval --dataset synthetic --tracker static --out runs/static
+    track-eval --dataset OTB2015 --root OTB2015 --tracker metasdnet --checkpoint runs/metasdnet \
+               --backbone-weights imagenet-vgg-m.mat --out runs/eval-metasdnet
+    track-eval --dataset OTB2015 --root OTB2015 --results dropgrad=runs/eval-a/results/metasdnet \
+               --results baseline=runs/eval-b/results/metasdnet --out runs/compare
+
+A meta-learned tracker (metasdnet, metacrest) without --checkpoint runs its untrained
+initialisation; the results and the report say so ("checkpoint": "untrained-init"), as they say
+"backbone": "random-init" when no backbone weights were loaded.
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ from .trackers import (
 
 __all__ = ["build_parser", "load_dataset", "main"]
 
+#: Metadata that changes what a score means; shown next to it on the console and in ``--json``.
+_FLAGS = ("checkpoint", "backbone", "dropgrad")
+
 _USER_ERRORS = (OTBDataError, ResultsError, BoxFileError, LengthMismatchError, ImageReadError, ValueError, OSError)
 
 
@@ -81,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an existing results folder (<Seq>.txt with x,y,w,h per line, optional times/<Seq>_time.txt, "
                      "or the OTB toolkit's <Seq>.json); repeat to compare trackers")
     res.add_argument("--tracker", help=f"run this tracker and score it: {trackers}")
-    res.add_argument("--checkpoint", type=Path, help="--tracker: meta-training run directory to load (trackers that use one)")
-    res.add_argument("--backbone-weights", type=Path, help="--tracker: local backbone weight file (trackers that use one)")
+    res.add_argument("--checkpoint", type=Path, metavar="RUN_DIR",
+                     help="--tracker: a track-train run directory of that tracker (its checkpoints/best.pt is loaded); "
+                     "without it a meta-learned tracker runs its untrained initialisation, flagged in the results")
+    res.add_argument("--backbone-weights", type=Path, metavar="PATH",
+                     help="--tracker: local backbone weight file (metasdnet: imagenet-vgg-m.mat; metacrest: a torchvision "
+                     "VGG-16 state dict); without it and without a checkpoint the backbone is random (flagged)")
     res.add_argument("--device", default="auto", help="--tracker: auto (CUDA when present), cpu, cuda or cuda:N")
 
     ev = p.add_argument_group("evaluation and output")
@@ -122,6 +137,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
         raise ValueError(f"--max-length-mismatch must be >= 0, got {args.max_length_mismatch}")
     if args.tracker is None and (args.checkpoint or args.backbone_weights):
         raise ValueError("--checkpoint and --backbone-weights need --tracker")
+    accepts = tracker_spec(args.tracker).accepts if args.tracker else frozenset()
+    # Only for trackers that take the option: the registry names the option a tracker does not use.
+    if "checkpoint" in accepts and args.checkpoint is not None and not args.checkpoint.is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint}: not a directory (expected a track-train run directory)")
+    if "backbone_weights" in accepts and args.backbone_weights is not None and not args.backbone_weights.is_file():
+        raise ValueError(f"--backbone-weights {args.backbone_weights}: file not found")
     folders = [parse_results_arg(r) for r in args.results]
     tracker = None
     if args.tracker:
@@ -162,7 +183,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     write_report(out, report, evaluations)
     if not args.no_plots:
         write_plots(out / "plots", evaluations)
-    return overall_line(evaluations, label)
+    summary = overall_line(evaluations, label)
+    for ev in evaluations:
+        flags = {k: ev.metadata[k] for k in _FLAGS if k in ev.metadata}
+        if flags:
+            summary["trackers"][ev.tracker].update(flags)
+    return summary
 
 
 def main(argv: Seq[str] | None = None) -> int:
@@ -185,8 +211,13 @@ def main(argv: Seq[str] | None = None) -> int:
     else:
         for name, s in summary["trackers"].items():
             fps = f", {s['fps']:.1f} fps" if "fps" in s else ""
+            if "fps_without_first" in s:
+                fps += f" ({s['fps_without_first']:.1f} without the first frame"
+                fps += f", first frame {s['first_frame_seconds']:.3f} s)" if "first_frame_seconds" in s else ")"
+            flags = [f"{k}: {s[k]}" for k in _FLAGS if k in s]
+            note = f" [{'; '.join(flags)}]" if flags else ""
             print(f"{name}: success AUC {s['success_auc']:.4f}, precision@20px {s['precision_20']:.4f} "
-                  f"on {s['n_sequences']} {summary['dataset']} sequences{fps}")
+                  f"on {s['n_sequences']} {summary['dataset']} sequences{fps}{note}")
         print(f"report: {args.out / 'report.json'}")
     return 0
 

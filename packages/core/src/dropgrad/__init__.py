@@ -21,6 +21,7 @@ from .config import (
     namespace_values,
     save_config,
 )
+from .distributed import DistributedContext, DistributedError, Shard
 from .dropout import ConsistentDropout, has_consistent_dropout, resample_dropout_masks
 from .episodes import Episode, EpisodeSampler
 from .inner import MAML, MAMLPlusPlus, MetaOutput, MetaSGD, Task, msl_weights, sgd_step
@@ -50,6 +51,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ConsistentDropout",
+    "DistributedContext",
+    "DistributedError",
     "DropGrad",
     "Episode",
     "EpisodeSampler",
@@ -58,6 +61,7 @@ __all__ = [
     "MetaOutput",
     "MetaSGD",
     "MetaTrainer",
+    "Shard",
     "Task",
     "TrainConfig",
     "add_dataclass_arguments",

@@ -10,7 +10,10 @@ Per task with support ``(xs, ys)``::
                                          # per tensor and step (MAML++)
 
 A batch of tasks is adapted either one task at a time (``batched=False``) or together with
-``torch.func.vmap`` (``batched=True``); both give the same numbers.
+``torch.func.vmap`` (``batched=True``); both give the same numbers. Speed and memory options
+(see docs/performance.md): ``vmap_norms`` (torch's or decomposed BatchNorm/LayerNorm under
+vmap, e.g. for channels_last), ``checkpoint`` (recompute each second-order inner step in the backward pass),
+``task_chunk`` (batched backward in chunks of tasks).
 """
 
 from __future__ import annotations
@@ -19,19 +22,23 @@ import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .dropout import has_consistent_dropout, resample_dropout_masks
+from .fast import decomposed_norms, is_channels_last
 from .noise import DropGrad
 
 Params = dict[str, Tensor]
 StepSize = float | Mapping[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+VmapNorms = Literal["auto", "decomposed", "native"]
+VMAP_NORMS: tuple[str, ...] = ("auto", "decomposed", "native")
 
 __all__ = ["MAML", "MAMLPlusPlus", "MetaOutput", "MetaSGD", "Task", "msl_weights", "sgd_step"]
 
@@ -56,11 +63,11 @@ class Task(NamedTuple):
         """Size of the leading task dimension of a stacked batch."""
         return self.support_x.shape[0]
 
-    def task(self, t: int) -> "Task":
+    def task(self, t: int) -> Task:
         """Task ``t`` of a stacked batch."""
         return Task(self.support_x[t], self.support_y[t], self.query_x[t], self.query_y[t])
 
-    def to(self, device: torch.device | str) -> "Task":
+    def to(self, device: torch.device | str) -> Task:
         return Task(*(x.to(device, non_blocking=True) for x in self))
 
 
@@ -83,20 +90,48 @@ class MetaOutput:
         return (self.query_output.argmax(-1) == query_y).float().mean(-1)
 
 
-def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: StepSize) -> Params:
-    """One inner update ``theta - lr * g`` per named tensor.
+def sgd_step(
+    params: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
+    lr: StepSize,
+    noise: Sequence[Tensor | None] | None = None,
+) -> Params:
+    """One inner update ``theta - lr * g`` (``theta - lr * g * n`` with DropGrad noise) per named tensor.
 
     Args:
         params: name -> tensor (any shapes, e.g. with a leading task dimension).
         grads: name -> gradient, shaped like ``params``.
         lr: a float (MAML), or name -> tensor broadcastable to the parameter (a per-element
             MetaSGD rate shaped like the parameter, or a 0-dim MAML++ rate).
+        noise: optional, in the order of ``params``: the noise of :meth:`DropGrad.draw`
+            (``None`` entries: no noise). With a float ``lr`` the multiply is fused into the
+            update (one ``_foreach_addcmul`` pass instead of a multiply pass and an add pass).
 
     >>> p = {"w": torch.tensor([1.0, 2.0])}
     >>> sgd_step(p, {"w": torch.tensor([1.0, -1.0])}, 0.5)["w"]
     tensor([0.5000, 2.5000])
+    >>> sgd_step(p, {"w": torch.tensor([1.0, -1.0])}, 0.5, noise=[torch.tensor([2.0, 0.0])])["w"]
+    tensor([0., 2.])
     """
     names = list(params)
+    if noise is not None and any(n is not None for n in noise):
+        if isinstance(lr, Mapping):
+            grads = DropGrad.apply(grads, noise)
+        else:
+            noisy = [i for i, n in enumerate(noise) if n is not None]
+            plain = [i for i, n in enumerate(noise) if n is None]
+            out: list[Tensor | None] = [None] * len(names)
+            new = torch._foreach_addcmul(
+                [params[names[i]] for i in noisy], [grads[names[i]] for i in noisy],
+                [noise[i] for i in noisy], value=-lr,  # type: ignore[misc]
+            )
+            for i, t in zip(noisy, new):
+                out[i] = t
+            if plain:
+                new = torch._foreach_add([params[names[i]] for i in plain], [grads[names[i]] for i in plain], alpha=-lr)
+                for i, t in zip(plain, new):
+                    out[i] = t
+            return dict(zip(names, out))  # type: ignore[arg-type]
     if isinstance(lr, Mapping):
         return {n: params[n] - lr[n] * grads[n] for n in names}
     new = torch._foreach_add([params[n] for n in names], [grads[n] for n in names], alpha=-lr)
@@ -142,6 +177,18 @@ class MAML(nn.Module):
         loss_fn: ``loss_fn(output, target) -> scalar``; default cross-entropy.
         adapt: which parameters the inner loop adapts (``fnmatch`` patterns over parameter
             names; default all). The others are meta-learned but fixed within a task.
+        checkpoint: activation checkpointing of second-order inner steps: each step keeps only
+            its input parameters and is recomputed during the backward pass (about one more
+            forward+backward per step, for a peak of one step's graph instead of all of them).
+            The DropGrad noise is drawn before the step, so the recomputation reuses it.
+            No effect on first-order steps (they keep no support graph anyway).
+        task_chunk: with ``meta_backward(batched=True)``, adapt and back-propagate this many
+            tasks at a time (peak memory of a chunk, not of the meta-batch); ``None``: all.
+        vmap_norms: how the batched (vmap) path runs ``batch_norm``/``layer_norm``:
+            ``"native"`` (torch's kernels), ``"decomposed"`` (:func:`dropgrad.fast.decomposed_norms`,
+            reductions and pointwise ops; works where torch's vmap rule does not, e.g. CUDA
+            channels_last BatchNorm in torch 2.11), or ``"auto"`` (decomposed exactly when
+            the model's conv weights are channels_last). Both are exact to second order.
 
     Example, a 2-task meta-batch of 3-way 1-shot tasks on a linear model:
 
@@ -165,10 +212,20 @@ class MAML(nn.Module):
         dropgrad: DropGrad | None = None,
         loss_fn: LossFn = F.cross_entropy,
         adapt: str | Sequence[str] | None = None,
+        checkpoint: bool = False,
+        task_chunk: int | None = None,
+        vmap_norms: VmapNorms = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"inner loop: steps must be an integer >= 1, got steps={steps!r}")
+        if task_chunk is not None and (isinstance(task_chunk, bool) or not isinstance(task_chunk, int) or task_chunk < 1):
+            raise ValueError(f"inner loop: task_chunk must be None or an integer >= 1, got task_chunk={task_chunk!r}")
+        if vmap_norms not in VMAP_NORMS:
+            raise ValueError(f"inner loop: vmap_norms must be one of {', '.join(VMAP_NORMS)}, got {vmap_norms!r}")
+        self.checkpoint = bool(checkpoint)
+        self.task_chunk = task_chunk
+        self.vmap_norms: str = vmap_norms
         self.model = model
         self.inner_lr = float(inner_lr)
         self.steps = steps
@@ -242,14 +299,29 @@ class MAML(nn.Module):
             for step in range(self.steps):
                 if not track:
                     params = {n: p.detach().requires_grad_() for n, p in params.items()}
-                loss = self._support_loss(params, support_x, support_y, step)
-                grads = torch.autograd.grad(
-                    loss, list(params.values()), create_graph=create_graph, materialize_grads=True
-                )
-                noisy = self.dropgrad(dict(zip(params, grads)))
-                params = sgd_step(params, noisy, self.step_size(step))
+                noise = self.dropgrad.draw(params)
+                step_fn = partial(self._loop_step, x=support_x, y=support_y, step=step, create_graph=create_graph, noise=noise)
+                params = self._maybe_checkpointed(step_fn, params, create_graph)
                 trajectory.append(params)
         return trajectory
+
+    def _loop_step(
+        self, params: Params, x: Tensor, y: Tensor, step: int, create_graph: bool, noise: list[Tensor | None]
+    ) -> Params:
+        loss = self._support_loss(params, x, y, step)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, materialize_grads=True)
+        return sgd_step(params, dict(zip(params, grads)), self.step_size(step), noise)
+
+    def _maybe_checkpointed(self, step_fn: Callable[[Params], Params], params: Params, create_graph: bool) -> Params:
+        """``step_fn(params)``, recomputed in the backward pass when checkpointing second order."""
+        if not (self.checkpoint and create_graph):
+            return step_fn(params)
+        names = list(params)
+
+        def flat(*tensors: Tensor) -> tuple[Tensor, ...]:
+            return tuple(step_fn(dict(zip(names, tensors))).values())
+
+        return dict(zip(names, _checkpoint(flat, *params.values(), use_reentrant=False)))
 
     def query_loss(
         self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor, batched: bool = False
@@ -289,13 +361,25 @@ class MAML(nn.Module):
         """Back-propagate the mean query loss; returns detached outputs.
 
         With ``batched=False`` each task's graph is freed right after its own backward, so peak
-        memory is one task's graph (what makes second-order ResNets fit).
+        memory is one task's graph (what makes second-order ResNets fit). With ``batched=True``
+        the tasks go through vmap ``task_chunk`` at a time (all at once by default), each chunk
+        back-propagated before the next.
         """
-        if batched:
-            out = self._meta_loss_vmap(tasks)
-            out.loss.backward()
-            return MetaOutput(out.loss.detach(), out.task_losses.detach(), out.query_output.detach())
         n = tasks.n_tasks
+        if batched:
+            chunk = self.task_chunk or n
+            if chunk >= n:
+                out = self._meta_loss_vmap(tasks)
+                out.loss.backward()
+                return MetaOutput(out.loss.detach(), out.task_losses.detach(), out.query_output.detach())
+            losses, outputs = [], []
+            for start in range(0, n, chunk):
+                part = self._meta_loss_vmap(Task(*(f[start : start + chunk] for f in tasks)))
+                (part.task_losses.sum() / n).backward()
+                losses.append(part.task_losses.detach())
+                outputs.append(part.query_output.detach())
+            task_losses = torch.cat(losses)
+            return MetaOutput(task_losses.mean(), task_losses, torch.cat(outputs))
         losses, outputs = [], []
         for t in range(n):
             loss, output = self.task_loss(tasks.task(t))
@@ -310,25 +394,20 @@ class MAML(nn.Module):
         """Raise ValueError if the model cannot be adapted under ``vmap`` in its current mode.
 
         vmap cannot update shared running statistics from per-task batches, nor keep a
-        per-task dropout mask in module state. And torch's vmap gives wrong second derivatives
-        through ``batch_norm`` and ``layer_norm`` (off by ~1e-3 against finite differences in
-        float64; see tests/core/test_inner.py), so second-order batched adaptation through
-        them is refused. Such models use the per-task loop, which is exact.
+        per-task dropout mask in module state; such models use the per-task loop (same numbers).
+
+        Second order through BatchNorm/LayerNorm is exact here: only the forward is vmapped
+        and the inner gradients come from plain autograd over the batched kernels. (Nesting
+        ``torch.func.grad`` inside ``vmap`` instead gives second derivatives through
+        ``batch_norm``/``layer_norm`` that are off by ~1e-3 in float64; see
+        tests/core/test_batched_equivalence.py.)
         """
-        track, create_graph = self._modes()
         for name, module in self.model.named_modules():
             is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
             if is_bn and module.training and module.track_running_stats:
                 raise ValueError(
                     f"batched adaptation (vmap) cannot update the running statistics of BatchNorm "
                     f"'{name}'; build it with track_running_stats=False or use batched=False"
-                )
-            batch_stats = is_bn and (module.training or not module.track_running_stats)
-            if create_graph and (batch_stats or isinstance(module, nn.LayerNorm)):
-                raise ValueError(
-                    f"second-order batched adaptation (vmap) through '{name}' "
-                    f"({type(module).__name__}) is refused: torch's vmap computes wrong second "
-                    f"derivatives for it; use batched=False (exact) or first_order=True"
                 )
         if self.model.training and has_consistent_dropout(self.model):
             raise ValueError(
@@ -342,24 +421,45 @@ class MAML(nn.Module):
         out = self.functional_forward(params, x, step)
         return self.loss_fn(out, y), out
 
+    def _decompose_norms(self) -> bool:
+        if self.vmap_norms == "auto":
+            return is_channels_last(self.model)
+        return self.vmap_norms == "decomposed"
+
+    def _vmap_step(
+        self, params: Params, x: Tensor, y: Tensor, step: int, create_graph: bool, noise: list[Tensor | None]
+    ) -> Params:
+        # vmap only the forward; differentiate the sum of the T task losses with plain autograd
+        # w.r.t. the (T, *shape) parameters: the tasks are independent, so each task's slice of
+        # that gradient is its own gradient. Autograd then runs on the batched kernels vmap
+        # chose (no torch.func.grad transform), which is exact to any order, supports
+        # checkpointing, and costs less than vmapping every backward op.
+        losses = torch.func.vmap(partial(self._support_loss, step=step), randomness="different")(params, x, y)
+        values = list(params.values())
+        grads = torch.autograd.grad(losses.sum(), values, create_graph=create_graph, materialize_grads=True)
+        return sgd_step(params, dict(zip(params, grads)), self.step_size(step), noise)
+
     def _meta_loss_vmap(self, tasks: Task) -> MetaOutput:
         self.check_batchable()
         track, create_graph = self._modes()
         n = tasks.n_tasks
         params = {k: v.expand(n, *v.shape) for k, v in self.initial_params().items()}
         trajectory: list[Params] = []
-        with torch.enable_grad():
-            for step in range(self.steps):
-                if not track:
-                    params = {k: v.detach() for k, v in params.items()}
-                grad_fn = torch.func.grad(partial(self._support_loss, step=step))
-                grads = torch.func.vmap(grad_fn, randomness="different")(params, tasks.support_x, tasks.support_y)
-                if not create_graph:
-                    grads = {k: g.detach() for k, g in grads.items()}
-                # Noise is drawn outside vmap on the (T, *shape) gradients: a fresh draw per task.
-                params = sgd_step(params, self.dropgrad(grads), self.step_size(step))
-                trajectory.append(params)
-        task_losses, outputs = self.query_loss(trajectory, tasks.query_x, tasks.query_y, batched=True)
+        with decomposed_norms(self._decompose_norms()):
+            with torch.enable_grad():
+                for step in range(self.steps):
+                    if not track:
+                        params = {k: v.detach().requires_grad_() for k, v in params.items()}
+                    # Noise is drawn outside vmap, shaped (T, *param): a fresh draw per task and element.
+                    noise = self.dropgrad.draw(params)
+                    step_fn = partial(
+                        self._vmap_step, x=tasks.support_x, y=tasks.support_y, step=step,
+                        create_graph=create_graph, noise=noise,
+                    )
+                    params = self._maybe_checkpointed(step_fn, params, create_graph)
+                    trajectory.append(params)
+            # Outside enable_grad: under torch.no_grad() (evaluation) the query keeps no graph.
+            task_losses, outputs = self.query_loss(trajectory, tasks.query_x, tasks.query_y, batched=True)
         return MetaOutput(task_losses.mean(), task_losses, outputs)
 
 

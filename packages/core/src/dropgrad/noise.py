@@ -208,8 +208,8 @@ class DropGrad(nn.Module):
             n = torch.empty(numel, device=draw_device, dtype=draw_dtype).bernoulli_(keep, generator=gen)
             n.mul_(1.0 / keep)
         else:
-            n = torch.randn(numel, device=draw_device, dtype=draw_dtype, generator=gen)
-            n.mul_(self.std).add_(1.0)
+            # normal_(mean, std) is one kernel; randn then mul_ then add_ would be three passes.
+            n = torch.empty(numel, device=draw_device, dtype=draw_dtype).normal_(1.0, self.std, generator=gen)
         return n.to(device=device, dtype=dtype)
 
     def noise_like(self, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -225,6 +225,49 @@ class DropGrad(nn.Module):
                 out[i] = chunk.view(tensors[i].shape)
         return out  # type: ignore[return-value]
 
+    def draw(self, grads: Grads, names: Sequence[str] | None = None) -> list[Tensor | None]:
+        """The noise :meth:`forward` would multiply each tensor by, without applying it.
+
+        One fused draw, as in :meth:`forward` (same random stream). ``None`` marks a tensor that
+        is left unchanged (not selected, or the operator is inactive). Drawing ahead of time lets
+        a recomputed (activation-checkpointed) inner step reuse exactly the same noise.
+
+        >>> dg = DropGrad(0.5, "binary", params="fc.*", generator=torch.Generator().manual_seed(0))
+        >>> [n is None for n in dg.draw({"conv.w": torch.ones(2), "fc.w": torch.ones(3)})]
+        [True, False]
+        """
+        values = list(grads.values()) if isinstance(grads, Mapping) else list(grads)
+        if not self.active:
+            return [None] * len(values)
+        if self.selection is not None:
+            names = list(grads.keys()) if isinstance(grads, Mapping) else names
+            if names is None:
+                raise ValueError(
+                    "DropGrad: params selects tensors by name; pass a name -> tensor mapping or names="
+                )
+            if len(names) != len(values):
+                raise ValueError(f"DropGrad: got {len(values)} tensors but {len(names)} names")
+            flags = self.selected(names)
+        else:
+            flags = (True,) * len(values)
+        chosen = [v for v, f in zip(values, flags) if f]
+        noise = iter(self.noise_like(chosen) if chosen else [])
+        return [next(noise) if f else None for f in flags]
+
+    @staticmethod
+    def apply(grads: Grads, noise: Sequence[Tensor | None]) -> Grads:
+        """``g * n`` for every tensor whose noise (from :meth:`draw`) is not ``None``; one ``_foreach_mul``."""
+        keys = list(grads.keys()) if isinstance(grads, Mapping) else None
+        values = list(grads.values()) if keys is not None else list(grads)  # type: ignore[union-attr]
+        idx = [i for i, n in enumerate(noise) if n is not None]
+        if idx:
+            noisy = torch._foreach_mul([values[i] for i in idx], [noise[i] for i in idx])  # type: ignore[misc]
+            for i, v in zip(idx, noisy):
+                values[i] = v
+        if keys is not None:
+            return dict(zip(keys, values))  # type: ignore[return-value]
+        return type(grads)(values) if isinstance(grads, tuple) else values  # type: ignore[return-value]
+
     def forward(self, grads: Grads, names: Sequence[str] | None = None) -> Grads:
         """Apply DropGrad.
 
@@ -237,32 +280,9 @@ class DropGrad(nn.Module):
             The same structure (list/tuple/dict) with ``g * n`` on the selected tensors and the
             other tensors passed through unchanged.
         """
-        if isinstance(grads, Mapping):
-            keys = list(grads.keys())
-            values = list(grads.values())
-        else:
-            keys = None
-            values = list(grads)
         if not self.active:
             return grads
-        if self.selection is not None:
-            names = keys if keys is not None else names
-            if names is None:
-                raise ValueError(
-                    "DropGrad: params selects tensors by name; pass a name -> tensor mapping or names="
-                )
-            if len(names) != len(values):
-                raise ValueError(f"DropGrad: got {len(values)} tensors but {len(names)} names")
-            flags = self.selected(names)
-        else:
-            flags = (True,) * len(values)
-        chosen = [v for v, f in zip(values, flags) if f]
-        if chosen:
-            noisy = iter(torch._foreach_mul(chosen, self.noise_like(chosen)))
-            values = [next(noisy) if f else v for v, f in zip(values, flags)]
-        if keys is not None:
-            return dict(zip(keys, values))  # type: ignore[return-value]
-        return type(grads)(values) if isinstance(grads, tuple) else values  # type: ignore[return-value]
+        return self.apply(grads, self.draw(grads, names))
 
     # -------------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:

@@ -16,6 +16,13 @@ Run directory written by :meth:`MetaTrainer.fit`::
     train_summary.json     what fit() returns
     train_config.json      the TrainConfig of the (latest) fit call
 
+With a :class:`dropgrad.distributed.DistributedContext` of several processes (torchrun), every
+rank runs the same loop in lock-step: the gradients of ``step_fn`` are combined by one
+all-reduce before clipping and the optimiser step, validation results are broadcast from rank 0
+so every rank takes the same best/early-stopping decisions, and only rank 0 writes the files
+above, prints and shows the progress bar. ``last.pt`` also holds every rank's RNG state, so a
+resume on the same number of processes is exact.
+
 Epochs are 0-based everywhere (files, callbacks, summary); printed lines show the index and
 the count, e.g. ``epoch 2 (3/10)``.
 """
@@ -39,6 +46,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write, write_json
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import DistributedContext
 from .runtime import autocast, capture_rng_state, restore_rng_state
 
 __all__ = [
@@ -208,6 +216,12 @@ class MetaTrainer:
             on a mid-epoch resume).
         logger: where printed lines go instead of stdout: a :class:`logging.Logger` (``info``) or
             any ``callable(str)``. Every line is also appended to ``log.txt``.
+        distributed: the process's :class:`~dropgrad.distributed.DistributedContext` (already
+            ``init()``-ed) when several processes train together; ``step_fn`` then does its
+            rank's shard of the meta-batch (``distributed.meta_batch_shard``) and returns means
+            over it, and the trainer all-reduces gradients, step metrics and floating-point
+            model buffers after it. ``validate_fn`` runs on every rank (it may shard its work
+            and gather); rank 0's values are what count. Default: a single process.
 
     >>> import tempfile
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -244,6 +258,7 @@ class MetaTrainer:
         device: torch.device | str = torch.device("cpu"),
         on_epoch_start: Callable[[int], Any] | None = None,
         logger: logging.Logger | Callable[[str], Any] | None = None,
+        distributed: DistributedContext | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -274,6 +289,9 @@ class MetaTrainer:
         else:
             self._emit = logger
         self._bar: Any = None
+        self.distributed = distributed if distributed is not None else DistributedContext()
+        if self.distributed.is_distributed and not self.distributed.initialized:
+            raise ValueError("distributed: call DistributedContext.init() before building the MetaTrainer")
         self._reset_state()
 
     # ------------------------------------------------------------------ paths
@@ -295,7 +313,9 @@ class MetaTrainer:
 
     # ---------------------------------------------------------------- logging
     def log(self, line: str) -> None:
-        """Print ``line`` (or hand it to the logger) and append it to ``log.txt``."""
+        """Print ``line`` (or hand it to the logger) and append it to ``log.txt`` (rank 0 only)."""
+        if not self.distributed.is_main:
+            return
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         if self._emit is not None:
@@ -306,7 +326,9 @@ class MetaTrainer:
             print(line, flush=True)
 
     def record(self, event: str, values: Mapping[str, Any]) -> None:
-        """Append ``{"event": event, **values}`` as one line to ``metrics.jsonl``."""
+        """Append ``{"event": event, **values}`` as one line to ``metrics.jsonl`` (rank 0 only)."""
+        if not self.distributed.is_main:
+            return
         line = json.dumps({"event": event, **values}, allow_nan=True)
         # Opened per record so each line is in the OS before the next checkpoint measures sizes.
         with open(self.metrics_path, "a", encoding="utf-8") as f:
@@ -326,6 +348,7 @@ class MetaTrainer:
         self._window_sums: dict[str, float] = {}
         self._window_count = 0
         self._elapsed_before = 0.0  # wall time of earlier (resumed-from) segments
+        self._resume_note: str | None = None
         self._t0 = time.perf_counter()
 
     def _elapsed(self) -> float:
@@ -371,10 +394,30 @@ class MetaTrainer:
             "log_sizes": {METRICS_FILE: self._file_size(self.metrics_path), LOG_FILE: self._file_size(self.log_path)},
         }
 
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks and must resume per rank: RNGs and the DropGrad state."""
+        return {
+            "rng": capture_rng_state(),
+            "dropgrad": None if self.dropgrad is None else dict(self.dropgrad.state_dict()),
+        }
+
+    def _sync_buffers(self) -> list[torch.Tensor]:
+        return list(self.model.buffers()) if self.distributed.is_distributed else []
+
     def _save_last(self) -> None:
-        save_checkpoint(self.last_path, self._checkpoint_payload())
+        ctx = self.distributed
+        # Collective on every rank; only rank 0 writes.
+        ranks = ctx.all_gather_object(self._rank_state()) if ctx.is_distributed else None
+        if not ctx.is_main:
+            return
+        payload = self._checkpoint_payload()
+        if ranks is not None:
+            payload["ranks"] = ranks
+        save_checkpoint(self.last_path, payload)
 
     def _save_best(self, value: float) -> None:
+        if not self.distributed.is_main:
+            return
         save_checkpoint(
             self.best_path,
             {
@@ -399,6 +442,23 @@ class MetaTrainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        ctx = self.distributed
+        ranks = state.get("ranks")
+        rng: dict[str, Any] | None = state["rng"]
+        if ctx.is_distributed or ranks is not None:
+            if ranks is not None and len(ranks) == ctx.world_size:
+                own = ranks[ctx.rank]
+                rng = own["rng"]
+                state = {**state, "dropgrad": own["dropgrad"]}
+            else:
+                saved = 1 if ranks is None else len(ranks)
+                self._resume_note = (
+                    f"warning: {self.last_path} was written by {saved} process(es), this run has "
+                    f"{ctx.world_size}: tasks split differently and ranks other than 0 start fresh "
+                    "random streams, so the resumed run is not bit-identical to an uninterrupted one"
+                )
+                if not ctx.is_main:
+                    rng = None
         for name, obj in (("scheduler", self.scheduler), ("dropgrad", self.dropgrad)):
             if (obj is None) != (state[name] is None):
                 have = "has" if state[name] is not None else "has no"
@@ -424,9 +484,9 @@ class MetaTrainer:
         for name, path in ((METRICS_FILE, self.metrics_path), (LOG_FILE, self.log_path)):
             size = int(state["log_sizes"][name])
             # Only cut: a file shorter than recorded (lost in a crash) is kept, never zero-padded.
-            if path.exists() and path.stat().st_size > size:
+            if ctx.is_main and path.exists() and path.stat().st_size > size:
                 os.truncate(path, size)
-        return state["rng"]
+        return rng
 
     # ------------------------------------------------------------------- loop
     def _train_step(self, check_grads: bool) -> dict[str, float]:
@@ -434,6 +494,8 @@ class MetaTrainer:
         with autocast(self.device, self.config.bf16):
             metrics = _as_floats(self.step_fn(self.global_step), "step_fn")
         params = self._params()
+        # Several processes: the mean over the whole meta-batch, before clipping sees it.
+        metrics = self.distributed.all_reduce_gradients(params, metrics=metrics, buffers=self._sync_buffers())
         if check_grads and not any(p.grad is not None for p in params):
             raise RuntimeError(
                 "step_fn left no gradient on the optimiser's parameters: it must call "
@@ -472,7 +534,8 @@ class MetaTrainer:
                 f"TrainConfig.monitor={self.config.monitor!r} is not among the epoch metrics; "
                 f"present: {', '.join(sorted(values)) or '(none)'}"
             )
-        return values
+        # Every rank must take rank 0's best/early-stopping/scheduler decisions.
+        return self.distributed.broadcast_object(values)
 
     def _improved(self, value: float) -> bool:
         if math.isnan(value):
@@ -546,8 +609,10 @@ class MetaTrainer:
             dropgrad.checkpoint.CheckpointError: ``last.pt`` is truncated or corrupt.
         """
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.last_path.parent.mkdir(parents=True, exist_ok=True)
+        ctx = self.distributed
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.last_path.parent.mkdir(parents=True, exist_ok=True)
         self._reset_state()
         pending_rng: dict[str, Any] | None = None
         if resume:
@@ -556,22 +621,32 @@ class MetaTrainer:
                     f"cannot resume: {self.run_dir} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT}; "
                     "start the run without resume"
                 )
+            # Every rank reads the same last.pt, so they start from the same state.
             pending_rng = self._restore(load_checkpoint(self.last_path, map_location="cpu"))
             self.record("resume", {"epoch": self.epoch, "step": self.global_step, "time": round(self._elapsed(), 3)})
             self.log(
                 f"resumed {self.last_path} at epoch {self.epoch}, step {self.step_in_epoch}/"
                 f"{cfg.steps_per_epoch} (global step {self.global_step})"
             )
+            if self._resume_note:
+                self.log(self._resume_note)
         else:
             if self.last_path.exists():
                 raise ValueError(
                     f"{self.run_dir} already holds a run ({CHECKPOINT_DIR}/{LAST_CHECKPOINT}); resume it "
                     "or choose another run directory"
                 )
-            # Leftovers of an attempt killed before its first checkpoint belong to no run.
-            self.metrics_path.write_text("", encoding="utf-8")
-            self.best_path.unlink(missing_ok=True)
-        write_json(self.run_dir / CONFIG_FILE, cfg.to_dict())
+            if ctx.is_main:
+                # Leftovers of an attempt killed before its first checkpoint belong to no run.
+                self.metrics_path.write_text("", encoding="utf-8")
+                self.best_path.unlink(missing_ok=True)
+        # The last point where a rank's setup error stops every rank cleanly (see agree()).
+        ctx.agree(final=True)
+        if not resume:
+            # Same seeds should give the same initialisation everywhere; rank 0's makes sure.
+            ctx.broadcast_module(self.model, extra=self._params())
+        if ctx.is_main:
+            write_json(self.run_dir / CONFIG_FILE, cfg.to_dict())
 
         if pending_rng is not None and (self.step_in_epoch == 0 or self.stopped_early or self.epoch >= cfg.epochs):
             # At an epoch boundary the uninterrupted run called on_epoch_start with these states.
@@ -593,7 +668,7 @@ class MetaTrainer:
                 total=cfg.steps_per_epoch,
                 initial=self.step_in_epoch,
                 desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                disable=not cfg.progress,
+                disable=not cfg.progress or not ctx.is_main,
                 leave=False,
                 dynamic_ncols=True,
             )
@@ -628,7 +703,10 @@ class MetaTrainer:
         if not self.stopped_early and self.epoch >= cfg.epochs:
             self.log(f"training complete: {self.epoch} epoch(s), {self.global_step} steps")
         result = self.summary()
-        write_json(self.run_dir / SUMMARY_FILE, result)
+        if ctx.is_main:
+            write_json(self.run_dir / SUMMARY_FILE, result)
+        # Nobody reads best.pt or the summary before rank 0 has written them.
+        ctx.barrier()
         return result
 
 

@@ -9,6 +9,8 @@
 
 from .base import FewShotDataset, ImageFileDataset, open_image
 from .build import DATASETS, build_dataset, dataset_options
+from .cache import CachedDataset, build_cache, cache_path, open_cache
+from .cached_episodes import CachedEpisodeBatches, episode_batches
 from .episodes import EpisodeBatches, check_episodes
 from .errors import DataError
 from .glyphs import GlyphDataset
@@ -16,6 +18,8 @@ from .transforms import GrayscaleTransform, RGBTransform
 
 __all__ = [
     "DATASETS",
+    "CachedDataset",
+    "CachedEpisodeBatches",
     "DataError",
     "EpisodeBatches",
     "FewShotDataset",
@@ -23,8 +27,12 @@ __all__ = [
     "GrayscaleTransform",
     "ImageFileDataset",
     "RGBTransform",
+    "build_cache",
     "build_dataset",
+    "cache_path",
     "check_episodes",
     "dataset_options",
+    "episode_batches",
+    "open_cache",
     "open_image",
 ]

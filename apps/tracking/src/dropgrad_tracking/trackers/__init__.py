@@ -13,6 +13,8 @@ from .runner import TrackingRun, run_tracker, track_sequence
 from .static import StaticTracker
 
 register_tracker("static", lambda options: StaticTracker(), "baseline: the first box, held still")
+# Imported after "static" so the registry lists the baseline first; importing registers them.
+from . import metacrest, metasdnet  # noqa: F401
 
 __all__ = [
     "StaticTracker",

@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from dropgrad import DropGrad, sgd_step
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -50,10 +49,27 @@ class Prediction:
 
 
 def _sample_at(maps: Tensor, kp2d: Tensor) -> Tensor:
-    """Bilinear read of ``maps`` ``(K, N, C, H, W)`` at ``kp2d`` ``(N, K, 2)`` -> ``(K, N, C)``."""
+    """Bilinear read of ``maps`` ``(K, N, C, H, W)`` at ``kp2d`` ``(N, K, 2)`` -> ``(K, N, C)``.
+
+    The numbers of ``F.grid_sample(..., align_corners=False)`` with zero padding, written with
+    ``gather``: CUDA has no derivative of ``grid_sampler_2d_backward``, and the second-order
+    meta-gradient differentiates this read twice (seen on an H200 with torch 2.11).
+    """
     k, n, c, h, w = maps.shape
-    grid = (2.0 * kp2d).permute(1, 0, 2).reshape(k * n, 1, 1, 2)  # crop [-0.5, 0.5] -> [-1, 1]
-    out = F.grid_sample(maps.reshape(k * n, c, h, w), grid, align_corners=False)
+    flat = maps.reshape(k * n, c, h * w)
+    xy = kp2d.permute(1, 0, 2).reshape(k * n, 2)
+    # Crop coordinates [-0.5, 0.5] span the outer pixel edges: pixel centres at (i + 0.5) / size - 0.5.
+    x = (xy[:, 0] + 0.5) * w - 0.5
+    y = (xy[:, 1] + 0.5) * h - 0.5
+    x0, y0 = x.floor().detach(), y.floor().detach()
+    out = flat.new_zeros(k * n, c)
+    for xi in (x0, x0 + 1):
+        for yi in (y0, y0 + 1):
+            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+            weight = (1 - (x - xi).abs()) * (1 - (y - yi).abs()) * inside
+            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            values = flat.gather(2, index.view(-1, 1, 1).expand(-1, c, 1)).squeeze(2)
+            out = out + values * weight.unsqueeze(1)
     return out.reshape(k, n, c)
 
 

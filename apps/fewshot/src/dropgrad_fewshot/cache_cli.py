@@ -1,0 +1,98 @@
+"""``fewshot-cache`` (also ``python tools/build_episode_cache.py``): build episode caches of data-set splits.
+
+Each split becomes ``<out>/<dataset>-<split>-<size>.u8`` plus its ``.json`` sidecar (see
+:mod:`dropgrad_fewshot.data.cache`); ``fewshot-train --cache <out>`` then reads them. User errors
+end with one ``error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .data import DATASETS, DataError, build_cache, dataset_options
+
+__all__ = ["cache_parser", "main", "parse_option"]
+
+
+def parse_option(dataset: str, text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of a data-set option, typed by the option's default.
+
+    >>> parse_option("omniglot", "protocol=background")
+    ('protocol', 'background')
+    >>> parse_option("glyphs", "rotations=true"), parse_option("glyphs", "n_classes=50")
+    (('rotations', True), ('n_classes', 50))
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    allowed = dataset_options(dataset)
+    if not sep or key not in allowed:
+        raise DataError(
+            f"--option {text!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed)) or '(none)'} for {dataset}"
+        )
+    default = allowed[key]
+    low = value.strip().lower()
+    if isinstance(default, bool) or (default is None and low in ("true", "false")):
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise DataError(f"--option {text!r}: {key} must be true or false")
+        return key, low in ("true", "1", "yes")
+    if isinstance(default, int) or (default is None and key in ("n_classes",)):
+        try:
+            return key, int(value)
+        except ValueError:
+            raise DataError(f"--option {text!r}: {key} must be an integer") from None
+    return key, value
+
+
+def cache_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fewshot-cache",
+        description=(
+            "Decode and resize the images of data-set splits once into memory-mapped uint8 files "
+            "(<out>/<dataset>-<split>-<size>.u8 + .json sidecar) for fewshot-train --cache <out>."
+        ),
+    )
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="data set (any layout build_dataset reads)")
+    parser.add_argument("--data-root", help="folder of the data set (not for glyphs)")
+    parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=("train", "val", "test"), help="splits to cache (default: all three)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, help="side(s) in pixels, e.g. 84 224 (default: 28 for glyphs/omniglot, 84 for RGB sets)")
+    parser.add_argument("--out", type=Path, required=True, help="cache folder (fewshot-train --cache)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="data-set option, repeatable (e.g. protocol=background, layout=csv, check_files=false)")
+    parser.add_argument("--seed", type=int, default=0, help="glyphs: the glyph universe (the run's --seed); ignored otherwise")
+    parser.add_argument("--threads", type=int, default=None, help="decoding threads (default: min(8, cpus))")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fewshot-cache``; prints one line per written split."""
+    parser = cache_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = dict(parse_option(args.dataset, o) for o in args.option)
+        sizes = args.image_size or [None]
+        for size in sizes:
+            if size is not None and size < 4:
+                raise DataError(f"--image-size must be >= 4, got {size}")
+        if args.threads is not None and args.threads < 1:
+            raise DataError(f"--threads must be >= 1, got {args.threads}")
+        for size in sizes:
+            for split in args.splits:
+                start = time.perf_counter()
+                path = build_cache(
+                    args.dataset, split, args.data_root, size, args.out, seed=args.seed,
+                    threads=args.threads, progress=not args.no_progress, **options,
+                )
+                n_bytes = path.stat().st_size
+                print(f"{path}: {n_bytes / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s", flush=True)
+    except (DataError, ValueError, OSError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Training and held-out validation sequences for ``track-train``, from part 1's loaders.
+
+Sources (``--source``):
+
+- ``synthetic``: the procedural OTB-layout set (:mod:`dropgrad_tracking.data.synthetic`),
+  generated into ``--root`` (default ``<run>/synthetic-data``) or reused from there;
+- ``otb``: raw OTB sequence folders under ``--root``, or a pysot JSON ``--annotations``;
+- ``vot``: VOT sequence folders under ``--root``, all of them or those in ``--list-file``
+  (Meta-Tracker's ``vot-otb.txt``: the 58 VOT sequences that do not overlap OTB);
+- ``vid``: ImageNet-VID snippets of Meta-Tracker's ``ilsvrc_train.json`` (``--list-file``)
+  with frames under ``--root`` (``Data/VID/train``).
+
+The last ``--val-sequences`` sequences (in name order) are held out for validation. Every
+problem (missing folder, unreadable list, frames not found, too few usable sequences) is one
+error naming the option or file, raised before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.otb import OTBDataError, check_frames, load_otb, select_sequences
+from ..data.sequence import Sequence
+from ..data.synthetic import SyntheticConfig, ensure_synthetic
+from ..data.vid import vid_sequences
+from ..data.vot import load_vot
+from .config import TrackTrainConfig
+
+__all__ = ["SequenceSplit", "load_sources", "split_sequences", "support_frames", "synthetic_root"]
+
+
+def synthetic_root(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> Path:
+    """Where the synthetic training set lives: ``--root``, or ``<out>/synthetic-data``."""
+    return Path(cfg.root) if cfg.root is not None else Path(out) / "synthetic-data"
+
+
+def _names(cfg: TrackTrainConfig) -> list[str] | None:
+    if cfg.sequences is None:
+        return None
+    names = [n.strip() for n in cfg.sequences.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--sequences {cfg.sequences!r}: expected comma-separated sequence names")
+    return names
+
+
+def load_sources(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> dict[str, Sequence]:
+    """All sequences of the configured source, ``{name: Sequence}`` sorted by name.
+
+    Frame files are checked (first and last of each sequence) so a wrong ``--root`` fails here.
+
+    >>> import tempfile
+    >>> cfg = TrackTrainConfig(synthetic_sequences=2, synthetic_frames=3, synthetic_height=64, synthetic_width=96)
+    >>> sorted(load_sources(cfg, tempfile.mkdtemp()))
+    ['Synthetic-01', 'Synthetic-02']
+    """
+    names = _names(cfg)
+    if cfg.source == "synthetic":
+        config = SyntheticConfig(
+            cfg.synthetic_sequences, cfg.synthetic_frames, cfg.synthetic_height, cfg.synthetic_width, cfg.synthetic_seed
+        )
+        root = synthetic_root(cfg, out)
+        found = ensure_synthetic(root, config)
+        found = select_sequences(found, names, f"--root {root}")
+    elif cfg.source == "otb":
+        found = load_otb(cfg.root, cfg.annotations, names)
+    elif cfg.source == "vot":
+        if cfg.list_file is not None and names is not None:
+            raise ValueError("--sequences and --list-file both choose VOT sequences; give one of them")
+        found = load_vot(cfg.root, names=names, list_file=cfg.list_file)  # type: ignore[arg-type]
+    elif cfg.source == "vid":
+        list_path = Path(cfg.list_file)  # type: ignore[arg-type]
+        root = Path(cfg.root)  # type: ignore[arg-type]
+        if not root.is_dir():
+            raise OTBDataError(f"--root {root}: not a directory (expected ImageNet-VID's Data/VID/train)")
+        found = vid_sequences(list_path, root)
+        if names is not None:
+            found = select_sequences(found, names, str(list_path))
+    else:  # pragma: no cover - the config refuses other values
+        raise ValueError(f"--source {cfg.source!r} is not one of synthetic, otb, vot, vid")
+    check_frames(found)
+    return dict(sorted(found.items()))
+
+
+def support_frames(sequence: Sequence, horizon: int) -> np.ndarray:
+    """Frames ``t`` that can start a task: a visible target at ``t`` and at one of ``t+1 .. t+horizon``.
+
+    >>> seq = Sequence("s", [], np.array([[0, 0, 5, 5], [0, 0, 0, 0], [1, 1, 5, 5], [1, 1, 5, 5.]]))
+    >>> support_frames(seq, 1).tolist(), support_frames(seq, 2).tolist()
+    ([2], [0, 2])
+    """
+    boxes = sequence.boxes
+    visible = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+    n = len(boxes)
+    later = np.zeros(n, dtype=bool)
+    for k in range(1, min(horizon, n - 1) + 1):
+        later[: n - k] |= visible[k:]
+    return np.flatnonzero(visible & later)
+
+
+@dataclass
+class SequenceSplit:
+    """Training and held-out validation sequences, each ``{name: Sequence}``."""
+
+    train: dict[str, Sequence]
+    val: dict[str, Sequence]
+
+
+def split_sequences(sequences: Mapping[str, Sequence], n_val: int, horizon: int) -> SequenceSplit:
+    """Hold out the last ``n_val`` usable sequences (name order) for validation.
+
+    Sequences without any usable support frame (see :func:`support_frames`) cannot give a task;
+    they are left out with a warning that names them.
+
+    Raises:
+        ValueError: fewer than ``n_val + 1`` usable sequences.
+    """
+    usable = {n: s for n, s in sorted(sequences.items()) if len(support_frames(s, horizon))}
+    dropped = sorted(set(sequences) - set(usable))
+    if dropped:
+        shown = ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else "")
+        warnings.warn(
+            f"{len(dropped)} sequence(s) have no frame with a visible target followed by one within "
+            f"--horizon {horizon} frames and give no task: {shown}",
+            stacklevel=2,
+        )
+    if len(usable) < n_val + 1:
+        raise ValueError(
+            f"{len(usable)} usable sequence(s), but --val-sequences {n_val} held out needs at least {n_val + 1}; "
+            "add sequences or lower --val-sequences"
+        )
+    names = list(usable)
+    return SequenceSplit({n: usable[n] for n in names[:-n_val]}, {n: usable[n] for n in names[-n_val:]})

@@ -1,0 +1,105 @@
+"""Smoke tests of tools/bench_maml.py (issue 7's benchmark): it runs on a CPU, prints one table,
+turns failures into rows, and writes --json. No timing is asserted (benchmarks print tables).
+
+The full ``--quick`` run (every configuration: 24 s on 2 idle cores, minutes on a loaded
+machine) is marked slow; the default run covers one configuration, a timeout and the table code.
+"""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "bench_maml.py"
+CONFIGS = ("resnet18-fo", "resnet18-so", "conv4-fo")
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out), *args],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, json.loads(out.read_text())
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("config "))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+@pytest.mark.slow
+def test_quick_cpu_run_prints_every_configuration(tmp_path):
+    proc, data = _run(tmp_path)
+    assert "torch" in proc.stdout and "device: CPU" in proc.stdout
+    printed = _table_rows(proc.stdout)
+    assert {r[0] for r in printed} == set(CONFIGS)
+    assert len(printed) == len(data["rows"])
+    for row in data["rows"]:
+        res = row["result"]
+        assert res["status"] == "ok", row
+        assert res["tasks_per_s_off"] > 0 and res["tasks_per_s_on"] > 0 and res["peak_mem_bytes"] > 0
+        if "check_max_abs_diff" in res:
+            assert res["check_max_abs_diff"] < 1e-10, row
+    # ours against the naive loop of the same run, and one summary line per configuration
+    assert all(r.get("vs_naive") for r in data["rows"] if r["impl"] != "naive")
+    assert [s.split(":")[0] for s in data["summary"]] == list(CONFIGS)
+
+
+def test_quick_cpu_run_of_one_configuration(tmp_path):
+    impls = "naive,loop,vmap+bf16+chunk2+ckpt"
+    proc, data = _run(tmp_path, "--configs", "conv4-fo", "--impls", impls)
+    assert [r["impl"] for r in data["rows"]] == impls.split(",")
+    for row in data["rows"]:
+        res = row["result"]
+        assert res["status"] == "ok", row
+        assert res["check_max_abs_diff"] < 1e-10  # float64 against the per-task loop
+        assert res["tasks_per_s_on"] > 0 and "overhead_pct" in res
+    printed = _table_rows(proc.stdout)
+    assert [r[0] for r in printed] == ["conv4-fo"] * 3
+    assert "vs naive" in proc.stdout and "DG overhead" in proc.stdout and "peak GiB" in proc.stdout
+    assert data["device_type"] == "cpu" and data["torch"]
+
+
+def test_a_row_over_its_time_cap_becomes_a_row(tmp_path):
+    proc, data = _run(tmp_path, "--configs", "conv4-fo", "--impls", "loop,vmap", "--timeout-s", "0.001")
+    assert [r["result"]["status"] for r in data["rows"]] == ["timeout", "timeout"]
+    assert proc.stdout.count("TIMEOUT") == 2
+
+
+def _load_module():
+    sys.path.insert(0, str(SCRIPT.parent))
+    return importlib.import_module("bench_maml")
+
+
+def test_failed_rows_are_reported_and_the_best_row_is_marked():
+    bench = _load_module()
+    ok = lambda rate, gib: {"status": "ok", "tasks_per_s_off": rate * 1.01, "tasks_per_s_on": rate,
+                            "overhead_pct": 1.0, "peak_mem_bytes": gib * 2**30, "check_max_abs_diff": 0.0}
+    rows = [
+        ("resnet18-so", "naive", ok(3.0, 28.0)),
+        ("resnet18-so", "vmap+bf16", ok(20.0, 20.0)),  # fastest, but over the 14 GiB target
+        ("resnet18-so", "vmap+bf16+chunk2", ok(13.0, 9.0)),
+        ("resnet18-so", "vmap+bf16+cl", {"status": "nyi", "message": "NotImplementedError: batch_norm"}),
+        ("resnet18-so", "loop", {"status": "oom", "message": "CUDA out of memory"}),
+    ]
+    data = {"device": "fake", "device_type": "cuda", "torch": "x",
+            "settings": {**bench.SETTINGS["full"]},
+            "rows": [{"config": c, "px": 224, "impl": i, "result": r} for c, i, r in rows]}
+    bench.summarise(data)
+    table = bench.format_table(data)
+    assert "NYI: NotImplementedError" in table and "OOM: CUDA out of memory" in table
+    best = [r["impl"] for r in data["rows"] if r.get("best")]
+    assert best == ["vmap+bf16+chunk2"]  # the fastest that meets the memory target
+    assert data["rows"][2]["vs_naive"] == pytest.approx(13.0 / 3.0)
+    assert "vmap+bf16+chunk2 13 tasks/s" in data["summary"][0]

@@ -1,0 +1,325 @@
+"""Episode cache: cached pixels equal the normal path's, device augmentation against torchvision, errors, CLI."""
+
+import doctest
+import functools
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from dropgrad_fewshot import cache_cli, cli, run
+from dropgrad_fewshot.data import (
+    CachedDataset,
+    CachedEpisodeBatches,
+    DataError,
+    EpisodeBatches,
+    build_cache,
+    build_dataset,
+    cached_episodes,
+    device_augment,
+    open_cache,
+)
+from dropgrad_fewshot.data import cache as cache_mod
+from dropgrad_fewshot.data.device_augment import (
+    PixelFormat,
+    Shifts,
+    apply_crop_jitter_flip,
+    apply_shifts,
+    sample_crop_jitter_flip,
+    sample_shifts,
+)
+from dropgrad_fewshot.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    random_resized_crop_params,
+    shift,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def assert_same_batches(a, b, indices):
+    for i in indices:
+        ta, tb = a.batch(i), b.batch(i)
+        for x, y in zip(ta, tb):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert torch.equal(x.cpu(), y.cpu()), i
+
+
+def assert_same_items(cached, source, items):
+    for i in items:
+        x, y = cached.load(int(i)), source.load(int(i))
+        assert x.dtype == y.dtype == torch.float32 and x.shape == y.shape
+        assert torch.equal(x, y), i
+
+
+@pytest.mark.parametrize("module", [cache_mod, cached_episodes, device_augment, cache_cli])
+def test_doctests(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# --------------------------------------------------------------------------- equality with the normal path
+def test_glyph_cache_equals_the_normal_path_items_and_batches(tmp_path):
+    opts = dict(n_classes=12, images_per_class=6, rotations=True)
+    source = build_dataset("glyphs", "train", seed=3, **opts)
+    path = build_cache("glyphs", "train", None, 28, tmp_path, seed=3, **opts)
+    cached = open_cache(tmp_path, "glyphs", "train", 28, options=opts, seed=3)
+    assert cached.images.shape == (len(source), 28, 28, 1) and path.stat().st_size == len(source) * 784
+    assert cached.labels.tolist() == source.labels.tolist() and cached.class_names == source.class_names
+    assert_same_items(cached, source, range(len(source)))  # every item, rotations included
+    kw = dict(n_way=5, n_shot=2, n_query=3, tasks_per_batch=3, seed=7)
+    fast = CachedEpisodeBatches(cached, **kw)
+    # out of order too: the background gather of b+1 must not leak into another index
+    assert_same_batches(fast, EpisodeBatches(source, **kw), [0, 1, 2, 5, 4, 4, 9])
+    assert_same_batches(CachedEpisodeBatches(cached, prefetch=False, **kw), EpisodeBatches(cached, **kw), [3, 0])
+    fast.close()
+
+
+def test_omniglot_cache_equals_the_normal_path(shared_data, tmp_path):
+    root = shared_data / "omniglot"
+    source = build_dataset("omniglot", "val", data_root=root)  # maml protocol: 100 characters x 4 rotations
+    build_cache("omniglot", "val", root, 28, tmp_path, threads=2)
+    cached = open_cache(tmp_path, "omniglot", "val", 28, options={"protocol": "maml", "rotations": None})
+    assert len(cached) == len(source) == 8000
+    rng = np.random.default_rng(0)
+    assert_same_items(cached, source, rng.choice(len(source), 600, replace=False))
+    kw = dict(n_way=20, n_shot=1, n_query=5, tasks_per_batch=4, seed=1)
+    assert_same_batches(CachedEpisodeBatches(cached, **kw), EpisodeBatches(source, **kw), [0, 3])
+    with pytest.raises(DataError, match=r"other data-set options .*protocol: cache 'maml', run 'background'"):
+        open_cache(tmp_path, "omniglot", "val", 28, options={"protocol": "background"})
+
+
+@pytest.fixture(scope="module")
+def mini_cub(shared_data, tmp_path_factory):
+    """A CUB_200_2011 folder holding only the 300 sample images (linked, not copied), metadata cut to them."""
+    src = shared_data / "cub" / "CUB_200_2011"
+    root = tmp_path_factory.mktemp("cub") / "CUB_200_2011"
+    (root / "images").mkdir(parents=True)
+    images = [line.split() for line in (src / "images.txt").read_text().splitlines() if line.strip()]
+    keep = {i for i, rel in images if (src / "images" / rel).is_file()}
+    assert len(keep) == 300
+    (root / "images.txt").write_text("".join(f"{i} {rel}\n" for i, rel in images if i in keep))
+    labels = [line.split() for line in (src / "image_class_labels.txt").read_text().splitlines() if line.strip()]
+    (root / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, c in labels if i in keep))
+    (root / "classes.txt").write_text((src / "classes.txt").read_text())
+    for folder in (src / "images").iterdir():
+        (root / "images" / folder.name).symlink_to(folder, target_is_directory=True)
+    return root
+
+
+def test_cub_cache_equals_the_normal_path_at_84_and_224(mini_cub, tmp_path):
+    opts = dict(check_sizes=False)
+    for split, size in (("train", 84), ("val", 224)):
+        source = build_dataset("cub", split, data_root=mini_cub, image_size=size, **opts)
+        assert cache_cli.main(["--dataset", "cub", "--data-root", str(mini_cub), "--splits", split,
+                               "--image-size", str(size), "--out", str(tmp_path), "--option", "check_sizes=false",
+                               "--no-progress"]) == 0
+        cached = open_cache(tmp_path, "cub", split, size)
+        assert cached.channels == 3 and cached.images.shape == (len(source), size, size, 3)
+        assert_same_items(cached, source, range(len(source)) if size == 84 else range(0, len(source), 7))
+        kw = dict(n_way=5, n_shot=1, n_query=2, tasks_per_batch=2, seed=0)
+        assert_same_batches(CachedEpisodeBatches(cached, **kw), EpisodeBatches(source, **kw), [0, 1])
+    meta = json.loads((tmp_path / "cub-train-84.json").read_text())
+    assert meta["source"]["data_root"] == str(mini_cub.resolve()) and meta["pixels"]["mean"] is not None
+    assert "centre crop 84" in meta["resize"] and meta["shape"] == [150, 84, 84, 3]
+
+
+# --------------------------------------------------------------------------- device augmentation
+def test_crop_jitter_flip_matches_torchvision_tensor_ops():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 3, 20, 20, generator=gen)
+    p = sample_crop_jitter_flip(24, 20, np.random.default_rng(5))
+    assert p.flip.any() and not p.flip.all() and (p.width < 20).any()
+    ours = apply_crop_jitter_flip(x, p)
+    for i in range(24):
+        ref = TF.resized_crop(x[i], int(p.top[i]), int(p.left[i]), int(p.height[i]), int(p.width[i]), [20, 20],
+                              interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
+        ref = TF.adjust_brightness(ref, float(p.brightness[i]))
+        ref = TF.adjust_contrast(ref, float(p.contrast[i]))
+        ref = TF.adjust_saturation(ref, float(p.saturation[i]))
+        if p.flip[i]:
+            ref = TF.hflip(ref)
+        torch.testing.assert_close(ours[i], ref, atol=2e-5, rtol=0)
+
+
+def test_crop_parameters_follow_the_file_paths_random_resized_crop():
+    n = 20000
+    p = sample_crop_jitter_flip(n, 84, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    ref = np.array([random_resized_crop_params(84, 84, rng) for _ in range(n)])  # (top, left, h, w)
+    for ours, theirs in ((p.height * p.width, ref[:, 2] * ref[:, 3]), (p.width / p.height, ref[:, 3] / ref[:, 2])):
+        q = [0.05, 0.25, 0.5, 0.75, 0.95]
+        np.testing.assert_allclose(np.quantile(ours, q), np.quantile(theirs, q), rtol=0.04)
+    assert ((p.top + p.height <= 84) & (p.left + p.width <= 84) & (p.top >= 0) & (p.left >= 0)).all()
+    assert abs(np.mean(p.top + p.height / 2 - 42)) < 0.5  # centred on average
+    assert 0.48 < p.flip.mean() < 0.52 and 0.6 <= p.brightness.min() and p.saturation.max() <= 1.4
+
+
+def test_shifts_equal_the_file_path_shift():
+    x = torch.rand(30, 1, 9, 9)
+    s = sample_shifts(30, 2, np.random.default_rng(2))
+    out = apply_shifts(x, s)
+    for i in range(30):
+        assert torch.equal(out[i], shift(x[i], int(s.dy[i]), int(s.dx[i])))
+    assert torch.equal(apply_shifts(x, Shifts(np.zeros(30, int), np.zeros(30, int))), x)
+
+
+def test_augmented_batches_are_seed_deterministic_and_only_change_the_images(tmp_path, mini_cub):
+    build_cache("cub", "train", mini_cub, 32, tmp_path, check_sizes=False)
+    plain = open_cache(tmp_path, "cub", "train", 32)
+    aug = open_cache(tmp_path, "cub", "train", 32, augment=True)
+    kw = dict(n_way=5, n_shot=1, n_query=2, tasks_per_batch=2, seed=4)
+    a, b, p = CachedEpisodeBatches(aug, **kw), CachedEpisodeBatches(aug, prefetch=False, **kw), CachedEpisodeBatches(plain, **kw)
+    assert_same_batches(a, b, [0, 2])
+    t0, t1, tp = a.batch(0), a.batch(1), p.batch(0)
+    assert not torch.equal(t0.support_x, t1.support_x) and not torch.equal(t0.support_x, tp.support_x)
+    assert torch.equal(t0.support_y, tp.support_y) and torch.equal(t0.query_y, tp.query_y)
+    # still normalised images: about zero-mean where the plain ones are
+    assert abs(float(t0.query_x.mean() - tp.query_x.mean())) < 0.5
+    # per-item loads are keyed like every data set
+    assert torch.equal(aug.load(3, (1, 2)), aug.load(3, (1, 2))) and not torch.equal(aug.load(3, (1, 2)), aug.load(3, (1, 3)))
+
+
+def test_pixel_format_reproduces_each_data_sets_conversion():
+    u8 = torch.arange(256, dtype=torch.uint8).view(1, 16, 16, 1)
+    ref = u8.numpy()[0, :, :, 0]
+    glyph = PixelFormat("reciprocal").to_float(u8)[0, 0].numpy()
+    assert np.array_equal(glyph, ref.astype(np.float32) * np.float32(1 / 255))
+    omni = PixelFormat("divide", invert=True).to_float(u8)[0, 0].numpy()
+    assert np.array_equal(omni, 1.0 - np.asarray(ref, dtype=np.float32) / 255.0)
+    assert not np.array_equal(glyph, np.asarray(ref, dtype=np.float32) / 255.0)  # the two really differ
+    # The CPU's table lookup and the element-wise ops a GPU runs give the same bits.
+    u8 = torch.randint(0, 256, (5, 7, 7, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for fmt in (PixelFormat("divide", False, IMAGENET_MEAN, IMAGENET_STD), PixelFormat("divide", True), PixelFormat("reciprocal")):
+        ops = fmt._normalize(fmt._unit_nhwc(u8), -1).permute(0, 3, 1, 2)
+        assert torch.equal(fmt.to_float(u8), ops)
+        assert torch.equal(fmt.normalize(fmt.unit(u8)), ops)
+
+
+# --------------------------------------------------------------------------- errors
+def test_errors_name_the_file(tmp_path):
+    opts = dict(n_classes=4, images_per_class=3)
+    path = build_cache("glyphs", "val", None, 28, tmp_path, **opts)
+    side = path.with_suffix(".json")
+    with pytest.raises(DataError, match=r"glyphs val at 32 px in .*found glyphs-val-28.u8.*--image-size 32"):
+        open_cache(tmp_path, "glyphs", "val", 32, options=opts)
+    with pytest.raises(DataError, match=r"no episode cache for glyphs test at 28 px"):
+        open_cache(tmp_path, "glyphs", "test", 28)
+    with pytest.raises(DataError, match="holds 28-pixel images, but the run uses 84"):
+        CachedDataset(path, image_size=84)
+    with pytest.raises(DataError, match=r"other data-set options .*seed: cache 0, run 1"):
+        open_cache(tmp_path, "glyphs", "val", 28, options=opts, seed=1)
+    with pytest.raises(DataError, match="--cache .*not a folder"):
+        open_cache(tmp_path / "nope", "glyphs", "val", 28)
+
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(DataError, match=f"{side}.*format version 99"):
+        CachedDataset(path)
+    side.write_text(json.dumps({**meta, "labels": meta["labels"][::-1]}))
+    with pytest.raises(DataError, match="checksum"):
+        CachedDataset(path)
+    side.write_text(json.dumps(meta))
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(DataError, match=rf"{path} has {len(data) - 100} bytes.*12 x 28 x 28 x 1 = {len(data)} bytes \(truncated\)"):
+        CachedDataset(path)
+    path.write_bytes(data)
+    side.unlink()
+    with pytest.raises(DataError, match=f"{path} has no sidecar"):
+        CachedDataset(path)
+    path.unlink()
+    with pytest.raises(DataError, match=f"episode cache file not found: {path}"):
+        CachedDataset(path)
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path, shared_data):
+    out = tmp_path / "out"
+    # The sample holds 300 of CUB's 11,788 images: without the up-front check, the first missing one stops the build.
+    with pytest.raises(DataError, match="image file not found"):
+        build_cache("cub", "train", shared_data / "cub" / "CUB_200_2011", 16, out, check_files=False, check_sizes=False)
+    assert list(out.iterdir()) == []
+
+
+def test_tool_script_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
+    script = REPO / "tools" / "build_episode_cache.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--dataset", "glyphs", "--out", str(tmp_path), "--option", "colour=red"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "error: --option 'colour=red': expected KEY=VALUE with KEY one of" in err
+    assert "Traceback" not in err and err.count("\n") <= 3
+    with pytest.raises(SystemExit) as exc:
+        cache_cli.main(["--dataset", "cub", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "not the official CUB_200_2011 folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- fewshot-train --cache
+def test_train_with_cache_gives_the_same_run_as_without(tmp_path, capsys, monkeypatch, mini_cub):
+    # CUB's 300 sample images as the data set; the file path needs check_sizes off for that.
+    monkeypatch.setattr(run, "build_dataset", functools.partial(build_dataset, check_sizes=False))
+    tiny = ["--dataset", "cub", "--image-size", "32", "--way", "3", "--shot", "1", "--query", "2", "--test-query", "2",
+            "--inner-steps", "1", "--meta-batch", "2", "--epochs", "2", "--episodes-per-epoch", "4",
+            "--val-episodes", "4", "--test-episodes", "4", "--no-progress", "--device", "cpu"]
+    assert cache_cli.main(["--dataset", "cub", "--data-root", str(mini_cub), "--image-size", "32", "--out",
+                           str(tmp_path / "cache"), "--option", "check_sizes=false", "--no-progress"]) == 0
+    assert cli.train_main(["--out", str(tmp_path / "plain"), "--data-root", str(mini_cub), *tiny]) == 0
+    # no --data-root: the cache is all the run needs
+    assert cli.train_main(["--out", str(tmp_path / "cached"), "--cache", str(tmp_path / "cache"), *tiny]) == 0
+
+    def metrics(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k in ("loss", "acc", "val_loss", "val_acc", "step", "epoch")} for r in rows]
+
+    assert metrics("plain") == metrics("cached") and len(metrics("plain")) == 4
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    cached = json.loads((tmp_path / "cached" / "results.json").read_text())
+    assert plain["test_acc_mean"] == cached["test_acc_mean"]
+    assert "(cached)" in (tmp_path / "cached" / "log.txt").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.train_main(["--out", str(tmp_path / "bad"), "--cache", str(tmp_path / "cache"), *tiny, "--image-size", "48"])
+    assert exc.value.code == 2
+    assert "no episode cache for cub train at 48 px" in capsys.readouterr().err
+
+
+def test_benchmark_quick_smoke(tmp_path, capsys):
+    bench = runpy.run_path(str(REPO / "tools" / "bench_episode_cache.py"))  # not as __main__: just its functions
+    assert bench["main"](["--quick", "--device", "cpu", "--shapes", "conv4", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    for path in ("file ", "file+aug", "cache ", "cache+aug"):
+        assert f"conv4 84px   {path}" in out
+    assert "max |diff| = 0" in out and "FAILED" not in out
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert all(r["tasks_s"] > 0 for r in rows if "tasks_s" in r) and len(rows) == 5
+
+
+@pytest.mark.gpu
+def test_cuda_batches_equal_the_cpu_file_path(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        (tmp_path / "mini" / split).mkdir(parents=True)
+    for c in range(5):
+        folder = tmp_path / "mini" / "train" / f"n{c:08d}"
+        folder.mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    kw = dict(n_way=5, n_shot=1, n_query=3, tasks_per_batch=2, seed=0)
+    for name, root, opts in (("miniimagenet", tmp_path / "mini", {"check_sizes": False}),
+                             ("glyphs", None, {"n_classes": 6, "images_per_class": 4})):
+        source = build_dataset(name, "train", data_root=root, **opts)
+        build_cache(name, "train", root, source.image_size, tmp_path / "cache", **opts)
+        cached = open_cache(tmp_path / "cache", name, "train", source.image_size, options=opts)
+        fast = CachedEpisodeBatches(cached, device="cuda", **kw)
+        assert fast.batch(0).support_x.is_cuda
+        assert_same_batches(fast, EpisodeBatches(source, **kw), [0, 1])  # bit for bit, on the GPU
+        aug = CachedEpisodeBatches(cached, device="cuda", augment=True, **kw)
+        cpu_aug = CachedEpisodeBatches(cached, augment=True, **kw)
+        torch.testing.assert_close(aug.batch(2).query_x.cpu(), cpu_aug.batch(2).query_x, atol=1e-4, rtol=0)

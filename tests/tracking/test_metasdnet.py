@@ -1,0 +1,241 @@
+"""MetaSDNet: the tracker on real OTB and synthetic frames, its training tasks, DropGrad off when tracking."""
+
+import doctest
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from dropgrad import DropGrad, MetaSGD, Task
+from dropgrad_tracking.data import load_otb_folders
+from dropgrad_tracking.data.sequence import Sequence
+from dropgrad_tracking.data.synthetic import SyntheticConfig, ensure_synthetic
+from dropgrad_tracking.evaluation.report import build_report, evaluate_tracker
+from dropgrad_tracking.meta import (
+    BACKBONE_RANDOM,
+    build_learner,
+    load_learner,
+    meta_tracker,
+)
+from dropgrad_tracking.trackers import (
+    TrackerOptions,
+    make_tracker,
+    metasdnet,
+    run_tracker,
+)
+from dropgrad_tracking.trackers.metasdnet import (
+    METASDNET,
+    METASDNET_TINY,
+    MetaSDNetDef,
+    MetaSDNetOptions,
+    MetaSDNetTracker,
+)
+
+# Small counts: the algorithm is the same, the tests stay fast on 2 CPU cores.
+SMALL = MetaSDNetOptions(n_candidates=64, n_pos_init=16, n_neg_init=32, n_bbreg=64, n_pos_update=8,
+                         n_neg_update=24, long_interval=3, update_iters=2, batch_pos=8, batch_neg=16,
+                         batch_neg_cand=64)
+
+
+def _tiny_tracker(adapt_conv=False, seed=0, dropgrad=None, options=SMALL):
+    torch.manual_seed(seed)
+    definition = MetaSDNetDef("test-tiny", tiny=True, adapt_conv=adapt_conv, inner_lr=1e-2, options=options)
+    learner, source = build_learner(definition, None, dropgrad=dropgrad)
+    return definition.make_tracker(learner.eval(), {"backbone": source, "checkpoint": "untrained-init"}, seed), learner
+
+
+def _check_boxes(boxes, sequence):
+    h, w = sequence.image(0).shape[:2]
+    assert boxes.shape == (len(sequence), 4) and np.isfinite(boxes).all()
+    assert (boxes[:, 2:] >= 1).all() and (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 0] + boxes[:, 2] <= w + 1e-6).all() and (boxes[:, 1] + boxes[:, 3] <= h + 1e-6).all()
+
+
+def test_docstring_examples():
+    result = doctest.testmod(metasdnet, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_registered_for_train_and_eval():
+    assert meta_tracker("metasdnet") is METASDNET and meta_tracker("metasdnet-tiny") is METASDNET_TINY
+    assert METASDNET.adapt == ("conv.*", "fc.*") and METASDNET_TINY.adapt == ("fc.*",)
+    assert METASDNET.options.n_candidates == 256 and METASDNET.options.top_k == 5
+    assert METASDNET.options.long_interval == 10 and METASDNET.default_horizon == 10
+
+
+def test_tracks_three_real_otb_sequences_with_valid_report(shared_data, tmp_path):
+    folders = load_otb_folders(shared_data / "otb" / "OTB2015-sample")
+    assert set(folders) == {"Couple", "Crossing", "Football1"}
+    sequences = {n: Sequence(n, s.frames[:8], s.boxes[:8], s.attributes) for n, s in folders.items()}
+    tracker, _ = _tiny_tracker()
+    results = run_tracker(tracker, sequences, tmp_path, dataset="OTB2015", progress=False)
+    for name, seq in sequences.items():
+        _check_boxes(results[name].boxes, seq)
+        assert (tmp_path / "results" / "test-tiny" / f"{name}.txt").is_file()
+        assert len(results[name].times) == 8
+    evaluation = evaluate_tracker("test-tiny", results, sequences, metadata=tracker.metadata)
+    report = build_report([evaluation], "OTB2015", "exclude")
+    overall = report["trackers"]["test-tiny"]["overall"]
+    assert 0 <= overall["success_auc"] <= 1 and overall["fps"] > 0 and overall["first_frame_seconds"] > 0
+    assert report["trackers"]["test-tiny"]["metadata"]["backbone"] == BACKBONE_RANDOM
+
+
+def test_tracks_a_synthetic_sequence_through_the_registry(tmp_path):
+    seq = ensure_synthetic(tmp_path / "syn", SyntheticConfig(n_sequences=1, n_frames=12, height=96, width=128))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker = make_tracker("metasdnet-tiny", TrackerOptions(device="cpu", seed=3))
+    assert any("randomly initialised" in str(w.message) for w in caught)
+    assert tracker.metadata["backbone"] == BACKBONE_RANDOM and tracker.metadata["checkpoint"] == "untrained-init"
+    assert tracker.metadata["dropgrad_when_tracking"] == "off"
+    tracker.options = SMALL  # keep the registry's factory, shrink the counts
+    results = run_tracker(tracker, seq, tmp_path / "out", dataset="Synthetic", progress=False)
+    (name, sequence), = seq.items()
+    _check_boxes(results[name].boxes, sequence)
+    # the same seed gives the same boxes: the untrained initialisation and the sampling are seeded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = make_tracker("metasdnet-tiny", TrackerOptions(device="cpu", seed=3))
+    again.options = SMALL
+    np.testing.assert_array_equal(run_tracker(again, seq, tmp_path / "out2", progress=False)[name].boxes,
+                                  results[name].boxes)
+
+
+def test_follows_a_translating_target():
+    # A bright textured square moving right over a flat background: even an unadapted random
+    # network plus the online updates must follow it (the boxes move with the target).
+    rng = np.random.default_rng(0)
+    texture = rng.integers(150, 255, (24, 24, 3), dtype=np.uint8)
+    frames, boxes = [], []
+    for i in range(10):
+        img = np.full((96, 160, 3), 40, np.uint8)
+        x = 20 + 6 * i
+        img[36:60, x:x + 24] = texture
+        frames.append(img)
+        boxes.append([x, 36, 24, 24])
+    tracker, _ = _tiny_tracker(adapt_conv=True, options=MetaSDNetOptions(
+        n_candidates=128, n_bbreg=0, n_pos_update=16, n_neg_update=32, long_interval=2, update_iters=5,
+        batch_pos=16, batch_neg=32, batch_neg_cand=64, trans=1.0))
+    tracker.init(frames[0], np.array(boxes[0], float))
+    out = np.array([tracker.update(f) for f in frames[1:]])
+    centres = out[:, 0] + out[:, 2] / 2
+    truth = np.array(boxes[1:])[:, 0] + 12
+    assert np.abs(centres - truth).mean() < 12  # a static box would be off by 30 px on average
+
+
+def test_first_frame_step_is_dropgrad_free_and_deterministic():
+    strong = DropGrad(p=0.9, kind="gaussian")
+    tracker, learner = _tiny_tracker(adapt_conv=True, dropgrad=strong)
+    frame = np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    box = np.array([30.0, 20.0, 30.0, 25.0])
+    learner.train()  # a learner still being meta-trained: the step is noise-free anyway
+    tracker.init(frame, box)
+    assert learner.training and learner.dropgrad.training  # its mode is given back
+    first = {k: v.clone() for k, v in tracker.net.state_dict().items()}
+    tracker.init(frame, box)
+    for k, v in tracker.net.state_dict().items():
+        torch.testing.assert_close(v, first[k], rtol=0, atol=0)
+    # the same step without any DropGrad gives the same weights ...
+    clean, _ = _tiny_tracker(adapt_conv=True, dropgrad=None)
+    clean.init(frame, box)
+    for k, v in clean.net.state_dict().items():
+        torch.testing.assert_close(v, first[k])
+    # ... the step did change the weights, and in training mode DropGrad would perturb it
+    assert not torch.equal(first["fc.fc6.weight"], learner.model.fc.fc6.weight.detach())
+    crops = torch.randn(6, 3, 107, 107) * 40
+    labels = torch.tensor([1, 1, 1, 0, 0, 0])
+    learner.train()
+    noisy = learner.adapt(crops, labels)[-1]["fc.fc6.weight"]
+    learner.eval()
+    assert not torch.allclose(noisy, learner.adapt(crops, labels)[-1]["fc.fc6.weight"])
+
+
+@pytest.mark.parametrize("adapt_conv", [False, True])
+def test_tasks_stack_and_meta_backward(adapt_conv):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (15, 72, 96, 3), dtype=np.uint8)
+    boxes = np.array([[20.0 + i, 15.0, 30.0, 24.0] for i in range(15)])
+    boxes[3] = [0, 0, 0, 0]  # an invisible target: never a query frame
+    seq = Sequence("toy", [], boxes)
+    seq.image = lambda i: frames[i]
+    d = MetaSDNetDef("t", tiny=True, adapt_conv=adapt_conv, n_support_pos=4, n_support_neg=6, n_query_pos=4,
+                     n_query_neg=6, query_frames=2)
+    torch.manual_seed(0)
+    learner, _ = build_learner(d, None, dropgrad=DropGrad(0.2, kind="gaussian"))
+    tasks = [d.sample_task(learner.model, seq, t, 10, np.random.default_rng(t)) for t in (0, 2, 13)]
+    stacked = Task(*(torch.stack(field) for field in zip(*tasks)))
+    item = (3, 107, 107) if adapt_conv else (288,)
+    assert stacked.support_x.shape == (3, 10, *item) and stacked.query_x.shape == (3, 10, *item)
+    assert stacked.support_y.tolist() == [[1] * 4 + [0] * 6] * 3 and stacked.query_y.shape == (3, 10)
+    assert stacked.support_x.dtype == torch.float32 and stacked.support_y.dtype == torch.int64
+    learner.train()
+    out = learner.meta_backward(stacked, batched=False)
+    assert torch.isfinite(out.loss) and out.query_output.shape == (3, 10, 2)
+    lrs = dict(learner.lrs.items())
+    assert all(p.grad is not None for p in lrs.values())
+    assert learner.model.fc.fc6.weight.grad is not None
+    if adapt_conv:
+        assert learner.model.conv.conv1.weight.grad is not None
+    # vmap-batched adaptation gives the same numbers (DropGrad off in eval mode)
+    learner.eval()
+    torch.testing.assert_close(learner.meta_loss(stacked, batched=True).loss, learner.meta_loss(stacked).loss)
+    # same rng, same task
+    again = d.sample_task(learner.model, seq, 2, 10, np.random.default_rng(2))
+    torch.testing.assert_close(again.query_x, tasks[1].query_x)
+
+
+def test_task_errors_name_the_sequence_and_frame():
+    frames = np.zeros((3, 60, 80, 3), np.uint8)
+    seq = Sequence("toy", [], np.array([[10.0, 10, 20, 20], [0, 0, 0, 0], [10, 10, 20, 20]]))
+    seq.image = lambda i: frames[i]
+    d = METASDNET_TINY
+    model, _ = d.build_model(None)
+    with pytest.raises(ValueError, match="toy: frame 2 has no visible target"):
+        d.sample_task(model, seq, 1, 10, np.random.default_rng(0))
+    hidden = Sequence("toy", [], np.array([[10.0, 10, 20, 20], [0, 0, 0, 0], [0, 0, 0, 0]]))
+    hidden.image = lambda i: frames[i]
+    with pytest.raises(ValueError, match=r"toy: no frame with a visible target in frames 2\.\.3"):
+        d.sample_task(model, hidden, 0, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="outside 0..2"):
+        d.sample_task(model, seq, 3, 10, np.random.default_rng(0))
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="top_k"):
+        MetaSDNetOptions(n_candidates=3, top_k=5)
+    with pytest.raises(ValueError, match="n_support_pos"):
+        MetaSDNetDef("x", n_support_pos=0)
+    with pytest.raises(TypeError, match="VGGM"):
+        MetaSDNetTracker(MetaSGD(torch.nn.Linear(2, 2), steps=1), {})
+
+
+def test_load_learner_puts_it_on_the_device_in_eval_mode():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learner, meta = load_learner("metasdnet-tiny", None, None, torch.device("cpu"))
+    assert not learner.training and meta["backbone"] == BACKBONE_RANDOM
+
+
+@pytest.mark.slow
+def test_full_size_tracker_on_real_frames(shared_data, tmp_path):
+    """The paper-size network and defaults on 4 frames of each real sequence (minutes on a CPU)."""
+    folders = load_otb_folders(shared_data / "otb" / "OTB2015-sample")
+    sequences = {n: Sequence(n, s.frames[:4], s.boxes[:4], s.attributes) for n, s in folders.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tracker = make_tracker("metasdnet", TrackerOptions(device="auto"))
+    results = run_tracker(tracker, sequences, tmp_path, progress=False)
+    for name, seq in sequences.items():
+        _check_boxes(results[name].boxes, seq)
+
+
+@pytest.mark.gpu
+def test_runs_on_cuda(shared_data, tmp_path):
+    folders = load_otb_folders(shared_data / "otb" / "OTB2015-sample")
+    seq = {"Couple": Sequence("Couple", folders["Couple"].frames[:20], folders["Couple"].boxes[:20])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tracker = make_tracker("metasdnet", TrackerOptions(device="cuda"))
+    assert tracker.device.type == "cuda" and tracker.net.fc.fc6.weight.is_cuda
+    results = run_tracker(tracker, seq, tmp_path, progress=False)
+    _check_boxes(results["Couple"].boxes, seq["Couple"])

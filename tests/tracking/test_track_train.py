@@ -1,0 +1,319 @@
+"""``track-train``: a short run through the CLI with DropGrad, exact resume, sources, task sampling, errors.
+
+The tracker is the test-only toy of ``_toy_meta.py`` (crops + a 2-layer MLP); the MetaSDNet
+end to end runs are in test_eval_trackers.py.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from dropgrad import Task, load_checkpoint, read_metrics
+from dropgrad_tracking.cli_train import main
+from dropgrad_tracking.data import Sequence
+from dropgrad_tracking.meta import meta_tracker
+from dropgrad_tracking.training import (
+    TaskSampler,
+    TrackTrainConfig,
+    load_sources,
+    split_sequences,
+    stack_tasks,
+    support_frames,
+)
+from dropgrad_tracking.training import tasks as tasks_module
+
+
+def _load_toy():
+    name = "_dropgrad_tracking_toy_meta"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_toy_meta.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+toy = _load_toy()
+
+SMALL = ["--synthetic-sequences", "4", "--synthetic-frames", "12", "--synthetic-height", "64", "--synthetic-width", "96",
+         "--val-sequences", "1", "--val-tasks", "4", "--tasks-per-batch", "4", "--outer-lr", "0.01", "--no-progress"]
+
+
+def _train(out, *extra, capsys=None):
+    code = main(["--tracker", "toy", "--out", str(out), *SMALL, *extra])
+    captured = capsys.readouterr() if capsys is not None else None
+    return code, captured
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "toy"
+    assert main(["--tracker", "toy", "--out", str(out), *SMALL, "--epochs", "2", "--steps-per-epoch", "3"]) == 0
+    return out
+
+
+def test_short_run_with_dropgrad_writes_the_run_directory(toy_run):
+    config = json.loads((toy_run / "config.json").read_text())
+    assert config["tracker"] == "toy" and config["backbone_source"] == "random-init"
+    assert config["dropgrad"] == "gaussian" and config["dropgrad_p"] == 0.2 and config["source"] == "synthetic"
+    results = json.loads((toy_run / "results.json").read_text())
+    assert results["dropgrad"] == "gaussian:0.2" and results["global_step"] == 6 and results["epochs_completed"] == 2
+    assert results["val_sequences"] == ["Synthetic-04"] and results["train_sequences"] == 3 and results["val_tasks"] == 4
+    assert np.isfinite(results["val_loss"]) and np.isfinite(results["val_loss_unadapted"])
+    val = read_metrics(toy_run / "metrics.jsonl", "val")
+    assert [r["epoch"] for r in val] == [0, 1] and all("val_loss_unadapted" in r for r in val)
+    # results.json re-scores best.pt: the same number as its epoch's validation record.
+    best = load_checkpoint(toy_run / "checkpoints" / "best.pt")
+    assert results["val_loss"] == pytest.approx(val[best["epoch"]]["val_loss"], rel=1e-6)
+    assert {k for k in best["model"] if k.startswith("lrs.")} == {"lrs.3__weight", "lrs.3__bias"}
+    assert (toy_run / "val_loss.png").stat().st_size > 1000
+    assert (toy_run / "synthetic-data" / "synthetic.json").is_file()
+    assert "RANDOMLY INITIALISED" in (toy_run / "log.txt").read_text()
+
+
+def test_the_meta_update_trains_theta_and_the_step_sizes(toy_run):
+    best = load_checkpoint(toy_run / "checkpoints" / "last.pt")["model"]
+    lrs = best["lrs.3__weight"]
+    assert not torch.allclose(lrs, torch.full_like(lrs, toy.ToyDef.inner_lr))  # alpha is meta-learned
+    assert best["dropgrad._extra_state"]["progress"] == 1.0
+
+
+def _interrupt_at(monkeypatch, step):
+    original = tasks_module.TaskSampler.batch
+
+    def batch(self, global_step, n_tasks):
+        if global_step == step:
+            raise KeyboardInterrupt
+        return original(self, global_step, n_tasks)
+
+    monkeypatch.setattr(tasks_module.TaskSampler, "batch", batch)
+
+
+@pytest.mark.parametrize("stop_at, extra", [(3, []), (4, ["--checkpoint-every-steps", "2"])], ids=["epoch-end", "mid-epoch"])
+def test_resume_is_exact(toy_run, tmp_path, monkeypatch, capsys, stop_at, extra):
+    out = tmp_path / "run"
+    args = ["--epochs", "2", "--steps-per-epoch", "3", *extra]
+    _interrupt_at(monkeypatch, stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        _train(out, *args)
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == stop_at
+    code, captured = _train(out, "--resume", capsys=capsys)
+    assert code == 0, captured.err
+    a = load_checkpoint(toy_run / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+    strip = lambda r: {k: v for k, v in r.items() if k != "time"}
+    assert [strip(r) for r in read_metrics(out / "metrics.jsonl", "val")] == [
+        strip(r) for r in read_metrics(toy_run / "metrics.jsonl", "val")
+    ]
+    assert len(read_metrics(out / "metrics.jsonl", "resume")) == 1
+
+
+def test_dropgrad_none_is_recorded_and_changes_the_run(toy_run, tmp_path):
+    out = tmp_path / "none"
+    assert _train(out, "--epochs", "2", "--steps-per-epoch", "3", "--dropgrad", "none")[0] == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dropgrad"] == "none"
+    a = load_checkpoint(toy_run / "checkpoints" / "last.pt")["model"]["model.3.weight"]
+    b = load_checkpoint(out / "checkpoints" / "last.pt")["model"]["model.3.weight"]
+    assert not torch.equal(a, b)  # same seed and tasks: only the noise differs
+
+
+def test_config_file_and_options(tmp_path, capsys):
+    config = tmp_path / "opts.yaml"
+    config.write_text("epochs: 1\nsteps_per_epoch: 2\ndropgrad: binary\ndropgrad_p: 0.1\n")
+    code, captured = _train(tmp_path / "run", "--config", str(config), capsys=capsys)
+    assert code == 0, captured.err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["dropgrad"], saved["dropgrad_p"], saved["epochs"]) == ("binary", 0.1, 1)
+    assert json.loads(captured.out.strip().splitlines()[-1])["dropgrad"] == "binary:0.1"
+    assert "track-train: warning:" in captured.err and "RANDOMLY INITIALISED" in captured.err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tracker", "nope"], "--tracker 'nope' is not a meta-learned tracker; choose from"),
+        (["--dropgrad-p", "1.0"], "--dropgrad-p must satisfy 0 <= --dropgrad-p < 1"),
+        (["--source", "vid", "--root", "."], "--source vid needs --list-file"),
+        (["--source", "otb"], "--source otb needs --root"),
+        (["--source", "otb", "--root", "/nonexistent/otb"], "OTB2015 not found: --root /nonexistent/otb"),
+        (["--source", "vot", "--root", "/nonexistent/vot"], "VOT root /nonexistent/vot is not a directory"),
+        (["--annotations", "x.json"], "--annotations is for --source otb"),
+        (["--val-sequences", "4"], "4 usable sequence(s), but --val-sequences 4 held out needs at least 5"),
+        (["--backbone-weights", "/nonexistent/w.pt"], "--backbone-weights /nonexistent/w.pt: file not found"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--sequences", "Synthetic-99"], "no sequence named 'Synthetic-99'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    code = main(["--tracker", "toy", "--out", str(out), *SMALL, *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "track-train: error: " in err and message in err, err
+    assert "Traceback" not in err
+    if "--val-sequences" not in args and "--sequences" not in args:
+        assert not out.exists()  # nothing is written before the options and data are checked
+
+
+def test_run_directory_errors(toy_run, tmp_path, capsys):
+    code = main(["--tracker", "toy", "--out", str(toy_run), *SMALL])
+    assert code == 2 and "already exists and is not empty; pass --resume" in capsys.readouterr().err
+    code = main(["--out", str(tmp_path / "none"), "--resume"])
+    assert code == 2 and "not found" in capsys.readouterr().err
+    code = main(["--out", str(toy_run), "--resume", "--epochs", "5"])
+    assert code == 2 and "differs from epochs=2" in capsys.readouterr().err
+    code = main(["--out", str(toy_run), "--resume", "--config", "x.yaml"])
+    assert code == 2 and "--config cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_help_lists_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for option in ("--source", "--list-file", "--dropgrad {gaussian,binary,none}", "--dropgrad-p", "--val-sequences",
+                   "--backbone-weights", "--resume", "--config", "--horizon", "--first-order"):
+        assert option in out, option
+    assert "--backbone-source" not in out
+
+
+# ------------------------------------------------------------------ sources and tasks
+
+
+def test_support_frames_need_a_visible_target_and_a_later_one():
+    boxes = np.array([[0, 0, 5, 5], [0, 0, 0, 0], [np.nan] * 4, [1, 1, 5, 5], [1, 1, 5, 5], [0, 0, 5, -1.0]])
+    seq = Sequence("s", [], boxes)
+    # Naive reference: t visible and some k in 1..h with t + k < n visible.
+    vis = [bool(np.isfinite(b).all() and b[2] > 0 and b[3] > 0) for b in boxes]
+    for h in (1, 2, 3, 10):
+        naive = [t for t in range(len(boxes)) if vis[t] and any(vis[t + k] for k in range(1, h + 1) if t + k < len(boxes))]
+        assert support_frames(seq, h).tolist() == naive
+
+
+def test_task_choice_is_a_pure_function_of_seed_and_step(tmp_path):
+    cfg = TrackTrainConfig(tracker="toy", synthetic_sequences=4, synthetic_frames=12, synthetic_height=64, synthetic_width=96)
+    seqs = load_sources(cfg, tmp_path)
+    definition = meta_tracker("toy")
+    model = definition.build_model(None)[0]
+    a = TaskSampler(definition, model, seqs, 3, seed=5)
+    b = TaskSampler(definition, model, seqs, 3, seed=5)
+    assert a.choose(7, 6) == b.choose(7, 6) and a.choose(7, 6) != a.choose(8, 6) != TaskSampler(definition, model, seqs, 3, 6).choose(7, 6)
+    picks = [p for step in range(50) for p in a.choose(step, 4)]
+    assert {n for n, _ in picks} == set(seqs) and all(0 <= t < 12 - 1 for _, t in picks)
+    t1, t2 = a.batch(3, 4), b.batch(3, 4)
+    assert all(torch.equal(x, y) for x, y in zip(t1, t2))
+    assert t1.support_x.shape == (4, 8, 3, 8, 8) and t1.query_y.shape == (4, 8)
+    fixed = a.fixed(3)
+    assert fixed == b.fixed(3) and len(fixed) == 12 and fixed[0] == ("Synthetic-01", 0)
+
+
+def test_split_holds_out_the_last_sequences_and_names_unusable_ones():
+    good = np.array([[0, 0, 5, 5.0]] * 4)
+    seqs = {n: Sequence(n, [], good) for n in ("c", "a", "b")}
+    seqs["d"] = Sequence("d", [], np.array([[0, 0, 5, 5], [0, 0, 0, 0.0]]))
+    with pytest.warns(UserWarning, match="give no task: d"):
+        split = split_sequences(seqs, 1, horizon=1)
+    assert list(split.train) == ["a", "b"] and list(split.val) == ["c"]
+
+
+def test_stack_tasks_refuses_shapes_that_differ():
+    t = Task(torch.zeros(4, 2), torch.zeros(4), torch.zeros(6, 2), torch.zeros(6))
+    u = Task(torch.zeros(4, 2), torch.zeros(4), torch.zeros(5, 2), torch.zeros(5))
+    with pytest.raises(ValueError, match="query_x of different shapes"):
+        stack_tasks([t, u])
+
+
+def test_otb_source_on_the_real_sample(otb_dir, tmp_path):
+    cfg = TrackTrainConfig(tracker="toy", source="otb", root=str(otb_dir / "OTB2015-sample"))
+    seqs = load_sources(cfg, tmp_path)
+    assert list(seqs) == ["Couple", "Crossing", "Football1"] and len(seqs["Football1"]) == 74
+    split = split_sequences(seqs, 1, horizon=10)
+    assert list(split.val) == ["Football1"]
+    task = TaskSampler(meta_tracker("toy"), meta_tracker("toy").build_model(None)[0], split.train, 10, 0).batch(0, 2)
+    assert task.support_x.shape == (2, 8, 3, 8, 8)
+
+
+def test_otb_json_source_checks_frames(otb_dir, tmp_path):
+    cfg = TrackTrainConfig(tracker="toy", source="otb", annotations=str(otb_dir / "OTB100.json"),
+                           root=str(otb_dir / "OTB2015-sample"), sequences="Couple,Crossing")
+    assert list(load_sources(cfg, tmp_path)) == ["Couple", "Crossing"]
+    cfg = TrackTrainConfig(tracker="toy", source="otb", annotations=str(otb_dir / "OTB100.json"), root=str(tmp_path))
+    with pytest.raises(ValueError, match="frame file .* not found"):
+        load_sources(cfg, tmp_path)
+
+
+def _write_frames(folder: Path, n: int, names: str = "{:08d}.jpg", start: int = 1) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / names.format(i + start)), np.full((40, 60, 3), 30 * i, np.uint8))
+
+
+def test_vot_source_with_a_list_file(tmp_path):
+    root = tmp_path / "vot"
+    _write_frames(root / "vot2014" / "ball", 4)
+    _write_frames(root / "vot2016" / "car" / "color", 4)
+    (root / "vot2014" / "ball" / "groundtruth.txt").write_text("1,2,10,12\n" * 4)
+    (root / "vot2016" / "car" / "groundtruth.txt").write_text("1,1,11,1,11,9,1,9\n" * 4)
+    listing = tmp_path / "list.txt"
+    listing.write_text("vot2014/ball\nvot2016/car\n")
+    cfg = TrackTrainConfig(tracker="toy", source="vot", root=str(root), list_file=str(listing))
+    seqs = load_sources(cfg, tmp_path)
+    assert list(seqs) == ["vot2014/ball", "vot2016/car"]
+    assert seqs["vot2016/car"].boxes[0].tolist() == [1, 1, 10, 8]
+    listing.write_text("vot2014/ball\nvot2015/missing\n")
+    with pytest.raises(ValueError, match="vot2015/missing: no groundtruth.txt"):
+        load_sources(cfg, tmp_path)
+
+
+def test_vid_source_with_meta_trackers_list(tmp_path):
+    entries = [{"seq_name": "ILSVRC2015_train_00000000", "start_frame": 2, "end_frame": 4,
+                "gt": [[1, 2, 10, 12]] * 3, "im_width": 60, "im_height": 40}]
+    listing = tmp_path / "ilsvrc_train.json"
+    listing.write_text(json.dumps(entries))
+    root = tmp_path / "train"
+    _write_frames(root / "ILSVRC2015_VID_train_0000" / "ILSVRC2015_train_00000000", 5, "{:06d}.JPEG", start=0)
+    cfg = TrackTrainConfig(tracker="toy", source="vid", root=str(root), list_file=str(listing))
+    seqs = load_sources(cfg, tmp_path)
+    (name, seq), = seqs.items()
+    assert name == "0000:ILSVRC2015_train_00000000" and [f.name for f in seq.frames] == ["000001.JPEG", "000002.JPEG", "000003.JPEG"]
+    cfg = TrackTrainConfig(tracker="toy", source="vid", root=str(tmp_path / "empty"), list_file=str(listing))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="ILSVRC2015_train_00000000: no folder"):
+        load_sources(cfg, tmp_path)
+
+
+def test_vid_source_reads_meta_trackers_real_list(shared_data, tmp_path):
+    listing = shared_data / "otb" / "meta-tracker-lists" / "ilsvrc_train.json"
+    if not listing.is_file():
+        pytest.skip(f"{listing} not found")
+    cfg = TrackTrainConfig(tracker="toy", source="vid", root=str(tmp_path), list_file=str(listing))
+    with pytest.raises(ValueError, match="no folder .*Data/VID/train"):
+        load_sources(cfg, tmp_path)  # the list is read; the frames are not here, and the error says where it looked
+
+
+def test_a_synthetic_root_that_is_not_a_synthetic_set_is_refused_before_the_run_starts(tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "notes.txt").write_text("mine")
+    code, _ = _train(tmp_path / "run", "--root", str(root), capsys=capsys)
+    assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_given_synthetic_root_is_shared_between_runs(tmp_path, capsys):
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        code, captured = _train(tmp_path / name, "--root", str(root), "--epochs", "1", "--steps-per-epoch", "1", capsys=capsys)
+        assert code == 0, captured.err
+    assert not (tmp_path / "a" / "synthetic-data").exists() and (root / "synthetic.json").is_file()
+    code, captured = _train(tmp_path / "c", "--root", str(root), "--synthetic-frames", "13", capsys=capsys)
+    assert code == 2 and "holds a synthetic set made with other settings" in captured.err
