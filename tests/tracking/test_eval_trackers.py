@@ -5,9 +5,7 @@ end run the real tracker: track-eval with a track-train checkpoint, and the end-
 issue 5 (meta-trained MetaSDNet beats its untrained initialisation and the static baseline).
 """
 
-import importlib.util
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,18 +14,6 @@ import torch
 from dropgrad_tracking.cli import main
 from dropgrad_tracking.training import TrackTrainConfig, train
 
-
-def _load_toy():
-    name = "_dropgrad_tracking_toy_meta"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_toy_meta.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-toy = _load_toy()
 FAST = ["--synthetic-sequences", "2", "--synthetic-frames", "6", "--no-plots", "--no-progress"]
 
 

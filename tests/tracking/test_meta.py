@@ -3,12 +3,9 @@
 Uses the test-only toy definition of ``_toy_meta.py`` and a real (short) track-train run directory.
 """
 
-import importlib.util
 import json
 import shutil
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,18 +20,6 @@ from dropgrad_tracking.meta import (
 )
 from dropgrad_tracking.training import TrackTrainConfig, train
 
-
-def _load_toy():
-    name = "_dropgrad_tracking_toy_meta"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_toy_meta.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-toy = _load_toy()
 CPU = torch.device("cpu")
 
 
@@ -50,7 +35,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def test_registry_lists_finds_and_refuses():
+def test_registry_lists_finds_and_refuses(toy):
     assert "toy" in available_meta_trackers() and available_meta_trackers() == sorted(available_meta_trackers())
     assert meta_tracker("TOY") is meta_tracker("toy")
     with pytest.raises(ValueError, match=r"--tracker 'nope' is not a meta-learned tracker; choose from .*toy"):
@@ -59,7 +44,7 @@ def test_registry_lists_finds_and_refuses():
         register_meta_tracker(toy.ToyDef())
 
 
-def test_build_learner_is_one_step_metasgd_over_the_adapted_parameters():
+def test_build_learner_is_one_step_metasgd_over_the_adapted_parameters(toy):
     dg = DropGrad(0.2, "gaussian")
     learner, source = build_learner(meta_tracker("toy"), None, dg, first_order=True)
     assert isinstance(learner, MetaSGD) and learner.steps == 1 and learner.first_order and learner.dropgrad is dg

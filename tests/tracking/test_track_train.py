@@ -4,9 +4,7 @@ The tracker is the test-only toy of ``_toy_meta.py`` (crops + a 2-layer MLP); th
 end to end runs are in test_eval_trackers.py.
 """
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -26,19 +24,6 @@ from dropgrad_tracking.training import (
     support_frames,
 )
 from dropgrad_tracking.training import tasks as tasks_module
-
-
-def _load_toy():
-    name = "_dropgrad_tracking_toy_meta"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_toy_meta.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-toy = _load_toy()
 
 SMALL = ["--synthetic-sequences", "4", "--synthetic-frames", "12", "--synthetic-height", "64", "--synthetic-width", "96",
          "--val-sequences", "1", "--val-tasks", "4", "--tasks-per-batch", "4", "--outer-lr", "0.01", "--no-progress"]
@@ -76,7 +61,7 @@ def test_short_run_with_dropgrad_writes_the_run_directory(toy_run):
     assert "RANDOMLY INITIALISED" in (toy_run / "log.txt").read_text()
 
 
-def test_the_meta_update_trains_theta_and_the_step_sizes(toy_run):
+def test_the_meta_update_trains_theta_and_the_step_sizes(toy_run, toy):
     best = load_checkpoint(toy_run / "checkpoints" / "last.pt")["model"]
     lrs = best["lrs.3__weight"]
     assert not torch.allclose(lrs, torch.full_like(lrs, toy.ToyDef.inner_lr))  # alpha is meta-learned
