@@ -183,9 +183,10 @@ def load_learner(
     return learner, metadata
 
 
-def _dropgrad_label(saved: dict[str, Any]) -> str | None:
-    """``gaussian:0.2`` / ``none`` from a run's saved ``dropgrad`` kind and ``dropgrad_p``."""
-    kind = saved.get("dropgrad")
-    if kind in (None, "none") or "dropgrad_p" not in saved:
-        return kind
-    return f"{kind}:{saved['dropgrad_p']:g}"
+def _dropgrad_label(saved: dict[str, Any]) -> str:
+    """The run's DropGrad setting as ``track-train`` writes it in ``results.json`` (``gaussian:0.2``)."""
+    # Imported here: the training package imports this module.
+    from .training.config import TrackTrainConfig
+
+    keys = ("dropgrad", "dropgrad_p", "dropgrad_schedule")
+    return TrackTrainConfig(**{k: saved[k] for k in keys if k in saved}).dropgrad_spec
