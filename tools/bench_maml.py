@@ -15,7 +15,8 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
 * ``vmap``: the tasks of the meta-batch adapted together (``batched=True``),
 * ``+bf16``: under bfloat16 autocast; ``+cl``: channels_last model and images;
   ``+ckpt``: activation checkpointing of second-order inner steps; ``+chunkN``: batched
-  backward N tasks at a time.
+  backward N tasks at a time; ``+graph``: the whole meta-step recorded once in a CUDA graph
+  and replayed (``dropgrad.CapturedMetaStep``; on a CPU the same step runs eagerly).
 
 Each row runs in a fresh subprocess with a time cap; a failure (NotImplementedError, OOM, a
 timeout) becomes a row saying so. Before timing, each row's structural options (batching,
@@ -26,7 +27,7 @@ process, so the overhead column compares like with like.
 Examples::
 
     python tools/bench_maml.py --quick --device cpu            # seconds; the CPU smoke test
-    python tools/bench_maml.py --suite gpu --json bench.json   # the issue-7 table on one GPU (< 4 min on an H200)
+    python tools/bench_maml.py --suite gpu --json bench.json   # the issue-7 table on one GPU (about 5 min on an H200)
     python tools/bench_maml.py --configs conv4-fo --impls loop,vmap --iters 5
 """
 
@@ -41,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,7 @@ class Impl:
     channels_last: bool = False
     checkpoint: bool = False
     task_chunk: int | None = None
+    graph: bool = False
 
 
 IMPLS: dict[str, Impl] = {
@@ -80,22 +83,31 @@ IMPLS: dict[str, Impl] = {
     "vmap+bf16+ckpt": Impl(batched=True, bf16=True, checkpoint=True),
     "vmap+bf16+chunk2": Impl(batched=True, bf16=True, task_chunk=2),
     "vmap+bf16+chunk2+ckpt": Impl(batched=True, bf16=True, task_chunk=2, checkpoint=True),
+    "loop+graph": Impl(graph=True),
+    "loop+bf16+graph": Impl(bf16=True, graph=True),
+    "vmap+graph": Impl(batched=True, graph=True),
+    "vmap+bf16+graph": Impl(batched=True, bf16=True, graph=True),
+    "vmap+bf16+cl+graph": Impl(batched=True, bf16=True, channels_last=True, graph=True),
+    "loop+bf16+cl+graph": Impl(bf16=True, channels_last=True, graph=True),
 }
 
 # configuration -> (model, order, rows); the issue's three configurations.
 # Rows in priority order (the reference rows and the predicted best first), since a time budget
 # skips a configuration's last rows.
 CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "resnet18-fo": ("resnet18", "first", ("naive", "loop", "vmap+bf16", "vmap+bf16+cl", "vmap", "loop+bf16+cl")),
-    "resnet18-so": ("resnet18", "second", ("naive", "loop", "vmap+bf16+chunk2", "vmap+bf16+ckpt", "vmap+bf16",
-                                           "loop+bf16", "vmap+bf16+chunk2+ckpt")),
-    "conv4-fo": ("conv4", "first", ("naive", "loop", "vmap+bf16", "vmap", "vmap+bf16+cl")),
+    "resnet18-fo": ("resnet18", "first", ("naive", "loop", "loop+bf16+cl+graph", "loop+bf16+graph", "vmap+bf16+cl+graph",
+                                          "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
+    "resnet18-so": ("resnet18", "second", ("naive", "loop", "loop+bf16+graph", "loop+bf16+cl+graph", "loop+graph",
+                                           "vmap+bf16+graph", "vmap+bf16+chunk2")),
+    "conv4-fo": ("conv4", "first", ("naive", "loop", "loop+bf16+cl+graph", "loop+graph", "vmap+graph",
+                                    "vmap+bf16+cl+graph", "vmap+bf16")),
 }
 # --quick: every configuration, every lever at least once, in seconds on a CPU.
 QUICK_ROWS: dict[str, tuple[str, ...]] = {
     "resnet18-fo": ("naive", "loop", "vmap+bf16+cl"),
     "resnet18-so": ("naive", "loop", "vmap+bf16+chunk2+ckpt"),
-    "conv4-fo": ("naive", "loop", "loop+bf16+ckpt", "vmap", "vmap+bf16", "vmap+bf16+cl", "vmap+bf16+chunk2+ckpt"),
+    "conv4-fo": ("naive", "loop", "loop+bf16+ckpt", "vmap", "vmap+bf16", "vmap+bf16+cl", "vmap+bf16+chunk2+ckpt",
+                 "vmap+graph"),
 }
 # The issue's targets on one H100/H200 (tasks/s with DropGrad on; peak GiB).
 TARGETS = {"resnet18-fo": (50.0, None), "resnet18-so": (12.0, 14.0), "conv4-fo": (400.0, None)}
@@ -106,8 +118,8 @@ SETTINGS = {
     "full": {"tasks": 4, "ways": 5, "shots": 5, "queries": 16, "steps": 5, "warmup": 1, "iters": 3},
     "quick": {"tasks": 2, "ways": 3, "shots": 2, "queries": 2, "steps": 2, "warmup": 0, "iters": 1},
 }
-# --suite gpu: the full set on one GPU, sized to finish in about 4 minutes on an H200.
-GPU_SUITE = {"warmup": 2, "iters": 4, "timeout_s": 60.0, "budget_s": 210.0}
+# --suite gpu: the full set on one GPU, sized to finish in about 5 minutes on an H200.
+GPU_SUITE = {"warmup": 2, "iters": 4, "timeout_s": 60.0, "budget_s": 300.0}
 GPU_SUITE_SECOND_ORDER = {"warmup": 1, "iters": 3}  # the slowest configuration
 
 
@@ -146,10 +158,13 @@ def make_step(
         checkpoint=impl.checkpoint, task_chunk=impl.task_chunk,
     )
 
+    run = dropgrad.CapturedMetaStep(learner, batched=impl.batched) if impl.graph else partial(
+        learner.meta_backward, batched=impl.batched)
+
     def step() -> Tensor:
         model.zero_grad(set_to_none=True)
         with dropgrad.autocast(device, impl.bf16):
-            return learner.meta_backward(tasks, batched=impl.batched).loss
+            return run(tasks).loss
 
     return step
 
@@ -215,6 +230,8 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels once
     result: dict[str, Any] = {"status": "ok"}
+    if impl.graph and not cuda:
+        result["message"] = "ran eagerly: CUDA graphs need a GPU"
     try:
         if row.check:
             result["check_max_abs_diff"] = check_row(row, impl, device)
@@ -320,7 +337,8 @@ def format_table(data: dict[str, Any]) -> str:
             f"{run['peak_mem_bytes'] / 2**30:.2f}" if ok else "-",
             "" if r.get("vs_naive") is None else f"{r['vs_naive']:.2f}x",
             f"{run['check_max_abs_diff']:.1e}" if "check_max_abs_diff" in run else "-",
-            "ok" if ok else f"{run.get('status', '?').upper()}: {run.get('message', '')}"[:90],
+            (f"ok ({run['message']})" if run.get("message") else "ok") if ok
+            else f"{run.get('status', '?').upper()}: {run.get('message', '')}"[:90],
         ])
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) if i in (0, 2, 9) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from dropgrad.inner import sgd_step
 from dropgrad.noise import DropGrad, RESNET_GROUPS
 
 N = 1_000_000
@@ -92,6 +93,23 @@ def test_noise_keeps_shape_device_dtype_and_leading_task_dim():
     assert [o.dtype for o in out] == [x.dtype for x in g]
     # Every task (leading dimension) gets its own noise.
     assert not torch.equal(out[0][0], out[0][1])
+
+
+def test_noise_takes_the_layout_of_dense_tensors_and_stays_one_draw():
+    w = torch.randn(64, 3, 5, 5).to(memory_format=torch.channels_last)
+    plain, expanded = torch.randn(7), torch.randn(5).expand(4, 5)
+    dg = DropGrad(0.3, generator=torch.Generator().manual_seed(0))
+    noise = dg.draw([w, plain, expanded])
+    assert noise[0].stride() == w.stride() and noise[0].shape == w.shape
+    assert noise[2].is_contiguous() and noise[2].shape == expanded.shape  # not dense: plain layout
+    # The three are consecutive slices of one flat draw, each element used once.
+    flat = DropGrad(0.3, generator=torch.Generator().manual_seed(0)).draw([torch.ones(w.numel() + 7 + 20)])[0]
+    parts = sorted(torch.cat([n.flatten() for n in noise]).tolist())
+    assert parts == sorted(flat.tolist())
+    # The fused noisy update is the same with channels_last tensors.
+    g = torch.randn_like(w)
+    fused = sgd_step({"w": w}, {"w": g}, 0.1, noise=[noise[0]])["w"]
+    torch.testing.assert_close(fused, w - 0.1 * g * noise[0])
 
 
 def test_selection_hits_exactly_the_chosen_tensors():

@@ -11,7 +11,7 @@ from dropgrad import load_checkpoint
 from dropgrad_fewshot import cli, sweep
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
-from dropgrad_fewshot.methods import build_learner, make_dropgrad, use_vmap
+from dropgrad_fewshot.methods import build_learner, make_dropgrad, use_cuda_graph, use_vmap
 from dropgrad_fewshot.run import evaluate, load_split
 
 TINY = [
@@ -289,3 +289,12 @@ def test_auto_batches_first_order_training_and_evaluation_but_loops_second_order
     assert use_vmap(second, "auto", training=False)
     assert use_vmap(first, "auto", training=True)
     assert use_vmap(second, "on", training=True), "'on' still batches second order"
+    assert not use_vmap(first, "auto", training=True, graphed=True), "graph replay: the loop is faster (H200)"
+    assert use_vmap(first, "on", training=True, graphed=True)
+
+
+def test_cuda_graph_is_for_gpus_only():
+    learner = build_learner(tiny_config())
+    assert not use_cuda_graph(learner, "auto") and not use_cuda_graph(learner, "off")
+    with pytest.raises(ValueError, match="--cuda-graph on needs a CUDA device"):
+        use_cuda_graph(learner, "on")

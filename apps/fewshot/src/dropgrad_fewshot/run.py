@@ -21,6 +21,7 @@ and test episodes are split across the processes and gathered, and only rank 0 w
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from dropgrad import (
     MAML,
+    CapturedMetaStep,
     DistributedContext,
     MAMLPlusPlus,
     MetaTrainer,
@@ -50,7 +52,7 @@ from .data import (
     episode_batches,
     open_cache,
 )
-from .methods import build_learner, use_vmap
+from .methods import build_learner, use_cuda_graph, use_vmap
 from .models import pretrain_feature_extractor
 
 __all__ = ["TEST_STREAM", "VAL_STREAM", "evaluate", "load_split", "train", "verify_images"]
@@ -242,7 +244,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     preloaded = sum(split.preload() for split in (train_set, val_set, test_set) if hasattr(split, "preload"))
 
     learner = build_learner(cfg).to(device)
-    batched = use_vmap(learner, cfg.batched)
+    graphed = use_cuda_graph(learner, cfg.cuda_graph)
+    batched = use_vmap(learner, cfg.batched, graphed=graphed)
     eval_batched = use_vmap(learner, cfg.batched, training=False)
     messages: list[str] = []
     if cfg.method == "metasgd-star":
@@ -265,6 +268,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     )
     stream = _Prefetched(batches, cfg.epochs * (cfg.episodes_per_epoch // cfg.meta_batch))
 
+    meta_step = CapturedMetaStep(learner, batched=batched) if graphed else partial(learner.meta_backward, batched=batched)
+
     def step_fn(global_step: int) -> dict[str, float]:
         tasks = stream.get(global_step)
         if dist.is_distributed:
@@ -272,7 +277,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
             part = dist.meta_batch_shard(tasks.n_tasks).slice
             tasks = type(tasks)(*(t[part] for t in tasks))
         tasks = tasks.to(device)
-        result = learner.meta_backward(tasks, batched=batched)
+        result = meta_step(tasks)
         return {"loss": result.loss.item(), "acc": 100 * result.accuracy(tasks.query_y).mean().item()}
 
     def validate_fn(epoch: int) -> dict[str, float]:
@@ -306,7 +311,10 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         trainer.log(f"data: decoded {preloaded} images into memory before training")
     trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
     how = {True: "vmap over tasks", False: "per-task loop"}
-    trainer.log(f"learner: {type(learner).__name__}; training: {how[batched]}, evaluation: {how[eval_batched]}; device {device}")
+    trainer.log(
+        f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}, "
+        f"evaluation: {how[eval_batched]}; device {device}"
+    )
     if dist.is_distributed:
         lo, hi = cfg.meta_batch // dist.world_size, -(-cfg.meta_batch // dist.world_size)
         trainer.log(

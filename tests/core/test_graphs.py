@@ -1,0 +1,196 @@
+"""CapturedMetaStep: a meta-step replayed from a CUDA graph gives meta_backward's numbers.
+
+The CPU tests cover the eager fallback; the ``gpu`` tests record and replay (skipped without CUDA).
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dropgrad import MAML, CapturedMetaStep, DropGrad, MAMLPlusPlus, MetaSGD, Task
+
+
+def tiny_net(way: int = 3, running_stats: bool = False) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6, track_running_stats=running_stats), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, way),
+    )
+
+
+def make_tasks(seed: int, device, dtype=torch.float64, T: int = 2, way: int = 3, shot: int = 2, query: int = 2) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    return Task(
+        torch.randn(T, way * shot, 3, 8, 8, generator=g, dtype=dtype),
+        torch.arange(way).repeat_interleave(shot).repeat(T, 1),
+        torch.randn(T, way * query, 3, 8, 8, generator=g, dtype=dtype),
+        torch.arange(way).repeat_interleave(query).repeat(T, 1),
+    ).to(device)
+
+
+def grads_of(module: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in module.parameters() if p.grad is not None]
+
+
+def eager_and_graphed(learner, step, tasks, batched):
+    """(eager, graphed) meta-gradients and losses at the learner's current parameters."""
+    learner.zero_grad(set_to_none=True)
+    eager = learner.meta_backward(tasks, batched=batched)
+    g_eager = grads_of(learner)
+    learner.zero_grad(set_to_none=True)
+    graphed = step(tasks)
+    return (eager, g_eager), (graphed, grads_of(learner))
+
+
+def assert_same(a, b, tol):
+    (out_a, g_a), (out_b, g_b) = a, b
+    assert len(g_a) == len(g_b) > 0
+    torch.testing.assert_close(out_b.task_losses, out_a.task_losses, rtol=tol, atol=tol)
+    torch.testing.assert_close(out_b.query_output, out_a.query_output, rtol=tol, atol=tol)
+    for x, y in zip(g_a, g_b):
+        torch.testing.assert_close(y, x, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------------- CPU
+def test_cpu_steps_run_eagerly_with_meta_backwards_numbers():
+    torch.manual_seed(0)
+    learner = MAML(tiny_net().double(), inner_lr=0.1, steps=2)
+    step = CapturedMetaStep(learner)
+    tasks = make_tasks(0, "cpu")
+    a, b = eager_and_graphed(learner, step, tasks, batched=False)
+    assert_same(a, b, tol=0)
+    assert step.captures == 0
+
+
+def test_gradients_accumulate_like_meta_backward():
+    torch.manual_seed(0)
+    learner = MAML(tiny_net().double(), inner_lr=0.1, steps=2)
+    tasks = make_tasks(1, "cpu")
+    learner.meta_backward(tasks)
+    once = grads_of(learner)
+    CapturedMetaStep(learner)(tasks)
+    for g, p in zip(once, (p for p in learner.parameters() if p.grad is not None)):
+        torch.testing.assert_close(p.grad, 2 * g)
+
+
+def test_warmup_must_be_positive():
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        CapturedMetaStep(MAML(tiny_net()), warmup=0)
+
+
+# ----------------------------------------------------------------------------- GPU
+gpu = pytest.mark.gpu
+CUDA = torch.device("cuda")  # these tests are about CUDA graphs: no other device will do
+
+
+@pytest.fixture
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@gpu
+@pytest.mark.parametrize(
+    "learner_cls, first_order, batched",
+    [(MAML, True, False), (MAML, False, False), (MAML, True, True), (MetaSGD, False, True)],
+)
+def test_replays_equal_eager_steps_as_parameters_and_data_change(learner_cls, first_order, batched):
+    torch.manual_seed(0)
+    learner = learner_cls(tiny_net(), inner_lr=0.1, steps=3, first_order=first_order).double().to(CUDA)
+    step = CapturedMetaStep(learner, batched=batched)
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    for k in range(3):
+        # New data and parameters each step: the graph reads both afresh at every replay.
+        a, b = eager_and_graphed(learner, step, make_tasks(k, "cuda"), batched)
+        assert_same(a, b, tol=1e-10)
+        opt.step()
+    assert step.captures == 1
+
+
+@gpu
+def test_running_statistics_see_one_update_per_step_and_warmup_leaves_no_trace():
+    torch.manual_seed(0)
+    eager = MAML(tiny_net(running_stats=True), inner_lr=0.1, steps=2).double().to(CUDA)
+    graphed = copy.deepcopy(eager)
+    step = CapturedMetaStep(graphed)
+    for k in range(2):
+        tasks = make_tasks(k, "cuda")
+        eager.meta_backward(tasks)
+        step(tasks)
+        for (name, x), y in zip(eager.named_buffers(), graphed.buffers()):
+            torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@gpu
+def test_noise_is_fresh_per_replay_and_the_stream_ignores_when_graphs_were_recorded(no_tf32):
+    torch.manual_seed(0)
+    learner = MAML(tiny_net(), inner_lr=0.1, steps=2, dropgrad=DropGrad(0.5, "gaussian")).to(CUDA)
+    tasks = make_tasks(0, "cuda", torch.float32)
+
+    def run(step, reset_between):
+        torch.cuda.manual_seed(123)
+        out = []
+        for _ in range(2):
+            learner.zero_grad(set_to_none=True)
+            step(tasks)
+            out.append(grads_of(learner))
+            if reset_between:
+                step.reset()
+        return out
+
+    first, second = run(CapturedMetaStep(learner), reset_between=False)
+    assert max((a - b).abs().max().item() for a, b in zip(first, second)) > 1e-3, "same noise twice"
+    again = CapturedMetaStep(learner)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(first + second, sum(run(again, True), [])))
+    assert again.captures == 2
+    learner.zero_grad(set_to_none=True)
+    learner.dropgrad.p = 0.0  # noise off: the step must differ from the noisy ones
+    learner.meta_backward(tasks)
+    assert max((a - b).abs().max().item() for a, b in zip(grads_of(learner), first)) > 1e-3
+
+
+@gpu
+def test_bf16_replays_use_the_updated_parameters_not_warmup_casts():
+    torch.manual_seed(0)
+    learner = MAML(tiny_net(), inner_lr=0.1, steps=2, first_order=True).to(CUDA)
+    step = CapturedMetaStep(learner, batched=True)
+    opt = torch.optim.SGD(learner.parameters(), lr=1.0)
+    for k in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            a, b = eager_and_graphed(learner, step, make_tasks(k, "cuda", torch.float32), True)
+        assert_same(a, b, tol=1e-3)
+        opt.step()
+
+
+@gpu
+def test_two_steps_share_memory_and_a_new_shape_records_a_new_graph():
+    torch.manual_seed(0)
+    learner = MAML(tiny_net(), inner_lr=0.1, steps=2).double().to(CUDA)
+    noisy = MAML(learner.model, inner_lr=0.1, steps=2, dropgrad=DropGrad(0.3)).to(CUDA)
+    plain, other = CapturedMetaStep(learner), CapturedMetaStep(noisy)
+    for k in range(3):
+        other(make_tasks(10 + k, "cuda"))  # replays between, sharing the memory pool
+        tasks = make_tasks(k, "cuda", query=2 if k < 2 else 3)
+        assert_same(*eager_and_graphed(learner, plain, tasks, False), tol=1e-10)
+    assert plain.captures == 2 and other.captures == 1
+
+
+@gpu
+def test_mamlpp_records_a_new_graph_when_the_epoch_changes_its_losses():
+    torch.manual_seed(0)
+    learner = MAMLPlusPlus(tiny_net(), inner_lr=0.1, steps=3, msl_epochs=1, first_order_epochs=1).double().to(CUDA)
+    step = CapturedMetaStep(learner)
+    for epoch in (0, 1):  # epoch 0: first order, multi-step loss; epoch 1: second order, last step only
+        learner.set_epoch(epoch)
+        assert_same(*eager_and_graphed(learner, step, make_tasks(epoch, "cuda"), False), tol=1e-10)
+    assert step.captures == 2
+
+
+@gpu
+def test_a_dropgrad_generator_is_refused():
+    learner = MAML(tiny_net(), dropgrad=DropGrad(0.3, generator=torch.Generator(device="cuda"))).to(CUDA)
+    with pytest.raises(ValueError, match="own generator"):
+        CapturedMetaStep(learner)(make_tasks(0, "cuda", torch.float32))
