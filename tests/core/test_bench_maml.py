@@ -103,3 +103,18 @@ def test_failed_rows_are_reported_and_the_best_row_is_marked():
     assert best == ["vmap+bf16+chunk2"]  # the fastest that meets the memory target
     assert data["rows"][2]["vs_naive"] == pytest.approx(13.0 / 3.0)
     assert "vmap+bf16+chunk2 13 tasks/s" in data["summary"][0]
+
+
+def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu():
+    script = SCRIPT.parent / "profile_meta_step.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--device", "cpu", "--config", "conv4-fo", "--impl", "vmap+graph",
+         "--steps", "1", "--warmup", "0", "--top", "5"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert "impl vmap+graph" in lines[0] and lines[1].startswith("step time ")
+    table = lines[lines.index(next(l for l in lines if l.strip().startswith("share"))) + 1:]
+    assert len(table) == 5 and all(l.split()[0].endswith("%") for l in table)
+    assert any("convolution" in l for l in table)

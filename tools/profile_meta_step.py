@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Where one meta-step's time goes: the kernels (GPU) or operators (CPU) of one bench_maml row.
+
+A row is a configuration and an impl of tools/bench_maml.py (same model, tasks and levers). After
+warm-up steps it times ``--steps`` steps without the profiler, then profiles as many with
+``torch.profiler``. It prints the step time, the number of GPU kernels per step, their summed
+time (how busy the GPU was), and the top kernels by time; on a CPU, the top operators by self
+time. This is the check issue 7's next speed levers start from (docs/performance.md).
+
+    python tools/profile_meta_step.py --config conv4-fo --impl loop+bf16+cl --steps 3
+    python tools/profile_meta_step.py --quick --device cpu --config conv4-fo --impl loop   # seconds
+
+Kernels replayed from a CUDA graph may not be reported by the profiler (it depends on the torch
+and CUPTI versions); the script says so when it sees none, and the same impl without ``+graph``
+runs the same kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_maml  # noqa: E402  (tools/ is not a package)
+
+common = bench_maml.common
+dropgrad = bench_maml.dropgrad
+
+
+def build_row(config: str, impl_name: str, quick: bool, noise: bool, device: torch.device):
+    """The zero-argument meta-step of one bench_maml row, and the row's settings."""
+    model_name, order, _ = bench_maml.CONFIGS[config]
+    mode = "quick" if quick else "full"
+    s = bench_maml.SETTINGS[mode]
+    px = bench_maml.SIZES[mode][model_name]
+    impl = bench_maml.IMPLS[impl_name]
+    torch.manual_seed(0)
+    model = common.build_model(model_name, px, s["ways"], batch_stats=True).to(device)
+    tasks = common.make_tasks(s["tasks"], s["ways"], s["shots"], s["queries"], px, device, torch.float32)
+    tasks = bench_maml.prepare(impl, model, tasks)
+    step = bench_maml.make_step(impl, model, tasks, steps=s["steps"], first_order=order == "first",
+                                noise_on=noise, device=device)
+    return step, {**s, "px": px, "model": model_name, "order": order}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernel_table(prof: profile, steps: int, top: int) -> tuple[list[str], int]:
+    """Lines of the top GPU kernels per step, and how many kernels were seen."""
+    per_name: dict[str, list[float]] = defaultdict(list)
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            per_name[e.name].append(e.time_range.elapsed_us())
+    total_us = sum(sum(v) for v in per_name.values())
+    count = sum(len(v) for v in per_name.values())
+    lines = [
+        f"GPU kernels per step: {count / steps:.0f}, summed kernel time {total_us / steps / 1e3:.2f} ms per step",
+        f"{'share':>6}  {'ms/step':>8}  {'calls/step':>10}  {'mean us':>8}  kernel",
+    ]
+    ranked = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    for name, times in ranked:
+        t = sum(times)
+        lines.append(f"{100 * t / max(total_us, 1e-9):5.1f}%  {t / steps / 1e3:8.3f}  {len(times) / steps:10.1f}  "
+                     f"{t / len(times):8.1f}  {name[:110]}")
+    return lines, count
+
+
+def op_table(prof: profile, steps: int, top: int) -> list[str]:
+    """Lines of the top operators by self CPU time per step."""
+    averages = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    lines = [f"{'share':>6}  {'ms/step':>8}  {'calls/step':>10}  operator"]
+    for e in averages:
+        lines.append(f"{100 * e.self_cpu_time_total / max(total, 1e-9):5.1f}%  {e.self_cpu_time_total / steps / 1e3:8.3f}  "
+                     f"{e.count / steps:10.1f}  {e.key[:110]}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=tuple(bench_maml.CONFIGS), default="conv4-fo")
+    parser.add_argument("--impl", choices=tuple(bench_maml.IMPLS), default="loop")
+    parser.add_argument("--dropgrad", choices=("on", "off"), default="on", help="gaussian p=0.1 (default on)")
+    parser.add_argument("--steps", type=common._positive, default=3, help="timed and then profiled steps (default 3)")
+    parser.add_argument("--warmup", type=common._non_negative, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--top", type=common._positive, default=25, help="rows of the top table (default 25)")
+    parser.add_argument("--quick", action="store_true", help="bench_maml's tiny --quick shapes (a CPU smoke run)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    try:
+        device = dropgrad.select_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as in bench_maml: fixed shapes
+    step, s = build_row(args.config, args.impl, args.quick, args.dropgrad == "on", device)
+    print(f"{args.config} ({s['model']} {s['px']} px, {s['order']} order) impl {args.impl}, DropGrad {args.dropgrad}; "
+          f"{s['tasks']} tasks {s['ways']}-way {s['shots']}-shot {s['queries']}-query, {s['steps']} inner steps; "
+          f"device {common.device_name(device)}, torch {torch.__version__}")
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
+    print(f"step time {wall_ms:.2f} ms without the profiler ({s['tasks'] * 1e3 / wall_ms:.3g} tasks/s)")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            step()
+        _sync(device)
+    if device.type == "cuda":
+        lines, count = kernel_table(prof, args.steps, args.top)
+        print("\n".join(lines))
+        if count == 0:
+            print("no kernels seen: this torch's profiler does not report kernels replayed from a CUDA graph; "
+                  "profile the same impl without +graph")
+    else:
+        print("\n".join(op_table(prof, args.steps, args.top)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
