@@ -169,6 +169,17 @@ def make_step(
     return step
 
 
+def row_steps(row: RowConfig, device: torch.device, noise: tuple[bool, ...] = (False, True)) -> dict[bool, Callable[[], Tensor]]:
+    """The meta-step closures of ``row`` (DropGrad off/on -> step), on one model and task stack."""
+    impl = IMPLS[row.impl]
+    torch.manual_seed(0)
+    model = common.build_model(row.model, row.px, row.ways, batch_stats=True).to(device)
+    tasks = common.make_tasks(row.tasks, row.ways, row.shots, row.queries, row.px, device, torch.float32)
+    tasks = prepare(impl, model, tasks)
+    return {on: make_step(impl, model, tasks, steps=row.steps, first_order=row.order == "first", noise_on=on,
+                          device=device) for on in noise}
+
+
 def prepare(impl: Impl, model: nn.Module, tasks: dropgrad.Task) -> dropgrad.Task:
     """Apply the row's memory format to the model (in place) and the task stack."""
     if not impl.channels_last:
@@ -235,13 +246,7 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
     try:
         if row.check:
             result["check_max_abs_diff"] = check_row(row, impl, device)
-        torch.manual_seed(0)
-        model = common.build_model(row.model, row.px, row.ways, batch_stats=True).to(device)
-        tasks = common.make_tasks(row.tasks, row.ways, row.shots, row.queries, row.px, device, torch.float32)
-        tasks = prepare(impl, model, tasks)
-        first = row.order == "first"
-        steps = {on: make_step(impl, model, tasks, steps=row.steps, first_order=first, noise_on=on, device=device)
-                 for on in (False, True)}
+        steps = row_steps(row, device)
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()

@@ -34,20 +34,13 @@ common = bench_maml.common
 dropgrad = bench_maml.dropgrad
 
 
-def build_row(config: str, impl_name: str, quick: bool, noise: bool, device: torch.device):
-    """The zero-argument meta-step of one bench_maml row, and the row's settings."""
-    model_name, order, _ = bench_maml.CONFIGS[config]
+def build_row(config: str, impl: str, quick: bool, device: torch.device) -> bench_maml.RowConfig:
+    """The bench_maml row of ``config`` and ``impl`` at the full (or ``--quick``) shapes."""
+    model, order, _ = bench_maml.CONFIGS[config]
     mode = "quick" if quick else "full"
     s = bench_maml.SETTINGS[mode]
-    px = bench_maml.SIZES[mode][model_name]
-    impl = bench_maml.IMPLS[impl_name]
-    torch.manual_seed(0)
-    model = common.build_model(model_name, px, s["ways"], batch_stats=True).to(device)
-    tasks = common.make_tasks(s["tasks"], s["ways"], s["shots"], s["queries"], px, device, torch.float32)
-    tasks = bench_maml.prepare(impl, model, tasks)
-    step = bench_maml.make_step(impl, model, tasks, steps=s["steps"], first_order=order == "first",
-                                noise_on=noise, device=device)
-    return step, {**s, "px": px, "model": model_name, "order": order}
+    return bench_maml.RowConfig(config, model, order, impl, bench_maml.SIZES[mode][model], s["tasks"], s["ways"],
+                                s["shots"], s["queries"], s["steps"], s["warmup"], s["iters"], str(device))
 
 
 def _sync(device: torch.device) -> None:
@@ -103,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in bench_maml: fixed shapes
-    step, s = build_row(args.config, args.impl, args.quick, args.dropgrad == "on", device)
-    print(f"{args.config} ({s['model']} {s['px']} px, {s['order']} order) impl {args.impl}, DropGrad {args.dropgrad}; "
-          f"{s['tasks']} tasks {s['ways']}-way {s['shots']}-shot {s['queries']}-query, {s['steps']} inner steps; "
+    row = build_row(args.config, args.impl, args.quick, device)
+    noise = args.dropgrad == "on"
+    step = bench_maml.row_steps(row, device, noise=(noise,))[noise]
+    print(f"{args.config} ({row.model} {row.px} px, {row.order} order) impl {args.impl}, DropGrad {args.dropgrad}; "
+          f"{row.tasks} tasks {row.ways}-way {row.shots}-shot {row.queries}-query, {row.steps} inner steps; "
           f"device {common.device_name(device)}, torch {torch.__version__}")
     for _ in range(args.warmup):
         step()
@@ -115,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         step()
     _sync(device)
     wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
-    print(f"step time {wall_ms:.2f} ms without the profiler ({s['tasks'] * 1e3 / wall_ms:.3g} tasks/s)")
+    print(f"step time {wall_ms:.2f} ms without the profiler ({row.tasks * 1e3 / wall_ms:.3g} tasks/s)")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(args.steps):

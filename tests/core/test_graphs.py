@@ -84,14 +84,6 @@ gpu = pytest.mark.gpu
 CUDA = torch.device("cuda")  # these tests are about CUDA graphs: no other device will do
 
 
-@pytest.fixture
-def no_tf32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @gpu
 @pytest.mark.parametrize(
     "learner_cls, first_order, batched",

@@ -13,17 +13,6 @@ from dropgrad_fewshot.models import (
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture
-def no_tf32():
-    """Full fp32 convolutions: with TF32 (cuDNN's default) the grouped convolutions vmap runs and the
-    per-task loop's plain ones round differently, 5e-3 apart on ResNet-18 after 2 inner steps
-    (seen on an H200); with it off they agree to 1e-3 (also seen there)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @pytest.mark.parametrize("backbone", ["conv4", "resnet18"])
 def test_cuda_vmap_matches_loop_and_cpu(backbone, no_tf32):
     torch.manual_seed(0)

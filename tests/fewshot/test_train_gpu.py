@@ -34,38 +34,33 @@ def test_every_method_trains_from_a_cuda_graph(method, tmp_path):
 
 
 @pytest.mark.parametrize("method, first_order", [("maml", False), ("maml", True), ("mamlpp", False)])
-def test_graph_steps_equal_eager_steps_on_the_fewshot_models(method, first_order):
+def test_graph_steps_equal_eager_steps_on_the_fewshot_models(method, first_order, no_tf32):
     # Step by step at the same parameters: comparing whole runs would compare Adam's first
     # updates, which are about lr * sign(g) and so flip on round-off of near-zero gradients.
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        cfg = resolve_defaults(FewShotConfig(method=method, first_order=first_order, dropgrad="none", way=3, shot=1, query=2,
-                                             inner_steps=2, meta_batch=2, msl_epochs=1, progress=False))
-        torch.manual_seed(0)
-        learner = build_learner(cfg).to(CUDA)
-        batched = use_vmap(learner, "auto")
-        step = CapturedMetaStep(learner, batched=batched)
-        batches = EpisodeBatches(build_dataset("glyphs", "train", image_size=28, n_classes=20),
-                                 n_way=3, n_shot=1, n_query=2, tasks_per_batch=2, seed=0)
-        opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
-        params = [p for p in learner.parameters() if p.requires_grad]
-        for k in range(4):
-            if method == "mamlpp":
-                learner.set_epoch(k // 2)  # epoch 1 leaves the multi-step loss: a new graph
-            tasks = batches.batch(k).to("cuda")
-            opt.zero_grad(set_to_none=True)
-            eager = learner.meta_backward(tasks, batched=batched)
-            want = [None if p.grad is None else p.grad.clone() for p in params]
-            opt.zero_grad(set_to_none=True)
-            got = step(tasks)
-            torch.testing.assert_close(got.task_losses, eager.task_losses, rtol=1e-5, atol=1e-6)
-            for p, g in zip(params, want):
-                if g is None:
-                    assert p.grad is None
-                else:
-                    torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
-            opt.step()
-        assert step.captures == (2 if method == "mamlpp" else 1)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    cfg = resolve_defaults(FewShotConfig(method=method, first_order=first_order, dropgrad="none", way=3, shot=1, query=2,
+                                         inner_steps=2, meta_batch=2, msl_epochs=1, progress=False))
+    torch.manual_seed(0)
+    learner = build_learner(cfg).to(CUDA)
+    batched = use_vmap(learner, "auto")
+    step = CapturedMetaStep(learner, batched=batched)
+    batches = EpisodeBatches(build_dataset("glyphs", "train", image_size=28, n_classes=20),
+                             n_way=3, n_shot=1, n_query=2, tasks_per_batch=2, seed=0)
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    for k in range(4):
+        if method == "mamlpp":
+            learner.set_epoch(k // 2)  # epoch 1 leaves the multi-step loss: a new graph
+        tasks = batches.batch(k).to("cuda")
+        opt.zero_grad(set_to_none=True)
+        eager = learner.meta_backward(tasks, batched=batched)
+        want = [None if p.grad is None else p.grad.clone() for p in params]
+        opt.zero_grad(set_to_none=True)
+        got = step(tasks)
+        torch.testing.assert_close(got.task_losses, eager.task_losses, rtol=1e-5, atol=1e-6)
+        for p, g in zip(params, want):
+            if g is None:
+                assert p.grad is None
+            else:
+                torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+        opt.step()
+    assert step.captures == (2 if method == "mamlpp" else 1)

@@ -72,6 +72,7 @@ class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: Task
     output: MetaOutput
+    params: list[Tensor]  # the meta-parameters, in the order of ``grads``
     grads: list[Tensor | None]
 
 
@@ -130,7 +131,7 @@ class CapturedMetaStep:
         for static, new in zip(cap.inputs, tasks):
             static.copy_(new, non_blocking=True)
         cap.graph.replay()
-        self._accumulate(cap.grads)
+        self._accumulate(cap.params, cap.grads)
         out = cap.output
         return MetaOutput(out.loss.clone(), out.task_losses.clone(), out.query_output.clone())
 
@@ -197,10 +198,10 @@ class CapturedMetaStep:
                 b.copy_(saved)
             torch.cuda.set_rng_state(saved_rng, device)
         self.captures += 1
-        return _Captured(key, device, graph, inputs, output, grads)
+        return _Captured(key, device, graph, inputs, output, params, grads)
 
-    def _accumulate(self, grads: list[Tensor | None]) -> None:
-        params = self._params()
+    @staticmethod
+    def _accumulate(params: list[Tensor], grads: list[Tensor | None]) -> None:
         fresh = [(p, g) for p, g in zip(params, grads) if g is not None and p.grad is None]
         summed = [(p, g) for p, g in zip(params, grads) if g is not None and p.grad is not None]
         if fresh:
