@@ -16,7 +16,9 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
 * ``+bf16``: under bfloat16 autocast; ``+cl``: channels_last model and images;
   ``+ckpt``: activation checkpointing of second-order inner steps; ``+chunkN``: batched
   backward N tasks at a time; ``+graph``: the whole meta-step recorded once in a CUDA graph
-  and replayed (``dropgrad.CapturedMetaStep``; on a CPU the same step runs eagerly).
+  and replayed (``dropgrad.CapturedMetaStep``; on a CPU the same step runs eagerly);
+  ``+compile``: the model's forward through ``torch.compile`` (inductor) in first-order steps
+  (``MAML(compile_forward=True)``; compiled during the warm-up, which gets extra time).
 
 Each row runs in a fresh subprocess with a time cap; a failure (NotImplementedError, OOM, a
 timeout) becomes a row saying so. Before timing, each row's structural options (batching,
@@ -69,6 +71,7 @@ class Impl:
     checkpoint: bool = False
     task_chunk: int | None = None
     graph: bool = False
+    compile: bool = False
 
 
 IMPLS: dict[str, Impl] = {
@@ -89,25 +92,36 @@ IMPLS: dict[str, Impl] = {
     "vmap+bf16+graph": Impl(batched=True, bf16=True, graph=True),
     "vmap+bf16+cl+graph": Impl(batched=True, bf16=True, channels_last=True, graph=True),
     "loop+bf16+cl+graph": Impl(bf16=True, channels_last=True, graph=True),
+    "loop+compile": Impl(compile=True),
+    "loop+compile+graph": Impl(compile=True, graph=True),
+    "vmap+compile": Impl(batched=True, compile=True),
+    "loop+bf16+cl+compile": Impl(bf16=True, channels_last=True, compile=True),
+    "loop+bf16+cl+compile+graph": Impl(bf16=True, channels_last=True, compile=True, graph=True),
+    "vmap+bf16+cl+compile+graph": Impl(batched=True, bf16=True, channels_last=True, compile=True, graph=True),
 }
+# Extra seconds a +compile row may take (inductor compiles forward and backward per shape and
+# dtype: support, query, and the float64 check's), on top of the per-row cap.
+COMPILE_EXTRA_S = 240.0
 
 # configuration -> (model, order, rows); the issue's three configurations.
 # Rows in priority order (the reference rows and the predicted best first), since a time budget
 # skips a configuration's last rows.
 CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "resnet18-fo": ("resnet18", "first", ("naive", "loop", "loop+bf16+cl+graph", "loop+bf16+graph", "vmap+bf16+cl+graph",
-                                          "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
-    "resnet18-so": ("resnet18", "second", ("naive", "loop", "loop+bf16+graph", "loop+bf16+cl+graph", "loop+graph",
-                                           "vmap+bf16+graph", "vmap+bf16+chunk2")),
-    "conv4-fo": ("conv4", "first", ("naive", "loop", "loop+bf16+cl+graph", "loop+graph", "vmap+graph",
-                                    "vmap+bf16+cl+graph", "vmap+bf16")),
+    "resnet18-fo": ("resnet18", "first", (
+        "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+compile+graph", "vmap+bf16+cl+compile+graph",
+        "loop+bf16+graph", "vmap+bf16+cl+graph", "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
+    "resnet18-so": ("resnet18", "second", (
+        "naive", "loop", "loop+bf16+graph", "loop+bf16+cl+graph", "loop+graph", "vmap+bf16+graph", "vmap+bf16+chunk2")),
+    "conv4-fo": ("conv4", "first", (
+        "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+compile+graph", "vmap+bf16+cl+compile+graph",
+        "loop+compile+graph", "loop+graph", "vmap+graph", "vmap+bf16+cl+graph", "vmap+bf16")),
 }
 # --quick: every configuration, every lever at least once, in seconds on a CPU.
 QUICK_ROWS: dict[str, tuple[str, ...]] = {
     "resnet18-fo": ("naive", "loop", "vmap+bf16+cl"),
     "resnet18-so": ("naive", "loop", "vmap+bf16+chunk2+ckpt"),
     "conv4-fo": ("naive", "loop", "loop+bf16+ckpt", "vmap", "vmap+bf16", "vmap+bf16+cl", "vmap+bf16+chunk2+ckpt",
-                 "vmap+graph"),
+                 "vmap+graph", "loop+compile"),
 }
 # The issue's targets on one H100/H200 (tasks/s with DropGrad on; peak GiB).
 TARGETS = {"resnet18-fo": (50.0, None), "resnet18-so": (12.0, 14.0), "conv4-fo": (400.0, None)}
@@ -155,7 +169,7 @@ def make_step(
     learner = dropgrad.MAML(
         model, inner_lr=INNER_LR, steps=steps, first_order=first_order,
         dropgrad=dropgrad.DropGrad(P, "gaussian") if noise_on else None,
-        checkpoint=impl.checkpoint, task_chunk=impl.task_chunk,
+        checkpoint=impl.checkpoint, task_chunk=impl.task_chunk, compile_forward=impl.compile,
     )
 
     run = dropgrad.CapturedMetaStep(learner, batched=impl.batched) if impl.graph else partial(
@@ -216,9 +230,10 @@ def run_row(row: RowConfig) -> dict[str, Any]:
     """Time one row (DropGrad off and on, interleaved) in this process, within its time cap."""
     if row.deadline is not None and time.time() > row.deadline:
         return {"status": "skipped", "message": "time budget spent"}
-    cap = row.timeout_s
-    if row.deadline is not None:  # a row may overrun its group's budget share by at most 15 s
-        cap = min(cap, max(row.deadline - time.time(), 0.0) + 15.0)
+    extra = COMPILE_EXTRA_S if IMPLS[row.impl].compile else 0.0
+    cap = row.timeout_s + extra
+    if row.deadline is not None:  # a row may overrun its group's budget share by at most 15 s (+ compiling)
+        cap = min(cap, max(row.deadline - time.time(), 0.0) + 15.0 + extra)
     use_alarm = hasattr(signal, "SIGALRM")
     if use_alarm:
         signal.signal(signal.SIGALRM, _alarm)
@@ -251,7 +266,8 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(row.warmup):
+        # A compiled row compiles in its first step: that one is never timed.
+        for _ in range(max(row.warmup, 1) if impl.compile else row.warmup):
             for on in (False, True):
                 steps[on]()
         seconds = {False: 0.0, True: 0.0}
@@ -488,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
                 results += [{"status": "skipped", "message": f"budget of {budget_s:g} s spent"}] * len(pending)
                 break
             # start-up and the float64 check come on top of the per-row cap
-            results += run_in_subprocess(pending, (timeout_s + 60.0) * len(pending))
+            extra = sum(COMPILE_EXTRA_S for r in pending if IMPLS[r.impl].compile)
+            results += run_in_subprocess(pending, (timeout_s + 60.0) * len(pending) + extra)
         for row, result in zip(group, results):
             done += 1
             data["rows"].append({"config": row.config, "model": row.model, "order": row.order, "px": row.px,

@@ -57,7 +57,7 @@ def test_quick_cpu_run_prints_every_configuration(tmp_path):
 
 
 def test_quick_cpu_run_of_one_configuration(tmp_path):
-    impls = "naive,loop,vmap+bf16+chunk2+ckpt"
+    impls = "naive,loop,vmap+bf16+chunk2+ckpt,loop+compile"
     proc, data = _run(tmp_path, "--configs", "conv4-fo", "--impls", impls)
     assert [r["impl"] for r in data["rows"]] == impls.split(",")
     for row in data["rows"]:
@@ -66,7 +66,7 @@ def test_quick_cpu_run_of_one_configuration(tmp_path):
         assert res["check_max_abs_diff"] < 1e-10  # float64 against the per-task loop
         assert res["tasks_per_s_on"] > 0 and "overhead_pct" in res
     printed = _table_rows(proc.stdout)
-    assert [r[0] for r in printed] == ["conv4-fo"] * 3
+    assert [r[0] for r in printed] == ["conv4-fo"] * 4
     assert "vs naive" in proc.stdout and "DG overhead" in proc.stdout and "peak GiB" in proc.stdout
     assert data["device_type"] == "cpu" and data["torch"]
 

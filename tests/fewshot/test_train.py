@@ -298,3 +298,34 @@ def test_cuda_graph_is_for_gpus_only():
     assert not use_cuda_graph(learner, "auto") and not use_cuda_graph(learner, "off")
     with pytest.raises(ValueError, match="--cuda-graph on needs a CUDA device"):
         use_cuda_graph(learner, "on")
+
+
+def test_compiled_first_order_training_equals_eager_training(tmp_path):
+    curves = {}
+    for flag in ("--no-compile", "--compile"):
+        out = tmp_path / flag.strip("-")
+        assert cli.train_main(["--out", str(out), *TINY, "--first-order", flag]) == 0
+        lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[flag] = [[v for k, v in sorted(l.items()) if k.endswith("loss")] for l in lines]
+        log = (out / "log.txt").read_text()
+        assert ("forward compiled (torch.compile)" in log) == (flag == "--compile")
+    eager, compiled = curves["--no-compile"], curves["--compile"]
+    # Training and validation losses of every step and epoch. Not the parameters: Adam turns the
+    # rounding noise of zero gradients (a conv bias before BatchNorm) into full-size steps.
+    assert len(eager) == len(compiled) and sum(map(len, eager)) >= 6
+    np.testing.assert_allclose(np.concatenate(compiled), np.concatenate(eager), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        (dict(compile=True), "--first-order"),
+        (dict(compile=True, first_order=True, regularizer="dropout"), "--regularizer dropout"),
+        (dict(compile=True, method="mamlpp", first_order_epochs=0), "--first-order-epochs"),
+    ],
+)
+def test_compile_needs_first_order_steps_without_dropout_masks(changes, expected):
+    with pytest.raises(ValueError, match=expected):
+        tiny_config(**changes)
+    if "regularizer" not in changes:
+        assert tiny_config(**{**changes, "first_order": True}).compile

@@ -64,3 +64,15 @@ def test_graph_steps_equal_eager_steps_on_the_fewshot_models(method, first_order
                 torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
         opt.step()
     assert step.captures == (2 if method == "mamlpp" else 1)
+
+
+@pytest.mark.parametrize("benchmark", [True, False])
+def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(benchmark, tmp_path):
+    out = tmp_path / "run"
+    flag = "--cudnn-benchmark" if benchmark else "--no-cudnn-benchmark"
+    argv = ["--out", str(out), *TINY, "--first-order", "--compile", "--cuda-graph", "on", flag]
+    assert cli.train_main(argv) == 0
+    assert torch.backends.cudnn.benchmark is benchmark
+    log = (out / "log.txt").read_text()
+    assert "replayed from a CUDA graph, forward compiled (torch.compile)" in log
+    assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100

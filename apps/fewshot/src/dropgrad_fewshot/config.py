@@ -76,6 +76,8 @@ class FewShotConfig:
     batched: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together with vmap (auto: on a GPU, when vmap is exact for the model; second-order training and training from a CUDA graph loop)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (GPU)"})
     cuda_graph: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "record the meta-training step once in a CUDA graph and replay it (auto: on a GPU; removes the per-operator launch cost that bounds the step; shapes are fixed within a run, a new epoch's settings record a new graph)"})
+    compile: bool = field(default=False, metadata={"help": "run the backbone through torch.compile (inductor) in first-order meta-training steps: fused kernels, compiled once per input shape at the start (needs --first-order or mamlpp's --first-order-epochs; second-order steps and evaluation run eagerly; not with --regularizer dropout/spatialdropout)"})
+    cudnn_benchmark: bool = field(default=True, metadata={"help": "on a GPU, let cuDNN time its convolution algorithms once per input shape and keep the fastest (the shapes are fixed within a run)"})
     channels_last: bool = field(default=False, metadata={"help": "store conv weights channels_last (NHWC; faster convolutions on recent GPUs, above all with --bf16)"})
     task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch)"})
     checkpoint: bool = field(default=False, metadata={"help": "second order: recompute each inner step during the backward pass instead of keeping its activations (less memory, about one more forward+backward per step)"})
@@ -116,6 +118,13 @@ class FewShotConfig:
         need(self.pretrain_batch >= 2, "pretrain-batch", ">= 2")
         if self.method == "mamlpp" and self.first_order_epochs < 0:
             raise ValueError("--first-order-epochs must be >= 0")
+        if self.compile and self.regularizer != "none":
+            raise ValueError(f"--compile does not support --regularizer {self.regularizer} (its per-task mask is drawn inside the forward); use --no-compile")
+        if self.compile and not self.first_order and not (self.method == "mamlpp" and self.first_order_epochs > 0):
+            raise ValueError(
+                "--compile applies to first-order steps only (second order runs eagerly): add --first-order, "
+                "or with --method mamlpp --first-order-epochs N; or drop --compile"
+            )
         if self.dataset in ("glyphs", "omniglot") and self.augment:
             raise ValueError("--augment applies to the RGB data sets (miniimagenet, cub); glyphs/omniglot use rotations")
         if self.dataset != "glyphs" and self.data_root is None and self.cache is None:

@@ -81,6 +81,7 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
         dropgrad=make_dropgrad(cfg),
         checkpoint=cfg.checkpoint,
         task_chunk=cfg.task_chunk,
+        compile_forward=cfg.compile,
     )
     if cfg.method == "maml":
         return MAML(model, **common)

@@ -244,6 +244,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     preloaded = sum(split.preload() for split in (train_set, val_set, test_set) if hasattr(split, "preload"))
 
     learner = build_learner(cfg).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     graphed = use_cuda_graph(learner, cfg.cuda_graph)
     batched = use_vmap(learner, cfg.batched, graphed=graphed)
     eval_batched = use_vmap(learner, cfg.batched, training=False)
@@ -312,7 +314,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
     how = {True: "vmap over tasks", False: "per-task loop"}
     trainer.log(
-        f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}, "
+        f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}"
+        f"{', forward compiled (torch.compile) in first-order steps' if learner.compiled else ''}, "
         f"evaluation: {how[eval_batched]}; device {device}"
     )
     if dist.is_distributed:

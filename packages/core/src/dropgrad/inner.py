@@ -13,7 +13,8 @@ A batch of tasks is adapted either one task at a time (``batched=False``) or tog
 ``torch.func.vmap`` (``batched=True``); both give the same numbers. Speed and memory options
 (see docs/performance.md): ``vmap_norms`` (torch's or decomposed BatchNorm/LayerNorm under
 vmap, e.g. for channels_last), ``checkpoint`` (recompute each second-order inner step in the backward pass),
-``task_chunk`` (batched backward in chunks of tasks).
+``task_chunk`` (batched backward in chunks of tasks), ``compile_forward`` (``torch.compile`` of the
+model's forward in first-order steps).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,24 @@ def sgd_step(
     return dict(zip(names, new))
 
 
+def _forward_with(model: nn.Module, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
+    # The function MAML(compile_forward=...) compiles. The module is an argument, not a closure:
+    # torch.compile (2.14) then treats every tensor in ``tensors`` as a graph input. A module
+    # it reaches as a global or closure variable has its own parameter objects taken as module
+    # state, and a graph first traced with theta then dropped the gradients of later fast weights.
+    return functional_call(model, tensors, (x,))
+
+
+def _vmap_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    # (T,) losses and (T, n, *out) outputs: ``params`` and the data carry the task dimension,
+    # ``shared`` (a step's own tensors, e.g. MAML++'s BatchNorm rows) is the same for every task.
+    def one(p: Params, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+        out = functional_call(learner.model, {**p, **shared}, (xs,))
+        return learner.loss_fn(out, ys), out
+
+    return torch.func.vmap(one, randomness="different")(params, x, y)
+
+
 def msl_weights(n_steps: int, epoch: int, msl_epochs: int) -> Tensor:
     """MAML++ multi-step loss weights for ``epoch``, of shape ``(n_steps,)``.
 
@@ -184,6 +203,15 @@ class MAML(nn.Module):
             No effect on first-order steps (they keep no support graph anyway).
         task_chunk: with ``meta_backward(batched=True)``, adapt and back-propagate this many
             tasks at a time (peak memory of a chunk, not of the meta-batch); ``None``: all.
+        compile_forward: run the model through ``torch.compile`` (``True``: its default backend,
+            inductor; a string: that backend) wherever no second-order graph is needed, i.e. in
+            meta-training steps while :attr:`second_order` is False. Fewer, fused kernels per
+            forward and backward (BatchNorm, activations, pooling); the convolutions stay cuDNN's.
+            With ``batched=True`` the whole vmapped forward is compiled (grouped convolutions
+            included). Second order and evaluation run eagerly: AOTAutograd has no double
+            backward, and evaluation's shapes would add recompilations for little time. Shapes
+            are compiled statically; a new shape compiles again. Models with ``ConsistentDropout``
+            are refused (their per-task mask is module state drawn inside the forward).
         vmap_norms: how the batched (vmap) path runs ``batch_norm``/``layer_norm``:
             ``"native"`` (torch's kernels), ``"decomposed"`` (:func:`dropgrad.fast.decomposed_norms`,
             reductions and pointwise ops; works where torch's vmap rule does not, e.g. CUDA
@@ -215,6 +243,7 @@ class MAML(nn.Module):
         checkpoint: bool = False,
         task_chunk: int | None = None,
         vmap_norms: VmapNorms = "auto",
+        compile_forward: bool | str = False,
     ) -> None:
         super().__init__()
         if not isinstance(steps, int) or steps < 1:
@@ -233,6 +262,33 @@ class MAML(nn.Module):
         self.dropgrad = dropgrad if dropgrad is not None else DropGrad(kind="none")
         self.loss_fn = loss_fn
         self.fast_names = self._select_fast_names(adapt)
+        self._compiled, self._compiled_vmap = self._compile(compile_forward)
+
+    def _compile(self, compile_forward: bool | str) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+        """The compiled per-task forward and the compiled vmapped forward, or ``(None, None)``."""
+        if compile_forward is False:
+            return None, None
+        if compile_forward is not True and not (isinstance(compile_forward, str) and compile_forward):
+            raise ValueError(
+                f"inner loop: compile_forward must be True, False or a torch.compile backend name, got {compile_forward!r}"
+            )
+        if has_consistent_dropout(self.model):
+            raise ValueError(
+                "inner loop: compile_forward does not support ConsistentDropout (its per-task mask is module "
+                "state drawn inside the forward); use compile_forward=False"
+            )
+        backend = "inductor" if compile_forward is True else compile_forward
+        return (torch.compile(_forward_with, dynamic=False, backend=backend),
+                torch.compile(_vmap_tasks, dynamic=False, backend=backend))
+
+    @property
+    def compiled(self) -> bool:
+        """Whether first-order meta-training forwards run through ``torch.compile``."""
+        return self._compiled is not None
+
+    def _use_compiled(self) -> bool:
+        # Not under create_graph (second order: AOTAutograd has no double backward) nor in eval.
+        return self._compiled is not None and self.training and not self._modes()[1]
 
     # ------------------------------------------------------------ parameters
     def _select_fast_names(self, adapt: str | Sequence[str] | None) -> list[str]:
@@ -268,7 +324,17 @@ class MAML(nn.Module):
             x: a batch of inputs, of shape ``(batch, *input)``.
             step: the inner step this forward belongs to (used by MAML++'s per-step BatchNorm).
         """
-        return functional_call(self.model, dict(params), (x,))
+        return self._run_model({**params, **self._step_tensors(step)}, x)
+
+    def _step_tensors(self, step: int | None) -> dict[str, Tensor]:
+        """Module tensors that depend on the inner step (MAML++'s BatchNorm rows); none here."""
+        return {}
+
+    def _run_model(self, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
+        """``functional_call`` of the model with ``tensors`` in place of its own, compiled where it applies."""
+        if self._use_compiled():
+            return self._compiled(self.model, tensors, x)  # type: ignore[misc]
+        return functional_call(self.model, tensors, (x,))
 
     def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """Predict with adapted ``params`` (from :meth:`adapt`) or with theta; ``x`` is ``(batch, *input)``."""
@@ -335,8 +401,18 @@ class MAML(nn.Module):
 
     def _query_at(self, params: Params, x: Tensor, y: Tensor, step: int, batched: bool) -> tuple[Tensor, Tensor]:
         if batched:
-            return torch.func.vmap(partial(self._query_step, step=step), randomness="different")(params, x, y)
+            return self._vmapped(params, x, y, step)
         return self._query_step(params, x, y, step)
+
+    def _vmapped(self, params: Params, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """``(T,)`` losses and ``(T, n, *out)`` outputs of a task stack, under vmap (compiled where it applies)."""
+        shared = self._step_tensors(step)
+        if self._use_compiled():
+            # A compiled function called inside vmap runs eagerly; vmap traced inside
+            # torch.compile compiles, grouped convolutions and all. The step's tensors go in as
+            # inputs, so one graph serves every step.
+            return self._compiled_vmap(self, params, shared, x, y)  # type: ignore[misc]
+        return _vmap_tasks(self, params, shared, x, y)
 
     def task_loss(self, task: Task) -> tuple[Tensor, Tensor]:
         """Adapt on one task's support set; return (query loss, query outputs)."""
@@ -434,7 +510,7 @@ class MAML(nn.Module):
         # that gradient is its own gradient. Autograd then runs on the batched kernels vmap
         # chose (no torch.func.grad transform), which is exact to any order, supports
         # checkpointing, and costs less than vmapping every backward op.
-        losses = torch.func.vmap(partial(self._support_loss, step=step), randomness="different")(params, x, y)
+        losses, _ = self._vmapped(params, x, y, step)
         values = list(params.values())
         grads = torch.autograd.grad(losses.sum(), values, create_graph=create_graph, materialize_grads=True)
         return sgd_step(params, dict(zip(params, grads)), self.step_size(step), noise)
@@ -553,11 +629,9 @@ class MAMLPlusPlus(MAML):
     def step_size(self, step: int) -> StepSize:
         return {n: self.lrs[_escape(n)][step] for n in self.fast_names}
 
-    def functional_forward(self, params: Mapping[str, Tensor], x: Tensor, step: int | None = None) -> Tensor:
-        if not self._bn_modules:
-            return functional_call(self.model, dict(params), (x,))
+    def _step_tensors(self, step: int | None) -> dict[str, Tensor]:
         i = self.steps - 1 if step is None else step
-        tensors = dict(params)
+        tensors: dict[str, Tensor] = {}
         for name, m in self._bn_modules:
             key = _escape(name)
             if m.affine:
@@ -568,7 +642,7 @@ class MAMLPlusPlus(MAML):
                 tensors[f"{name}.running_mean"] = getattr(self, f"bn_mean__{key}")[i]
                 tensors[f"{name}.running_var"] = getattr(self, f"bn_var__{key}")[i]
                 tensors[f"{name}.num_batches_tracked"] = getattr(self, f"bn_count__{key}")[i]
-        return functional_call(self.model, tensors, (x,))
+        return tensors
 
     def _use_msl(self) -> bool:
         return self.training and self.epoch < self.msl_epochs and self.steps > 1

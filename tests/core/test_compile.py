@@ -1,0 +1,186 @@
+"""MAML(compile_forward=...): first-order meta-steps through torch.compile give the eager numbers.
+
+Most tests use the ``aot_eager`` backend (the same Dynamo capture and AOTAutograd forward/backward
+split as inductor, compiled in a second); ``test_inductor_*`` run inductor's generated kernels.
+The ``gpu`` test also replays the compiled step from a CUDA graph.
+"""
+
+import pytest
+import torch
+from dropgrad import (
+    MAML,
+    CapturedMetaStep,
+    ConsistentDropout,
+    DropGrad,
+    MAMLPlusPlus,
+    MetaSGD,
+)
+from torch import nn
+
+from .conftest import make_tasks, tiny_net
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    # Compiled graphs are cached per code object with a recompile limit; start every test clean so
+    # one test's shapes cannot push another's past it (and into silent eager fallback).
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def pair(cls, *, compile_forward="aot_eager", running_stats=False, dtype=torch.float64, **kwargs):
+    """(eager, compiled) learners with equal parameters."""
+    out = []
+    for flag in (False, compile_forward):
+        torch.manual_seed(0)
+        out.append(cls(tiny_net(running_stats=running_stats).to(dtype), compile_forward=flag, **kwargs))
+    return out
+
+
+def meta_step(learner, tasks, seed=1, batched=False):
+    """Loss, query outputs, meta-gradients and buffers after one meta_backward (noise seeded)."""
+    learner.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = learner.meta_backward(tasks, batched=batched)
+    grads = [p.grad.clone() for p in learner.parameters() if p.grad is not None]
+    buffers = [b.clone() for b in learner.buffers()]
+    return out, grads, buffers
+
+
+def assert_equal_steps(a, b, tol=1e-10):
+    (out_a, g_a, b_a), (out_b, g_b, b_b) = a, b
+    assert len(g_a) == len(g_b) > 0
+    torch.testing.assert_close(out_b.task_losses, out_a.task_losses, rtol=tol, atol=tol)
+    torch.testing.assert_close(out_b.query_output, out_a.query_output, rtol=tol, atol=tol)
+    for x, y in zip(g_a, g_b):
+        torch.testing.assert_close(y, x, rtol=tol, atol=tol)
+    for x, y in zip(b_a, b_b):
+        torch.testing.assert_close(y, x, rtol=tol, atol=tol)
+
+
+def compiled_output(learner, x) -> bool:
+    """Whether the learner's training forward came out of a compiled graph (buffers left as they were)."""
+    saved = [b.clone() for b in learner.buffers()]
+    name = type(learner(x).grad_fn).__name__
+    for b, old in zip(learner.buffers(), saved):
+        b.copy_(old)
+    return name == "CompiledFunctionBackward"
+
+
+@pytest.mark.parametrize("cls", [MAML, MetaSGD])
+def test_first_order_meta_step_equals_eager_with_dropgrad(cls):
+    eager, comp = pair(cls, inner_lr=0.1, steps=3, first_order=True, dropgrad=DropGrad(0.3, "gaussian"))
+    tasks = make_tasks(0, "cpu", query=3)
+    assert comp.compiled and not eager.compiled
+    for seed in (1, 2):  # the second step reuses the compiled graphs with new noise and data
+        assert_equal_steps(meta_step(eager, tasks, seed), meta_step(comp, tasks, seed))
+        tasks = make_tasks(seed + 10, "cpu", query=3)
+    assert compiled_output(comp, tasks.query_x[0]) and not compiled_output(eager, tasks.query_x[0])
+
+
+def test_fast_weight_gradients_survive_theta_first():
+    # The first compiled call sees theta itself; later calls see fast weights (other tensors with
+    # the same shapes). Both must get their own gradients (see dropgrad.inner._forward_with).
+    _, comp = pair(MAML, inner_lr=0.1, steps=1, first_order=True)
+    x, y = make_tasks(0, "cpu", query=3).support_x[0], torch.arange(3).repeat_interleave(2)
+    theta = comp.initial_params()
+    loss = nn.functional.cross_entropy(comp.functional_forward(theta, x), y)
+    g_theta = torch.autograd.grad(loss, list(theta.values()))
+    fast = {n: p * 1.0 for n, p in theta.items()}
+    loss = nn.functional.cross_entropy(comp.functional_forward(fast, x), y)
+    g_fast = torch.autograd.grad(loss, list(fast.values()), allow_unused=True)
+    assert all(g is not None for g in g_fast)
+    for a, b in zip(g_theta, g_fast):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_mamlpp_per_step_batchnorm_statistics_and_epoch_switch():
+    eager, comp = pair(MAMLPlusPlus, running_stats=True, inner_lr=0.1, steps=2, first_order_epochs=1, msl_epochs=2)
+    tasks = make_tasks(3, "cpu", query=3)
+    assert not comp.second_order  # epoch 0: first order, compiled
+    assert_equal_steps(meta_step(eager, tasks), meta_step(comp, tasks))
+    assert compiled_output(comp, tasks.query_x[0])
+    for learner in (eager, comp):
+        learner.set_epoch(1)  # second order from here: eager, still the same numbers
+    assert_equal_steps(meta_step(eager, tasks, 2), meta_step(comp, tasks, 2))
+    assert not compiled_output(comp, tasks.query_x[0])
+
+
+def test_second_order_and_evaluation_run_eagerly_with_the_same_numbers():
+    eager, comp = pair(MAML, inner_lr=0.1, steps=2)
+    tasks = make_tasks(4, "cpu", query=3)
+    assert_equal_steps(meta_step(eager, tasks), meta_step(comp, tasks))
+    assert not compiled_output(comp, tasks.query_x[0])
+    for learner in (eager, comp):
+        learner.first_order = True
+        learner.eval()
+    outs = [learner.meta_loss(tasks) for learner in (eager, comp)]
+    torch.testing.assert_close(outs[1].query_output, outs[0].query_output, rtol=1e-12, atol=1e-12)
+    assert type(comp(tasks.query_x[0]).grad_fn).__name__ != "CompiledFunctionBackward"
+
+
+def test_batched_first_order_equals_eager():
+    eager, comp = pair(MAML, inner_lr=0.1, steps=2, first_order=True, dropgrad=DropGrad(0.2, "binary"))
+    for learner in (eager, comp):  # with the decomposed BatchNorm that channels_last selects
+        learner.model.to(memory_format=torch.channels_last)
+    tasks = make_tasks(5, "cpu", query=3)
+    a = meta_step(eager, tasks, batched=True)
+    torch._dynamo.utils.counters.clear()
+    b = meta_step(comp, tasks, batched=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # support and query shapes
+    assert_equal_steps(a, b)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="compile_forward must be"):
+        MAML(tiny_net(), compile_forward="")
+    with pytest.raises(ValueError, match="compile_forward must be"):
+        MAML(tiny_net(), compile_forward=1)
+    with pytest.raises(ValueError, match="ConsistentDropout"):
+        MAML(nn.Sequential(nn.Linear(3, 3), ConsistentDropout(0.2)), compile_forward=True)
+
+
+def test_inductor_first_order_meta_step_equals_eager():
+    # inductor's own kernels (C++ on a CPU), channels_last included
+    eager, comp = pair(MAML, compile_forward=True, inner_lr=0.1, steps=2, first_order=True,
+                       dropgrad=DropGrad(0.1, "gaussian"))
+    for learner in (eager, comp):
+        learner.model.to(memory_format=torch.channels_last)
+    tasks = make_tasks(6, "cpu", query=3)
+    assert_equal_steps(meta_step(eager, tasks), meta_step(comp, tasks), tol=1e-9)
+    assert compiled_output(comp, tasks.query_x[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32):
+    cuda = torch.device("cuda")
+    # No DropGrad: the graph draws its noise from the CUDA generator at replay, the eager step
+    # at call time (tests/core/test_graphs.py compares the two streams).
+    eager, comp = pair(MAML, compile_forward=True, inner_lr=0.1, steps=3, first_order=True)
+    eager.to(cuda)
+    comp.to(cuda)
+    step = CapturedMetaStep(comp)
+    for seed in (7, 8, 9):
+        tasks = make_tasks(seed, cuda, query=3)
+        eager.zero_grad(set_to_none=True)
+        comp.zero_grad(set_to_none=True)
+        out_e = eager.meta_backward(tasks)
+        out_c = step(tasks)
+        torch.testing.assert_close(out_c.task_losses, out_e.task_losses, rtol=1e-9, atol=1e-9)
+        for a, b in zip(eager.parameters(), comp.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_one_compiled_graph_serves_every_inner_step(batched):
+    # Step-dependent tensors (MAML++'s per-step BatchNorm rows) are graph inputs, not constants,
+    # so the number of graphs does not grow with the steps (torch.compile stops compiling past 8).
+    eager, comp = pair(MAMLPlusPlus, inner_lr=0.1, steps=5, first_order_epochs=1, msl_epochs=2)
+    tasks = make_tasks(8, "cpu", query=3)
+    torch._dynamo.utils.counters.clear()
+    for seed in (1, 2):
+        assert_equal_steps(meta_step(eager, tasks, seed, batched), meta_step(comp, tasks, seed, batched))
+    # theta's first step, the later steps, the query (its own shape)
+    assert 2 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
