@@ -18,7 +18,9 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   backward N tasks at a time; ``+graph``: the whole meta-step recorded once in a CUDA graph
   and replayed (``dropgrad.CapturedMetaStep``; on a CPU the same step runs eagerly);
   ``+compile``: the model's forward through ``torch.compile`` (inductor) in first-order steps
-  (``MAML(compile_forward=True)``; compiled during the warm-up, which gets extra time).
+  (``MAML(compile_forward=True)``; compiled during the warm-up, which gets extra time);
+  ``+streamsN``: the loop's tasks on N concurrent CUDA streams (``MAML(task_streams=N)``; with
+  ``+graph`` the recorded graph has N branches the GPU runs side by side; on a CPU: the loop).
 
 Each row runs in a fresh subprocess with a time cap; a failure (NotImplementedError, OOM, a
 timeout) becomes a row saying so. Before timing, each row's structural options (batching,
@@ -72,6 +74,7 @@ class Impl:
     task_chunk: int | None = None
     graph: bool = False
     compile: bool = False
+    task_streams: int | None = None
 
 
 IMPLS: dict[str, Impl] = {
@@ -98,6 +101,10 @@ IMPLS: dict[str, Impl] = {
     "loop+bf16+cl+compile": Impl(bf16=True, channels_last=True, compile=True),
     "loop+bf16+cl+compile+graph": Impl(bf16=True, channels_last=True, compile=True, graph=True),
     "vmap+bf16+cl+compile+graph": Impl(batched=True, bf16=True, channels_last=True, compile=True, graph=True),
+    "loop+bf16+cl+graph+streams4": Impl(bf16=True, channels_last=True, graph=True, task_streams=4),
+    "loop+bf16+cl+compile+graph+streams4": Impl(bf16=True, channels_last=True, compile=True, graph=True,
+                                                task_streams=4),
+    "loop+bf16+graph+streams2": Impl(bf16=True, graph=True, task_streams=2),
 }
 # Extra seconds a +compile row may take (inductor compiles forward and backward per shape and
 # dtype: support, query, and the float64 check's), on top of the per-row cap.
@@ -108,13 +115,16 @@ COMPILE_EXTRA_S = 240.0
 # skips a configuration's last rows.
 CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "resnet18-fo": ("resnet18", "first", (
-        "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+compile+graph", "vmap+bf16+cl+compile+graph",
-        "loop+bf16+graph", "vmap+bf16+cl+graph", "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
+        "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+graph",
+        "loop+bf16+cl+compile+graph+streams4", "vmap+bf16+cl+compile+graph", "loop+bf16+graph", "vmap+bf16+cl+graph",
+        "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
     "resnet18-so": ("resnet18", "second", (
-        "naive", "loop", "loop+bf16+graph", "loop+bf16+cl+graph", "loop+graph", "vmap+bf16+graph", "vmap+bf16+chunk2")),
+        "naive", "loop", "loop+bf16+graph", "loop+bf16+graph+streams2", "loop+bf16+cl+graph", "loop+graph",
+        "vmap+bf16+graph", "vmap+bf16+chunk2")),
     "conv4-fo": ("conv4", "first", (
-        "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+compile+graph", "vmap+bf16+cl+compile+graph",
-        "loop+compile+graph", "loop+graph", "vmap+graph", "vmap+bf16+cl+graph", "vmap+bf16")),
+        "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+graph",
+        "loop+bf16+cl+compile+graph+streams4", "vmap+bf16+cl+compile+graph", "loop+compile+graph", "loop+graph",
+        "vmap+graph", "vmap+bf16+cl+graph", "vmap+bf16")),
 }
 # --quick: every configuration, every lever at least once, in seconds on a CPU.
 QUICK_ROWS: dict[str, tuple[str, ...]] = {
@@ -170,6 +180,7 @@ def make_step(
         model, inner_lr=INNER_LR, steps=steps, first_order=first_order,
         dropgrad=dropgrad.DropGrad(P, "gaussian") if noise_on else None,
         checkpoint=impl.checkpoint, task_chunk=impl.task_chunk, compile_forward=impl.compile,
+        task_streams=impl.task_streams,
     )
 
     run = dropgrad.CapturedMetaStep(learner, batched=impl.batched) if impl.graph else partial(

@@ -218,7 +218,7 @@ def test_bad_options_are_refused():
         fast.batch_norm(torch.randn(4, 2), torch.zeros(2), torch.ones(2), training=True)
 
 
-@pytest.mark.parametrize("module", ["dropgrad.fast", "dropgrad.inner", "dropgrad.noise"])
+@pytest.mark.parametrize("module", ["dropgrad.fast", "dropgrad.inner", "dropgrad.noise", "dropgrad.streams"])
 def test_docstring_examples(module):
     import doctest
     import importlib

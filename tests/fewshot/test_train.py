@@ -322,10 +322,17 @@ def test_compiled_first_order_training_equals_eager_training(tmp_path):
         (dict(compile=True), "--first-order"),
         (dict(compile=True, first_order=True, regularizer="dropout"), "--regularizer dropout"),
         (dict(compile=True, method="mamlpp", first_order_epochs=0), "--first-order-epochs"),
+        (dict(task_streams=1), "--task-streams must be >= 2"),
+        (dict(task_streams=2, method="mamlpp"), "--task-streams does not support --method mamlpp"),
     ],
 )
-def test_compile_needs_first_order_steps_without_dropout_masks(changes, expected):
+def test_compile_and_task_streams_are_checked_up_front(changes, expected):
     with pytest.raises(ValueError, match=expected):
         tiny_config(**changes)
-    if "regularizer" not in changes:
-        assert tiny_config(**{**changes, "first_order": True}).compile
+
+
+def test_compile_and_task_streams_reach_the_learner():
+    learner = build_learner(tiny_config(compile=True, first_order=True, task_streams=3))
+    assert learner.compiled and learner.task_streams == 3
+    plain = build_learner(tiny_config())
+    assert not plain.compiled and plain.task_streams is None

@@ -76,3 +76,11 @@ def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(benchmark, tmp
     log = (out / "log.txt").read_text()
     assert "replayed from a CUDA graph, forward compiled (torch.compile)" in log
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
+
+
+def test_training_with_tasks_on_cuda_streams_from_a_cuda_graph(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--out", str(out), *TINY, "--task-streams", "2", "--cuda-graph", "on", "--batched", "off"]
+    assert cli.train_main(argv) == 0
+    assert "replayed from a CUDA graph, tasks on 2 CUDA streams" in (out / "log.txt").read_text()
+    assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100

@@ -80,6 +80,7 @@ class FewShotConfig:
     cudnn_benchmark: bool = field(default=True, metadata={"help": "on a GPU, let cuDNN time its convolution algorithms once per input shape and keep the fastest (the shapes are fixed within a run)"})
     channels_last: bool = field(default=False, metadata={"help": "store conv weights channels_last (NHWC; faster convolutions on recent GPUs, above all with --bf16)"})
     task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch)"})
+    task_streams: int | None = field(default=None, metadata={"help": "per-task meta-training on a GPU: run the meta-batch's tasks on this many concurrent CUDA streams, so a step replayed from a CUDA graph (--cuda-graph) runs their small kernels side by side (same meta-gradients up to summation order; memory of that many tasks at once; not with mamlpp, whose BatchNorm running statistics the tasks share)"})
     checkpoint: bool = field(default=False, metadata={"help": "second order: recompute each inner step during the backward pass instead of keeping its activations (less memory, about one more forward+backward per step)"})
     verify_images: bool = field(default=False, metadata={"help": "decode every image of the three splits before training, so an unreadable file stops the run before it starts (default: it stops the run, naming the file, when first loaded)"})
     num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
@@ -101,6 +102,9 @@ class FewShotConfig:
         need(self.inner_lr > 0, "inner-lr", "> 0")
         need(self.meta_batch >= 1, "meta-batch", ">= 1")
         need(self.task_chunk is None or self.task_chunk >= 1, "task-chunk", ">= 1")
+        need(self.task_streams is None or self.task_streams >= 2, "task-streams", ">= 2")
+        if self.task_streams is not None and self.method == "mamlpp":
+            raise ValueError("--task-streams does not support --method mamlpp (concurrent tasks would update its shared BatchNorm running statistics)")
         need(self.outer_lr > 0, "outer-lr", "> 0")
         check_p(self.p, "--p")
         need(0 <= self.dropout_p < 1, "dropout-p", "in [0, 1)")

@@ -315,7 +315,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     how = {True: "vmap over tasks", False: "per-task loop"}
     trainer.log(
         f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}"
-        f"{', forward compiled (torch.compile) in first-order steps' if learner.compiled else ''}, "
+        f"{', forward compiled (torch.compile) in first-order steps' if learner.compiled else ''}"
+        f"{f', tasks on {learner.task_streams} CUDA streams' if learner.task_streams and device.type == 'cuda' and not batched else ''}, "
         f"evaluation: {how[eval_batched]}; device {device}"
     )
     if dist.is_distributed:

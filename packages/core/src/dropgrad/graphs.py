@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .inner import MAML, MetaOutput, Task
+from .streams import accumulate_grads
 
 __all__ = ["CapturedMetaStep"]
 
@@ -131,7 +132,7 @@ class CapturedMetaStep:
         for static, new in zip(cap.inputs, tasks):
             static.copy_(new, non_blocking=True)
         cap.graph.replay()
-        self._accumulate(cap.params, cap.grads)
+        accumulate_grads(cap.params, cap.grads)
         out = cap.output
         return MetaOutput(out.loss.clone(), out.task_losses.clone(), out.query_output.clone())
 
@@ -199,14 +200,3 @@ class CapturedMetaStep:
             torch.cuda.set_rng_state(saved_rng, device)
         self.captures += 1
         return _Captured(key, device, graph, inputs, output, params, grads)
-
-    @staticmethod
-    def _accumulate(params: list[Tensor], grads: list[Tensor | None]) -> None:
-        fresh = [(p, g) for p, g in zip(params, grads) if g is not None and p.grad is None]
-        summed = [(p, g) for p, g in zip(params, grads) if g is not None and p.grad is not None]
-        if fresh:
-            copies = torch._foreach_add([g for _, g in fresh], 0.0)  # one launch for every fresh .grad
-            for (p, _), c in zip(fresh, copies):
-                p.grad = c
-        if summed:
-            torch._foreach_add_([p.grad for p, _ in summed], [g for _, g in summed])

@@ -14,7 +14,7 @@ A batch of tasks is adapted either one task at a time (``batched=False``) or tog
 (see docs/performance.md): ``vmap_norms`` (torch's or decomposed BatchNorm/LayerNorm under
 vmap, e.g. for channels_last), ``checkpoint`` (recompute each second-order inner step in the backward pass),
 ``task_chunk`` (batched backward in chunks of tasks), ``compile_forward`` (``torch.compile`` of the
-model's forward in first-order steps).
+model's forward in first-order steps), ``task_streams`` (the loop's tasks on concurrent CUDA streams).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .dropout import has_consistent_dropout, resample_dropout_masks
 from .fast import decomposed_norms, is_channels_last
 from .noise import DropGrad
+from .streams import backward_on_streams, task_streams
 
 Params = dict[str, Tensor]
 StepSize = float | Mapping[str, Tensor]
@@ -212,6 +213,14 @@ class MAML(nn.Module):
             backward, and evaluation's shapes would add recompilations for little time. Shapes
             are compiled statically; a new shape compiles again. Models with ``ConsistentDropout``
             are refused (their per-task mask is module state drawn inside the forward).
+        task_streams: with ``meta_backward(batched=False)`` on a GPU, enqueue task ``t`` of a
+            meta-batch on CUDA stream ``t % task_streams`` (:mod:`dropgrad.streams`), so that a
+            step recorded in a CUDA graph (:class:`dropgrad.CapturedMetaStep`) runs the tasks'
+            small kernels side by side. Meta-gradients are summed per stream, then across
+            streams: equal to the sequential loop up to the order of those additions. Peak
+            memory holds up to ``task_streams`` task graphs at once. ``None``: one task after
+            another (also on a CPU, whatever the setting). Refused with BatchNorm running
+            statistics, which concurrent tasks would update at the same time.
         vmap_norms: how the batched (vmap) path runs ``batch_norm``/``layer_norm``:
             ``"native"`` (torch's kernels), ``"decomposed"`` (:func:`dropgrad.fast.decomposed_norms`,
             reductions and pointwise ops; works where torch's vmap rule does not, e.g. CUDA
@@ -244,6 +253,7 @@ class MAML(nn.Module):
         task_chunk: int | None = None,
         vmap_norms: VmapNorms = "auto",
         compile_forward: bool | str = False,
+        task_streams: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(steps, int) or steps < 1:
@@ -263,6 +273,20 @@ class MAML(nn.Module):
         self.loss_fn = loss_fn
         self.fast_names = self._select_fast_names(adapt)
         self._compiled, self._compiled_vmap = self._compile(compile_forward)
+        self.task_streams = self._check_task_streams(task_streams)
+
+    def _check_task_streams(self, k: int | None) -> int | None:
+        if k is None:
+            return None
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"inner loop: task_streams must be None or an integer >= 2, got task_streams={k!r}")
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                raise ValueError(
+                    f"inner loop: task_streams cannot run tasks concurrently that update the running statistics "
+                    f"of BatchNorm '{name}'; build it with track_running_stats=False or leave task_streams=None"
+                )
+        return k
 
     def _compile(self, compile_forward: bool | str) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
         """The compiled per-task forward and the compiled vmapped forward, or ``(None, None)``."""
@@ -456,12 +480,18 @@ class MAML(nn.Module):
                 outputs.append(part.query_output.detach())
             task_losses = torch.cat(losses)
             return MetaOutput(task_losses.mean(), task_losses, torch.cat(outputs))
-        losses, outputs = [], []
-        for t in range(n):
-            loss, output = self.task_loss(tasks.task(t))
-            (loss / n).backward()
-            losses.append(loss.detach())
-            outputs.append(output.detach())
+        device = tasks.support_x.device
+        if self.task_streams is not None and device.type == "cuda" and n > 1:
+            streams = task_streams(device, min(self.task_streams, n))
+            params = [p for p in self.parameters() if p.requires_grad]
+            losses, outputs = backward_on_streams(n, lambda t: self.task_loss(tasks.task(t)), params, streams)
+        else:
+            losses, outputs = [], []
+            for t in range(n):
+                loss, output = self.task_loss(tasks.task(t))
+                (loss / n).backward()
+                losses.append(loss.detach())
+                outputs.append(output.detach())
         task_losses = torch.stack(losses)
         return MetaOutput(task_losses.mean(), task_losses, torch.stack(outputs))
 
