@@ -185,6 +185,33 @@ def test_augmented_batches_are_seed_deterministic_and_only_change_the_images(tmp
     assert torch.equal(aug.load(3, (1, 2)), aug.load(3, (1, 2))) and not torch.equal(aug.load(3, (1, 2)), aug.load(3, (1, 3)))
 
 
+def _assert_shards_slice_the_batch(cached, kw, shards, indices):
+    whole = CachedEpisodeBatches(cached, **kw)
+    assert whole.augment  # the augmentation parameters are drawn for the whole batch, then sliced
+    for shard in shards:
+        part = CachedEpisodeBatches(cached, shard=shard, **kw)
+        for i in indices:
+            for x, y in zip(part.batch(i), whole.batch(i)):
+                assert torch.equal(x, y[shard]), (shard, i)
+        part.close()
+    whole.close()
+
+
+def test_cached_shards_slice_the_augmented_batch_grayscale(tmp_path):
+    opts = dict(n_classes=12, images_per_class=6)
+    build_cache("glyphs", "train", None, 28, tmp_path, seed=3, **opts)
+    cached = open_cache(tmp_path, "glyphs", "train", 28, options=opts, seed=3, augment=True)
+    kw = dict(n_way=3, n_shot=2, n_query=2, tasks_per_batch=3, seed=5)
+    _assert_shards_slice_the_batch(cached, kw, [slice(0, 1), slice(1, 3), slice(2, 3)], [0, 3])
+
+
+def test_cached_shards_slice_the_augmented_batch_rgb(tmp_path, mini_cub):
+    build_cache("cub", "train", mini_cub, 32, tmp_path, check_sizes=False)
+    cached = open_cache(tmp_path, "cub", "train", 32, augment=True)
+    kw = dict(n_way=5, n_shot=1, n_query=2, tasks_per_batch=4, seed=4)
+    _assert_shards_slice_the_batch(cached, kw, [slice(0, 2), slice(2, 4), slice(3, 4)], [0, 1])
+
+
 def test_pixel_format_reproduces_each_data_sets_conversion():
     u8 = torch.arange(256, dtype=torch.uint8).view(1, 16, 16, 1)
     ref = u8.numpy()[0, :, :, 0]

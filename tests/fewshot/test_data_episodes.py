@@ -119,6 +119,22 @@ def test_check_episodes_names_the_class_folder(tmp_path):
     assert "1 of 3 classes" in msg
 
 
+@pytest.mark.parametrize("shard", [slice(0, 1), slice(1, 3), slice(2, 3), slice(0, 3)])
+def test_a_shard_is_the_slice_of_the_whole_batch(shard):
+    ds = GlyphDataset("train", n_classes=10, images_per_class=6, augment=True)  # per-image keys
+    whole, part = make(ds), make(ds, shard=shard, num_workers=1)
+    for index in (0, 4):
+        full = whole.batch(index)
+        assert_tasks_equal(part.batch(index), [t[shard] for t in full])
+    assert_tasks_equal(next(part.iterate(4, 5)), [t[shard] for t in whole.batch(4)])  # through a worker
+
+
+@pytest.mark.parametrize("shard", [slice(2, 2), slice(3, 5), slice(-1, 3), slice(0, 3, 2), (0, 2)])
+def test_bad_shards_are_refused(glyphs, shard):
+    with pytest.raises(DataError, match="shard must"):
+        make(glyphs, shard=shard)
+
+
 def test_invalid_arguments(glyphs):
     with pytest.raises(DataError, match="tasks_per_batch"):
         make(glyphs, tasks_per_batch=0)

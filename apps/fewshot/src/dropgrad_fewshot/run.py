@@ -267,6 +267,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         seed=cfg.seed,
         num_workers=cfg.num_workers,
         device=device,
+        # Under torchrun each rank builds only its own tasks of every meta-batch.
+        shard=dist.shard(cfg.meta_batch).slice if dist.is_distributed else None,
     )
     stream = _Prefetched(batches, cfg.epochs * (cfg.episodes_per_epoch // cfg.meta_batch))
 
@@ -275,9 +277,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     def step_fn(global_step: int) -> dict[str, float]:
         tasks = stream.get(global_step)
         if dist.is_distributed:
-            # Same meta-batch on every rank; this rank's tasks, weighted by their share.
-            part = dist.meta_batch_shard(tasks.n_tasks).slice
-            tasks = type(tasks)(*(t[part] for t in tasks))
+            # This rank's tasks of the meta-batch (built as the shard), weighted by their share.
+            dist.meta_batch_shard(cfg.meta_batch)
         tasks = tasks.to(device)
         result = meta_step(tasks)
         return {"loss": result.loss.item(), "acc": 100 * result.accuracy(tasks.query_y).mean().item()}

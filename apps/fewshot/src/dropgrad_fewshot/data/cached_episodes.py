@@ -14,7 +14,8 @@ Without augmentation the tensors equal ``EpisodeBatches(source data set)``'s bit
 (tested). With augmentation, the parameters of batch ``b`` come from
 ``PCG64([AUGMENT_STREAM, seed, b])``: a pure function of ``(seed, b)``, on any device, but not
 the per-image streams of the file path (one generator per batch instead of one per image keeps
-the parameter draw at microseconds per batch).
+the parameter draw at microseconds per batch). A ``shard`` of the tasks draws the whole batch's
+parameters and keeps its images' rows, so it equals slicing the whole batch, augmented or not.
 
 The next batch's gather runs on a background thread while the current one trains (``np.take``
 releases the GIL for the copy); prefetching changes no number.
@@ -34,7 +35,7 @@ from dropgrad import EpisodeSampler, Task
 from .base import FewShotDataset
 from .cache import CachedDataset
 from .device_augment import augment_batch
-from .episodes import EpisodeBatches, check_episodes
+from .episodes import EpisodeBatches, check_episodes, task_shard
 
 __all__ = ["AUGMENT_STREAM", "CachedEpisodeBatches", "episode_batches"]
 
@@ -86,6 +87,7 @@ class CachedEpisodeBatches:
         device: torch.device | str | None = None,
         augment: bool | None = None,
         prefetch: bool = True,
+        shard: slice | None = None,
     ) -> None:
         if not isinstance(dataset, CachedDataset):
             raise TypeError(f"CachedEpisodeBatches needs a CachedDataset, got {type(dataset).__name__}")
@@ -93,6 +95,7 @@ class CachedEpisodeBatches:
         self.dataset = dataset
         self.n_way, self.n_shot, self.n_query = n_way, n_shot, n_query
         self.tasks_per_batch = _count("tasks_per_batch (--meta-batch)", tasks_per_batch, 1)
+        self.shard = task_shard(shard, self.tasks_per_batch)
         self.seed = _count("seed (--seed)", seed, 0)
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.augment = dataset.augment if augment is None else bool(augment)
@@ -100,17 +103,22 @@ class CachedEpisodeBatches:
         self._pin = self.device.type == "cuda"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-gather") if prefetch else None
         self._pending: tuple[int, Future] | None = None
-        t = self.tasks_per_batch
+        t = len(self.shard)
         self._sy = torch.arange(n_way, device=self.device).repeat_interleave(n_shot).expand(t, -1)
         self._qy = torch.arange(n_way, device=self.device).repeat_interleave(n_query).expand(t, -1)
+        # Rows of the shard's images among the whole batch's (support of every task, then query).
+        T, ns, nq = self.tasks_per_batch, n_way * n_shot, n_way * n_query
+        lo, hi = self.shard.start, self.shard.stop
+        self._rows = np.concatenate([np.arange(lo * ns, hi * ns), T * ns + np.arange(lo * nq, hi * nq)])
+        self._n_full = T * (ns + nq)
 
     def indices(self, index: int) -> np.ndarray:
-        """Item indices of batch ``index``: every support item of its T tasks, then every query item.
+        """Item indices of batch ``index``: every support item of its tasks (the shard's), then every query item.
 
-        Of shape (T * n_way * (n_shot + n_query),).
+        Of shape (T * n_way * (n_shot + n_query),), T the shard's number of tasks.
         """
         t = self.tasks_per_batch
-        eps = [self.sampler.sample(e) for e in range(index * t, (index + 1) * t)]
+        eps = [self.sampler.sample(index * t + k) for k in self.shard]
         return np.concatenate([ep.support for ep in eps] + [ep.query for ep in eps])
 
     def gather(self, index: int) -> torch.Tensor:
@@ -141,10 +149,10 @@ class CachedEpisodeBatches:
         fmt = self.dataset.pixels
         if self.augment:
             rng = np.random.Generator(np.random.PCG64([AUGMENT_STREAM, self.seed, index]))
-            x = fmt._normalize(augment_batch(fmt.unit(u8), rng), -3)
+            x = fmt._normalize(augment_batch(fmt.unit(u8), rng, draw=(self._n_full, self._rows)), -3)
         else:
             x = fmt.to_float(u8)
-        t = self.tasks_per_batch
+        t = len(self.shard)
         ns = t * self.n_way * self.n_shot
         sx = x[:ns].view(t, self.n_way * self.n_shot, *x.shape[1:])
         qx = x[ns:].view(t, self.n_way * self.n_query, *x.shape[1:])
@@ -191,6 +199,7 @@ def episode_batches(
     seed: int,
     num_workers: int = 0,
     device: torch.device | str | None = None,
+    shard: slice | None = None,
 ) -> EpisodeBatches | CachedEpisodeBatches:
     """:class:`CachedEpisodeBatches` on ``device`` for a cached split, else :class:`EpisodeBatches` (CPU tensors).
 
@@ -202,9 +211,9 @@ def episode_batches(
     if isinstance(dataset, CachedDataset):
         return CachedEpisodeBatches(
             dataset, n_way=n_way, n_shot=n_shot, n_query=n_query, tasks_per_batch=tasks_per_batch,
-            seed=seed, device=device,
+            seed=seed, device=device, shard=shard,
         )
     return EpisodeBatches(
         dataset, n_way=n_way, n_shot=n_shot, n_query=n_query, tasks_per_batch=tasks_per_batch,
-        seed=seed, num_workers=num_workers,
+        seed=seed, num_workers=num_workers, shard=shard,
     )

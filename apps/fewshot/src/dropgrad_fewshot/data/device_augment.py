@@ -28,7 +28,8 @@ batch is a pure function of that seed, on any device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -329,16 +330,29 @@ def apply_shifts(x: Tensor, s: Shifts) -> Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def augment_batch(x: Tensor, rng: np.random.Generator, max_shift: int = 2) -> Tensor:
+def _rows_of(params: Any, rows: np.ndarray | None) -> Any:
+    """The per-image parameter arrays of ``params`` (a dataclass of (B,) arrays) at ``rows``."""
+    if rows is None:
+        return params
+    return type(params)(*(getattr(params, f.name)[rows] for f in fields(params)))
+
+
+def augment_batch(
+    x: Tensor, rng: np.random.Generator, max_shift: int = 2, draw: tuple[int, np.ndarray] | None = None
+) -> Tensor:
     """The training augmentation of unit-range images (B, C, S, S): RGB crop/jitter/flip, grayscale shifts.
+
+    ``draw=(n, rows)``: ``x`` holds rows ``rows`` of an ``n``-image batch; the parameters of all
+    ``n`` are drawn and those rows used, so the images get what they get in the whole batch.
 
     >>> y = augment_batch(torch.rand(3, 1, 8, 8), np.random.default_rng(0))
     >>> tuple(y.shape)
     (3, 1, 8, 8)
     """
     n, c, h, w = x.shape
+    n_draw, rows = (n, None) if draw is None else draw
     if c == 3:
         if h != w:
             raise ValueError(f"augment_batch: RGB images must be square, got {h}x{w}")
-        return apply_crop_jitter_flip(x, sample_crop_jitter_flip(n, h, rng))
-    return apply_shifts(x, sample_shifts(n, max_shift, rng))
+        return apply_crop_jitter_flip(x, _rows_of(sample_crop_jitter_flip(n_draw, h, rng), rows))
+    return apply_shifts(x, _rows_of(sample_shifts(n_draw, max_shift, rng), rows))

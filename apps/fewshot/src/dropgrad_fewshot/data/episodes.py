@@ -4,7 +4,8 @@ Batch ``b`` holds the episodes ``b*T .. b*T + T - 1`` of core's :class:`dropgrad
 (T = tasks_per_batch), so it is the same in any process, after a resume, and with or without
 data-loader workers. The images of an episode are loaded with the augmentation key
 ``(seed, episode id, slot)`` (slot = position in the episode's support-then-query order), so
-augmented batches are reproducible too.
+augmented batches are reproducible too. A ``shard`` (a range of task positions, e.g. one torchrun
+rank's) builds only those tasks of every batch, equal to slicing the whole batch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .base import FewShotDataset
 from .errors import DataError
 
-__all__ = ["EpisodeBatches", "check_episodes"]
+__all__ = ["EpisodeBatches", "check_episodes", "task_shard"]
 
 _MAX_LISTED = 5
 
@@ -35,6 +36,26 @@ def _count(name: str, value: object, minimum: int) -> int:
     if n < minimum:
         raise DataError(f"{name} must be an integer >= {minimum}, got {n}")
     return n
+
+
+def task_shard(shard: slice | None, tasks_per_batch: int) -> range:
+    """The task positions ``shard`` selects from a meta-batch of ``tasks_per_batch`` (None: all).
+
+    >>> task_shard(slice(2, 4), 4), task_shard(None, 3)
+    (range(2, 4), range(0, 3))
+    """
+    if shard is None:
+        return range(tasks_per_batch)
+    if not isinstance(shard, slice) or shard.step not in (None, 1):
+        raise DataError(f"shard must be a contiguous slice of the meta-batch's tasks, got {shard!r}")
+    start = 0 if shard.start is None else shard.start
+    stop = tasks_per_batch if shard.stop is None else shard.stop
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= tasks_per_batch):
+        raise DataError(
+            f"shard must select at least one of the meta-batch's {tasks_per_batch} tasks (0 <= start < stop <= "
+            f"{tasks_per_batch}), got {shard!r}"
+        )
+    return range(start, stop)
 
 
 def check_episodes(dataset: FewShotDataset, n_way: int, n_shot: int, n_query: int) -> None:
@@ -119,9 +140,11 @@ class EpisodeBatches:
         seed: int,
         num_workers: int = 0,
         device: torch.device | str | None = None,
+        shard: slice | None = None,
     ) -> None:
         check_episodes(dataset, n_way, n_shot, n_query)
         self.tasks_per_batch = _count("tasks_per_batch (--meta-batch)", tasks_per_batch, 1)
+        self.shard = task_shard(shard, self.tasks_per_batch)
         self.seed = _count("seed (--seed)", seed, 0)
         self.num_workers = _count("num_workers (--num-workers)", num_workers, 0)
         self.dataset = dataset
@@ -130,13 +153,13 @@ class EpisodeBatches:
         self.sampler = EpisodeSampler(dataset.labels, n_way, n_shot, n_query, seed=self.seed)
 
     def batch(self, index: int) -> Task:
-        """Meta-batch ``index`` (episodes ``index*T .. index*T + T - 1``), on ``device``."""
+        """Meta-batch ``index`` (episodes ``index*T .. index*T + T - 1``; the shard's of them), on ``device``."""
         task = self._cpu_batch(_count("batch index", index, 0))
         return task if self.device is None else task.to(self.device)
 
     def _cpu_batch(self, index: int) -> Task:
         sx, sy, qx, qy = [], [], [], []
-        for ep_id in range(index * self.tasks_per_batch, (index + 1) * self.tasks_per_batch):
+        for ep_id in (index * self.tasks_per_batch + t for t in self.shard):
             ep = self.sampler.sample(ep_id)
             items = np.concatenate([ep.support, ep.query])
             # np.stack, not torch.stack: the same copy, without torch's intra-op thread pool,
