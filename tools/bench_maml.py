@@ -131,7 +131,7 @@ QUICK_ROWS: dict[str, tuple[str, ...]] = {
     "resnet18-fo": ("naive", "loop", "vmap+bf16+cl"),
     "resnet18-so": ("naive", "loop", "vmap+bf16+chunk2+ckpt"),
     "conv4-fo": ("naive", "loop", "loop+bf16+ckpt", "vmap", "vmap+bf16", "vmap+bf16+cl", "vmap+bf16+chunk2+ckpt",
-                 "vmap+graph", "loop+compile"),
+                 "vmap+graph", "loop+compile", "loop+bf16+cl+graph+streams4"),
 }
 # The targets on one H100/H200 (tasks/s with DropGrad on; peak GiB).
 TARGETS = {"resnet18-fo": (50.0, None), "resnet18-so": (12.0, 14.0), "conv4-fo": (400.0, None)}

@@ -11,7 +11,7 @@ from dropgrad import load_checkpoint
 from dropgrad_fewshot import cli, sweep
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
-from dropgrad_fewshot.methods import build_learner, make_dropgrad, use_cuda_graph, use_vmap
+from dropgrad_fewshot.methods import build_learner, check_task_streams, make_dropgrad, use_cuda_graph, use_vmap
 from dropgrad_fewshot.run import evaluate, load_split
 
 TINY = [
@@ -168,6 +168,8 @@ def test_defaults_match_the_papers_sources():
         (["--episodes-per-epoch", "5"], "multiple of --meta-batch"),
         (["--dataset", "omniglot", "--data-root", "no/such/folder"], "no/such/folder"),
         (["--way", "5000"], "5000"),
+        (["--task-streams", "2", "--device", "cpu"], "--task-streams needs a CUDA device"),
+        (["--compile"], "--first-order"),
     ],
 )
 def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
@@ -329,6 +331,13 @@ def test_compiled_first_order_training_equals_eager_training(tmp_path):
 def test_compile_and_task_streams_are_checked_up_front(changes, expected):
     with pytest.raises(ValueError, match=expected):
         tiny_config(**changes)
+
+
+def test_task_streams_are_for_the_per_task_loop_on_a_gpu():
+    learner = build_learner(tiny_config(task_streams=2))
+    with pytest.raises(ValueError, match="--task-streams needs a CUDA device"):
+        check_task_streams(learner, batched=False)
+    check_task_streams(build_learner(tiny_config()), batched=True)  # not asked for: nothing to check
 
 
 def test_compile_and_task_streams_reach_the_learner():

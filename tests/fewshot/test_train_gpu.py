@@ -8,7 +8,7 @@ from dropgrad import CapturedMetaStep, load_checkpoint
 from dropgrad_fewshot import cli
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
-from dropgrad_fewshot.methods import build_learner, use_vmap
+from dropgrad_fewshot.methods import build_learner, check_task_streams, use_vmap
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")  # these tests are about CUDA graphs: no other device will do
@@ -76,6 +76,13 @@ def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(benchmark, tmp
     log = (out / "log.txt").read_text()
     assert "replayed from a CUDA graph, forward compiled (torch.compile)" in log
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
+
+
+def test_task_streams_refuse_vmap_batched_training():
+    learner = build_learner(resolve_defaults(FewShotConfig(task_streams=2, first_order=True))).to(CUDA)
+    with pytest.raises(ValueError, match="--batched off"):
+        check_task_streams(learner, batched=True)
+    check_task_streams(learner, batched=False)
 
 
 def test_training_with_tasks_on_cuda_streams_from_a_cuda_graph(tmp_path):

@@ -23,7 +23,7 @@ from dropgrad import MAML, DropGrad, MAMLPlusPlus, MetaSGD
 from .config import FewShotConfig
 from .models import build_model, dropgrad_groups
 
-__all__ = ["build_learner", "make_dropgrad", "use_vmap"]
+__all__ = ["build_learner", "check_task_streams", "make_dropgrad", "use_cuda_graph", "use_vmap"]
 
 Method = Literal["maml", "metasgd", "metasgd-star", "mamlpp"]
 
@@ -108,6 +108,19 @@ def use_cuda_graph(learner: MAML, setting: str) -> bool:
             raise ValueError("--cuda-graph on needs a CUDA device (--device cuda); use auto or off on a CPU")
         return False
     return True
+
+
+def check_task_streams(learner: MAML, batched: bool) -> None:
+    """Refuse ``--task-streams`` where it would do nothing: off a GPU, or with vmap-batched training."""
+    if learner.task_streams is None:
+        return
+    if not _on_gpu(learner):
+        raise ValueError("--task-streams needs a CUDA device (--device cuda); on a CPU the tasks run one after another")
+    if batched:
+        raise ValueError(
+            "--task-streams spreads the per-task loop over streams, but training batches the tasks with vmap: "
+            "add --batched off (or keep --batched auto with --cuda-graph, which loops)"
+        )
 
 
 def use_vmap(learner: MAML, setting: str, training: bool = True, graphed: bool = False) -> bool:

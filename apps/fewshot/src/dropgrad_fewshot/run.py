@@ -52,7 +52,7 @@ from .data import (
     episode_batches,
     open_cache,
 )
-from .methods import build_learner, use_cuda_graph, use_vmap
+from .methods import build_learner, check_task_streams, use_cuda_graph, use_vmap
 from .models import pretrain_feature_extractor
 
 __all__ = ["TEST_STREAM", "VAL_STREAM", "evaluate", "load_split", "train", "verify_images"]
@@ -248,6 +248,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     graphed = use_cuda_graph(learner, cfg.cuda_graph)
     batched = use_vmap(learner, cfg.batched, graphed=graphed)
+    check_task_streams(learner, batched)
     eval_batched = use_vmap(learner, cfg.batched, training=False)
     messages: list[str] = []
     if cfg.method == "metasgd-star":
@@ -317,7 +318,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     trainer.log(
         f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}"
         f"{', forward compiled (torch.compile) in first-order steps' if learner.compiled else ''}"
-        f"{f', tasks on {learner.task_streams} CUDA streams' if learner.task_streams and device.type == 'cuda' and not batched else ''}, "
+        f"{f', tasks on {learner.task_streams} CUDA streams' if learner.task_streams else ''}, "
         f"evaluation: {how[eval_batched]}; device {device}"
     )
     if dist.is_distributed:

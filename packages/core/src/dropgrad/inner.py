@@ -461,7 +461,8 @@ class MAML(nn.Module):
         """Back-propagate the mean query loss; returns detached outputs.
 
         With ``batched=False`` each task's graph is freed right after its own backward, so peak
-        memory is one task's graph (what makes second-order ResNets fit). With ``batched=True``
+        memory is one task's graph (what makes second-order ResNets fit); with ``task_streams``
+        on a GPU the tasks go round robin onto that many CUDA streams instead. With ``batched=True``
         the tasks go through vmap ``task_chunk`` at a time (all at once by default), each chunk
         back-propagated before the next.
         """
