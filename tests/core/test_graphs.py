@@ -7,9 +7,8 @@ import copy
 
 import pytest
 import torch
+from dropgrad import MAML, CapturedMetaStep, DropGrad, MAMLPlusPlus, MetaSGD
 from torch import nn
-
-from dropgrad import MAML, CapturedMetaStep, DropGrad, MAMLPlusPlus, MetaSGD, Task
 
 from .conftest import make_tasks, tiny_net
 
