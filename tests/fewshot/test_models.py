@@ -414,3 +414,28 @@ def test_reset_classifier():
     )
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in trunk.items())
     assert isinstance(net.classifier, nn.Linear)
+
+
+@pytest.mark.parametrize("backbone, method", [
+    ("conv4", "maml"), ("conv4-48", "maml"), ("resnet10", "maml"), ("resnet18", "maml"), ("conv4", "mamlpp"),
+    ("resnet18", "mamlpp"),
+])
+def test_backbones_compile_without_graph_breaks(backbone, method):
+    # fewshot-train --compile: a graph break would split the fused forward and backward and add
+    # launches; more than a few graphs per run would mean a recompilation per step.
+    torch._dynamo.reset()
+    model = build_model(backbone, 3, in_channels=1, image_size=32, bn_running_stats=method == "mamlpp")
+    if method == "mamlpp":  # per-step BatchNorm with running statistics, first-order epoch
+        learner = dropgrad.MAMLPlusPlus(model, inner_lr=0.1, steps=2, first_order_epochs=1, compile_forward="aot_eager")
+    else:
+        learner = dropgrad.MAML(model, inner_lr=0.1, steps=2, first_order=True, compile_forward="aot_eager")
+    g = torch.Generator().manual_seed(0)
+    tasks = dropgrad.Task(torch.randn(2, 3, 1, 32, 32, generator=g), torch.arange(3).repeat(2, 1),
+                          torch.randn(2, 6, 1, 32, 32, generator=g), torch.arange(3).repeat_interleave(2).repeat(2, 1))
+    torch._dynamo.utils.counters.clear()
+    for _ in range(2):
+        learner.meta_backward(tasks)
+    counters = torch._dynamo.utils.counters
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert 1 <= counters["stats"]["unique_graphs"] <= 3
+    torch._dynamo.reset()
