@@ -106,11 +106,12 @@ class CachedEpisodeBatches:
         t = len(self.shard)
         self._sy = torch.arange(n_way, device=self.device).repeat_interleave(n_shot).expand(t, -1)
         self._qy = torch.arange(n_way, device=self.device).repeat_interleave(n_query).expand(t, -1)
-        # Rows of the shard's images among the whole batch's (support of every task, then query).
+        # A shard's augmentation: the whole batch's parameters, at the rows of the shard's images
+        # (support of every task, then query); None for the whole batch.
         T, ns, nq = self.tasks_per_batch, n_way * n_shot, n_way * n_query
         lo, hi = self.shard.start, self.shard.stop
-        self._rows = np.concatenate([np.arange(lo * ns, hi * ns), T * ns + np.arange(lo * nq, hi * nq)])
-        self._n_full = T * (ns + nq)
+        rows = np.concatenate([np.arange(lo * ns, hi * ns), T * ns + np.arange(lo * nq, hi * nq)])
+        self._draw = None if t == T else (T * (ns + nq), rows)
 
     def indices(self, index: int) -> np.ndarray:
         """Item indices of batch ``index``: every support item of its tasks (the shard's), then every query item.
@@ -149,7 +150,7 @@ class CachedEpisodeBatches:
         fmt = self.dataset.pixels
         if self.augment:
             rng = np.random.Generator(np.random.PCG64([AUGMENT_STREAM, self.seed, index]))
-            x = fmt._normalize(augment_batch(fmt.unit(u8), rng, draw=(self._n_full, self._rows)), -3)
+            x = fmt._normalize(augment_batch(fmt.unit(u8), rng, draw=self._draw), -3)
         else:
             x = fmt.to_float(u8)
         t = len(self.shard)
