@@ -66,13 +66,15 @@ def test_graph_steps_equal_eager_steps_on_the_fewshot_models(method, first_order
     assert step.captures == (2 if method == "mamlpp" else 1)
 
 
-@pytest.mark.parametrize("benchmark", [True, False])
-def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(benchmark, tmp_path):
+# Not named "benchmark": pytest-benchmark, where installed, claims that fixture name.
+@pytest.mark.parametrize("cudnn_benchmark", [True, False])
+def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(cudnn_benchmark, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored afterwards
     out = tmp_path / "run"
-    flag = "--cudnn-benchmark" if benchmark else "--no-cudnn-benchmark"
+    flag = "--cudnn-benchmark" if cudnn_benchmark else "--no-cudnn-benchmark"
     argv = ["--out", str(out), *TINY, "--first-order", "--compile", "--cuda-graph", "on", flag]
     assert cli.train_main(argv) == 0
-    assert torch.backends.cudnn.benchmark is benchmark
+    assert torch.backends.cudnn.benchmark is cudnn_benchmark
     log = (out / "log.txt").read_text()
     assert "replayed from a CUDA graph, forward compiled (torch.compile)" in log
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
