@@ -118,3 +118,19 @@ def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu()
     table = lines[lines.index(next(l for l in lines if l.strip().startswith("share"))) + 1:]
     assert len(table) == 5 and all(l.split()[0].endswith("%") for l in table)
     assert any("convolution" in l for l in table)
+
+
+def test_bench_evaluation_runs_on_a_cpu_and_checks_each_row_against_the_loop(tmp_path):
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "bench_evaluation.py"), "--quick", "--device", "cpu", "--models", "conv4",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"loop", "vmap", "loop+graph", "vmap+graph"}
+    assert rows["loop"]["vs_loop"] == 1.0 and rows["loop+graph"]["max_abs_diff"] == 0.0  # eager on a CPU: same calls
+    assert rows["vmap"]["max_abs_diff"] < 1e-4 and all(r["tasks_per_s"] > 0 for r in rows.values())
+    assert rows["vmap+graph"]["ran_eagerly"] and not rows["vmap"]["ran_eagerly"]
+    assert "ran eagerly: CUDA graphs need a GPU" in proc.stdout and "device: CPU" in proc.stdout

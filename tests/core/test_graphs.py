@@ -1,4 +1,5 @@
-"""CapturedMetaStep: a meta-step replayed from a CUDA graph gives meta_backward's numbers.
+"""CapturedMetaStep and CapturedEvaluation: steps replayed from a CUDA graph give the eager numbers
+(meta_backward's while meta-training, meta_loss's in eval mode).
 
 The CPU tests cover the eager fallback; the ``gpu`` tests record and replay (skipped without CUDA).
 """
@@ -7,7 +8,14 @@ import copy
 
 import pytest
 import torch
-from dropgrad import MAML, CapturedMetaStep, DropGrad, MAMLPlusPlus, MetaSGD
+from dropgrad import (
+    MAML,
+    CapturedEvaluation,
+    CapturedMetaStep,
+    DropGrad,
+    MAMLPlusPlus,
+    MetaSGD,
+)
 from torch import nn
 
 from .conftest import make_tasks, tiny_net
@@ -56,6 +64,26 @@ def test_gradients_accumulate_like_meta_backward():
     CapturedMetaStep(learner)(tasks)
     for g, p in zip(once, (p for p in learner.parameters() if p.grad is not None)):
         torch.testing.assert_close(p.grad, 2 * g)
+
+
+def eager_and_replayed_evaluation(learner, evaluation, tasks, tol):
+    """Eval-mode scores of ``tasks``, eager and through ``evaluation``, agree; no .grad appears."""
+    assert not learner.training
+    eager = learner.meta_loss(tasks, batched=evaluation.batched)
+    out = evaluation(tasks)
+    assert not out.loss.requires_grad and out.task_losses.shape == (tasks.n_tasks,)
+    torch.testing.assert_close(out.task_losses, eager.task_losses.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(out.query_output, eager.query_output.detach(), rtol=tol, atol=tol)
+    assert all(p.grad is None for p in learner.parameters())
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_cpu_evaluation_runs_eagerly_with_meta_losss_numbers(batched):
+    torch.manual_seed(0)
+    learner = MAML(tiny_net().double(), inner_lr=0.1, steps=2, dropgrad=DropGrad(0.5)).eval()
+    evaluation = CapturedEvaluation(learner, batched=batched)
+    eager_and_replayed_evaluation(learner, evaluation, make_tasks(0, "cpu"), tol=0)
+    assert evaluation.captures == 0
 
 
 def test_warmup_must_be_positive():
@@ -170,3 +198,57 @@ def test_a_dropgrad_generator_is_refused():
     learner = MAML(tiny_net(), dropgrad=DropGrad(0.3, generator=torch.Generator(device="cuda"))).to(CUDA)
     with pytest.raises(ValueError, match="own generator"):
         CapturedMetaStep(learner)(make_tasks(0, "cuda", torch.float32))
+
+
+@gpu
+@pytest.mark.parametrize("learner_cls, batched", [(MAML, False), (MAML, True), (MetaSGD, False)])
+def test_evaluation_replays_equal_eager_evaluation_as_parameters_and_data_change(learner_cls, batched):
+    torch.manual_seed(0)
+    learner = learner_cls(tiny_net(), inner_lr=0.1, steps=3, dropgrad=DropGrad(0.5)).double().to(CUDA)
+    evaluation = CapturedEvaluation(learner, batched=batched)
+    with torch.no_grad():
+        for k in range(3):
+            learner.eval()
+            eager_and_replayed_evaluation(learner, evaluation, make_tasks(k, "cuda", T=3), tol=1e-10)
+            for p in learner.parameters():  # in place, as an optimiser's step between validations
+                p.add_(0.05 * torch.randn_like(p))
+    assert evaluation.captures == 1
+
+
+@gpu
+def test_evaluation_and_training_graphs_interleave_on_a_shared_pool():
+    torch.manual_seed(0)
+    learner = MAMLPlusPlus(tiny_net(running_stats=True), inner_lr=0.1, steps=2, msl_epochs=0).double().to(CUDA)
+    eager = copy.deepcopy(learner)
+    step, evaluation = CapturedMetaStep(learner), CapturedEvaluation(learner)
+    opt, eager_opt = (torch.optim.SGD(m.parameters(), lr=0.5) for m in (learner, eager))
+    for k in range(3):
+        for model, optimiser, run in ((eager, eager_opt, eager.meta_backward), (learner, opt, step)):
+            model.train()
+            model.zero_grad(set_to_none=True)
+            run(make_tasks(k, "cuda"))
+            optimiser.step()
+            model.eval()
+            model.zero_grad(set_to_none=True)
+        # The per-step running statistics the training steps just updated are read by the replay.
+        for (name, x), y in zip(eager.named_buffers(), learner.buffers()):
+            torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-10, msg=name)
+        tasks = make_tasks(20 + k, "cuda")
+        want = eager.meta_loss(tasks)
+        got = evaluation(tasks)
+        torch.testing.assert_close(got.task_losses, want.task_losses.detach(), rtol=1e-10, atol=1e-10)
+    assert step.captures == 1 and evaluation.captures == 1
+
+
+@gpu
+def test_bf16_evaluation_replays_use_the_updated_parameters(no_tf32):
+    torch.manual_seed(0)
+    learner = MAML(tiny_net(), inner_lr=0.1, steps=2).to(CUDA).eval()
+    evaluation = CapturedEvaluation(learner)
+    for k in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            eager_and_replayed_evaluation(learner, evaluation, make_tasks(k, "cuda", torch.float32), tol=1e-3)
+        with torch.no_grad():
+            for p in learner.parameters():
+                p.mul_(1.5)
+    assert evaluation.captures == 1

@@ -293,6 +293,39 @@ def test_auto_batches_first_order_training_and_evaluation_but_loops_second_order
     assert use_vmap(second, "on", training=True), "'on' still batches second order"
     assert not use_vmap(first, "auto", training=True, graphed=True), "graph replay: the loop is faster (H200)"
     assert use_vmap(first, "on", training=True, graphed=True)
+    assert not use_vmap(first, "auto", training=False, graphed=True), "replayed evaluation loops too"
+    assert use_vmap(first, "on", training=False, graphed=True)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_evaluation_through_a_captured_runner_scores_the_same_episodes(batched):
+    # On a CPU CapturedEvaluation runs eagerly, but evaluate() still hands it whole chunks
+    # (what one graph needs) and drops the padding tasks of the last: 10 episodes = 8 + 2 of 8.
+    from dropgrad import CapturedEvaluation
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    learner = build_learner(cfg)
+    data = load_split(cfg, "val")
+    kw = dict(way=3, shot=1, query=2, episodes=10, seed=7, device=torch.device("cpu"), batched=batched)
+    eager = evaluate(learner, data, **kw)
+    calls = []
+
+    class Recording(CapturedEvaluation):
+        def __call__(self, tasks):
+            calls.append(tasks.n_tasks)
+            return super().__call__(tasks)
+
+    whole = evaluate(learner, data, runner=Recording(learner, batched=batched), **kw)
+    assert calls == [8, 8]
+    assert len(whole["acc"]) == 10
+    np.testing.assert_array_equal(whole["acc"], eager["acc"])
+    np.testing.assert_allclose(whole["loss"], eager["loss"], rtol=1e-6, atol=1e-7)
+    calls.clear()
+    sliced = evaluate(learner, data, runner=lambda tasks: calls.append(tasks.n_tasks) or learner.meta_loss(tasks), **kw)
+    assert calls == [8, 2]
+    np.testing.assert_array_equal(sliced["acc"], eager["acc"])
+    np.testing.assert_allclose(sliced["loss"], eager["loss"], rtol=1e-6, atol=1e-7)
 
 
 def test_cuda_graph_is_for_gpus_only():

@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
-from dropgrad import CapturedMetaStep, load_checkpoint
+from dropgrad import CapturedEvaluation, CapturedMetaStep, load_checkpoint
 from dropgrad_fewshot import cli
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
 from dropgrad_fewshot.methods import build_learner, check_task_streams, use_vmap
+from dropgrad_fewshot.run import evaluate
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")  # these tests are about CUDA graphs: no other device will do
@@ -28,7 +29,8 @@ def test_every_method_trains_from_a_cuda_graph(method, tmp_path):
     assert cli.train_main(["--out", str(out), *TINY, "--method", method, "--cuda-graph", "on", *extra]) == 0
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["test_acc_mean"] <= 100
-    assert "replayed from a CUDA graph" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "replayed from a CUDA graph, " in log and "evaluation: per-task loop replayed from a CUDA graph" in log
     model = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in model.values() if torch.is_tensor(v) and v.is_floating_point())
 
@@ -93,3 +95,19 @@ def test_training_with_tasks_on_cuda_streams_from_a_cuda_graph(tmp_path):
     assert cli.train_main(argv) == 0
     assert "replayed from a CUDA graph, tasks on 2 CUDA streams" in (out / "log.txt").read_text()
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
+
+
+@pytest.mark.parametrize("method", ["maml", "mamlpp"])
+def test_replayed_evaluation_scores_the_episodes_eager_evaluation_scores(method, no_tf32):
+    cfg = resolve_defaults(FewShotConfig(method=method, way=3, shot=1, query=2, inner_steps=2, progress=False))
+    torch.manual_seed(0)
+    learner = build_learner(cfg).to(CUDA)
+    data = build_dataset("glyphs", "val", image_size=28, n_classes=20)
+    kw = dict(way=3, shot=1, query=2, episodes=19, seed=5, device=CUDA, batched=False)  # 8 + 8 + 3 of 8
+    eager = evaluate(learner, data, **kw)
+    runner = CapturedEvaluation(learner)
+    for _ in range(2):  # the second pass replays the first pass's graph
+        replayed = evaluate(learner, data, runner=runner, **kw)
+        assert (replayed["acc"] == eager["acc"]).all()
+        torch.testing.assert_close(torch.from_numpy(replayed["loss"]), torch.from_numpy(eager["loss"]), rtol=1e-5, atol=1e-6)
+    assert runner.captures == 1

@@ -98,8 +98,8 @@ def _on_gpu(learner: MAML) -> bool:
 
 
 def use_cuda_graph(learner: MAML, setting: str) -> bool:
-    """Whether meta-training steps replay a CUDA graph (``dropgrad.CapturedMetaStep``): ``on``/``off``, or
-    ``auto`` (on a GPU). Evaluation always runs eagerly.
+    """Whether meta-training steps and evaluation replay CUDA graphs (``dropgrad.CapturedMetaStep``,
+    ``dropgrad.CapturedEvaluation``): ``on``/``off``, or ``auto`` (on a GPU).
     """
     if setting == "off":
         return False
@@ -134,16 +134,16 @@ def use_vmap(learner: MAML, setting: str, training: bool = True, graphed: bool =
     CPU the loop is as fast or faster (Conv4 evaluation: 0.08 s per task looped against 0.14 s
     batched), so ``auto`` loops there.
     ``training`` asks for meta-training or for evaluation, where adaptation is first order and
-    dropout is off, so vmap is exact for more models. ``graphed``: meta-training steps replay a
-    CUDA graph, where the loop is the faster one (ResNet-18 224 px first order with bf16 and
-    channels_last: 44.6 against 25.0 tasks/s; Conv4 84 px: 152 against 78; H200,
-    docs/performance.md), so ``auto`` loops then too.
+    dropout is off, so vmap is exact for more models. ``graphed``: the steps (training or
+    evaluation) replay a CUDA graph, where the loop is the faster one (meta-training ResNet-18
+    224 px first order with bf16 and channels_last: 44.6 against 25.0 tasks/s; Conv4 84 px: 152
+    against 78; H200, docs/performance.md), so ``auto`` loops then too.
     """
     if setting == "off":
         return False
     if setting == "auto" and not _on_gpu(learner):
         return False
-    if setting == "auto" and training and (graphed or not learner.first_order):
+    if setting == "auto" and (graphed or (training and not learner.first_order)):
         return False
     was_training = learner.training
     learner.train(training)

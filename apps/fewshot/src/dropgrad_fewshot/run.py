@@ -21,6 +21,7 @@ and test episodes are split across the processes and gathered, and only rank 0 w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,13 @@ import numpy as np
 import torch
 from dropgrad import (
     MAML,
+    CapturedEvaluation,
     CapturedMetaStep,
     DistributedContext,
     MAMLPlusPlus,
+    MetaOutput,
     MetaTrainer,
+    Task,
     TrainConfig,
     load_best_model,
     load_checkpoint,
@@ -124,6 +128,7 @@ def evaluate(
     progress: bool = False,
     desc: str = "test",
     dist: DistributedContext | None = None,
+    runner: Callable[[Task], MetaOutput] | None = None,
 ) -> dict[str, np.ndarray]:
     """Adapt (no DropGrad, no dropout) and score ``episodes`` tasks; per-episode arrays.
 
@@ -131,10 +136,16 @@ def evaluate(
     function of ``seed``; the learner's train/eval mode is restored afterwards. With a
     ``dist`` context of several processes (call it on every rank), each adapts a contiguous
     share of the chunks of episodes and every rank returns all episodes' arrays, in order.
+    ``runner`` adapts and scores a chunk of tasks (default ``learner.meta_loss``); pass one
+    :class:`dropgrad.CapturedEvaluation` per run to replay every chunk from one CUDA graph.
     """
     from tqdm.auto import tqdm
 
     batches = episode_batches(dataset, n_way=way, n_shot=shot, n_query=query, tasks_per_batch=_EVAL_CHUNK, seed=seed, device=device)
+    run = partial(learner.meta_loss, batched=batched) if runner is None else runner
+    # A graph replays one shape: a smaller last chunk runs whole and its extra tasks are dropped
+    # (tasks are adapted independently, so the kept ones score the same).
+    whole_chunks = isinstance(runner, CapturedEvaluation)
     was_training = learner.training
     learner.eval()
     accs, losses = [], []
@@ -146,11 +157,11 @@ def evaluate(
         for i in bar:
             tasks = batches.batch(i).to(device)
             keep = min(_EVAL_CHUNK, episodes - i * _EVAL_CHUNK)
-            if keep < _EVAL_CHUNK:
+            if keep < _EVAL_CHUNK and not whole_chunks:
                 tasks = type(tasks)(*(t[:keep] for t in tasks))
-            out = learner.meta_loss(tasks, batched=batched)
-            accs.append(out.accuracy(tasks.query_y).detach().float().cpu() * 100)
-            losses.append(out.task_losses.detach().float().cpu())
+            out = run(tasks)
+            accs.append(out.accuracy(tasks.query_y)[:keep].detach().float().cpu() * 100)
+            losses.append(out.task_losses[:keep].detach().float().cpu())
             bar.set_postfix(acc=f"{torch.cat(accs).mean():.2f}")
     finally:
         learner.train(was_training)
@@ -249,7 +260,9 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     graphed = use_cuda_graph(learner, cfg.cuda_graph)
     batched = use_vmap(learner, cfg.batched, graphed=graphed)
     check_task_streams(learner, batched)
-    eval_batched = use_vmap(learner, cfg.batched, training=False)
+    eval_batched = use_vmap(learner, cfg.batched, training=False, graphed=graphed)
+    # One for the whole run: validation replays the graph recorded at the first epoch.
+    eval_runner = CapturedEvaluation(learner, batched=eval_batched) if graphed else None
     messages: list[str] = []
     if cfg.method == "metasgd-star":
         if dist.is_main:
@@ -288,7 +301,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         scores = evaluate(
             learner, val_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.val_episodes,
             seed=cfg.seed + VAL_STREAM, device=device, batched=eval_batched, desc="val",
-            progress=cfg.progress and dist.is_main, dist=dist,
+            progress=cfg.progress and dist.is_main, dist=dist, runner=eval_runner,
         )
         return {"val_loss": float(scores["loss"].mean()), "val_acc": float(scores["acc"].mean())}
 
@@ -319,7 +332,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}"
         f"{', forward compiled (torch.compile) in first-order steps' if learner.compiled else ''}"
         f"{f', tasks on {learner.task_streams} CUDA streams' if learner.task_streams else ''}, "
-        f"evaluation: {how[eval_batched]}; device {device}"
+        f"evaluation: {how[eval_batched]}{' replayed from a CUDA graph' if eval_runner else ''}; device {device}"
     )
     if dist.is_distributed:
         lo, hi = cfg.meta_batch // dist.world_size, -(-cfg.meta_batch // dist.world_size)
@@ -337,7 +350,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     scores = evaluate(
         learner, test_set, way=cfg.way, shot=cfg.shot, query=cfg.test_query, episodes=cfg.test_episodes,
         seed=cfg.seed + TEST_STREAM, device=device, batched=eval_batched, progress=cfg.progress and dist.is_main,
-        dist=dist,
+        dist=dist, runner=eval_runner,
     )
     acc = summarize(scores["acc"])
     results = {

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from dropgrad import (
+    CapturedEvaluation,
     CheckpointError,
     build_config,
     load_best_model,
@@ -79,10 +80,13 @@ def test_run(
     if hasattr(dataset, "preload"):
         dataset.preload()
     stream = cfg.seed + TEST_STREAM if seed is None else seed
-    batched = use_vmap(learner, cfg.batched, training=False)
+    # The run's --cuda-graph, on whatever device tests it: "on" does not fail on a CPU here.
+    graphed = cfg.cuda_graph != "off" and dev.type == "cuda"
+    batched = use_vmap(learner, cfg.batched, training=False, graphed=graphed)
     scores = evaluate(
         learner, dataset, way=cfg.way, shot=shot, query=query, episodes=episodes, seed=stream,
         device=dev, batched=batched, progress=progress,
+        runner=CapturedEvaluation(learner, batched=batched) if graphed else None,
     )
     acc = summarize(scores["acc"])
     results: dict[str, Any] = {

@@ -24,7 +24,7 @@ from .config import (
 from .distributed import DistributedContext, DistributedError, Shard
 from .dropout import ConsistentDropout, has_consistent_dropout, resample_dropout_masks
 from .episodes import Episode, EpisodeSampler
-from .graphs import CapturedMetaStep
+from .graphs import CapturedEvaluation, CapturedMetaStep
 from .inner import MAML, MAMLPlusPlus, MetaOutput, MetaSGD, Task, msl_weights, sgd_step
 from .metrics import MeanCI, mean_ci95, summarize
 from .noise import RESNET_GROUPS, DropGrad, check_p
@@ -49,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MAML",
     "RESNET_GROUPS",
+    "CapturedEvaluation",
     "CapturedMetaStep",
     "CheckpointError",
     "ConfigError",

@@ -22,6 +22,11 @@ What replay keeps exact:
 
 Steps that cannot be captured (not on CUDA, not meta-training) run eagerly, with the same
 results as :meth:`MAML.meta_backward`.
+
+Evaluation (adapt in eval mode, score the query sets: :meth:`MAML.meta_loss`) dispatches as
+many operators per task as a first-order training step, and a validation pass adapts as many
+tasks per epoch as training does with the usual settings; :class:`CapturedEvaluation` replays it
+the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from torch import Tensor
 from .inner import MAML, MetaOutput, Task
 from .streams import accumulate_grads
 
-__all__ = ["CapturedMetaStep"]
+__all__ = ["CapturedEvaluation", "CapturedMetaStep"]
 
 
 def _cuda_autocast() -> tuple[bool, torch.dtype]:
@@ -123,7 +128,7 @@ class CapturedMetaStep:
 
     def __call__(self, tasks: Task) -> MetaOutput:
         if not self.capturable(tasks):
-            return self.learner.meta_backward(tasks, batched=self.batched)
+            return self._eager(tasks)
         key = self._key(tasks)
         if self._captured is None or self._captured.key != key:
             self._captured = None  # frees the old graph's memory before recording the new one
@@ -141,6 +146,10 @@ class CapturedMetaStep:
         self._captured = None
 
     # --------------------------------------------------------------- capture
+    def _eager(self, tasks: Task) -> MetaOutput:
+        """The step this class records, run eagerly."""
+        return self.learner.meta_backward(tasks, batched=self.batched)
+
     def _params(self) -> list[Tensor]:
         return [p for p in self.learner.parameters() if p.requires_grad]
 
@@ -151,7 +160,7 @@ class CapturedMetaStep:
         inputs = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in tasks)
         autocast = _cuda_autocast()
         # Anything a learner subclass reads in Python while building its step (MAML++'s epoch).
-        state = (learner.second_order, getattr(learner, "epoch", None), learner.steps)
+        state = (learner.training, learner.second_order, getattr(learner, "epoch", None), learner.steps)
         return (inputs, noise, autocast, state, self.batched, tuple(id(p) for p in self._params()))
 
     def _run(self, tasks: Task) -> MetaOutput:
@@ -159,7 +168,7 @@ class CapturedMetaStep:
         # during warm-up, frozen; without the cache every cast is recorded and redone per replay.
         enabled, dtype = _cuda_autocast()
         with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
-            return self.learner.meta_backward(tasks, batched=self.batched)
+            return self._eager(tasks)
 
     def _capture(self, tasks: Task, key: Hashable) -> _Captured:
         gen = self.learner.dropgrad.generator
@@ -200,3 +209,24 @@ class CapturedMetaStep:
             torch.cuda.set_rng_state(saved_rng, device)
         self.captures += 1
         return _Captured(key, device, graph, inputs, output, params, grads)
+
+
+class CapturedEvaluation(CapturedMetaStep):
+    """``learner.meta_loss(tasks, batched)`` in eval mode, recorded once in a CUDA graph and replayed.
+
+    Evaluation adapts each task (first order, no DropGrad, no dropout) and scores its query set;
+    nothing flows back into the meta-parameters, whose ``.grad`` stays untouched. Call it with
+    the learner in eval mode, where you would call ``meta_loss``; it returns the detached
+    :class:`MetaOutput` (the caller's own copies). A stack of another shape records another
+    graph (and drops the last one), so give every call the same number of tasks: pad a last,
+    smaller chunk with tasks whose results you drop. In training mode, or off CUDA, it runs
+    ``meta_loss`` eagerly, with the same numbers. Args and errors as :class:`CapturedMetaStep`.
+    """
+
+    def capturable(self, tasks: Task) -> bool:
+        """Whether this call would run from a graph (CUDA inputs, eval mode)."""
+        return tasks.support_x.is_cuda and not self.learner.training and not torch.cuda.is_current_stream_capturing()
+
+    def _eager(self, tasks: Task) -> MetaOutput:
+        out = self.learner.meta_loss(tasks, batched=self.batched)
+        return MetaOutput(out.loss.detach(), out.task_losses.detach(), out.query_output.detach())
