@@ -86,6 +86,27 @@ def test_cpu_evaluation_runs_eagerly_with_meta_losss_numbers(batched):
     assert evaluation.captures == 0
 
 
+def test_graph_state_changes_exactly_when_the_step_it_builds_does():
+    learner = MAMLPlusPlus(tiny_net(), steps=3, msl_epochs=2, first_order_epochs=3)
+
+    def states(training):
+        learner.train(training)
+        out = []
+        for epoch in range(6):
+            learner.set_epoch(epoch)
+            out.append(learner.graph_state())
+        return out
+
+    train = states(True)
+    # Epochs 0, 1: multi-step loss weights change; 2: last step only; 3 on: second order.
+    assert len({train[0], train[1], train[2], train[3]}) == 4
+    assert train[3] == train[4] == train[5]
+    assert len(set(states(False))) == 1, "evaluation adapts the same way in every epoch"
+    plain = MAML(tiny_net(), steps=2, first_order=True)
+    assert plain.graph_state() != plain.eval().graph_state()
+    assert MAML(tiny_net(), steps=2).eval().graph_state() == plain.graph_state(), "order: training only"
+
+
 def test_warmup_must_be_positive():
     with pytest.raises(ValueError, match="warmup must be >= 1"):
         CapturedMetaStep(MAML(tiny_net()), warmup=0)
@@ -187,7 +208,8 @@ def test_mamlpp_records_a_new_graph_when_the_epoch_changes_its_losses():
     torch.manual_seed(0)
     learner = MAMLPlusPlus(tiny_net(), inner_lr=0.1, steps=3, msl_epochs=1, first_order_epochs=1).double().to(CUDA)
     step = CapturedMetaStep(learner)
-    for epoch in (0, 1):  # epoch 0: first order, multi-step loss; epoch 1: second order, last step only
+    # epoch 0: first order, multi-step loss; epochs 1 and 2: second order, last step only (one graph)
+    for epoch in (0, 1, 2):
         learner.set_epoch(epoch)
         assert_same(*eager_and_graphed(learner, step, make_tasks(epoch, "cuda"), False), tol=1e-10)
     assert step.captures == 2

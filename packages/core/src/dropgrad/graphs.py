@@ -16,9 +16,10 @@ What replay keeps exact:
   replay; a capture restores the generator (and every buffer of the learner, e.g. BatchNorm's
   running statistics) to its state before the capture's warm-up steps, so the random stream
   of a run does not depend on when graphs were (re)captured;
-* everything else a step depends on that the graph cannot see (input shapes, train/eval mode,
-  the derivative order, MAML++'s epoch, DropGrad's strength under a schedule, the autocast
-  state) is part of a key; a new key captures a new graph.
+* everything else a step depends on that the graph cannot see (input shapes, DropGrad's
+  strength under a schedule, the autocast state, and the learner's ``graph_state()``: train/eval
+  mode, the derivative order, MAML++'s multi-step loss weights) is part of a key; a new key
+  captures a new graph.
 
 Steps that cannot be captured (not on CUDA, not meta-training) run eagerly, with the same
 results as :meth:`MAML.meta_backward`.
@@ -159,9 +160,8 @@ class CapturedMetaStep:
         noise = (dg.active, dg.kind, dg.effective_p, dg.std) if dg.active else (False,)
         inputs = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in tasks)
         autocast = _cuda_autocast()
-        # Anything a learner subclass reads in Python while building its step (MAML++'s epoch).
-        state = (learner.training, learner.second_order, getattr(learner, "epoch", None), learner.steps)
-        return (inputs, noise, autocast, state, self.batched, tuple(id(p) for p in self._params()))
+        # What the learner reads in Python while building its step (MAML++'s epoch-dependent losses).
+        return (inputs, noise, autocast, learner.graph_state(), self.batched, tuple(id(p) for p in self._params()))
 
     def _run(self, tasks: Task) -> MetaOutput:
         # Autocast's cast cache would hand the graph the bf16 copies of the parameters made

@@ -339,6 +339,15 @@ class MAML(nn.Module):
         """Whether the meta-gradient currently flows through the inner gradients."""
         return not self.first_order
 
+    def graph_state(self) -> tuple[Any, ...]:
+        """The Python-side settings a step is built from; :class:`CapturedMetaStep` re-records on a change.
+
+        Train or eval mode, the number of steps and, while meta-training, the derivative order
+        (evaluation adapts first order either way). A subclass whose step reads other Python
+        state (a schedule, a flag) adds it here, or a replayed graph would keep the old value.
+        """
+        return (self.training, self.second_order if self.training else None, self.steps)
+
     # ----------------------------------------------------------------- forward
     def functional_forward(self, params: Mapping[str, Tensor], x: Tensor, step: int | None = None) -> Tensor:
         """Run the model with ``params`` in place of its adapted parameters.
@@ -677,6 +686,12 @@ class MAMLPlusPlus(MAML):
 
     def _use_msl(self) -> bool:
         return self.training and self.epoch < self.msl_epochs and self.steps > 1
+
+    def graph_state(self) -> tuple[Any, ...]:
+        # The epoch matters only through the derivative order and, while the multi-step loss is
+        # on, its weights: after that phase one graph serves every epoch.
+        weights = tuple(msl_weights(self.steps, self.epoch, self.msl_epochs).tolist()) if self._use_msl() else None
+        return (*super().graph_state(), weights)
 
     def query_loss(
         self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor, batched: bool = False
