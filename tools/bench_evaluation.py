@@ -66,11 +66,10 @@ def time_row(
         sync()
         t0 = time.perf_counter()
         for i in range(settings["chunks"]):
-            out = run(chunks[i % 2])
+            run(chunks[i % 2])
         sync()
         seconds = time.perf_counter() - t0
         losses = run(chunks[0]).task_losses.detach().float().cpu()
-    del out
     return {"tasks_per_s": settings["chunk"] * settings["chunks"] / seconds, "losses": losses,
             "ran_eagerly": graphed and not cuda}
 
