@@ -20,7 +20,12 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   ``+compile``: the model's forward through ``torch.compile`` (inductor) in first-order steps
   (``MAML(compile_forward=True)``; compiled during the warm-up, which gets extra time);
   ``+streamsN``: the loop's tasks on N concurrent CUDA streams (``MAML(task_streams=N)``; with
-  ``+graph`` the recorded graph has N branches the GPU runs side by side; on a CPU: the loop).
+  ``+graph`` the recorded graph has N branches the GPU runs side by side; on a CPU: the loop);
+  ``+autotune``: ``+compile`` with inductor's ``max-autotune-no-cudagraphs`` mode (Triton
+  templates timed against cuDNN for each convolution; minutes of compiling); ``+combo``:
+  ``+compile`` with inductor's ``combo_kernels`` (independent small kernels launched as one);
+  ``+dn``: BatchNorm written as reductions and pointwise ops in the per-task loop too
+  (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels).
 
 Each row runs in a fresh subprocess with a time cap; a failure (NotImplementedError, OOM, a
 timeout) becomes a row saying so. Before timing, each row's structural options (batching,
@@ -75,6 +80,18 @@ class Impl:
     graph: bool = False
     compile: bool = False
     task_streams: int | None = None
+    compile_mode: str | None = None  # torch.compile's mode (with compile)
+    combo: bool = False  # inductor's combo_kernels (with compile)
+    loop_norms: str = "native"
+
+    def compile_forward(self) -> bool | dict[str, Any]:
+        """``MAML(compile_forward=...)`` for this row."""
+        if not self.compile or (self.compile_mode is None and not self.combo):
+            return self.compile
+        kwargs: dict[str, Any] = {} if self.compile_mode is None else {"mode": self.compile_mode}
+        if self.combo:
+            kwargs["options"] = {"combo_kernels": True}
+        return kwargs
 
 
 IMPLS: dict[str, Impl] = {
@@ -105,10 +122,28 @@ IMPLS: dict[str, Impl] = {
     "loop+bf16+cl+compile+graph+streams4": Impl(bf16=True, channels_last=True, compile=True, graph=True,
                                                 task_streams=4),
     "loop+bf16+graph+streams2": Impl(bf16=True, graph=True, task_streams=2),
+    "loop+bf16+cl+autotune+graph": Impl(bf16=True, channels_last=True, compile=True, graph=True,
+                                        compile_mode="max-autotune-no-cudagraphs"),
+    "loop+bf16+cl+compile+combo+graph": Impl(bf16=True, channels_last=True, compile=True, graph=True, combo=True),
+    "loop+bf16+cl+autotune+graph+streams4": Impl(bf16=True, channels_last=True, compile=True, graph=True,
+                                                 task_streams=4, compile_mode="max-autotune-no-cudagraphs"),
+    "loop+bf16+dn+graph": Impl(bf16=True, graph=True, loop_norms="decomposed"),
+    "loop+bf16+cl+dn+graph": Impl(bf16=True, channels_last=True, graph=True, loop_norms="decomposed"),
+    "loop+dn": Impl(loop_norms="decomposed"),
+    "loop+bf16+dn": Impl(bf16=True, loop_norms="decomposed"),
 }
 # Extra seconds a +compile row may take (inductor compiles forward and backward per shape and
 # dtype: support, query, and the float64 check's), on top of the per-row cap.
 COMPILE_EXTRA_S = 240.0
+AUTOTUNE_EXTRA_S = 480.0  # max-autotune also times candidate kernels for every convolution
+
+
+def extra_seconds(impl: Impl) -> float:
+    """Time a row may take beyond the per-row cap, for compiling."""
+    if not impl.compile:
+        return 0.0
+    return AUTOTUNE_EXTRA_S if impl.compile_mode == "max-autotune-no-cudagraphs" else COMPILE_EXTRA_S
+
 
 # configuration -> (model, order, rows); the issue's three configurations.
 # Rows in priority order (the reference rows and the predicted best first), since a time budget
@@ -119,11 +154,13 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "loop+bf16+cl+compile+graph+streams4", "vmap+bf16+cl+compile+graph", "loop+bf16+graph", "vmap+bf16+cl+graph",
         "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
     "resnet18-so": ("resnet18", "second", (
-        "naive", "loop", "loop+bf16+graph", "loop+bf16+graph+streams2", "loop+bf16+cl+graph", "loop+graph",
+        "naive", "loop", "loop+bf16+graph", "loop+bf16+dn+graph", "loop+bf16+graph+streams2", "loop+bf16+cl+graph",
+        "loop+bf16+cl+dn+graph", "loop+graph",
         "vmap+bf16+graph", "vmap+bf16+chunk2")),
     "conv4-fo": ("conv4", "first", (
         "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+graph",
-        "loop+bf16+cl+compile+graph+streams4", "vmap+bf16+cl+compile+graph", "loop+compile+graph", "loop+graph",
+        "loop+bf16+cl+compile+graph+streams4", "loop+bf16+cl+compile+combo+graph", "loop+bf16+cl+autotune+graph",
+        "vmap+bf16+cl+compile+graph", "loop+compile+graph", "loop+graph",
         "vmap+graph", "vmap+bf16+cl+graph", "vmap+bf16")),
 }
 # --quick: every configuration, every lever at least once, in seconds on a CPU.
@@ -131,7 +168,7 @@ QUICK_ROWS: dict[str, tuple[str, ...]] = {
     "resnet18-fo": ("naive", "loop", "vmap+bf16+cl"),
     "resnet18-so": ("naive", "loop", "vmap+bf16+chunk2+ckpt"),
     "conv4-fo": ("naive", "loop", "loop+bf16+ckpt", "vmap", "vmap+bf16", "vmap+bf16+cl", "vmap+bf16+chunk2+ckpt",
-                 "vmap+graph", "loop+compile", "loop+bf16+cl+graph+streams4"),
+                 "vmap+graph", "loop+compile", "loop+bf16+cl+graph+streams4", "loop+dn"),
 }
 # The issue's targets on one H100/H200 (tasks/s with DropGrad on; peak GiB).
 TARGETS = {"resnet18-fo": (50.0, None), "resnet18-so": (12.0, 14.0), "conv4-fo": (400.0, None)}
@@ -179,8 +216,8 @@ def make_step(
     learner = dropgrad.MAML(
         model, inner_lr=INNER_LR, steps=steps, first_order=first_order,
         dropgrad=dropgrad.DropGrad(P, "gaussian") if noise_on else None,
-        checkpoint=impl.checkpoint, task_chunk=impl.task_chunk, compile_forward=impl.compile,
-        task_streams=impl.task_streams,
+        checkpoint=impl.checkpoint, task_chunk=impl.task_chunk, compile_forward=impl.compile_forward(),
+        task_streams=impl.task_streams, loop_norms=impl.loop_norms,
     )
 
     run = dropgrad.CapturedMetaStep(learner, batched=impl.batched) if impl.graph else partial(
@@ -241,7 +278,7 @@ def run_row(row: RowConfig) -> dict[str, Any]:
     """Time one row (DropGrad off and on, interleaved) in this process, within its time cap."""
     if row.deadline is not None and time.time() > row.deadline:
         return {"status": "skipped", "message": "time budget spent"}
-    extra = COMPILE_EXTRA_S if IMPLS[row.impl].compile else 0.0
+    extra = extra_seconds(IMPLS[row.impl])
     cap = row.timeout_s + extra
     if row.deadline is not None:  # a row may overrun its group's budget share by at most 15 s (+ compiling)
         cap = min(cap, max(row.deadline - time.time(), 0.0) + 15.0 + extra)
@@ -515,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                 results += [{"status": "skipped", "message": f"budget of {budget_s:g} s spent"}] * len(pending)
                 break
             # start-up and the float64 check come on top of the per-row cap
-            extra = sum(COMPILE_EXTRA_S for r in pending if IMPLS[r.impl].compile)
+            extra = sum(extra_seconds(IMPLS[r.impl]) for r in pending)
             results += run_in_subprocess(pending, (timeout_s + 60.0) * len(pending) + extra)
         for row, result in zip(group, results):
             done += 1

@@ -9,6 +9,7 @@ time. This is the check issue 7's next speed levers start from (docs/performance
 
     python tools/profile_meta_step.py --config conv4-fo --impl loop+bf16+cl --steps 3
     python tools/profile_meta_step.py --quick --device cpu --config conv4-fo --impl loop   # seconds
+    python tools/profile_meta_step.py --config resnet18-so --impl loop+bf16 --by-op   # GPU time per aten op and shape
 
 Kernels replayed from a CUDA graph may not be reported by the profiler (it depends on the torch
 and CUPTI versions); the script says so when it sees none, and the same impl without ``+graph``
@@ -22,6 +23,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd import DeviceType
@@ -68,14 +70,28 @@ def kernel_table(prof: profile, steps: int, top: int) -> tuple[list[str], int]:
     return lines, count
 
 
-def op_table(prof: profile, steps: int, top: int) -> list[str]:
-    """Lines of the top operators by self CPU time per step."""
-    averages = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
-    total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    lines = [f"{'share':>6}  {'ms/step':>8}  {'calls/step':>10}  operator"]
-    for e in averages:
-        lines.append(f"{100 * e.self_cpu_time_total / max(total, 1e-9):5.1f}%  {e.self_cpu_time_total / steps / 1e3:8.3f}  "
-                     f"{e.count / steps:10.1f}  {e.key[:110]}")
+def op_table(prof: profile, steps: int, top: int, *, device_time: bool = False, shapes: bool = False) -> list[str]:
+    """Lines of the top aten operators per step, by self CPU time or by the GPU time of their own kernels.
+
+    ``shapes``: one row per operator and input shapes. Kernel names say little about which part
+    of a step launched them (BatchNorm's double backward is many ``mul`` and ``sum`` kernels); the
+    operator and its shapes do.
+    """
+    def cost(e: Any) -> float:
+        if not device_time:
+            return float(e.self_cpu_time_total)
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0))
+
+    averages = [e for e in prof.key_averages(group_by_input_shape=shapes) if e.key.startswith("aten::")]
+    total = sum(cost(e) for e in averages)
+    title = (f"{'GPU' if device_time else 'self CPU'} time by aten operator{' and input shapes' if shapes else ''}, "
+             f"{total / steps / 1e3:.2f} ms per step")
+    lines = [title,
+             f"{'share':>6}  {'ms/step':>8}  {'calls/step':>10}  operator{'  [input shapes]' if shapes else ''}"]
+    for e in sorted(averages, key=lambda e: -cost(e))[:top]:
+        shape = f"  {str(e.input_shapes)[:150]}" if shapes else ""
+        lines.append(f"{100 * cost(e) / max(total, 1e-9):5.1f}%  {cost(e) / steps / 1e3:8.3f}  {e.count / steps:10.1f}  "
+                     f"{e.key[:110]}{shape}")
     return lines
 
 
@@ -89,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=common._positive, default=25, help="rows of the top table (default 25)")
     parser.add_argument("--quick", action="store_true", help="bench_maml's tiny --quick shapes (a CPU smoke run)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--by-op", action="store_true",
+                        help="the time per aten operator and input shapes (on a GPU: its kernels' time, after the kernel table)")
     args = parser.parse_args(argv)
     try:
         device = dropgrad.select_device(args.device)
@@ -112,18 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
     print(f"step time {wall_ms:.2f} ms without the profiler ({row.tasks * 1e3 / wall_ms:.3g} tasks/s)")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=args.by_op) as prof:
         for _ in range(args.steps):
             step()
         _sync(device)
     if device.type == "cuda":
         lines, count = kernel_table(prof, args.steps, args.top)
         print("\n".join(lines))
+        if args.by_op:
+            print("\n".join(op_table(prof, args.steps, args.top, device_time=True, shapes=True)))
         if count == 0:
             print("no kernels seen: this torch's profiler does not report kernels replayed from a CUDA graph; "
                   "profile the same impl without +graph")
     else:
-        print("\n".join(op_table(prof, args.steps, args.top)))
+        print("\n".join(op_table(prof, args.steps, args.top, shapes=args.by_op)))
     return 0
 
 

@@ -82,6 +82,19 @@ def _load_module():
     return importlib.import_module("bench_maml")
 
 
+def test_every_row_builds_compile_options_maml_accepts():
+    from dropgrad.inner import _compile_kwargs
+
+    bench = _load_module()
+    assert bench.IMPLS["loop+bf16+cl+autotune+graph"].compile_forward() == {"mode": "max-autotune-no-cudagraphs"}
+    assert bench.IMPLS["loop+bf16+cl+compile+combo+graph"].compile_forward() == {"options": {"combo_kernels": True}}
+    assert bench.IMPLS["loop+bf16+cl+compile+graph"].compile_forward() is True
+    for name, impl in bench.IMPLS.items():
+        flag = impl.compile_forward()
+        assert flag is False if not impl.compile else _compile_kwargs(flag)["backend"] == "inductor", name
+        assert bench.extra_seconds(impl) >= (bench.COMPILE_EXTRA_S if impl.compile else 0.0), name
+
+
 def test_failed_rows_are_reported_and_the_best_row_is_marked():
     bench = _load_module()
     ok = lambda rate, gib: {"status": "ok", "tasks_per_s_off": rate * 1.01, "tasks_per_s_on": rate,
@@ -105,11 +118,12 @@ def test_failed_rows_are_reported_and_the_best_row_is_marked():
     assert "vmap+bf16+chunk2 13 tasks/s" in data["summary"][0]
 
 
-def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu():
+@pytest.mark.parametrize("by_op", [False, True])
+def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu(by_op):
     script = SCRIPT.parent / "profile_meta_step.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--quick", "--device", "cpu", "--config", "conv4-fo", "--impl", "vmap+graph",
-         "--steps", "1", "--warmup", "0", "--top", "5"],
+         "--steps", "1", "--warmup", "0", "--top", "5"] + (["--by-op"] if by_op else []),
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -118,6 +132,8 @@ def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu()
     table = lines[lines.index(next(l for l in lines if l.strip().startswith("share"))) + 1:]
     assert len(table) == 5 and all(l.split()[0].endswith("%") for l in table)
     assert any("convolution" in l for l in table)
+    # --by-op: one row per operator and input shapes, e.g. "aten::convolution  [[12, 3, 32, 32], ...]"
+    assert all(("  [[" in l) == by_op for l in table)
 
 
 def test_bench_evaluation_runs_on_a_cpu_and_checks_each_row_against_the_loop(tmp_path):
@@ -134,3 +150,17 @@ def test_bench_evaluation_runs_on_a_cpu_and_checks_each_row_against_the_loop(tmp
     assert rows["vmap"]["max_abs_diff"] < 1e-4 and all(r["tasks_per_s"] > 0 for r in rows.values())
     assert rows["vmap+graph"]["ran_eagerly"] and not rows["vmap"]["ran_eagerly"]
     assert "ran eagerly: CUDA graphs need a GPU" in proc.stdout and "device: CPU" in proc.stdout
+
+
+def test_meta_step_traffic_counts_bytes_that_follow_the_image_size():
+    sys.path.insert(0, str(SCRIPT.parent))
+    traffic = importlib.import_module("meta_step_traffic")
+    # Activations grow with the pixels, so the counted bytes of convolutions must too: an
+    # independent check that the count reads the real tensors (4x the pixels, > 3x the bytes).
+    small, large = (traffic.measure("conv4", size, "second", "native", False, 1, 0) for size in (16, 32))
+    conv = [k for k in small.bytes if k.startswith("convolution ")]
+    assert conv and all(large.bytes[k] > 3 * small.bytes[k] for k in conv)
+    assert small.calls == large.calls, "the same operators at any size"
+    assert not any(k.split()[0] in traffic._NO_DATA for k in small.bytes), "views move no data"
+    decomposed = traffic.measure("conv4", 16, "second", "decomposed", False, 1, 0)
+    assert any(k.startswith("var_mean") for k in decomposed.calls) and not any(k.startswith("var_mean") for k in small.calls)

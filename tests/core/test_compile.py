@@ -137,8 +137,29 @@ def test_bad_options_are_refused():
         MAML(tiny_net(), compile_forward="")
     with pytest.raises(ValueError, match="compile_forward must be"):
         MAML(tiny_net(), compile_forward=1)
+    with pytest.raises(ValueError, match="keys must be among backend, mode, options, got fullgraph"):
+        MAML(tiny_net(), compile_forward={"fullgraph": True})
+    with pytest.raises(ValueError, match="mode must be one of default, max-autotune-no-cudagraphs, got 'reduce-overhead'"):
+        MAML(tiny_net(), compile_forward={"mode": "reduce-overhead"})
+    with pytest.raises(ValueError, match="without 'triton.cudagraphs'"):
+        MAML(tiny_net(), compile_forward={"options": {"triton.cudagraphs": True}})
     with pytest.raises(ValueError, match="ConsistentDropout"):
         MAML(nn.Sequential(nn.Linear(3, 3), ConsistentDropout(0.2)), compile_forward=True)
+
+
+def test_compile_keywords_reach_torch_compile():
+    from dropgrad.inner import _compile_kwargs
+
+    assert _compile_kwargs(True) == {"backend": "inductor"}
+    assert _compile_kwargs({"mode": "max-autotune-no-cudagraphs"}) == {
+        "backend": "inductor", "mode": "max-autotune-no-cudagraphs"}
+    # torch.compile refuses a mode together with options: the mode's own options are merged in.
+    merged = _compile_kwargs({"mode": "max-autotune-no-cudagraphs", "options": {"combo_kernels": True}})
+    assert "mode" not in merged and merged["options"]["max_autotune"] and merged["options"]["combo_kernels"]
+    eager, comp = pair(MAML, compile_forward={"backend": "aot_eager"}, inner_lr=0.1, steps=2, first_order=True)
+    tasks = make_tasks(4, "cpu")
+    assert_equal_steps(meta_step(eager, tasks), meta_step(comp, tasks))
+    assert compiled_output(comp, tasks.query_x[0])
 
 
 def test_inductor_first_order_meta_step_equals_eager():

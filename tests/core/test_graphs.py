@@ -216,6 +216,31 @@ def test_mamlpp_records_a_new_graph_when_the_epoch_changes_its_losses():
 
 
 @gpu
+@pytest.mark.parametrize("kind", ["binary", "gaussian"])
+def test_one_graph_follows_a_linear_dropgrad_ramp(kind):
+    torch.manual_seed(0)
+    dropgrad = DropGrad(0.5, kind, schedule="linear")
+    learner = MAML(tiny_net(), inner_lr=0.1, steps=2, dropgrad=dropgrad).double().to(CUDA)
+    step = CapturedMetaStep(learner)
+    tasks = make_tasks(0, "cuda")
+    for k, fraction in enumerate((0.2, 0.6, 1.0)):
+        dropgrad.set_progress(fraction)
+        # The same CUDA random numbers for the eager step and the replay: equal only if the
+        # replay draws at this epoch's strength, not at the strength it was recorded with.
+        torch.cuda.manual_seed(100 + k)
+        learner.zero_grad(set_to_none=True)
+        eager = learner.meta_backward(tasks)
+        want = grads_of(learner)
+        torch.cuda.manual_seed(100 + k)
+        learner.zero_grad(set_to_none=True)
+        got = step(tasks)
+        torch.testing.assert_close(got.task_losses, eager.task_losses, rtol=1e-10, atol=1e-10)
+        for x, y in zip(want, grads_of(learner)):
+            torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-10)
+    assert step.captures == 1
+
+
+@gpu
 def test_a_dropgrad_generator_is_refused():
     learner = MAML(tiny_net(), dropgrad=DropGrad(0.3, generator=torch.Generator(device="cuda"))).to(CUDA)
     with pytest.raises(ValueError, match="own generator"):

@@ -222,6 +222,28 @@ def test_batched_second_order_through_norm_layers_is_exact(norm, vmap_norms):
     assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g_loop, g_vmap))
 
 
+@pytest.mark.parametrize("norm", ["ln", "bn"])
+@pytest.mark.parametrize("method", [MAML, MetaSGD])
+@pytest.mark.parametrize("first_order", [True, False])
+def test_loop_with_decomposed_norms_equals_torchs_norm_layers(norm, method, first_order):
+    # torch's own batch_norm/layer_norm (and their double backward) are the reference.
+    batch = tasks()
+    native = method(mlp(norm), inner_lr=0.3, steps=2, first_order=first_order)
+    decomposed = method(mlp(norm), inner_lr=0.3, steps=2, first_order=first_order, loop_norms="decomposed")
+    loss_a, g_a = meta_grads(native, batch)
+    loss_b, g_b = meta_grads(decomposed, batch)
+    assert torch.allclose(loss_a, loss_b, rtol=0, atol=1e-12)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(g_a, g_b))
+    assert any(g.abs().max() > 1e-6 for g in g_b[:2]), "the norm layer's side of the net gets gradients"
+
+
+def test_decomposed_loop_norms_refuse_running_statistics_and_unknown_names():
+    with pytest.raises(ValueError, match=r"loop_norms='decomposed' cannot update the running statistics of BatchNorm '1'"):
+        MAML(mlp("bn-tracked"), loop_norms="decomposed")
+    with pytest.raises(ValueError, match="loop_norms must be one of native, decomposed"):
+        MAML(mlp("bn"), loop_norms="auto")  # type: ignore[arg-type]
+
+
 def test_dropgrad_is_off_at_evaluation():
     batch = tasks(n_tasks=1)
     learner = MAML(mlp(), inner_lr=0.3, steps=3, dropgrad=DropGrad(0.5, "binary"))

@@ -169,6 +169,52 @@ def test_gaussian_linear_std_ramp_is_measured():
     assert _noise(g).std().item() == pytest.approx(0.5, rel=0.01)
 
 
+@pytest.mark.parametrize("kind", ["binary", "gaussian"])
+def test_linear_schedule_draws_follow_progress_set_after_the_first_draw(kind):
+    # The strength lives in a tensor made at the first draw (what a CUDA graph reads at each
+    # replay); later progress must reach it, through set_progress and through load_state_dict.
+    dg = DropGrad(0.4, kind, schedule="linear", generator=torch.Generator().manual_seed(1))
+    dg.set_progress(0.25)
+    for fraction in (0.25, 1.0, 0.5):
+        dg.set_progress(fraction)
+        n = _noise(dg)
+        q = 0.4 * fraction if kind == "binary" else 0.4
+        var = q / (1 - q) if kind == "binary" else (fraction * math.sqrt(0.4 / 0.6)) ** 2
+        assert n.mean().item() == pytest.approx(1.0, abs=5 * math.sqrt(var / N))
+        assert n.var().item() == pytest.approx(var, rel=0.02)
+        if kind == "binary":
+            assert torch.unique(n).tolist() == pytest.approx([0.0, 1 / (1 - q)])
+    state = DropGrad(0.4, kind, schedule="linear")
+    state.set_progress(0.1)
+    dg.load_state_dict(state.state_dict())
+    n = _noise(dg)
+    q = 0.04 if kind == "binary" else 0.4
+    expected = q / (1 - q) if kind == "binary" else (0.1 * math.sqrt(0.4 / 0.6)) ** 2
+    assert n.var().item() == pytest.approx(expected, rel=0.03)
+    dg.set_progress(1.0)
+    dg.p = 0.2  # a new rate reaches the tensor too
+    assert _noise(dg).var().item() == pytest.approx(0.2 / 0.8, rel=0.02)
+    with pytest.raises(ValueError, match="0 <= p < 1"):
+        dg.p = 1.0
+
+
+def test_graph_key_holds_the_strength_only_where_a_draw_reads_it_in_python():
+    ramp = DropGrad(0.2, "gaussian", schedule="linear")
+    assert ramp.graph_key() == (False,), "progress 0: inactive"
+    ramp.set_progress(0.3)
+    first = ramp.graph_key()
+    ramp.set_progress(0.9)
+    assert ramp.graph_key() == first and first != (False,)
+    binary = DropGrad(0.2, "binary", schedule="linear")
+    binary.set_progress(0.5)
+    assert binary.graph_key() != first, "kind is in the key"
+    constant = DropGrad(0.2)
+    before = constant.graph_key()
+    constant.p = 0.3
+    assert constant.graph_key() != before, "a constant strength is read in Python: it is in the key"
+    assert constant.eval().graph_key() == (False,)
+
+
 def test_noise_is_differentiable_for_second_order():
     w = torch.randn(10, requires_grad=True)
     g = torch.autograd.grad((w**2).sum(), w, create_graph=True)[0]

@@ -1,11 +1,12 @@
-"""fewshot-train with its meta-steps replayed from a CUDA graph (marked gpu: skipped without CUDA)."""
+"""fewshot-train and fewshot-test with their steps replayed from a CUDA graph (marked gpu: skipped without CUDA)."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from dropgrad import CapturedEvaluation, CapturedMetaStep, load_checkpoint
-from dropgrad_fewshot import cli
+from dropgrad_fewshot import cli, testing
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
 from dropgrad_fewshot.methods import build_learner, check_task_streams, use_vmap
@@ -111,3 +112,29 @@ def test_replayed_evaluation_scores_the_episodes_eager_evaluation_scores(method,
         assert (replayed["acc"] == eager["acc"]).all()
         torch.testing.assert_close(torch.from_numpy(replayed["loss"]), torch.from_numpy(eager["loss"]), rtol=1e-5, atol=1e-6)
     assert runner.captures == 1
+
+
+def test_fewshot_test_replays_evaluation_and_scores_what_eager_evaluation_scores(tmp_path, monkeypatch, no_tf32):
+    out = tmp_path / "run"
+    assert cli.train_main(["--out", str(out), *TINY, "--cuda-graph", "on"]) == 0
+    eager_run = tmp_path / "eager"
+    shutil.copytree(out, eager_run)
+    config = json.loads((eager_run / "config.json").read_text())
+    config["cuda_graph"] = "off"
+    (eager_run / "config.json").write_text(json.dumps(config))
+
+    made: list[CapturedEvaluation] = []
+
+    class Counted(CapturedEvaluation):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(testing, "CapturedEvaluation", Counted)
+    # 19 episodes: two whole chunks of 8 and a last one of 3, padded to 8 under replay.
+    replayed = testing.test_run(out, episodes=19, progress=False)
+    assert len(made) == 1 and made[0].captures == 1
+    eager = testing.test_run(eager_run, episodes=19, progress=False)
+    assert len(made) == 1, "cuda_graph off: fewshot-test evaluates eagerly"
+    assert replayed["test_episodes"] == eager["test_episodes"] == 19
+    assert replayed["test_acc_mean"] == pytest.approx(eager["test_acc_mean"], abs=1e-12)

@@ -16,8 +16,10 @@ What replay keeps exact:
   replay; a capture restores the generator (and every buffer of the learner, e.g. BatchNorm's
   running statistics) to its state before the capture's warm-up steps, so the random stream
   of a run does not depend on when graphs were (re)captured;
-* everything else a step depends on that the graph cannot see (input shapes, DropGrad's
-  strength under a schedule, the autocast state, and the learner's ``graph_state()``: train/eval
+* DropGrad's strength under the linear schedule lives in a device tensor the draws read at every
+  replay, so one graph follows the ramp;
+* everything else a step depends on that the graph cannot see (input shapes, DropGrad's kind and
+  constant strength, the autocast state, and the learner's ``graph_state()``: train/eval
   mode, the derivative order, MAML++'s multi-step loss weights) is part of a key; a new key
   captures a new graph.
 
@@ -156,8 +158,7 @@ class CapturedMetaStep:
 
     def _key(self, tasks: Task) -> Hashable:
         learner = self.learner
-        dg = learner.dropgrad
-        noise = (dg.active, dg.kind, dg.effective_p, dg.std) if dg.active else (False,)
+        noise = learner.dropgrad.graph_key()
         inputs = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in tasks)
         autocast = _cuda_autocast()
         # What the learner reads in Python while building its step (MAML++'s epoch-dependent losses).

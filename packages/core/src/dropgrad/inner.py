@@ -11,9 +11,9 @@ Per task with support ``(xs, ys)``::
 
 A batch of tasks is adapted either one task at a time (``batched=False``) or together with
 ``torch.func.vmap`` (``batched=True``); both give the same numbers. Speed and memory options
-(see docs/performance.md): ``vmap_norms`` (torch's or decomposed BatchNorm/LayerNorm under
-vmap, e.g. for channels_last), ``checkpoint`` (recompute each second-order inner step in the backward pass),
-``task_chunk`` (batched backward in chunks of tasks), ``compile_forward`` (``torch.compile`` of the
+(see docs/performance.md): ``vmap_norms`` / ``loop_norms`` (torch's or decomposed
+BatchNorm/LayerNorm in either path, e.g. for channels_last under vmap), ``checkpoint``
+(recompute each second-order inner step in the backward pass), ``task_chunk`` (batched backward in chunks of tasks), ``compile_forward`` (``torch.compile`` of the
 model's forward in first-order steps), ``task_streams`` (the loop's tasks on concurrent CUDA streams).
 """
 
@@ -41,6 +41,13 @@ StepSize = float | Mapping[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 VmapNorms = Literal["auto", "decomposed", "native"]
 VMAP_NORMS: tuple[str, ...] = ("auto", "decomposed", "native")
+LoopNorms = Literal["native", "decomposed"]
+LOOP_NORMS: tuple[str, ...] = ("native", "decomposed")
+# torch.compile keywords compile_forward may set. Modes that record CUDA graphs of their own
+# ("reduce-overhead", "max-autotune") are left out: CapturedMetaStep records the whole step, and a
+# compiled region that replays its own graphs cannot be recorded inside another.
+COMPILE_KEYS: tuple[str, ...] = ("backend", "mode", "options")
+COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs")
 
 __all__ = ["MAML", "MAMLPlusPlus", "MetaOutput", "MetaSGD", "Task", "msl_weights", "sgd_step"]
 
@@ -148,6 +155,46 @@ def _forward_with(model: nn.Module, tensors: dict[str, Tensor], x: Tensor) -> Te
     return functional_call(model, tensors, (x,))
 
 
+def _compile_kwargs(compile_forward: bool | str | Mapping[str, Any]) -> dict[str, Any]:
+    """``torch.compile`` keywords for ``MAML(compile_forward=...)``; ValueError names what is wrong."""
+    if compile_forward is True:
+        return {"backend": "inductor"}
+    if isinstance(compile_forward, str) and compile_forward:
+        return {"backend": compile_forward}
+    if not isinstance(compile_forward, Mapping):
+        raise ValueError(
+            "inner loop: compile_forward must be True, False, a torch.compile backend name or a mapping of "
+            f"torch.compile keywords ({', '.join(COMPILE_KEYS)}), got {compile_forward!r}"
+        )
+    unknown = sorted(set(compile_forward) - set(COMPILE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"inner loop: compile_forward keys must be among {', '.join(COMPILE_KEYS)}, got {', '.join(map(str, unknown))}"
+        )
+    mode = compile_forward.get("mode")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(
+            f"inner loop: compile_forward mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r} (modes that "
+            "record CUDA graphs of their own cannot run inside the meta-step's graph, dropgrad.CapturedMetaStep)"
+        )
+    options = compile_forward.get("options")
+    if options is not None and (not isinstance(options, Mapping) or "triton.cudagraphs" in options):
+        raise ValueError(
+            f"inner loop: compile_forward options must be a mapping of inductor settings without "
+            f"'triton.cudagraphs', got {options!r}"
+        )
+    kwargs = {"backend": "inductor", **compile_forward}
+    if options is not None:
+        kwargs["options"] = dict(options)
+        if mode is not None:
+            # torch.compile takes a mode or options, not both: a mode is a set of inductor options.
+            # (Imported here: inductor is slow to import, and most runs never compile.)
+            import torch._inductor
+
+            kwargs["options"] = {**torch._inductor.list_mode_options(kwargs.pop("mode")), **kwargs["options"]}
+    return kwargs
+
+
 def _vmap_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     # (T,) losses and (T, n, *out) outputs: ``params`` and the data carry the task dimension,
     # ``shared`` (a step's own tensors, e.g. MAML++'s BatchNorm rows) is the same for every task.
@@ -205,8 +252,11 @@ class MAML(nn.Module):
         task_chunk: with ``meta_backward(batched=True)``, adapt and back-propagate this many
             tasks at a time (peak memory of a chunk, not of the meta-batch); ``None``: all.
         compile_forward: run the model through ``torch.compile`` (``True``: its default backend,
-            inductor; a string: that backend) wherever no second-order graph is needed, i.e. in
-            meta-training steps while :attr:`second_order` is False. Fewer, fused kernels per
+            inductor; a string: that backend; a mapping: ``torch.compile`` keywords among
+            ``backend``, ``mode`` (``"default"`` or ``"max-autotune-no-cudagraphs"``: Triton
+            templates autotuned against cuDNN, minutes of compiling) and ``options`` (inductor
+            settings, e.g. ``{"combo_kernels": True}``)) wherever no second-order graph is
+            needed, i.e. in meta-training steps while :attr:`second_order` is False. Fewer, fused kernels per
             forward and backward (BatchNorm, activations, pooling); the convolutions stay cuDNN's.
             With ``batched=True`` the whole vmapped forward is compiled (grouped convolutions
             included). Second order and evaluation run eagerly: AOTAutograd has no double
@@ -226,6 +276,12 @@ class MAML(nn.Module):
             reductions and pointwise ops; works where torch's vmap rule does not, e.g. CUDA
             channels_last BatchNorm in torch 2.11), or ``"auto"`` (decomposed exactly when
             the model's conv weights are channels_last). Both are exact to second order.
+        loop_norms: how the per-task loop runs them: ``"native"`` (torch's kernels) or
+            ``"decomposed"``. The decomposition's derivatives of every order are a few
+            reductions and pointwise operations in the input's dtype; torch's BatchNorm double
+            backward multiplies bf16 activations by its float32 statistics, so its full-size
+            temporaries are float32 under autocast (a speed lever for second order;
+            docs/performance.md). Refused for BatchNorm that updates running statistics.
 
     Example, a 2-task meta-batch of 3-way 1-shot tasks on a linear model:
 
@@ -252,7 +308,8 @@ class MAML(nn.Module):
         checkpoint: bool = False,
         task_chunk: int | None = None,
         vmap_norms: VmapNorms = "auto",
-        compile_forward: bool | str = False,
+        loop_norms: LoopNorms = "native",
+        compile_forward: bool | str | Mapping[str, Any] = False,
         task_streams: int | None = None,
     ) -> None:
         super().__init__()
@@ -262,9 +319,12 @@ class MAML(nn.Module):
             raise ValueError(f"inner loop: task_chunk must be None or an integer >= 1, got task_chunk={task_chunk!r}")
         if vmap_norms not in VMAP_NORMS:
             raise ValueError(f"inner loop: vmap_norms must be one of {', '.join(VMAP_NORMS)}, got {vmap_norms!r}")
+        if loop_norms not in LOOP_NORMS:
+            raise ValueError(f"inner loop: loop_norms must be one of {', '.join(LOOP_NORMS)}, got {loop_norms!r}")
         self.checkpoint = bool(checkpoint)
         self.task_chunk = task_chunk
         self.vmap_norms: str = vmap_norms
+        self.loop_norms: str = loop_norms
         self.model = model
         self.inner_lr = float(inner_lr)
         self.steps = steps
@@ -274,36 +334,40 @@ class MAML(nn.Module):
         self.fast_names = self._select_fast_names(adapt)
         self._compiled, self._compiled_vmap = self._compile(compile_forward)
         self.task_streams = self._check_task_streams(task_streams)
+        if loop_norms == "decomposed":
+            self._refuse_running_stats(
+                "loop_norms='decomposed' cannot update the running statistics", "leave loop_norms='native'")
+
+    def _refuse_running_stats(self, what: str, instead: str) -> None:
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                raise ValueError(
+                    f"inner loop: {what} of BatchNorm '{name}'; build it with track_running_stats=False or {instead}"
+                )
 
     def _check_task_streams(self, k: int | None) -> int | None:
         if k is None:
             return None
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValueError(f"inner loop: task_streams must be None or an integer >= 2, got task_streams={k!r}")
-        for name, module in self.model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-                raise ValueError(
-                    f"inner loop: task_streams cannot run tasks concurrently that update the running statistics "
-                    f"of BatchNorm '{name}'; build it with track_running_stats=False or leave task_streams=None"
-                )
+        self._refuse_running_stats(
+            "task_streams cannot run tasks concurrently that update the running statistics", "leave task_streams=None")
         return k
 
-    def _compile(self, compile_forward: bool | str) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+    def _compile(
+        self, compile_forward: bool | str | Mapping[str, Any],
+    ) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
         """The compiled per-task forward and the compiled vmapped forward, or ``(None, None)``."""
         if compile_forward is False:
             return None, None
-        if compile_forward is not True and not (isinstance(compile_forward, str) and compile_forward):
-            raise ValueError(
-                f"inner loop: compile_forward must be True, False or a torch.compile backend name, got {compile_forward!r}"
-            )
+        kwargs = _compile_kwargs(compile_forward)
         if has_consistent_dropout(self.model):
             raise ValueError(
                 "inner loop: compile_forward does not support ConsistentDropout (its per-task mask is module "
                 "state drawn inside the forward); use compile_forward=False"
             )
-        backend = "inductor" if compile_forward is True else compile_forward
-        return (torch.compile(_forward_with, dynamic=False, backend=backend),
-                torch.compile(_vmap_tasks, dynamic=False, backend=backend))
+        return (torch.compile(_forward_with, dynamic=False, **kwargs),
+                torch.compile(_vmap_tasks, dynamic=False, **kwargs))
 
     @property
     def compiled(self) -> bool:
@@ -365,9 +429,10 @@ class MAML(nn.Module):
 
     def _run_model(self, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
         """``functional_call`` of the model with ``tensors`` in place of its own, compiled where it applies."""
-        if self._use_compiled():
-            return self._compiled(self.model, tensors, x)  # type: ignore[misc]
-        return functional_call(self.model, tensors, (x,))
+        with decomposed_norms(self.loop_norms == "decomposed"):
+            if self._use_compiled():
+                return self._compiled(self.model, tensors, x)  # type: ignore[misc]
+            return functional_call(self.model, tensors, (x,))
 
     def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """Predict with adapted ``params`` (from :meth:`adapt`) or with theta; ``x`` is ``(batch, *input)``."""

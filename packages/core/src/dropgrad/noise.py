@@ -149,13 +149,16 @@ class DropGrad(nn.Module):
             raise ValueError(
                 f"DropGrad: schedule must be one of {', '.join(SCHEDULES)}, got schedule={schedule!r}"
             )
-        self.p = check_p(p)
         self.kind: str = kind
         self.schedule: str = schedule
         self.selection = parse_selection(params)
         self.groups = {k.lower(): tuple(v) for k, v in (RESNET_GROUPS if groups is None else groups).items()}
         self.generator = generator
-        self.progress = 1.0 if schedule == "constant" else 0.0
+        # Under the linear schedule the strength is also kept in a tensor per (device, dtype) that
+        # every draw reads, so a CUDA graph recorded once follows the ramp (see _strength).
+        self._strength_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._progress = 1.0 if schedule == "constant" else 0.0
+        self.p = check_p(p)
         self._selected_cache: dict[tuple[str, ...], tuple[bool, ...]] = {}
 
     # ----------------------------------------------------------------- strength
@@ -164,6 +167,63 @@ class DropGrad(nn.Module):
         if isinstance(fraction, bool) or not 0.0 <= float(fraction) <= 1.0:
             raise ValueError(f"DropGrad.set_progress: fraction must be in [0, 1], got {fraction!r}")
         self.progress = float(fraction)
+
+    @property
+    def progress(self) -> float:
+        """Training progress in [0, 1]; the ``linear`` schedule scales the strength by it."""
+        return self._progress
+
+    @progress.setter
+    def progress(self, fraction: float) -> None:
+        self._progress = float(fraction)
+        self._refresh_strength()
+
+    @property
+    def p(self) -> float:
+        """The drop rate at full strength."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = check_p(value)
+        self._refresh_strength()
+
+    def _refresh_strength(self) -> None:
+        # The tensors the linear schedule's draws (and graphs recorded from them) read.
+        for strength in self._strength_cache.values():
+            strength.fill_(self._linear_strength())
+
+    def _linear_strength(self) -> float:
+        """What a linear-schedule draw reads from its tensor: keep probability (binary) or std (gaussian)."""
+        return 1.0 - self.effective_p if self.kind == "binary" else self.std
+
+    def _strength(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The linear schedule's strength as a 0-d tensor on ``device``, the same tensor on every call.
+
+        A CUDA graph records the tensor's address, not its value, and :attr:`progress` updates it in
+        place: one graph recorded at any progress > 0 draws at the strength of the moment at
+        every replay. (Read as a Python float, the strength would have to be part of the graph's
+        key, and every epoch of a ramp would record a new graph.)
+        """
+        key = (device, dtype)
+        strength = self._strength_cache.get(key)
+        if strength is None:
+            strength = torch.full((), self._linear_strength(), device=device, dtype=dtype)
+            self._strength_cache[key] = strength
+        return strength
+
+    def graph_key(self) -> tuple[Any, ...]:
+        """What a recorded draw depends on that is read in Python when it is recorded.
+
+        A CUDA graph of a step that draws (:class:`dropgrad.CapturedMetaStep`) holds it in its key.
+        The linear schedule's strength is read from a tensor at every replay (:meth:`_strength`),
+        so its key holds the kind and ``p`` but not the progress.
+        """
+        if not self.active:
+            return (False,)
+        if self.schedule == "linear":
+            return (True, self.kind, self.p, "linear")
+        return (True, self.kind, self.p, self.std)
 
     @property
     def effective_p(self) -> float:
@@ -225,13 +285,21 @@ class DropGrad(nn.Module):
         gen = self.generator
         draw_device = gen.device if gen is not None else device
         draw_dtype = _DRAW_DTYPE.get(dtype, dtype)
-        if self.kind == "binary":
+        n = torch.empty(numel, device=draw_device, dtype=draw_dtype)
+        if self.schedule == "linear":
+            strength = self._strength(draw_device, draw_dtype)
+            if self.kind == "binary":
+                n.bernoulli_(strength.expand(numel), generator=gen).div_(strength)
+            else:
+                # 1 + std * z in one out-of-place pass (in place, mul_ then add_ would be two).
+                z = n.normal_(0.0, 1.0, generator=gen)
+                n = torch.addcmul(z.new_ones(()), z, strength)
+        elif self.kind == "binary":
             keep = 1.0 - self.effective_p
-            n = torch.empty(numel, device=draw_device, dtype=draw_dtype).bernoulli_(keep, generator=gen)
-            n.mul_(1.0 / keep)
+            n.bernoulli_(keep, generator=gen).mul_(1.0 / keep)
         else:
             # normal_(mean, std) is one kernel; randn then mul_ then add_ would be three passes.
-            n = torch.empty(numel, device=draw_device, dtype=draw_dtype).normal_(1.0, self.std, generator=gen)
+            n.normal_(1.0, self.std, generator=gen)
         return n.to(device=device, dtype=dtype)
 
     def noise_like(self, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -314,7 +382,7 @@ class DropGrad(nn.Module):
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.progress = float(state["progress"])
+        self.progress = float(state["progress"])  # also updates the linear schedule's strength tensors
         if self.generator is not None and "generator_state" in state:
             self.generator.set_state(state["generator_state"])
 
