@@ -25,7 +25,10 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   templates timed against cuDNN for each convolution; minutes of compiling); ``+combo``:
   ``+compile`` with inductor's ``combo_kernels`` (independent small kernels launched as one);
   ``+dn``: BatchNorm written as reductions and pointwise ops in the per-task loop too
-  (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels).
+  (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels);
+  ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
+  without parameters and norms run once for all tasks, convolutions with per-task weights as
+  one plain (not grouped) convolution per task.
 
 Each row runs in a fresh subprocess with a time cap; a failure (NotImplementedError, OOM, a
 timeout) becomes a row saying so. Before timing, each row's structural options (batching,
@@ -83,6 +86,7 @@ class Impl:
     compile_mode: str | None = None  # torch.compile's mode (with compile)
     combo: bool = False  # inductor's combo_kernels (with compile)
     loop_norms: str = "native"
+    batch_with: str = "vmap"  # with batched: torch.func.vmap or folded tasks
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
@@ -131,6 +135,15 @@ IMPLS: dict[str, Impl] = {
     "loop+bf16+cl+dn+graph": Impl(bf16=True, channels_last=True, graph=True, loop_norms="decomposed"),
     "loop+dn": Impl(loop_norms="decomposed"),
     "loop+bf16+dn": Impl(bf16=True, loop_norms="decomposed"),
+    "fold": Impl(batched=True, batch_with="fold"),
+    "fold+graph": Impl(batched=True, batch_with="fold", graph=True),
+    "fold+bf16+cl+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True, graph=True),
+    "fold+bf16+graph": Impl(batched=True, batch_with="fold", bf16=True, graph=True),
+    "fold+bf16+cl+compile": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True),
+    "fold+bf16+cl+compile+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True,
+                                       graph=True),
+    "fold+bf16+cl+compile+combo+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                             compile=True, graph=True, combo=True),
 }
 # Extra seconds a +compile row may take (inductor compiles forward and backward per shape and
 # dtype: support, query, and the float64 check's), on top of the per-row cap.
@@ -151,16 +164,17 @@ def extra_seconds(impl: Impl) -> float:
 CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "resnet18-fo": ("resnet18", "first", (
         "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+graph",
-        "loop+bf16+cl+compile+graph+streams4", "vmap+bf16+cl+compile+graph", "loop+bf16+graph", "vmap+bf16+cl+graph",
-        "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
+        "loop+bf16+cl+compile+graph+streams4", "fold+bf16+cl+compile+graph", "vmap+bf16+cl+compile+graph",
+        "fold+bf16+cl+graph", "loop+bf16+graph", "vmap+bf16+cl+graph", "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
     "resnet18-so": ("resnet18", "second", (
         "naive", "loop", "loop+bf16+graph", "loop+bf16+dn+graph", "loop+bf16+graph+streams2", "loop+bf16+cl+graph",
-        "loop+bf16+cl+dn+graph", "loop+graph",
+        "loop+bf16+cl+dn+graph", "fold+bf16+graph", "loop+graph",
         "vmap+bf16+graph", "vmap+bf16+chunk2")),
     "conv4-fo": ("conv4", "first", (
         "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+graph",
-        "loop+bf16+cl+compile+graph+streams4", "loop+bf16+cl+compile+combo+graph", "loop+bf16+cl+autotune+graph",
-        "vmap+bf16+cl+compile+graph", "loop+compile+graph", "loop+graph",
+        "loop+bf16+cl+compile+graph+streams4", "fold+bf16+cl+compile+graph", "loop+bf16+cl+compile+combo+graph",
+        "loop+bf16+cl+autotune+graph", "vmap+bf16+cl+compile+graph", "fold+bf16+cl+graph", "loop+compile+graph",
+        "loop+graph",
         "vmap+graph", "vmap+bf16+cl+graph", "vmap+bf16")),
 }
 # --quick: every configuration, every lever at least once, in seconds on a CPU.
@@ -168,7 +182,7 @@ QUICK_ROWS: dict[str, tuple[str, ...]] = {
     "resnet18-fo": ("naive", "loop", "vmap+bf16+cl"),
     "resnet18-so": ("naive", "loop", "vmap+bf16+chunk2+ckpt"),
     "conv4-fo": ("naive", "loop", "loop+bf16+ckpt", "vmap", "vmap+bf16", "vmap+bf16+cl", "vmap+bf16+chunk2+ckpt",
-                 "vmap+graph", "loop+compile", "loop+bf16+cl+graph+streams4", "loop+dn"),
+                 "vmap+graph", "loop+compile", "loop+bf16+cl+graph+streams4", "loop+dn", "fold+bf16+cl+graph"),
 }
 # The issue's targets on one H100/H200 (tasks/s with DropGrad on; peak GiB).
 TARGETS = {"resnet18-fo": (50.0, None), "resnet18-so": (12.0, 14.0), "conv4-fo": (400.0, None)}
@@ -217,7 +231,7 @@ def make_step(
         model, inner_lr=INNER_LR, steps=steps, first_order=first_order,
         dropgrad=dropgrad.DropGrad(P, "gaussian") if noise_on else None,
         checkpoint=impl.checkpoint, task_chunk=impl.task_chunk, compile_forward=impl.compile_forward(),
-        task_streams=impl.task_streams, loop_norms=impl.loop_norms,
+        task_streams=impl.task_streams, loop_norms=impl.loop_norms, batch_with=impl.batch_with,
     )
 
     run = dropgrad.CapturedMetaStep(learner, batched=impl.batched) if impl.graph else partial(

@@ -5,14 +5,16 @@ A second-order ResNet-18 meta-step replayed from a CUDA graph is bound by the GP
 thousands of kernels, most of them element-wise passes over activations (docs/performance.md). The
 time of such a kernel follows the bytes it moves, and those bytes do not depend on the device, so
 this CPU count is a prediction of where a GPU step's element-wise time goes, and of how much a
-lever that changes the operators (``MAML(loop_norms="decomposed")``) can save. Convolutions are
-listed too, but their time follows arithmetic, not bytes.
+lever that changes the operators (``MAML(loop_norms="decomposed")``, ``batch_with="fold"``) can
+save. Convolutions are listed too, but their time follows arithmetic, not bytes. The count of
+calls is an upper bound on the kernels an uncompiled step launches.
 
 Counted: every aten call except views and metadata, as the summed size of its tensor inputs and
 outputs (a kernel reads its inputs once and writes its outputs once; caches and fusion aside).
 Tensors of at most ``--min-numel`` elements (per-channel vectors, scalars) are left out.
 
     python tools/meta_step_traffic.py --model resnet18 --size 64 --order second --bf16
+    python tools/meta_step_traffic.py --model conv4 --size 84 --order first --bf16 --tasks 4 --variants loop,vmap,fold
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_inner_loop as bench  # noqa: E402  (tools/ is not a package)
+import bench_inner_loop as bench  # tools/ is not a package
 
 dropgrad = bench.dropgrad
 
@@ -63,16 +65,27 @@ class Traffic(TorchDispatchMode):
         return out
 
 
-def measure(model: str, size: int, order: str, loop_norms: str, bf16: bool, tasks: int, min_numel: int) -> Traffic:
+# --variants: name -> (MAML options, batched)
+VARIANTS: dict[str, tuple[dict[str, str], bool]] = {
+    "native": ({}, False),  # the per-task loop with torch's norms (also called "loop")
+    "loop": ({}, False),
+    "decomposed": ({"loop_norms": "decomposed"}, False),
+    "vmap": ({"batch_with": "vmap"}, True),
+    "fold": ({"batch_with": "fold"}, True),
+}
+
+
+def measure(model: str, size: int, order: str, variant: str, bf16: bool, tasks: int, min_numel: int) -> Traffic:
     """The traffic of one ``meta_backward`` (DropGrad on, 5-way 5-shot 16-query, 5 inner steps)."""
+    options, batched = VARIANTS[variant]
     torch.manual_seed(0)
     net = bench.build_model(model, size, 5, batch_stats=True)
-    learner = dropgrad.MAML(net, inner_lr=0.01, steps=5, first_order=order == "first", loop_norms=loop_norms,
-                            dropgrad=dropgrad.DropGrad(0.1))
+    learner = dropgrad.MAML(net, inner_lr=0.01, steps=5, first_order=order == "first",
+                            dropgrad=dropgrad.DropGrad(0.1), **options)
     batch = bench.make_tasks(tasks, 5, 5, 16, size, torch.device("cpu"), torch.float32)
     traffic = Traffic(min_numel)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), traffic:
-        learner.meta_backward(batch)
+        learner.meta_backward(batch, batched=batched)
     return traffic
 
 
@@ -86,19 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=bench._positive, default=15, help="rows per table (default 15)")
     parser.add_argument("--min-numel", type=bench._non_negative, default=4096,
                         help="leave out tensors of at most this many elements (default 4096)")
+    parser.add_argument("--variants", default="native,decomposed",
+                        help=f"comma-separated, the first is the reference: {', '.join(VARIANTS)} "
+                             "(native = loop: the per-task loop; decomposed: loop_norms='decomposed'; "
+                             "vmap, fold: batched=True with that batch_with)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or len(variants) < 1:
+        parser.error(f"--variants: expected names among {', '.join(VARIANTS)}, got {args.variants!r}")
     print(f"{args.model} {args.size} px, {args.order} order, {args.tasks} task(s), 5 inner steps, DropGrad on, "
           f"{'bf16 autocast' if args.bf16 else 'float32'}; torch {torch.__version__}")
     totals = {}
-    for norms in ("native", "decomposed"):
-        t = measure(args.model, args.size, args.order, norms, args.bf16, args.tasks, args.min_numel)
-        totals[norms] = sum(t.bytes.values())
-        print(f"\nloop_norms={norms}: {totals[norms] / 1e9:.3f} GB moved in {sum(t.calls.values())} counted calls")
+    for variant in variants:
+        t = measure(args.model, args.size, args.order, variant, args.bf16, args.tasks, args.min_numel)
+        totals[variant] = (sum(t.bytes.values()), sum(t.calls.values()))
+        print(f"\n{variant}: {totals[variant][0] / 1e9:.3f} GB moved in {totals[variant][1]} counted calls")
         print(f"{'GB':>8}  {'calls':>6}  operator (output dtype)")
         for key, moved in t.bytes.most_common(args.top):
             print(f"{moved / 1e9:8.3f}  {t.calls[key]:6d}  {key}")
-    print(f"\ndecomposed / native bytes: {totals['decomposed'] / totals['native']:.3f}")
+    ref = variants[0]
+    for variant in variants[1:]:
+        print(f"\n{variant} / {ref}: bytes {totals[variant][0] / totals[ref][0]:.3f}, "
+              f"calls {totals[variant][1] / totals[ref][1]:.3f}")
     return 0
 
 

@@ -64,6 +64,9 @@ VARIANTS = {
     "vmap-chunk3": (True, {"task_chunk": 3}),
     "vmap-chunk1-checkpoint": (True, {"task_chunk": 1, "checkpoint": True}),
     "loop-checkpoint": (False, {"checkpoint": True}),
+    "fold": (True, {"batch_with": "fold"}),
+    "fold-checkpoint": (True, {"batch_with": "fold", "checkpoint": True}),
+    "fold-chunk3": (True, {"batch_with": "fold", "task_chunk": 3}),
 }
 
 
@@ -116,15 +119,17 @@ def test_decomposed_norms_fix_nested_func_grad_second_order():
     assert max((a - b).abs().max().item() for a, b in zip(fixed, ref)) < 1e-10
 
 
+@pytest.mark.parametrize("batch_with", ["vmap", "fold"])
 @pytest.mark.parametrize("order", ["first", "second"])
-def test_float32_vmap_and_channels_last_match_the_loop(order):
+def test_float32_batched_and_channels_last_match_the_loop(order, batch_with):
     tasks = make_tasks(torch.float32)
     ref_loss, ref_grads = run(learner("maml", order, torch.float32), tasks, batched=False)
-    fast_learner = learner("maml", order, torch.float32).to(memory_format=torch.channels_last)
+    fast_learner = learner("maml", order, torch.float32, batch_with=batch_with).to(memory_format=torch.channels_last)
     assert fast.is_channels_last(fast_learner.model)
     cl_tasks = Task(fast.channels_last_tasks(tasks.support_x), tasks.support_y,
                     fast.channels_last_tasks(tasks.query_x), tasks.query_y)
-    for lrn, batch in ((learner("maml", order, torch.float32), tasks), (fast_learner, cl_tasks)):
+    plain = learner("maml", order, torch.float32, batch_with=batch_with)
+    for lrn, batch in ((plain, tasks), (fast_learner, cl_tasks)):
         loss, grads = run(lrn, batch, batched=True)
         assert abs(loss.item() - ref_loss.item()) <= 2e-4 * abs(ref_loss.item())
         for a, b in zip(grads, ref_grads):
@@ -135,15 +140,15 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
 
 
-@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("batched", [False, "vmap", "fold"])
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_bf16_autocast_is_close_to_float32(batched, order):
     """The inner loop's autograd.grad / torch.func.grad run under bf16 autocast (what MetaTrainer's bf16 does)."""
     tasks = make_tasks(torch.float32)
     ref_loss, ref_grads = run(learner("maml", order, torch.float32), tasks, batched=False)
-    lrn = learner("maml", order, torch.float32)
+    lrn = learner("maml", order, torch.float32, batch_with=batched or "vmap")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, grads = run(lrn, tasks, batched=batched)
+        loss, grads = run(lrn, tasks, batched=bool(batched))
     assert all(g.dtype == torch.float32 for g in grads)  # parameters and their grads stay float32
     assert abs(loss.item() - ref_loss.item()) <= 0.02 * abs(ref_loss.item())
     assert _cosine(torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in ref_grads])) >= 0.99
@@ -154,7 +159,7 @@ def test_bf16_autocast_is_close_to_float32(batched, order):
             assert _cosine(a, b) >= 0.98
 
 
-def _adapted_noise(kind: str, p: float, n_tasks: int, m: int, batched: bool) -> torch.Tensor:
+def _adapted_noise(kind: str, p: float, n_tasks: int, m: int, batched: bool, batch_with: str = "vmap") -> torch.Tensor:
     """Per-task noise of one inner step, read off a model whose every inner gradient is 1.
 
     Linear(1, m) without bias, input 1, loss = sum of outputs: the gradient of every weight is 1,
@@ -164,17 +169,18 @@ def _adapted_noise(kind: str, p: float, n_tasks: int, m: int, batched: bool) -> 
     model = nn.Linear(1, m, bias=False)
     lr = 0.5
     lrn = MAML(model, inner_lr=lr, steps=1, first_order=True, dropgrad=DropGrad(p, kind),
-               loss_fn=lambda out, y: out.sum())
+               loss_fn=lambda out, y: out.sum(), batch_with=batch_with)
     ones = torch.ones(n_tasks, 1, 1)
     out = lrn.meta_loss(Task(ones, torch.zeros(n_tasks, 1), ones, torch.zeros(n_tasks, 1)), batched=batched)
     w = model.weight.detach()[:, 0]
     return (w - out.query_output.detach()[:, 0, :]) / lr  # (n_tasks, m)
 
 
+@pytest.mark.parametrize("batch_with", ["vmap", "fold"])
 @pytest.mark.parametrize("kind", ["gaussian", "binary"])
-def test_batched_dropgrad_draws_independent_noise_per_task(kind):
+def test_batched_dropgrad_draws_independent_noise_per_task(kind, batch_with):
     p, n_tasks, m = 0.2, 4, 20000
-    noise = _adapted_noise(kind, p, n_tasks, m, batched=True)
+    noise = _adapted_noise(kind, p, n_tasks, m, batched=True, batch_with=batch_with)
     var = p / (1 - p)
     se_mean = math.sqrt(var / m)
     for t in range(n_tasks):
@@ -218,7 +224,7 @@ def test_bad_options_are_refused():
         fast.batch_norm(torch.randn(4, 2), torch.zeros(2), torch.ones(2), training=True)
 
 
-@pytest.mark.parametrize("module", ["dropgrad.fast", "dropgrad.inner", "dropgrad.noise", "dropgrad.streams"])
+@pytest.mark.parametrize("module", ["dropgrad.fast", "dropgrad.folded", "dropgrad.inner", "dropgrad.noise", "dropgrad.streams"])
 def test_docstring_examples(module):
     import doctest
     import importlib

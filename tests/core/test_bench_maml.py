@@ -157,10 +157,15 @@ def test_meta_step_traffic_counts_bytes_that_follow_the_image_size():
     traffic = importlib.import_module("meta_step_traffic")
     # Activations grow with the pixels, so the counted bytes of convolutions must too: an
     # independent check that the count reads the real tensors (4x the pixels, > 3x the bytes).
-    small, large = (traffic.measure("conv4", size, "second", "native", False, 1, 0) for size in (16, 32))
+    small, large = (traffic.measure("conv4", size, "second", "loop", False, 1, 0) for size in (16, 32))
     conv = [k for k in small.bytes if k.startswith("convolution ")]
     assert conv and all(large.bytes[k] > 3 * small.bytes[k] for k in conv)
     assert small.calls == large.calls, "the same operators at any size"
     assert not any(k.split()[0] in traffic._NO_DATA for k in small.bytes), "views move no data"
     decomposed = traffic.measure("conv4", 16, "second", "decomposed", False, 1, 0)
     assert any(k.startswith("var_mean") for k in decomposed.calls) and not any(k.startswith("var_mean") for k in small.calls)
+    # Folded tasks: one convolution call per task and layer, as in the loop; BatchNorm once for all.
+    loop, fold = (traffic.measure("conv4", 16, "first", v, False, 2, 0) for v in ("loop", "fold"))
+    conv = "convolution (float32)"
+    assert fold.calls[conv] == loop.calls[conv] > 0
+    assert fold.calls["var_mean (float32)"] == loop.calls["native_batch_norm (float32)"] // 2

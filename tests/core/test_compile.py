@@ -120,15 +120,18 @@ def test_second_order_and_evaluation_run_eagerly_with_the_same_numbers():
     assert type(comp(tasks.query_x[0]).grad_fn).__name__ != "CompiledFunctionBackward"
 
 
-def test_batched_first_order_equals_eager():
-    eager, comp = pair(MAML, inner_lr=0.1, steps=2, first_order=True, dropgrad=DropGrad(0.2, "binary"))
-    for learner in (eager, comp):  # with the decomposed BatchNorm that channels_last selects
+@pytest.mark.parametrize("batch_with", ["vmap", "fold"])
+def test_batched_first_order_equals_eager(batch_with):
+    eager, comp = pair(MAML, inner_lr=0.1, steps=2, first_order=True, dropgrad=DropGrad(0.2, "binary"),
+                       batch_with=batch_with)
+    for learner in (eager, comp):  # with the decomposed BatchNorm that channels_last selects (vmap)
         learner.model.to(memory_format=torch.channels_last)
     tasks = make_tasks(5, "cpu", query=3)
     a = meta_step(eager, tasks, batched=True)
     torch._dynamo.utils.counters.clear()
     b = meta_step(comp, tasks, batched=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # support and query shapes
+    assert not torch._dynamo.utils.counters["graph_break"], "one graph per shape, all tasks in it"
     assert_equal_steps(a, b)
 
 

@@ -119,12 +119,14 @@ CUDA = torch.device("cuda")  # these tests are about CUDA graphs: no other devic
 
 @gpu
 @pytest.mark.parametrize(
-    "learner_cls, first_order, batched",
-    [(MAML, True, False), (MAML, False, False), (MAML, True, True), (MetaSGD, False, True)],
+    "learner_cls, first_order, batched, batch_with",
+    [(MAML, True, False, "vmap"), (MAML, False, False, "vmap"), (MAML, True, True, "vmap"),
+     (MetaSGD, False, True, "vmap"), (MAML, True, True, "fold"), (MetaSGD, False, True, "fold")],
 )
-def test_replays_equal_eager_steps_as_parameters_and_data_change(learner_cls, first_order, batched):
+def test_replays_equal_eager_steps_as_parameters_and_data_change(learner_cls, first_order, batched, batch_with):
     torch.manual_seed(0)
-    learner = learner_cls(tiny_net(), inner_lr=0.1, steps=3, first_order=first_order).double().to(CUDA)
+    learner = learner_cls(tiny_net(), inner_lr=0.1, steps=3, first_order=first_order,
+                          batch_with=batch_with).double().to(CUDA)
     step = CapturedMetaStep(learner, batched=batched)
     opt = torch.optim.SGD(learner.parameters(), lr=0.5)
     for k in range(3):

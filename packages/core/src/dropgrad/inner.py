@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .dropout import has_consistent_dropout, resample_dropout_masks
 from .fast import decomposed_norms, is_channels_last
+from .folded import FoldedTasks
 from .noise import DropGrad
 from .streams import backward_on_streams, task_streams
 
@@ -43,6 +44,8 @@ VmapNorms = Literal["auto", "decomposed", "native"]
 VMAP_NORMS: tuple[str, ...] = ("auto", "decomposed", "native")
 LoopNorms = Literal["native", "decomposed"]
 LOOP_NORMS: tuple[str, ...] = ("native", "decomposed")
+BatchWith = Literal["vmap", "fold"]
+BATCH_WITH: tuple[str, ...] = ("vmap", "fold")
 # torch.compile keywords compile_forward may set. Modes that record CUDA graphs of their own
 # ("reduce-overhead", "max-autotune") are left out: CapturedMetaStep records the whole step, and a
 # compiled region that replays its own graphs cannot be recorded inside another.
@@ -195,6 +198,17 @@ def _compile_kwargs(compile_forward: bool | str | Mapping[str, Any]) -> dict[str
     return kwargs
 
 
+def _fold_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    # As _vmap_tasks, with the tasks folded into the batch dimension (dropgrad.folded); the
+    # caller holds the FoldedTasks mode (entered outside any compiled region).
+    tasks, n = x.shape[:2]
+    out = functional_call(learner.model, {**params, **shared}, (x.flatten(0, 1),)).unflatten(0, (tasks, n))
+    if learner.loss_fn is F.cross_entropy:  # one kernel for all tasks, each task's own mean
+        flat = F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none")
+        return flat.view(tasks, -1).mean(1), out
+    return torch.stack([learner.loss_fn(out[t], y[t]) for t in range(tasks)]), out
+
+
 def _vmap_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     # (T,) losses and (T, n, *out) outputs: ``params`` and the data carry the task dimension,
     # ``shared`` (a step's own tensors, e.g. MAML++'s BatchNorm rows) is the same for every task.
@@ -276,6 +290,11 @@ class MAML(nn.Module):
             reductions and pointwise ops; works where torch's vmap rule does not, e.g. CUDA
             channels_last BatchNorm in torch 2.11), or ``"auto"`` (decomposed exactly when
             the model's conv weights are channels_last). Both are exact to second order.
+        batch_with: how ``batched=True`` adapts a meta-batch together: ``"vmap"``
+            (``torch.func.vmap``; a layer with per-task weights becomes one grouped kernel) or
+            ``"fold"`` (:mod:`dropgrad.folded`: the tasks folded into the batch dimension;
+            parameter-free layers and norms run once for all tasks, convolutions with per-task
+            weights as one plain convolution per task). Both give the loop's numbers.
         loop_norms: how the per-task loop runs them: ``"native"`` (torch's kernels) or
             ``"decomposed"``. The decomposition's derivatives of every order are a few
             reductions and pointwise operations in the input's dtype; torch's BatchNorm double
@@ -309,6 +328,7 @@ class MAML(nn.Module):
         task_chunk: int | None = None,
         vmap_norms: VmapNorms = "auto",
         loop_norms: LoopNorms = "native",
+        batch_with: BatchWith = "vmap",
         compile_forward: bool | str | Mapping[str, Any] = False,
         task_streams: int | None = None,
     ) -> None:
@@ -321,6 +341,9 @@ class MAML(nn.Module):
             raise ValueError(f"inner loop: vmap_norms must be one of {', '.join(VMAP_NORMS)}, got {vmap_norms!r}")
         if loop_norms not in LOOP_NORMS:
             raise ValueError(f"inner loop: loop_norms must be one of {', '.join(LOOP_NORMS)}, got {loop_norms!r}")
+        if batch_with not in BATCH_WITH:
+            raise ValueError(f"inner loop: batch_with must be one of {', '.join(BATCH_WITH)}, got {batch_with!r}")
+        self.batch_with: str = batch_with
         self.checkpoint = bool(checkpoint)
         self.task_chunk = task_chunk
         self.vmap_norms: str = vmap_norms
@@ -332,7 +355,7 @@ class MAML(nn.Module):
         self.dropgrad = dropgrad if dropgrad is not None else DropGrad(kind="none")
         self.loss_fn = loss_fn
         self.fast_names = self._select_fast_names(adapt)
-        self._compiled, self._compiled_vmap = self._compile(compile_forward)
+        self._compiled, self._compiled_vmap = self._compile(compile_forward, batch_with)
         self.task_streams = self._check_task_streams(task_streams)
         if loop_norms == "decomposed":
             self._refuse_running_stats(
@@ -355,9 +378,9 @@ class MAML(nn.Module):
         return k
 
     def _compile(
-        self, compile_forward: bool | str | Mapping[str, Any],
+        self, compile_forward: bool | str | Mapping[str, Any], batch_with: str,
     ) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
-        """The compiled per-task forward and the compiled vmapped forward, or ``(None, None)``."""
+        """The compiled per-task forward and the compiled batched forward, or ``(None, None)``."""
         if compile_forward is False:
             return None, None
         kwargs = _compile_kwargs(compile_forward)
@@ -366,8 +389,9 @@ class MAML(nn.Module):
                 "inner loop: compile_forward does not support ConsistentDropout (its per-task mask is module "
                 "state drawn inside the forward); use compile_forward=False"
             )
+        batched = _fold_tasks if batch_with == "fold" else _vmap_tasks
         return (torch.compile(_forward_with, dynamic=False, **kwargs),
-                torch.compile(_vmap_tasks, dynamic=False, **kwargs))
+                torch.compile(batched, dynamic=False, **kwargs))
 
     @property
     def compiled(self) -> bool:
@@ -503,8 +527,16 @@ class MAML(nn.Module):
         return self._query_step(params, x, y, step)
 
     def _vmapped(self, params: Params, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        """``(T,)`` losses and ``(T, n, *out)`` outputs of a task stack, under vmap (compiled where it applies)."""
+        """``(T,)`` losses and ``(T, n, *out)`` outputs of a task stack, batched (compiled where it applies)."""
         shared = self._step_tensors(step)
+        if self.batch_with == "fold":
+            if self._use_compiled():
+                # The check for unsupported layers runs in eager calls only: a compiled region
+                # passes its own internals through the mode.
+                with FoldedTasks(x.shape[0]):
+                    return self._compiled_vmap(self, params, shared, x, y)  # type: ignore[misc]
+            with FoldedTasks(x.shape[0], params.values()):
+                return _fold_tasks(self, params, shared, x, y)
         if self._use_compiled():
             # A compiled function called inside vmap runs eagerly; vmap traced inside
             # torch.compile compiles, grouped convolutions and all. The step's tensors go in as
@@ -523,7 +555,8 @@ class MAML(nn.Module):
         """Mean query loss over a stack of T tasks (each field has a leading task dimension).
 
         ``batched=False`` adapts the tasks one after another; ``batched=True`` adapts them
-        together with ``torch.func.vmap`` (same numbers; see :meth:`check_batchable`).
+        together, with ``torch.func.vmap`` or folded into the batch (``batch_with``; same numbers;
+        see :meth:`check_batchable`).
         """
         if batched:
             return self._meta_loss_vmap(tasks)
@@ -587,12 +620,12 @@ class MAML(nn.Module):
             is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
             if is_bn and module.training and module.track_running_stats:
                 raise ValueError(
-                    f"batched adaptation (vmap) cannot update the running statistics of BatchNorm "
+                    f"batched adaptation ({self.batch_with}) cannot update the running statistics of BatchNorm "
                     f"'{name}'; build it with track_running_stats=False or use batched=False"
                 )
         if self.model.training and has_consistent_dropout(self.model):
             raise ValueError(
-                "batched adaptation (vmap) does not support ConsistentDropout masks; use batched=False"
+                f"batched adaptation ({self.batch_with}) does not support ConsistentDropout masks; use batched=False"
             )
 
     def _support_loss(self, params: Params, x: Tensor, y: Tensor, step: int) -> Tensor:
@@ -626,7 +659,8 @@ class MAML(nn.Module):
         n = tasks.n_tasks
         params = {k: v.expand(n, *v.shape) for k, v in self.initial_params().items()}
         trajectory: list[Params] = []
-        with decomposed_norms(self._decompose_norms()):
+        # Folded tasks compute BatchNorm per task themselves; vmap may need the decomposition.
+        with decomposed_norms(self.batch_with == "vmap" and self._decompose_norms()):
             with torch.enable_grad():
                 for step in range(self.steps):
                     if not track:

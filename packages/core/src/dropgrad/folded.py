@@ -1,0 +1,246 @@
+"""A meta-batch folded into the batch dimension: the T tasks of a stack run as one batch of T*n samples.
+
+``torch.func.vmap`` batches a layer whose weights differ per task into one grouped kernel (a
+convolution with ``groups = T``). :class:`FoldedTasks` batches only what is cheap to batch:
+
+* operators without parameters (activations, pooling, additions, dropout) see one batch of
+  ``T * n`` samples, one kernel for all tasks;
+* BatchNorm computes each task's statistics over its own ``n`` samples (a reshape to
+  ``(T, n, C, ...)`` and one reduction), the per-task scale and shift in one pass;
+* LayerNorm and GroupNorm normalise per sample as usual, then apply each task's affine part;
+* a linear layer with per-task weights is one batched matmul;
+* a convolution with per-task weights runs as T plain convolutions, one per task, written into
+  one output: cuDNN's plain kernels, not its grouped ones.
+
+Parameters that are the same for every task (4-d convolution weights, 1-d norm weights: e.g.
+parameters the inner loop does not adapt, or MAML++'s per-step BatchNorm) go to the plain kernels
+over the whole folded batch; BatchNorm statistics stay per task either way.
+
+Inside the block, per-task parameters have a leading task dimension ``T`` and activations have
+``T * n`` rows, task-major. Only the layers above know the difference; an operator outside that
+list receiving a per-task parameter raises NotImplementedError rather than broadcasting it
+wrongly. That check runs in eager calls; a compiled region is traced through the same rules
+unchecked, so run a new model once uncompiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["FoldedTasks", "folded_tasks"]
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
+_ATEN = (torch._ops.OpOverload, torch._ops.OpOverloadPacket)
+# Functions that read a tensor's metadata (a module may look at its parameters' shapes).
+_METADATA = frozenset({
+    "__get__", "size", "dim", "numel", "stride", "is_contiguous", "data_ptr", "element_size", "__len__",
+    "__hash__", "__format__", "__repr__", "storage_offset", "is_floating_point", "is_complex", "has_names",
+})
+
+
+def _tasks(x: Tensor, tasks: int) -> Tensor:
+    """``(T * n, ...)`` as ``(T, n, ...)`` (a view)."""
+    if x.shape[0] % tasks:
+        raise ValueError(f"folded tasks: a batch of {x.shape[0]} rows does not split into {tasks} tasks")
+    return x.unflatten(0, (tasks, x.shape[0] // tasks))
+
+
+def _per_task(p: Tensor | None, tasks: int, dims: int) -> bool:
+    """Whether ``p`` is a per-task parameter: one more dimension than the layer's own (``dims``)."""
+    return p is not None and p.dim() == dims + 1 and p.shape[0] == tasks
+
+
+def _autocast(*tensors: Tensor | None) -> list[Tensor | None]:
+    """``tensors`` cast as autocast would cast a convolution's arguments, once for all tasks
+    (the per-task convolutions then find them cast already)."""
+    first = tensors[0]
+    assert first is not None
+    kind = first.device.type
+    try:
+        enabled, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+    except (TypeError, AttributeError):  # torch < 2.4
+        return list(tensors)
+    if not enabled:
+        return list(tensors)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
+def _add_bias(tasks: int, out: Tensor, bias: Tensor) -> Tensor:
+    """``out + bias`` with a per-task ``(T, C)`` bias over ``(T * n, C, ...)`` rows."""
+    outs = _tasks(out, tasks)
+    return (outs + bias.reshape(tasks, 1, bias.shape[1], *(1,) * (outs.dim() - 3))).flatten(0, 1)
+
+
+def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
+    def rule(tasks: int, input: Tensor, weight: Tensor, bias: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        if not _per_task(weight, tasks, dims + 2):
+            if bias is not None and _per_task(bias, tasks, 1):  # e.g. only the biases are adapted
+                return _add_bias(tasks, func(input, weight, None, *args, **kwargs), bias)
+            return func(input, weight, bias, *args, **kwargs)
+        input, weight, bias = _autocast(input, weight, bias)
+        # unbind, not indexing: its backward stacks the T slices' gradients in one kernel, where
+        # the backward of weight[t] writes each into a zero tensor of all T tasks.
+        xs, ws = _tasks(input, tasks).unbind(0), weight.unbind(0)
+        bs = bias.unbind(0) if _per_task(bias, tasks, 1) else [bias] * tasks
+        return torch.cat([func(x, w, b, *args, **kwargs) for x, w, b in zip(xs, ws, bs)])
+
+    return rule
+
+
+def _linear(tasks: int, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    if not _per_task(weight, tasks, 2):
+        if bias is not None and _per_task(bias, tasks, 1):
+            out = _tasks(F.linear(input, weight), tasks)
+            return (out + bias.reshape(tasks, *(1,) * (out.dim() - 2), -1)).flatten(0, 1)
+        return F.linear(input, weight, bias)
+    xs = _tasks(input, tasks)
+    flat = xs.reshape(tasks, -1, xs.shape[-1])  # (T, rows, in)
+    w = weight.transpose(1, 2)  # (T, in, out)
+    out = torch.bmm(flat, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, w)
+    return out.reshape(*input.shape[:-1], weight.shape[1])
+
+
+def _affine(tasks: int, y: Tensor, weight: Tensor | None, bias: Tensor | None, channel_dims: int) -> Tensor:
+    """``y * weight + bias`` with per-task or shared ``(C, ...)`` weights over ``(T * n, C, ...)`` rows."""
+    ys = _tasks(y, tasks)
+    for p, op in ((weight, torch.mul), (bias, torch.add)):
+        if p is None:
+            continue
+        per_task = p.dim() > channel_dims
+        shape = (tasks if per_task else 1, 1, *p.shape[1 if per_task else 0:])
+        ys = op(ys, p.reshape(shape + (1,) * (ys.dim() - len(shape))))
+    return ys.flatten(0, 1)
+
+
+def _batch_norm(
+    tasks: int, input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+    weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+    momentum: float | None = 0.1, eps: float = 1e-5,
+) -> Tensor:
+    if training and running_mean is not None:
+        raise ValueError(
+            "folded tasks: T tasks cannot update one BatchNorm's running statistics; build it with "
+            "track_running_stats=False or adapt the tasks one at a time (batched=False)"
+        )
+    xs = _tasks(input, tasks)  # (T, n, C, *spatial)
+    stat_dtype = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
+    if training or running_mean is None or running_var is None:
+        dims = [1, *range(3, xs.dim())]
+        var, mean = torch.var_mean(xs, dim=dims, correction=0)  # (T, C): each task's own statistics
+        var, mean = var.to(stat_dtype), mean.to(stat_dtype)
+    else:
+        var = running_var.to(stat_dtype).expand(tasks, -1)
+        mean = running_mean.to(stat_dtype).expand(tasks, -1)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.to(stat_dtype)  # (C,) or (T, C): broadcasts either way
+    # shift = bias - mean * scale
+    shift = -mean * scale if bias is None else torch.addcmul(bias.to(stat_dtype), mean, scale, value=-1)
+    shape = (tasks, 1, -1) + (1,) * (xs.dim() - 3)
+    # y = shift + x * scale: one pointwise pass over every task's activations.
+    out = torch.addcmul(shift.to(input.dtype).reshape(shape), xs, scale.to(input.dtype).reshape(shape))
+    return out.flatten(0, 1)
+
+
+def _layer_norm(
+    tasks: int, input: Tensor, normalized_shape: Any, weight: Tensor | None = None,
+    bias: Tensor | None = None, eps: float = 1e-5,
+) -> Tensor:
+    dims = len(normalized_shape)
+    if not (_per_task(weight, tasks, dims) or _per_task(bias, tasks, dims)):
+        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+    y = F.layer_norm(input, normalized_shape, None, None, eps)
+    ys = _tasks(y, tasks)
+    lead = (1,) * (ys.dim() - 1 - dims)
+    if weight is not None:
+        ys = ys * weight.reshape(tasks, *lead, *weight.shape[1:])
+    if bias is not None:
+        ys = ys + bias.reshape(tasks, *lead, *bias.shape[1:])
+    return ys.flatten(0, 1)
+
+
+def _group_norm(
+    tasks: int, input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    if not (_per_task(weight, tasks, 1) or _per_task(bias, tasks, 1)):
+        return F.group_norm(input, num_groups, weight, bias, eps)
+    return _affine(tasks, F.group_norm(input, num_groups, None, None, eps), weight, bias, 1)
+
+
+_RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
+    F.conv1d: _conv(F.conv1d, 1),
+    F.conv2d: _conv(F.conv2d, 2),
+    F.conv3d: _conv(F.conv3d, 3),
+    F.linear: _linear,
+    F.batch_norm: _batch_norm,
+    F.layer_norm: _layer_norm,
+    F.group_norm: _group_norm,
+}
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+
+
+class FoldedTasks(TorchFunctionMode):
+    """Within the block, the layers listed in the module docstring treat their inputs as ``T`` tasks folded
+    into the batch dimension and parameters with a leading ``T`` as per-task parameters.
+
+    Args:
+        tasks: the number of tasks ``T``.
+        per_task: the per-task parameter tensors (checked by identity: an unsupported operator
+            that receives one raises NotImplementedError naming it).
+    """
+
+    def __init__(self, tasks: int, per_task: Iterable[Tensor] = ()) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self._per_task_ids = {id(t) for t in per_task}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        rule = _RULES.get(func)
+        if rule is not None:
+            return rule(self.tasks, *args, **kwargs)
+        # aten operators reach the mode only from compiler internals (a trace of code that went
+        # through these rules already), never from a model's own layers.
+        if self._per_task_ids and not _compiling() and not isinstance(func, _ATEN):
+            name = getattr(func, "__name__", "")
+            if name not in _METADATA and not name.startswith("_"):  # private: torch's own internals
+                for t in _tensors(list(args) + list(kwargs.values())):
+                    if id(t) in self._per_task_ids:
+                        raise NotImplementedError(
+                            f"folded tasks: {getattr(func, '__qualname__', name)} on a per-task parameter is not "
+                            "supported (conv1d/2d/3d, linear, batch_norm, layer_norm and group_norm are); "
+                            "batch the tasks with vmap or adapt them one at a time (batched=False)"
+                        )
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def folded_tasks(tasks: int, per_task: Iterable[Tensor] = ()) -> Iterator[None]:
+    """:class:`FoldedTasks` as a context manager.
+
+    >>> conv = torch.nn.Conv2d(3, 4, 3)
+    >>> w = torch.randn(2, 4, 3, 3, 3)  # two tasks' weights
+    >>> x = torch.randn(2 * 5, 3, 8, 8)  # five images per task, task-major
+    >>> with folded_tasks(2, [w]):
+    ...     y = torch.func.functional_call(conv, {"weight": w}, (x,))
+    >>> torch.allclose(y[5:], F.conv2d(x[5:], w[1], conv.bias), atol=1e-6)
+    True
+    """
+    with FoldedTasks(tasks, per_task):
+        yield
