@@ -17,7 +17,9 @@ parameters the inner loop does not adapt, or MAML++'s per-step BatchNorm) go to 
 over the whole folded batch; BatchNorm statistics stay per task either way.
 
 Inside the block, per-task parameters have a leading task dimension ``T`` and activations have
-``T * n`` rows, task-major. Only the layers above know the difference; an operator outside that
+``T * n`` rows, task-major. The model must treat its samples independently apart from BatchNorm:
+a layer of its own that mixes samples across the batch (attention over the support set, a
+prototype average) would mix the tasks, which vmap would not. Only the layers above know the difference; an operator outside that
 list receiving a per-task parameter raises NotImplementedError rather than broadcasting it
 wrongly. That check runs in eager calls; a compiled region is traced through the same rules
 unchecked, so run a new model once uncompiled.
@@ -89,8 +91,11 @@ def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
         # unbind, not indexing: its backward stacks the T slices' gradients in one kernel, where
         # the backward of weight[t] writes each into a zero tensor of all T tasks.
         xs, ws = _tasks(input, tasks).unbind(0), weight.unbind(0)
-        bs = bias.unbind(0) if _per_task(bias, tasks, 1) else [bias] * tasks
-        return torch.cat([func(x, w, b, *args, **kwargs) for x, w, b in zip(xs, ws, bs)])
+        per_task_bias = _per_task(bias, tasks, 1)
+        out = torch.cat([func(x, w, None if per_task_bias else bias, *args, **kwargs) for x, w in zip(xs, ws)])
+        # A per-task bias is added once for all tasks: compiled, that addition (and its gradient,
+        # a reduction) fuses into the next layer's kernels instead of T bias kernels per pass.
+        return _add_bias(tasks, out, bias) if per_task_bias else out
 
     return rule
 

@@ -294,7 +294,8 @@ class MAML(nn.Module):
             (``torch.func.vmap``; a layer with per-task weights becomes one grouped kernel) or
             ``"fold"`` (:mod:`dropgrad.folded`: the tasks folded into the batch dimension;
             parameter-free layers and norms run once for all tasks, convolutions with per-task
-            weights as one plain convolution per task). Both give the loop's numbers.
+            weights as one plain convolution per task; for models whose only layer that mixes
+            samples is BatchNorm). Both give the loop's numbers.
         loop_norms: how the per-task loop runs them: ``"native"`` (torch's kernels) or
             ``"decomposed"``. The decomposition's derivatives of every order are a few
             reductions and pointwise operations in the input's dtype; torch's BatchNorm double
