@@ -90,8 +90,8 @@ def op_table(prof: profile, steps: int, top: int, *, device_time: bool = False, 
              f"{'share':>6}  {'ms/step':>8}  {'calls/step':>10}  operator{'  [input shapes]' if shapes else ''}"]
     for e in sorted(averages, key=lambda e: -cost(e))[:top]:
         shape = f"  {str(e.input_shapes)[:150]}" if shapes else ""
-        lines.append(f"{100 * cost(e) / max(total, 1e-9):5.1f}%  {cost(e) / steps / 1e3:8.3f}  {e.count / steps:10.1f}  "
-                     f"{e.key[:110]}{shape}")
+        share = 100 * cost(e) / max(total, 1e-9)
+        lines.append(f"{share:5.1f}%  {cost(e) / steps / 1e3:8.3f}  {e.count / steps:10.1f}  {e.key[:110]}{shape}")
     return lines
 
 
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="bench_maml's tiny --quick shapes (a CPU smoke run)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--by-op", action="store_true",
-                        help="the time per aten operator and input shapes (on a GPU: its kernels' time, after the kernel table)")
+                        help="the time per aten operator and input shapes "
+                             "(on a GPU: its kernels' time, after the kernel table)")
     args = parser.parse_args(argv)
     try:
         device = dropgrad.select_device(args.device)

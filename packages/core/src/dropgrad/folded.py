@@ -17,12 +17,14 @@ parameters the inner loop does not adapt, or MAML++'s per-step BatchNorm) go to 
 over the whole folded batch; BatchNorm statistics stay per task either way.
 
 Inside the block, per-task parameters have a leading task dimension ``T`` and activations have
-``T * n`` rows, task-major. The model must treat its samples independently apart from BatchNorm:
-a layer of its own that mixes samples across the batch (attention over the support set, a
-prototype average) would mix the tasks, which vmap would not. Only the layers above know the difference; an operator outside that
-list receiving a per-task parameter raises NotImplementedError rather than broadcasting it
+``T * n`` rows, task-major. Only the layers above know the difference; an operator outside
+that list receiving a per-task parameter raises NotImplementedError rather than broadcasting it
 wrongly. That check runs in eager calls; a compiled region is traced through the same rules
 unchecked, so run a new model once uncompiled.
+
+The model must treat its samples independently apart from BatchNorm: a layer of its own that
+mixes samples across the batch (attention over the support set, a prototype average) would mix
+the tasks, which vmap would not.
 """
 
 from __future__ import annotations

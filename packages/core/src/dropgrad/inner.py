@@ -11,10 +11,12 @@ Per task with support ``(xs, ys)``::
 
 A batch of tasks is adapted either one task at a time (``batched=False``) or together with
 ``torch.func.vmap`` (``batched=True``); both give the same numbers. Speed and memory options
-(see docs/performance.md): ``vmap_norms`` / ``loop_norms`` (torch's or decomposed
-BatchNorm/LayerNorm in either path, e.g. for channels_last under vmap), ``checkpoint``
-(recompute each second-order inner step in the backward pass), ``task_chunk`` (batched backward in chunks of tasks), ``compile_forward`` (``torch.compile`` of the
-model's forward in first-order steps), ``task_streams`` (the loop's tasks on concurrent CUDA streams).
+(see docs/performance.md): ``batch_with`` (vmap, or the tasks folded into the batch),
+``vmap_norms`` / ``loop_norms`` (torch's or decomposed BatchNorm/LayerNorm in either path, e.g.
+for channels_last under vmap), ``checkpoint`` (recompute each second-order inner step in the
+backward pass), ``task_chunk`` (batched backward in chunks of tasks), ``compile_forward``
+(``torch.compile`` of the model's forward in first-order steps), ``task_streams`` (the loop's
+tasks on concurrent CUDA streams).
 """
 
 from __future__ import annotations
@@ -270,13 +272,14 @@ class MAML(nn.Module):
             ``backend``, ``mode`` (``"default"`` or ``"max-autotune-no-cudagraphs"``: Triton
             templates autotuned against cuDNN, minutes of compiling) and ``options`` (inductor
             settings, e.g. ``{"combo_kernels": True}``)) wherever no second-order graph is
-            needed, i.e. in meta-training steps while :attr:`second_order` is False. Fewer, fused kernels per
-            forward and backward (BatchNorm, activations, pooling); the convolutions stay cuDNN's.
-            With ``batched=True`` the whole vmapped forward is compiled (grouped convolutions
-            included). Second order and evaluation run eagerly: AOTAutograd has no double
-            backward, and evaluation's shapes would add recompilations for little time. Shapes
-            are compiled statically; a new shape compiles again. Models with ``ConsistentDropout``
-            are refused (their per-task mask is module state drawn inside the forward).
+            needed, i.e. in meta-training steps while :attr:`second_order` is False. Fewer,
+            fused kernels per forward and backward (BatchNorm, activations, pooling); the
+            convolutions stay cuDNN's. With ``batched=True`` the whole batched forward is
+            compiled (vmap's grouped convolutions included; folded tasks in one graph).
+            Second order and evaluation run eagerly: AOTAutograd has no double backward, and
+            evaluation's shapes would add recompilations for little time. Shapes are compiled
+            statically; a new shape compiles again. Models with ``ConsistentDropout`` are
+            refused (their per-task mask is module state drawn inside the forward).
         task_streams: with ``meta_backward(batched=False)`` on a GPU, enqueue task ``t`` of a
             meta-batch on CUDA stream ``t % task_streams`` (:mod:`dropgrad.streams`), so that a
             step recorded in a CUDA graph (:class:`dropgrad.CapturedMetaStep`) runs the tasks'
