@@ -178,19 +178,21 @@ def test_inductor_first_order_meta_step_equals_eager():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32):
+@pytest.mark.parametrize("batch_with", [None, "fold"])  # the per-task loop; folded tasks
+def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32, batch_with):
     cuda = torch.device("cuda")
     # No DropGrad: the graph draws its noise from the CUDA generator at replay, the eager step
     # at call time (tests/core/test_graphs.py compares the two streams).
-    eager, comp = pair(MAML, compile_forward=True, inner_lr=0.1, steps=3, first_order=True)
+    options = {} if batch_with is None else {"batch_with": batch_with}
+    eager, comp = pair(MAML, compile_forward=True, inner_lr=0.1, steps=3, first_order=True, **options)
     eager.to(cuda)
     comp.to(cuda)
-    step = CapturedMetaStep(comp)
+    step = CapturedMetaStep(comp, batched=batch_with is not None)
     for seed in (7, 8, 9):
         tasks = make_tasks(seed, cuda, query=3)
         eager.zero_grad(set_to_none=True)
         comp.zero_grad(set_to_none=True)
-        out_e = eager.meta_backward(tasks)
+        out_e = eager.meta_backward(tasks)  # the eager per-task loop is the reference either way
         out_c = step(tasks)
         torch.testing.assert_close(out_c.task_losses, out_e.task_losses, rtol=1e-9, atol=1e-9)
         for a, b in zip(eager.parameters(), comp.parameters()):
