@@ -75,14 +75,15 @@ def test_linear_layers(weight, bias):
     assert_rule(F.linear, x, w, b)
 
 
-@pytest.mark.parametrize("affine", ["per-task", "shared", "none"])
+@pytest.mark.parametrize("affine", ["per-task", "shared", "mixed", "none"])
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_uses_each_tasks_own_statistics(affine, training):
     torch.manual_seed(0)
     x = torch.randn(T * N, 5, 3, 3) * torch.arange(1.0, T * N + 1).view(-1, 1, 1, 1)  # tasks differ in scale
     stats = (None, None) if training else (shared(torch.randn(5)), shared(torch.rand(5) + 0.5))
     w, b = {"per-task": (torch.randn(T, 5), torch.randn(T, 5)),
-            "shared": (shared(torch.randn(5)), shared(torch.randn(5))), "none": (None, None)}[affine]
+            "shared": (shared(torch.randn(5)), shared(torch.randn(5))),
+            "mixed": (shared(torch.randn(5)), torch.randn(T, 5)), "none": (None, None)}[affine]
     assert_rule(F.batch_norm, x, *stats, w, b, training=training, eps=1e-3)
 
 
@@ -92,14 +93,16 @@ def test_batch_norm_refuses_running_statistics_in_training():
         F.batch_norm(x, torch.zeros(5), torch.ones(5), training=True)
 
 
-@pytest.mark.parametrize("affine", ["per-task", "shared"])
+@pytest.mark.parametrize("affine", ["per-task", "shared", "mixed"])
 def test_layer_and_group_norm(affine):
     torch.manual_seed(0)
     x = torch.randn(T * N, 6, 4)
-    w, b = ((torch.randn(T, 6, 4), torch.randn(T, 6, 4)) if affine == "per-task"
-            else (shared(torch.randn(6, 4)), shared(torch.randn(6, 4))))
+    w, b = {"per-task": (torch.randn(T, 6, 4), torch.randn(T, 6, 4)),
+            "shared": (shared(torch.randn(6, 4)), shared(torch.randn(6, 4))),
+            "mixed": (torch.randn(T, 6, 4), shared(torch.randn(6, 4)))}[affine]
     assert_rule(F.layer_norm, x, (6, 4), w, b)
-    gw, gb = (torch.randn(T, 6), torch.randn(T, 6)) if affine == "per-task" else (shared(torch.randn(6)), None)
+    gw, gb = {"per-task": (torch.randn(T, 6), torch.randn(T, 6)), "shared": (shared(torch.randn(6)), None),
+              "mixed": (shared(torch.randn(6)), torch.randn(T, 6))}[affine]
     assert_rule(F.group_norm, x, 3, gw, gb)
 
 

@@ -164,13 +164,11 @@ def _layer_norm(
     dims = len(normalized_shape)
     if not (_per_task(weight, tasks, dims) or _per_task(bias, tasks, dims)):
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
-    y = F.layer_norm(input, normalized_shape, None, None, eps)
-    ys = _tasks(y, tasks)
+    ys = _tasks(F.layer_norm(input, normalized_shape, None, None, eps), tasks)
     lead = (1,) * (ys.dim() - 1 - dims)
-    if weight is not None:
-        ys = ys * weight.reshape(tasks, *lead, *weight.shape[1:])
-    if bias is not None:
-        ys = ys + bias.reshape(tasks, *lead, *bias.shape[1:])
+    for p, op in ((weight, torch.mul), (bias, torch.add)):
+        if p is not None:  # a shared one broadcasts over the trailing dimensions as it is
+            ys = op(ys, p.reshape(tasks, *lead, *p.shape[1:]) if _per_task(p, tasks, dims) else p)
     return ys.flatten(0, 1)
 
 
