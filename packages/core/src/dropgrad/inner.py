@@ -21,6 +21,7 @@ tasks on concurrent CUDA streams).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -457,7 +458,8 @@ class MAML(nn.Module):
 
     def _run_model(self, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
         """``functional_call`` of the model with ``tensors`` in place of its own, compiled where it applies."""
-        with decomposed_norms(self.loop_norms == "decomposed"):
+        # Every forward of every inner step passes here: enter the mode only when it is asked for.
+        with decomposed_norms() if self.loop_norms == "decomposed" else contextlib.nullcontext():
             if self._use_compiled():
                 return self._compiled(self.model, tensors, x)  # type: ignore[misc]
             return functional_call(self.model, tensors, (x,))
