@@ -28,7 +28,9 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels);
   ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
   without parameters and norms run once for all tasks, convolutions with per-task weights as
-  one plain (not grouped) convolution per task.
+  one plain (not grouped) convolution per task; ``+compile-so``: ``+compile`` and second-order
+  steps compiled whole (``MAML(compile_second_order=True)``: forward, ``torch.func.grad`` and
+  update in one compiled function, whose backward is the compiled double backward).
 
 Each row runs in a fresh subprocess with a time cap; a failure (NotImplementedError, OOM, a
 timeout) becomes a row saying so. Before timing, each row's structural options (batching,
@@ -87,6 +89,7 @@ class Impl:
     combo: bool = False  # inductor's combo_kernels (with compile)
     loop_norms: str = "native"
     batch_with: str = "vmap"  # with batched: torch.func.vmap or folded tasks
+    compile_second_order: bool = False  # with compile: whole second-order inner steps compiled
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
@@ -144,18 +147,29 @@ IMPLS: dict[str, Impl] = {
                                        graph=True),
     "fold+bf16+cl+compile+combo+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                              compile=True, graph=True, combo=True),
+    "loop+compile-so": Impl(compile=True, compile_second_order=True),
+    "loop+bf16+compile-so+graph": Impl(bf16=True, compile=True, compile_second_order=True, graph=True),
+    "loop+bf16+cl+compile-so+graph": Impl(bf16=True, channels_last=True, compile=True, compile_second_order=True,
+                                          graph=True),
+    "fold+bf16+cl+compile-so+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                          compile=True, compile_second_order=True, graph=True),
 }
 # Extra seconds a +compile row may take (inductor compiles forward and backward per shape and
 # dtype: support, query, and the float64 check's), on top of the per-row cap.
 COMPILE_EXTRA_S = 240.0
 AUTOTUNE_EXTRA_S = 480.0  # max-autotune also times candidate kernels for every convolution
+# A compiled second-order step is a forward+backward graph and its double backward, compiled for
+# the first step (theta), the later steps and the float64 check.
+SECOND_ORDER_COMPILE_EXTRA_S = 420.0
 
 
 def extra_seconds(impl: Impl) -> float:
     """Time a row may take beyond the per-row cap, for compiling."""
     if not impl.compile:
         return 0.0
-    return AUTOTUNE_EXTRA_S if impl.compile_mode == "max-autotune-no-cudagraphs" else COMPILE_EXTRA_S
+    if impl.compile_mode == "max-autotune-no-cudagraphs":
+        return AUTOTUNE_EXTRA_S
+    return SECOND_ORDER_COMPILE_EXTRA_S if impl.compile_second_order else COMPILE_EXTRA_S
 
 
 # configuration -> (model, order, rows); the issue's three configurations.
@@ -167,7 +181,8 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "loop+bf16+cl+compile+graph+streams4", "fold+bf16+cl+compile+graph", "vmap+bf16+cl+compile+graph",
         "fold+bf16+cl+graph", "loop+bf16+graph", "vmap+bf16+cl+graph", "vmap+bf16+graph", "loop+graph", "vmap+bf16")),
     "resnet18-so": ("resnet18", "second", (
-        "naive", "loop", "loop+bf16+graph", "loop+bf16+dn+graph", "loop+bf16+graph+streams2", "loop+bf16+cl+graph",
+        "naive", "loop", "loop+bf16+graph", "loop+bf16+compile-so+graph", "loop+bf16+cl+compile-so+graph",
+        "loop+bf16+dn+graph", "fold+bf16+cl+compile-so+graph", "loop+bf16+graph+streams2", "loop+bf16+cl+graph",
         "loop+bf16+cl+dn+graph", "fold+bf16+graph", "loop+graph",
         "vmap+bf16+graph", "vmap+bf16+chunk2")),
     "conv4-fo": ("conv4", "first", (
@@ -231,6 +246,7 @@ def make_step(
         model, inner_lr=INNER_LR, steps=steps, first_order=first_order,
         dropgrad=dropgrad.DropGrad(P, "gaussian") if noise_on else None,
         checkpoint=impl.checkpoint, task_chunk=impl.task_chunk, compile_forward=impl.compile_forward(),
+        compile_second_order=impl.compile_second_order,
         task_streams=impl.task_streams, loop_norms=impl.loop_norms, batch_with=impl.batch_with,
     )
 

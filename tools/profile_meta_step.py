@@ -70,6 +70,33 @@ def kernel_table(prof: profile, steps: int, top: int) -> tuple[list[str], int]:
     return lines, count
 
 
+# Leaf operators that only allocate or make views: no computing kernel of their own.
+_NO_KERNEL = frozenset(f"aten::{op}" for op in (
+    "empty", "empty_strided", "empty_like", "as_strided", "as_strided_", "view", "_unsafe_view", "reshape",
+    "_reshape_alias", "resize_", "to", "result_type", "resolve_conj", "resolve_neg", "detach", "alias", "t",
+    "transpose", "permute", "expand", "slice", "select", "unsqueeze", "squeeze", "unbind", "split", "lift_fresh",
+    "set_"))
+
+
+def cpu_compute_calls(prof: profile, steps: int) -> str:
+    """The line counting a CPU step's computing calls: leaf aten operators, and inductor's kernels.
+
+    The count a GPU would launch as kernels, roughly: eager, one per computing operator; compiled,
+    one per generated kernel (fused) plus the operators left to ATen (convolutions). Inductor's
+    CPU kernels are seen by name only with ``torch._inductor.config.cpp.enable_kernel_profile``.
+    """
+    calls = 0
+    for e in prof.events():
+        if e.cpu_children:
+            continue
+        if e.name.startswith("aten::"):
+            calls += e.name not in _NO_KERNEL
+        else:
+            calls += "cpp_fused" in e.name
+    return (f"computing calls per step: {calls / steps:.0f} (leaf aten operators other than views and "
+            f"allocations, and inductor's generated kernels)")
+
+
 def op_table(prof: profile, steps: int, top: int, *, device_time: bool = False, shapes: bool = False) -> list[str]:
     """Lines of the top aten operators per step, by self CPU time or by the GPU time of their own kernels.
 
@@ -115,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in bench_maml: fixed shapes
+    elif bench_maml.IMPLS[args.impl].compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # inductor's CPU kernels, by name, in the profile
     row = build_row(args.config, args.impl, args.quick, device)
     noise = args.dropgrad == "on"
     step = bench_maml.row_steps(row, device, noise=(noise,))[noise]
@@ -144,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no kernels seen: this torch's profiler does not report kernels replayed from a CUDA graph; "
                   "profile the same impl without +graph")
     else:
+        print(cpu_compute_calls(prof, args.steps))
         print("\n".join(op_table(prof, args.steps, args.top, shapes=args.by_op)))
     return 0
 

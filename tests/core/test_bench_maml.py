@@ -129,11 +129,30 @@ def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu(b
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
     assert "impl vmap+graph" in lines[0] and lines[1].startswith("step time ")
+    assert int(lines[2].split()[4]) > 0 and lines[2].startswith("computing calls per step: ")
     table = lines[lines.index(next(l for l in lines if l.strip().startswith("share"))) + 1:]
     assert len(table) == 5 and all(l.split()[0].endswith("%") for l in table)
     assert any("convolution" in l for l in table)
     # --by-op: one row per operator and input shapes, e.g. "aten::convolution  [[12, 3, 32, 32], ...]"
     assert all(("  [[" in l) == by_op for l in table)
+
+
+def test_profile_meta_step_counts_inductor_kernels_on_a_cpu():
+    # A compiled step's computing calls are its generated (fused) kernels and ATen's convolutions:
+    # fewer than the eager step's operators, and more than its convolutions alone.
+    counts = {}
+    for impl in ("loop", "loop+compile"):
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT.parent / "profile_meta_step.py"), "--quick", "--device", "cpu", "--config",
+             "conv4-fo", "--impl", impl, "--steps", "1", "--warmup", "1", "--top", "40"],
+            capture_output=True, text=True, timeout=600, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        lines = proc.stdout.splitlines()
+        convolutions = sum(float(l.split()[2]) for l in lines if l.split()[-1:] == ["aten::convolution"])
+        counts[impl] = (int(lines[2].split()[4]), convolutions)
+    (eager, _), (compiled, convolutions) = counts["loop"], counts["loop+compile"]
+    assert 0 < convolutions < compiled < eager
 
 
 def test_bench_evaluation_runs_on_a_cpu_and_checks_each_row_against_the_loop(tmp_path):

@@ -1,4 +1,4 @@
-"""MAML(compile_forward=...): first-order meta-steps through torch.compile give the eager numbers.
+"""MAML(compile_forward=..., compile_second_order=...): meta-steps through torch.compile give the eager numbers.
 
 Most tests use the ``aot_eager`` backend (the same Dynamo capture and AOTAutograd forward/backward
 split as inductor, compiled in a second); ``test_inductor_*`` run inductor's generated kernels.
@@ -30,11 +30,12 @@ def fresh_dynamo():
 
 
 def pair(cls, *, compile_forward="aot_eager", running_stats=False, dtype=torch.float64, **kwargs):
-    """(eager, compiled) learners with equal parameters."""
+    """(eager, compiled) learners with equal parameters; ``compile_second_order`` goes to the compiled one."""
     out = []
     for flag in (False, compile_forward):
         torch.manual_seed(0)
-        out.append(cls(tiny_net(running_stats=running_stats).to(dtype), compile_forward=flag, **kwargs))
+        own = kwargs if flag else {k: v for k, v in kwargs.items() if k != "compile_second_order"}
+        out.append(cls(tiny_net(running_stats=running_stats).to(dtype), compile_forward=flag, **own))
     return out
 
 
@@ -135,6 +136,73 @@ def test_batched_first_order_equals_eager(batch_with):
     assert_equal_steps(a, b)
 
 
+def adapted_by_compiled_steps(learner, tasks) -> bool:
+    """Whether the learner's inner steps (second order, meta-training) came out of a compiled graph."""
+    saved = [b.clone() for b in learner.buffers()]
+    last = learner.adapt(tasks.support_x[0], tasks.support_y[0])[-1]
+    for b, old in zip(learner.buffers(), saved):
+        b.copy_(old)
+    return all(type(t.grad_fn).__name__ == "CompiledFunctionBackward" for t in last.values())
+
+
+@pytest.mark.parametrize(("cls", "options"), [
+    (MAML, {}),
+    (MetaSGD, {}),
+    (MAML, {"loop_norms": "decomposed"}),
+])
+def test_second_order_compiled_whole_steps_equal_eager(cls, options):
+    eager, comp = pair(cls, compile_second_order=True, inner_lr=0.1, steps=3, dropgrad=DropGrad(0.3, "gaussian"),
+                       **options)
+    assert comp.compiled_second_order and not eager.compiled_second_order and comp.second_order
+    tasks = make_tasks(11, "cpu", query=3)
+    torch._dynamo.utils.counters.clear()
+    for seed in (1, 2):  # the second step reuses the compiled graphs with new noise and data
+        assert_equal_steps(meta_step(eager, tasks, seed), meta_step(comp, tasks, seed))
+        tasks = make_tasks(seed + 20, "cpu", query=3)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert adapted_by_compiled_steps(comp, tasks) and not adapted_by_compiled_steps(eager, tasks)
+    assert compiled_output(comp, tasks.query_x[0])  # the query forward compiles as in first order
+
+
+def test_second_order_compiled_steps_mamlpp_running_statistics_across_the_order_switch():
+    # Per-step BatchNorm rows whose running statistics the compiled steps update in place; the
+    # multi-step loss; first order in epoch 0, second order (whole compiled steps) from epoch 1.
+    eager, comp = pair(MAMLPlusPlus, compile_second_order=True, running_stats=True, inner_lr=0.1, steps=3,
+                       first_order_epochs=1, msl_epochs=3, dropgrad=DropGrad(0.2, "binary"))
+    tasks = make_tasks(12, "cpu", query=3)
+    for epoch in (0, 1, 2):
+        for learner in (eager, comp):
+            learner.set_epoch(epoch)
+        assert_equal_steps(meta_step(eager, tasks, epoch), meta_step(comp, tasks, epoch))
+        assert adapted_by_compiled_steps(comp, tasks) == (epoch >= 1)
+
+
+@pytest.mark.parametrize("noise", [None, DropGrad(0.2, "gaussian")])
+def test_second_order_compiled_folded_steps_equal_eager(noise):
+    # Against the eager loop without noise (the batched draw lays the noise out per task stack,
+    # so with noise the reference is the eager folded step).
+    eager, comp = pair(MetaSGD, compile_second_order=True, inner_lr=0.1, steps=2, batch_with="fold", dropgrad=noise)
+    tasks = make_tasks(13, "cpu", query=3)
+    torch._dynamo.utils.counters.clear()
+    reference = meta_step(eager, tasks, 3, batched=noise is not None)
+    assert_equal_steps(reference, meta_step(comp, tasks, 3, batched=True))
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_second_order_compiled_steps_refusals():
+    with pytest.raises(ValueError, match="compile_second_order=True needs compile_forward"):
+        MAML(tiny_net(), compile_second_order=True)
+    with pytest.raises(ValueError, match="compile_second_order must be True or False, got 1"):
+        MAML(tiny_net(), compile_forward="aot_eager", compile_second_order=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot checkpoint its steps"):
+        MAML(tiny_net(), compile_forward="aot_eager", compile_second_order=True, checkpoint=True)
+    learner = MAML(tiny_net().double(), compile_forward="aot_eager", compile_second_order=True, steps=1)
+    with pytest.raises(ValueError, match="not under vmap"):
+        learner.meta_backward(make_tasks(0, "cpu"), batched=True)
+    learner.first_order = True  # first order batched with vmap compiles as before
+    learner.meta_backward(make_tasks(0, "cpu"), batched=True)
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="compile_forward must be"):
         MAML(tiny_net(), compile_forward="")
@@ -176,15 +244,29 @@ def test_inductor_first_order_meta_step_equals_eager():
     assert compiled_output(comp, tasks.query_x[0])
 
 
+def test_inductor_second_order_meta_step_equals_eager():
+    # inductor's kernels for the step's forward (support forward and backward) and its backward
+    # (the double backward)
+    eager, comp = pair(MAML, compile_forward=True, compile_second_order=True, inner_lr=0.1, steps=2,
+                       dropgrad=DropGrad(0.1, "gaussian"))
+    tasks = make_tasks(14, "cpu", query=3)
+    assert_equal_steps(meta_step(eager, tasks), meta_step(comp, tasks), tol=1e-9)
+    assert adapted_by_compiled_steps(comp, tasks)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("batch_with", [None, "fold"])  # the per-task loop; folded tasks
-def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32, batch_with):
+@pytest.mark.parametrize(("batch_with", "order"), [
+    (None, "first"), ("fold", "first"), (None, "second"), ("fold", "second"),
+])  # the per-task loop; folded tasks
+def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32, batch_with, order):
     cuda = torch.device("cuda")
     # No DropGrad: the graph draws its noise from the CUDA generator at replay, the eager step
     # at call time (tests/core/test_graphs.py compares the two streams).
     options = {} if batch_with is None else {"batch_with": batch_with}
-    eager, comp = pair(MAML, compile_forward=True, inner_lr=0.1, steps=3, first_order=True, **options)
+    if order == "second":
+        options["compile_second_order"] = True
+    eager, comp = pair(MAML, compile_forward=True, inner_lr=0.1, steps=3, first_order=order == "first", **options)
     eager.to(cuda)
     comp.to(cuda)
     step = CapturedMetaStep(comp, batched=batch_with is not None)
@@ -197,6 +279,29 @@ def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32, batch_wi
         torch.testing.assert_close(out_c.task_losses, out_e.task_losses, rtol=1e-9, atol=1e-9)
         for a, b in zip(eager.parameters(), comp.parameters()):
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_second_order_mamlpp_replayed_from_a_cuda_graph_equals_eager(no_tf32):
+    # MAML++'s per-step running statistics, updated in place inside the compiled steps, under replay.
+    cuda = torch.device("cuda")
+    eager, comp = pair(MAMLPlusPlus, compile_forward=True, compile_second_order=True, running_stats=True,
+                       inner_lr=0.1, steps=3, msl_epochs=2)
+    eager.to(cuda)
+    comp.to(cuda)
+    step = CapturedMetaStep(comp, batched=False)
+    for seed in (7, 8, 9):
+        tasks = make_tasks(seed, cuda, query=3)
+        eager.zero_grad(set_to_none=True)
+        comp.zero_grad(set_to_none=True)
+        out_e = eager.meta_backward(tasks)
+        out_c = step(tasks)
+        torch.testing.assert_close(out_c.task_losses, out_e.task_losses, rtol=1e-9, atol=1e-9)
+        for a, b in zip(eager.parameters(), comp.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-9)
+        for a, b in zip(eager.buffers(), comp.buffers()):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("batched", [False, True])

@@ -351,10 +351,30 @@ def test_compiled_first_order_training_equals_eager_training(tmp_path):
     np.testing.assert_allclose(np.concatenate(compiled), np.concatenate(eager), rtol=1e-5)
 
 
+def test_compiled_second_order_training_step_equals_eager(tmp_path):
+    # The first step's training loss, computed before any update. Later losses are not compared:
+    # Adam turns the float32 rounding noise of gradients that are zero in exact arithmetic (a conv
+    # bias before BatchNorm) into full-size steps, so the runs drift apart within a few steps.
+    # tests/core/test_compile.py holds the compiled steps to the eager ones in float64.
+    losses = {}
+    for flags in ((), ("--compile", "--compile-second-order")):
+        out = tmp_path / ("compiled" if flags else "eager")
+        assert cli.train_main(["--out", str(out), *TINY, "--epochs", "1", "--episodes-per-epoch", "2", *flags]) == 0
+        first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["event"] == "train" and first["step"] == 1
+        losses[flags] = first["loss"]
+        assert ("second-order steps compiled whole" in (out / "log.txt").read_text()) == bool(flags)
+    eager, compiled = losses.values()
+    assert compiled == pytest.approx(eager, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "changes, expected",
     [
         (dict(compile=True), "--first-order"),
+        (dict(compile_second_order=True), "--compile-second-order needs --compile"),
+        (dict(compile=True, compile_second_order=True, checkpoint=True), "does not support --checkpoint"),
+        (dict(compile=True, compile_second_order=True, batched="on"), "not --batched on"),
         (dict(compile=True, first_order=True, regularizer="dropout"), "--regularizer dropout"),
         (dict(compile=True, method="mamlpp", first_order_epochs=0), "--first-order-epochs"),
         (dict(task_streams=1), "--task-streams must be >= 2"),
@@ -375,6 +395,7 @@ def test_task_streams_are_for_the_per_task_loop_on_a_gpu():
 
 def test_compile_and_task_streams_reach_the_learner():
     learner = build_learner(tiny_config(compile=True, first_order=True, task_streams=3))
-    assert learner.compiled and learner.task_streams == 3
+    assert learner.compiled and learner.task_streams == 3 and not learner.compiled_second_order
     plain = build_learner(tiny_config())
     assert not plain.compiled and plain.task_streams is None
+    assert build_learner(tiny_config(compile=True, compile_second_order=True, method="mamlpp")).compiled_second_order

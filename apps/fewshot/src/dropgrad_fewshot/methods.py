@@ -82,6 +82,7 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
         checkpoint=cfg.checkpoint,
         task_chunk=cfg.task_chunk,
         compile_forward=cfg.compile,
+        compile_second_order=cfg.compile_second_order,
         task_streams=cfg.task_streams,
     )
     if cfg.method == "maml":

@@ -15,8 +15,8 @@ A batch of tasks is adapted either one task at a time (``batched=False``) or tog
 ``vmap_norms`` / ``loop_norms`` (torch's or decomposed BatchNorm/LayerNorm in either path, e.g.
 for channels_last under vmap), ``checkpoint`` (recompute each second-order inner step in the
 backward pass), ``task_chunk`` (batched backward in chunks of tasks), ``compile_forward``
-(``torch.compile`` of the model's forward in first-order steps), ``task_streams`` (the loop's
-tasks on concurrent CUDA streams).
+(``torch.compile`` of the model's forward in first-order steps), ``compile_second_order`` (whole
+second-order inner steps compiled), ``task_streams`` (the loop's tasks on concurrent CUDA streams).
 """
 
 from __future__ import annotations
@@ -222,6 +222,36 @@ def _vmap_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Ten
     return torch.func.vmap(one, randomness="different")(params, x, y)
 
 
+def _loop_second_order_step(
+    learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor, lr: StepSize,
+    noise: list[Tensor | None],
+) -> Params:
+    # One whole second-order inner step of one task, the function MAML(compile_second_order=True)
+    # compiles. AOTAutograd has no double backward, so a compiled forward cannot sit under
+    # autograd.grad(create_graph=True); traced inside torch.compile, torch.func.grad instead
+    # makes the support gradient ordinary operators of the compiled graph, and the meta-gradient
+    # through them is that graph's (compiled) backward.
+    def support_loss(p: Params, s: dict[str, Tensor]) -> Tensor:
+        return learner.loss_fn(functional_call(learner.model, {**p, **s}, (x,)), y)
+
+    # ``shared`` is an argument, not captured: BatchNorm updates running statistics in place,
+    # and functorch refuses in-place writes to tensors a transformed function captures.
+    return sgd_step(params, torch.func.grad(support_loss)(params, shared), lr, noise)
+
+
+def _folded_second_order_step(
+    learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor, lr: StepSize,
+    noise: list[Tensor | None],
+) -> Params:
+    # As _loop_second_order_step for T tasks folded into the batch (the caller holds FoldedTasks):
+    # the tasks are independent, so the gradient of the summed losses w.r.t. the (T, *shape)
+    # parameters holds every task's own gradient.
+    def support_loss(p: Params, s: dict[str, Tensor]) -> Tensor:
+        return _fold_tasks(learner, p, s, x, y)[0].sum()
+
+    return sgd_step(params, torch.func.grad(support_loss)(params, shared), lr, noise)
+
+
 def msl_weights(n_steps: int, epoch: int, msl_epochs: int) -> Tensor:
     """MAML++ multi-step loss weights for ``epoch``, of shape ``(n_steps,)``.
 
@@ -277,10 +307,19 @@ class MAML(nn.Module):
             fused kernels per forward and backward (BatchNorm, activations, pooling); the
             convolutions stay cuDNN's. With ``batched=True`` the whole batched forward is
             compiled (vmap's grouped convolutions included; folded tasks in one graph).
-            Second order and evaluation run eagerly: AOTAutograd has no double backward, and
-            evaluation's shapes would add recompilations for little time. Shapes are compiled
-            statically; a new shape compiles again. Models with ``ConsistentDropout`` are
-            refused (their per-task mask is module state drawn inside the forward).
+            Second order runs eagerly unless ``compile_second_order`` (AOTAutograd has no
+            double backward); evaluation runs eagerly: its shapes would add recompilations for
+            little time. Shapes are compiled statically; a new shape compiles again. Models
+            with ``ConsistentDropout`` are refused (their per-task mask is module state drawn
+            inside the forward).
+        compile_second_order: with ``compile_forward``, also compile second-order
+            meta-training steps, with the same ``torch.compile`` settings. Each inner step
+            (support forward, gradient by ``torch.func.grad``, DropGrad noise, update) is one
+            compiled function, so its forward graph holds the support backward and the graph
+            AOTAutograd derives from it, the double backward, is compiled too; the query forward
+            is compiled as in first order. In the per-task loop and with ``batch_with="fold"``;
+            refused for second order batched with vmap. Exact: the loop's numbers up to
+            rounding (float64 tests).
         task_streams: with ``meta_backward(batched=False)`` on a GPU, enqueue task ``t`` of a
             meta-batch on CUDA stream ``t % task_streams`` (:mod:`dropgrad.streams`), so that a
             step recorded in a CUDA graph (:class:`dropgrad.CapturedMetaStep`) runs the tasks'
@@ -335,6 +374,7 @@ class MAML(nn.Module):
         loop_norms: LoopNorms = "native",
         batch_with: BatchWith = "vmap",
         compile_forward: bool | str | Mapping[str, Any] = False,
+        compile_second_order: bool = False,
         task_streams: int | None = None,
     ) -> None:
         super().__init__()
@@ -361,6 +401,7 @@ class MAML(nn.Module):
         self.loss_fn = loss_fn
         self.fast_names = self._select_fast_names(adapt)
         self._compiled, self._compiled_vmap = self._compile(compile_forward, batch_with)
+        self._compiled_second_order = self._compile_second_order(compile_second_order, compile_forward)
         self.task_streams = self._check_task_streams(task_streams)
         if loop_norms == "decomposed":
             self._refuse_running_stats(
@@ -398,14 +439,52 @@ class MAML(nn.Module):
         return (torch.compile(_forward_with, dynamic=False, **kwargs),
                 torch.compile(batched, dynamic=False, **kwargs))
 
+    def _compile_second_order(
+        self, enabled: bool, compile_forward: bool | str | Mapping[str, Any],
+    ) -> dict[str, Callable[..., Any]] | None:
+        """The compiled whole inner steps of second order, per path ("loop", "fold"), or ``None``."""
+        if not isinstance(enabled, bool):
+            raise ValueError(f"inner loop: compile_second_order must be True or False, got {enabled!r}")
+        if not enabled:
+            return None
+        if self.checkpoint:
+            raise ValueError(
+                "inner loop: compile_second_order=True cannot checkpoint its steps (torch.func.grad, which the "
+                "compiled step uses, turns off the saved-tensor hooks checkpointing needs); set checkpoint=False"
+            )
+        if compile_forward is False:
+            raise ValueError(
+                "inner loop: compile_second_order=True needs compile_forward (the torch.compile settings it uses); "
+                "set compile_forward=True"
+            )
+        kwargs = _compile_kwargs(compile_forward)
+        return {
+            "loop": torch.compile(_loop_second_order_step, dynamic=False, **kwargs),
+            "fold": torch.compile(_folded_second_order_step, dynamic=False, **kwargs),
+        }
+
     @property
     def compiled(self) -> bool:
         """Whether first-order meta-training forwards run through ``torch.compile``."""
         return self._compiled is not None
 
+    @property
+    def compiled_second_order(self) -> bool:
+        """Whether second-order meta-training steps run through ``torch.compile`` as well."""
+        return self._compiled_second_order is not None
+
     def _use_compiled(self) -> bool:
-        # Not under create_graph (second order: AOTAutograd has no double backward) nor in eval.
-        return self._compiled is not None and self.training and not self._modes()[1]
+        # In meta-training only; under create_graph (second order) only as whole compiled steps:
+        # AOTAutograd has no double backward of a compiled forward.
+        if self._compiled is None or not self.training:
+            return False
+        return not self._modes()[1] or self._compiled_second_order is not None
+
+    def _second_order_step(self, path: str, create_graph: bool) -> Callable[..., Any] | None:
+        """The compiled whole step for ``path`` when this step is compiled second order, else ``None``."""
+        if not create_graph or self._compiled_second_order is None:
+            return None
+        return self._compiled_second_order[path]
 
     # ------------------------------------------------------------ parameters
     def _select_fast_names(self, adapt: str | Sequence[str] | None) -> list[str]:
@@ -502,6 +581,10 @@ class MAML(nn.Module):
     def _loop_step(
         self, params: Params, x: Tensor, y: Tensor, step: int, create_graph: bool, noise: list[Tensor | None]
     ) -> Params:
+        compiled = self._second_order_step("loop", create_graph)
+        if compiled is not None:
+            with decomposed_norms() if self.loop_norms == "decomposed" else contextlib.nullcontext():
+                return compiled(self, params, self._step_tensors(step), x, y, self.step_size(step), noise)
         loss = self._support_loss(params, x, y, step)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, materialize_grads=True)
         return sgd_step(params, dict(zip(params, grads)), self.step_size(step), noise)
@@ -654,6 +737,10 @@ class MAML(nn.Module):
         # that gradient is its own gradient. Autograd then runs on the batched kernels vmap
         # chose (no torch.func.grad transform), which is exact to any order, supports
         # checkpointing, and costs less than vmapping every backward op.
+        compiled = self._second_order_step(self.batch_with, create_graph)
+        if compiled is not None:
+            with FoldedTasks(x.shape[0]):
+                return compiled(self, params, self._step_tensors(step), x, y, self.step_size(step), noise)
         losses, _ = self._vmapped(params, x, y, step)
         values = list(params.values())
         grads = torch.autograd.grad(losses.sum(), values, create_graph=create_graph, materialize_grads=True)
@@ -662,6 +749,11 @@ class MAML(nn.Module):
     def _meta_loss_vmap(self, tasks: Task) -> MetaOutput:
         self.check_batchable()
         track, create_graph = self._modes()
+        if create_graph and self._compiled_second_order is not None and self.batch_with == "vmap":
+            raise ValueError(
+                "inner loop: compile_second_order compiles second-order steps of the per-task loop "
+                "(batched=False) or of folded tasks (batch_with='fold'), not under vmap"
+            )
         n = tasks.n_tasks
         params = {k: v.expand(n, *v.shape) for k, v in self.initial_params().items()}
         trajectory: list[Params] = []
