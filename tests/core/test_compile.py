@@ -149,6 +149,7 @@ def adapted_by_compiled_steps(learner, tasks) -> bool:
     (MAML, {}),
     (MetaSGD, {}),
     (MAML, {"loop_norms": "decomposed"}),
+    (MetaSGD, {"adapt": ["5.*", "0.weight"]}),  # parameters not adapted are captured, and get their gradients
 ])
 def test_second_order_compiled_whole_steps_equal_eager(cls, options):
     eager, comp = pair(cls, compile_second_order=True, inner_lr=0.1, steps=3, dropgrad=DropGrad(0.3, "gaussian"),
@@ -162,6 +163,21 @@ def test_second_order_compiled_whole_steps_equal_eager(cls, options):
     assert not torch._dynamo.utils.counters["graph_break"]
     assert adapted_by_compiled_steps(comp, tasks) and not adapted_by_compiled_steps(eager, tasks)
     assert compiled_output(comp, tasks.query_x[0])  # the query forward compiles as in first order
+
+
+def test_second_order_compiled_steps_under_bf16_autocast_and_channels_last():
+    eager, comp = pair(MAML, compile_second_order=True, dtype=torch.float32, inner_lr=0.1, steps=2)
+    tasks = make_tasks(15, "cpu", dtype=torch.float32, query=3)
+    results = []
+    for learner in (eager, comp):
+        learner.model.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, grads, _ = meta_step(learner, tasks)
+        results.append((out.loss, torch.cat([g.flatten() for g in grads])))
+    (loss_e, grad_e), (loss_c, grad_c) = results
+    # bf16 rounding, not a different function: the float64 tests above hold the numbers to 1e-10.
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-2, atol=0)
+    assert (grad_c - grad_e).norm() < 3e-2 * grad_e.norm()
 
 
 def test_second_order_compiled_steps_mamlpp_running_statistics_across_the_order_switch():
