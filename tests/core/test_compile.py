@@ -320,6 +320,21 @@ def test_compiled_second_order_mamlpp_replayed_from_a_cuda_graph_equals_eager(no
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("batch_with", [None, "fold"])
+def test_one_compiled_second_order_step_serves_every_inner_step(batch_with):
+    # MAML++'s step sizes and BatchNorm rows of step i are views at offsets that differ per step:
+    # graph inputs, so five steps do not compile five graphs.
+    options = {} if batch_with is None else {"batch_with": batch_with}
+    eager, comp = pair(MAMLPlusPlus, compile_second_order=True, inner_lr=0.1, steps=5, msl_epochs=2, **options)
+    tasks = make_tasks(16, "cpu", query=3)
+    torch._dynamo.utils.counters.clear()
+    for seed in (1, 2):
+        assert_equal_steps(meta_step(eager, tasks, seed, batch_with is not None),
+                           meta_step(comp, tasks, seed, batch_with is not None))
+    # theta's first step, the later steps, the query
+    assert 2 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_one_compiled_graph_serves_every_inner_step(batched):
     # Step-dependent tensors (MAML++'s per-step BatchNorm rows) are graph inputs, not constants,
