@@ -373,6 +373,7 @@ def test_compiled_second_order_training_step_equals_eager(tmp_path):
     [
         (dict(compile=True), "--first-order"),
         (dict(compile_second_order=True), "--compile-second-order needs --compile"),
+        (dict(compile=True, compile_second_order=True, first_order=True), "no second-order step to compile"),
         (dict(compile=True, compile_second_order=True, checkpoint=True), "does not support --checkpoint"),
         (dict(compile=True, compile_second_order=True, batched="on"), "not --batched on"),
         (dict(compile=True, first_order=True, regularizer="dropout"), "--regularizer dropout"),

@@ -128,6 +128,8 @@ class FewShotConfig:
         if self.compile_second_order:
             if not self.compile:
                 raise ValueError("--compile-second-order needs --compile")
+            if self.first_order:
+                raise ValueError("--compile-second-order has no second-order step to compile with --first-order; drop one")
             if self.checkpoint:
                 raise ValueError("--compile-second-order does not support --checkpoint (torch.func.grad in the compiled step turns off the hooks checkpointing needs); drop one")
             if self.batched == "on":
