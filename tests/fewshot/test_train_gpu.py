@@ -83,6 +83,21 @@ def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(cudnn_benchmar
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
 
 
+def test_compiled_second_order_mamlpp_training_from_a_cuda_graph(tmp_path):
+    # First order in epoch 0 (the compiled forward), second order from epoch 1 (whole steps
+    # compiled), both recorded in CUDA graphs; MAML++'s running statistics inside the compiled steps.
+    out = tmp_path / "run"
+    argv = ["--out", str(out), *TINY, "--method", "mamlpp", "--first-order-epochs", "1", "--msl-epochs", "1",
+            "--compile", "--compile-second-order", "--cuda-graph", "on"]
+    assert cli.train_main(argv) == 0
+    log = (out / "log.txt").read_text()
+    assert "replayed from a CUDA graph, forward compiled (torch.compile) in first-order steps, second-order steps " \
+           "compiled whole" in log
+    assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
+    model = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in model.values() if torch.is_tensor(v) and v.is_floating_point())
+
+
 def test_task_streams_refuse_vmap_batched_training():
     learner = build_learner(resolve_defaults(FewShotConfig(task_streams=2, first_order=True))).to(CUDA)
     with pytest.raises(ValueError, match="--batched off"):
