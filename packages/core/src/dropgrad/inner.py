@@ -537,11 +537,14 @@ class MAML(nn.Module):
 
     def _run_model(self, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
         """``functional_call`` of the model with ``tensors`` in place of its own, compiled where it applies."""
-        # Every forward of every inner step passes here: enter the mode only when it is asked for.
-        with decomposed_norms() if self.loop_norms == "decomposed" else contextlib.nullcontext():
+        with self._loop_norms_mode():
             if self._use_compiled():
                 return self._compiled(self.model, tensors, x)  # type: ignore[misc]
             return functional_call(self.model, tensors, (x,))
+
+    def _loop_norms_mode(self) -> contextlib.AbstractContextManager[None]:
+        # Every forward of every inner step passes here: enter the mode only when it is asked for.
+        return decomposed_norms() if self.loop_norms == "decomposed" else contextlib.nullcontext()
 
     def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """Predict with adapted ``params`` (from :meth:`adapt`) or with theta; ``x`` is ``(batch, *input)``."""
@@ -583,7 +586,7 @@ class MAML(nn.Module):
     ) -> Params:
         compiled = self._second_order_step("loop", create_graph)
         if compiled is not None:
-            with decomposed_norms() if self.loop_norms == "decomposed" else contextlib.nullcontext():
+            with self._loop_norms_mode():
                 return compiled(self, params, self._step_tensors(step), x, y, self.step_size(step), noise)
         loss = self._support_loss(params, x, y, step)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, materialize_grads=True)
