@@ -122,6 +122,20 @@ def op_table(prof: profile, steps: int, top: int, *, device_time: bool = False, 
     return lines
 
 
+def warmup_line(steps: int, seconds: float, compiled: bool) -> str:
+    """The line on the warm-up steps: their time and, compiled, how many graphs Dynamo compiled.
+
+    A compiled row should compile two graphs per configuration (the inner steps and the query);
+    more means a step recompiled, which costs compile time and, past torch's recompile limit,
+    silently falls back to eager.
+    """
+    line = f"warm-up: {steps} steps in {seconds:.1f} s"
+    if compiled:
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        line += f" (compiling included; Dynamo compiled {graphs} graph{'s' if graphs != 1 else ''})"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=tuple(bench_maml.CONFIGS), default="conv4-fo")
@@ -152,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.config} ({row.model} {row.px} px, {row.order} order) impl {args.impl}, DropGrad {args.dropgrad}; "
           f"{row.tasks} tasks {row.ways}-way {row.shots}-shot {row.queries}-query, {row.steps} inner steps; "
           f"device {common.device_name(device)}, torch {torch.__version__}")
+    torch._dynamo.utils.counters.clear()
+    t0 = time.perf_counter()
     for _ in range(args.warmup):
         step()
     _sync(device)
+    print(warmup_line(args.warmup, time.perf_counter() - t0, bench_maml.IMPLS[args.impl].compile))
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()

@@ -128,8 +128,8 @@ def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu(b
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
-    assert "impl vmap+graph" in lines[0] and lines[1].startswith("step time ")
-    assert int(lines[2].split()[4]) > 0 and lines[2].startswith("computing calls per step: ")
+    assert "impl vmap+graph" in lines[0] and lines[1] == "warm-up: 0 steps in 0.0 s" and lines[2].startswith("step time ")
+    assert int(lines[3].split()[4]) > 0 and lines[3].startswith("computing calls per step: ")
     table = lines[lines.index(next(l for l in lines if l.strip().startswith("share"))) + 1:]
     assert len(table) == 5 and all(l.split()[0].endswith("%") for l in table)
     assert any("convolution" in l for l in table)
@@ -150,7 +150,10 @@ def test_profile_meta_step_counts_inductor_kernels_on_a_cpu():
         assert proc.returncode == 0, proc.stderr[-4000:]
         lines = proc.stdout.splitlines()
         convolutions = sum(float(l.split()[2]) for l in lines if l.split()[-1:] == ["aten::convolution"])
-        counts[impl] = (int(lines[2].split()[4]), convolutions)
+        counts[impl] = (int(lines[3].split()[4]), convolutions)
+        # --quick has as many support as query images: one graph serves the inner steps (theta's
+        # first one included) and the query
+        assert lines[1].endswith("(compiling included; Dynamo compiled 1 graph)") == (impl == "loop+compile"), lines[1]
     (eager, _), (compiled, convolutions) = counts["loop"], counts["loop+compile"]
     assert 0 < convolutions < compiled < eager
 

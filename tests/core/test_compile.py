@@ -131,7 +131,9 @@ def test_batched_first_order_equals_eager(batch_with):
     a = meta_step(eager, tasks, batched=True)
     torch._dynamo.utils.counters.clear()
     b = meta_step(comp, tasks, batched=True)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # support and query shapes
+    # support and query shapes; theta's first step passes the later steps' guards (its per-task
+    # copies keep channels_last), so it does not compile a graph of its own
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     assert not torch._dynamo.utils.counters["graph_break"], "one graph per shape, all tasks in it"
     assert_equal_steps(a, b)
 
@@ -331,8 +333,8 @@ def test_one_compiled_second_order_step_serves_every_inner_step(batch_with):
     for seed in (1, 2):
         assert_equal_steps(meta_step(eager, tasks, seed, batch_with is not None),
                            meta_step(comp, tasks, seed, batch_with is not None))
-    # theta's first step, the later steps, the query
-    assert 2 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
+    # the inner steps (theta's first one included), the query
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -344,5 +346,5 @@ def test_one_compiled_graph_serves_every_inner_step(batched):
     torch._dynamo.utils.counters.clear()
     for seed in (1, 2):
         assert_equal_steps(meta_step(eager, tasks, seed, batched), meta_step(comp, tasks, seed, batched))
-    # theta's first step, the later steps, the query (its own shape)
-    assert 2 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
+    # the inner steps (theta's first one included), the query (its own shape)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

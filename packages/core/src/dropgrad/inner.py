@@ -502,6 +502,21 @@ class MAML(nn.Module):
         own = dict(self.model.named_parameters())
         return {n: own[n] for n in self.fast_names}
 
+    def _first_step_params(self, tasks: int | None) -> Params:
+        """theta as the first inner step's input: as is per task, ``(tasks, *shape)`` when batched.
+
+        The tensors pass the guards of every later step's inputs, so a compiled first step
+        reuses the later steps' graph instead of compiling one of its own (for second order the
+        largest graph of the run): per task, views rather than the module's own Parameter
+        objects; batched, a copy per task in theta's layout rather than an expansion with
+        stride 0. The copy is made compiled or not, so both draw their noise into the same
+        layout (the draw follows the tensors' strides).
+        """
+        theta = self.initial_params()
+        if tasks is not None:
+            return {n: p.expand(tasks, *p.shape).clone() for n, p in theta.items()}
+        return {n: p.view_as(p) for n, p in theta.items()} if self._use_compiled() else theta
+
     def step_size(self, step: int) -> StepSize:
         """The step size used at inner step ``step``."""
         return self.inner_lr
@@ -569,7 +584,7 @@ class MAML(nn.Module):
             ``torch.no_grad()``, each step starts from detached tensors and no graph is kept.
         """
         track, create_graph = self._modes()
-        params = self.initial_params()
+        params = self._first_step_params(None)
         trajectory: list[Params] = []
         with torch.enable_grad():
             for step in range(self.steps):
@@ -758,7 +773,7 @@ class MAML(nn.Module):
                 "(batched=False) or of folded tasks (batch_with='fold'), not under vmap"
             )
         n = tasks.n_tasks
-        params = {k: v.expand(n, *v.shape) for k, v in self.initial_params().items()}
+        params = self._first_step_params(n)
         trajectory: list[Params] = []
         # Folded tasks compute BatchNorm per task themselves; vmap may need the decomposition.
         with decomposed_norms(self.batch_with == "vmap" and self._decompose_norms()):
