@@ -125,9 +125,9 @@ def op_table(prof: profile, steps: int, top: int, *, device_time: bool = False, 
 def warmup_line(steps: int, seconds: float, compiled: bool) -> str:
     """The line on the warm-up steps: their time and, compiled, how many graphs Dynamo compiled.
 
-    A compiled row should compile two graphs per configuration (the inner steps and the query);
-    more means a step recompiled, which costs compile time and, past torch's recompile limit,
-    silently falls back to eager.
+    A compiled row should compile one graph for the inner steps and one for the query (one in
+    all where support and query sets have the same shape); more means a step recompiled, which
+    costs compile time and, past torch's recompile limit, silently falls back to eager.
     """
     line = f"warm-up: {steps} steps in {seconds:.1f} s"
     if compiled:
