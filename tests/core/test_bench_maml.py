@@ -128,7 +128,7 @@ def test_profile_meta_step_prints_the_step_time_and_its_top_operators_on_a_cpu(b
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
-    assert "impl vmap+graph" in lines[0] and lines[1] == "warm-up: 0 steps in 0.0 s" and lines[2].startswith("step time ")
+    assert "impl vmap+graph" in lines[0] and lines[1].startswith("warm-up: 0 steps in ") and lines[2].startswith("step time ")
     assert int(lines[3].split()[4]) > 0 and lines[3].startswith("computing calls per step: ")
     table = lines[lines.index(next(l for l in lines if l.strip().startswith("share"))) + 1:]
     assert len(table) == 5 and all(l.split()[0].endswith("%") for l in table)
