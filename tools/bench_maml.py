@@ -36,7 +36,9 @@ Each row runs in a fresh subprocess with a time cap; a failure (NotImplementedEr
 timeout) becomes a row saying so. Before timing, each row's structural options (batching,
 norms, checkpointing, chunks; not bf16) are checked against ``loop`` in float64 on tiny shapes
 with the noise off: column "fp64 |d|". DropGrad off and on are timed interleaved in the same
-process, so the overhead column compares like with like.
+process, so the overhead column compares like with like. Under the table, the compiled rows'
+warm-up time (compiling included: what a user waits for when a compiled run starts); every
+row's is in the JSON as ``warmup_s``.
 
 Examples::
 
@@ -345,9 +347,13 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         # A compiled row compiles in its first step: that one is never timed.
+        t0 = time.perf_counter()
         for _ in range(max(row.warmup, 1) if impl.compile else row.warmup):
             for on in (False, True):
                 steps[on]()
+        if cuda:
+            torch.cuda.synchronize(device)
+        result["warmup_s"] = time.perf_counter() - t0
         seconds = {False: 0.0, True: 0.0}
         for _ in range(row.iters):
             for on in (False, True):
@@ -444,6 +450,10 @@ def format_table(data: dict[str, Any]) -> str:
     out = header + ["", line(cols), line(["-" * w for w in widths])] + [line(b) for b in body]
     out += ["", "* = fastest of ours with DropGrad on. Against the issue's targets (one H100/H200):"]
     out += [f"  {t}" for t in data["summary"]]
+    warmups = [f"{r['config']} {r['impl']} {r['result']['warmup_s']:.1f} s" for r in data["rows"]
+               if r["impl"] in IMPLS and IMPLS[r["impl"]].compile and "warmup_s" in r["result"]]
+    if warmups:  # what a user waits for when a compiled run starts
+        out += ["", "warm-up of the compiled rows (compiling included): " + "; ".join(warmups)]
     return "\n".join(out)
 
 

@@ -69,6 +69,10 @@ def test_quick_cpu_run_of_one_configuration(tmp_path):
     assert [r[0] for r in printed] == ["conv4-fo"] * 4
     assert "vs naive" in proc.stdout and "DG overhead" in proc.stdout and "peak GiB" in proc.stdout
     assert data["device_type"] == "cpu" and data["torch"]
+    # the compiled row's warm-up, which holds its compiling, is printed; the others' is in the JSON only
+    warmup = data["rows"][-1]["result"]["warmup_s"]
+    assert warmup > 0 and all("warmup_s" in r["result"] for r in data["rows"])
+    assert f"warm-up of the compiled rows (compiling included): conv4-fo loop+compile {warmup:.1f} s" in proc.stdout
 
 
 def test_a_row_over_its_time_cap_becomes_a_row(tmp_path):
