@@ -119,7 +119,23 @@ def test_failed_rows_are_reported_and_the_best_row_is_marked():
     best = [r["impl"] for r in data["rows"] if r.get("best")]
     assert best == ["vmap+bf16+chunk2"]  # the fastest that meets the memory target
     assert data["rows"][2]["vs_naive"] == pytest.approx(13.0 / 3.0)
-    assert "vmap+bf16+chunk2 13 tasks/s" in data["summary"][0]
+    assert "vmap+bf16+chunk2 13 tasks/s with DropGrad (target >= 12: met), peak 9.00 GiB (target <= 14: met)" \
+        in data["summary"][0]
+
+
+@pytest.mark.parametrize("rate, overhead, verdicts", [
+    (11.97, 1.4, ("11.97 tasks/s with DropGrad (target >= 12: NOT met)", "(target <= 2%: met)")),
+    (12.0, 2.04, ("12 tasks/s with DropGrad (target >= 12: met)", "+2.0% (target <= 2%: NOT met)")),
+])
+def test_the_summary_judges_the_targets_on_unrounded_numbers(rate, overhead, verdicts):
+    bench = _load_module()
+    result = {"status": "ok", "tasks_per_s_off": rate, "tasks_per_s_on": rate, "overhead_pct": overhead,
+              "peak_mem_bytes": 6.2 * 2**30, "check_max_abs_diff": None}
+    data = {"device": "fake", "device_type": "cuda", "torch": "x", "settings": {**bench.SETTINGS["full"]},
+            "rows": [{"config": "resnet18-so", "px": 224, "impl": "loop+bf16+cl+compile-so+graph", "result": result}]}
+    bench.summarise(data)
+    for verdict in verdicts:
+        assert verdict in data["summary"][0]
 
 
 @pytest.mark.parametrize("by_op", [False, True])
