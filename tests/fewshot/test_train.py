@@ -11,7 +11,7 @@ from dropgrad import load_checkpoint
 from dropgrad_fewshot import cli, sweep
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
-from dropgrad_fewshot.methods import build_learner, check_task_streams, make_dropgrad, use_cuda_graph, use_vmap
+from dropgrad_fewshot.methods import build_learner, check_task_streams, make_dropgrad, use_cuda_graph, use_batched
 from dropgrad_fewshot.run import evaluate, load_split
 
 TINY = [
@@ -26,6 +26,20 @@ def tiny_config(**changes) -> FewShotConfig:
                 episodes_per_epoch=4, val_episodes=4, test_episodes=6, progress=False)
     base.update(changes)
     return resolve_defaults(FewShotConfig(**base))
+
+
+def first_epoch_losses(out) -> list[float]:
+    """The first epoch's training and validation losses from a run's ``metrics.jsonl``.
+
+    Two runs that compute the same steps with sums in another order (compiled, folded) are
+    compared on their first epoch only: Adam's first steps are ``lr * g / |g|``, so weights whose
+    gradient is about zero, float32 rounding noise (a conv bias before BatchNorm), move by up to
+    ``lr`` either way, and later epochs drift apart by more than any fixed tolerance.
+    """
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [v for line in lines if line["epoch"] == 0 for k, v in sorted(line.items()) if k.endswith("loss")]
+    assert len(losses) >= 3, lines  # the steps' training losses, then the epoch's training and validation loss
+    return losses
 
 
 def test_default_run_end_to_end_writes_the_whole_run_directory(tmp_path, capsys):
@@ -271,8 +285,8 @@ def test_evaluation_with_vmap_equals_the_per_task_loop(method, regularizer):
     cfg = tiny_config(method=method, regularizer=regularizer)
     torch.manual_seed(0)
     learner = build_learner(cfg)
-    assert use_vmap(learner, "on", training=False)
-    assert not use_vmap(learner, "auto", training=False), "auto loops on a CPU"
+    assert use_batched(learner, "on", training=False)
+    assert not use_batched(learner, "auto", training=False), "auto loops on a CPU"
     data = load_split(cfg, "val")
     kw = dict(way=3, shot=1, query=2, episodes=10, seed=7, device=torch.device("cpu"))
     loop = evaluate(learner, data, batched=False, **kw)
@@ -287,14 +301,42 @@ def test_auto_batches_first_order_training_and_evaluation_but_loops_second_order
     monkeypatch.setattr(methods, "_on_gpu", lambda learner: True)  # the decision made on a GPU
     second = build_learner(tiny_config(first_order=False))
     first = build_learner(tiny_config(first_order=True))
-    assert not use_vmap(second, "auto", training=True), "second order: slower and larger batched (H200)"
-    assert use_vmap(second, "auto", training=False)
-    assert use_vmap(first, "auto", training=True)
-    assert use_vmap(second, "on", training=True), "'on' still batches second order"
-    assert not use_vmap(first, "auto", training=True, graphed=True), "graph replay: the loop is faster (H200)"
-    assert use_vmap(first, "on", training=True, graphed=True)
-    assert not use_vmap(first, "auto", training=False, graphed=True), "replayed evaluation loops too"
-    assert use_vmap(first, "on", training=False, graphed=True)
+    assert not use_batched(second, "auto", training=True), "second order: slower and larger batched (H200)"
+    assert use_batched(second, "auto", training=False)
+    assert use_batched(first, "auto", training=True)
+    assert use_batched(second, "on", training=True), "'on' still batches second order"
+    assert not use_batched(first, "auto", training=True, graphed=True), "graph replay: the loop is faster (H200)"
+    assert use_batched(first, "on", training=True, graphed=True)
+    assert not use_batched(first, "auto", training=False, graphed=True), "replayed evaluation loops too"
+    assert use_batched(first, "on", training=False, graphed=True)
+
+
+def test_batched_fold_folds_the_tasks_and_insists(monkeypatch):
+    from dropgrad_fewshot import methods
+
+    learner = build_learner(tiny_config(batched="fold"))
+    assert learner.batch_with == "fold" and build_learner(tiny_config(batched="on")).batch_with == "vmap"
+    assert use_batched(learner, "fold", training=True) and use_batched(learner, "fold", training=False)
+    monkeypatch.setattr(methods, "_on_gpu", lambda learner: True)
+    assert use_batched(learner, "fold", training=True, graphed=True), "fold is asked for: auto's rules do not apply"
+    mamlpp = build_learner(tiny_config(method="mamlpp", batched="fold"))  # BatchNorm running statistics
+    with pytest.raises(ValueError, match="--batched fold: batched adaptation \\(fold\\) cannot update the running"):
+        use_batched(mamlpp, "fold", training=True)
+    tiny_config(batched="fold", compile=True, compile_second_order=True)  # folded steps compile whole too
+
+
+@pytest.mark.parametrize("order", [(), ("--first-order",)])
+def test_training_with_folded_tasks_equals_the_per_task_loop(order, tmp_path):
+    curves = {}
+    for batched in ("off", "fold"):
+        out = tmp_path / batched
+        # DropGrad off: batched steps draw one noise tensor for all tasks, the loop one per task.
+        assert cli.train_main(["--out", str(out), *TINY, *order, "--dropgrad", "none", "--batched", batched]) == 0
+        curves[batched] = first_epoch_losses(out)
+        log = (out / "log.txt").read_text()
+        assert ("training: tasks folded into the batch" in log) == (batched == "fold")
+    np.testing.assert_allclose(curves["fold"], curves["off"], rtol=1e-5)
+    assert cli.test_main([str(tmp_path / "fold"), "--episodes", "4", "--no-progress"]) == 0  # re-tests folded
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -335,20 +377,16 @@ def test_cuda_graph_is_for_gpus_only():
         use_cuda_graph(learner, "on")
 
 
-def test_compiled_first_order_training_equals_eager_training(tmp_path):
+@pytest.mark.parametrize("batched", ["off", "fold"])
+def test_compiled_first_order_training_equals_eager_training(batched, tmp_path):
     curves = {}
     for flag in ("--no-compile", "--compile"):
         out = tmp_path / flag.strip("-")
-        assert cli.train_main(["--out", str(out), *TINY, "--first-order", flag]) == 0
-        lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[flag] = [[v for k, v in sorted(l.items()) if k.endswith("loss")] for l in lines]
+        assert cli.train_main(["--out", str(out), *TINY, "--first-order", "--batched", batched, flag]) == 0
+        curves[flag] = first_epoch_losses(out)
         log = (out / "log.txt").read_text()
         assert ("forward compiled (torch.compile)" in log) == (flag == "--compile")
-    eager, compiled = curves["--no-compile"], curves["--compile"]
-    # Training and validation losses of every step and epoch. Not the parameters: Adam turns the
-    # rounding noise of zero gradients (a conv bias before BatchNorm) into full-size steps.
-    assert len(eager) == len(compiled) and sum(map(len, eager)) >= 6
-    np.testing.assert_allclose(np.concatenate(compiled), np.concatenate(eager), rtol=1e-5)
+    np.testing.assert_allclose(curves["--compile"], curves["--no-compile"], rtol=1e-5)
 
 
 def test_compiled_second_order_training_step_equals_eager(tmp_path):
@@ -375,7 +413,7 @@ def test_compiled_second_order_training_step_equals_eager(tmp_path):
         (dict(compile_second_order=True), "--compile-second-order needs --compile"),
         (dict(compile=True, compile_second_order=True, first_order=True), "no second-order step to compile"),
         (dict(compile=True, compile_second_order=True, checkpoint=True), "does not support --checkpoint"),
-        (dict(compile=True, compile_second_order=True, batched="on"), "not --batched on"),
+        (dict(compile=True, compile_second_order=True, batched="on"), "not vmap's \\(--batched on\\)"),
         (dict(compile=True, first_order=True, regularizer="dropout"), "--regularizer dropout"),
         (dict(compile=True, method="mamlpp", first_order_epochs=0), "--first-order-epochs"),
         (dict(task_streams=1), "--task-streams must be >= 2"),

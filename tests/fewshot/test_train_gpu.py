@@ -9,7 +9,7 @@ from dropgrad import CapturedEvaluation, CapturedMetaStep, load_checkpoint
 from dropgrad_fewshot import cli, testing
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
-from dropgrad_fewshot.methods import build_learner, check_task_streams, use_vmap
+from dropgrad_fewshot.methods import build_learner, check_task_streams, use_batched
 from dropgrad_fewshot.run import evaluate
 
 pytestmark = pytest.mark.gpu
@@ -44,7 +44,7 @@ def test_graph_steps_equal_eager_steps_on_the_fewshot_models(method, first_order
                                          inner_steps=2, meta_batch=2, msl_epochs=1, progress=False))
     torch.manual_seed(0)
     learner = build_learner(cfg).to(CUDA)
-    batched = use_vmap(learner, "auto")
+    batched = use_batched(learner, "auto")
     step = CapturedMetaStep(learner, batched=batched)
     batches = EpisodeBatches(build_dataset("glyphs", "train", image_size=28, n_classes=20),
                              n_way=3, n_shot=1, n_query=2, tasks_per_batch=2, seed=0)

@@ -73,11 +73,11 @@ class FewShotConfig:
     pretrain_epochs: int = field(default=20, metadata={"help": "metasgd-star: cross-entropy pre-training epochs over the base classes"})
     pretrain_lr: float = field(default=1e-3, metadata={"help": "metasgd-star: Adam learning rate of the pre-training"})
     pretrain_batch: int = field(default=64, metadata={"help": "metasgd-star: pre-training batch size"})
-    batched: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together with vmap (auto: on a GPU, when vmap is exact for the model; second-order training and training from a CUDA graph loop)"})
+    batched: Literal["auto", "on", "off", "fold"] = field(default="auto", metadata={"help": "adapt a meta-batch's tasks together: on = with torch.func.vmap; fold = folded into the batch dimension (norms, activations and pooling run once for all tasks, convolutions per task; the fastest for Conv4 first order with --compile and --cuda-graph on an H200); off = the per-task loop; auto: vmap on a GPU when it is exact for the model, but second-order training and training from a CUDA graph loop"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (GPU)"})
     cuda_graph: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "record the meta-training step, and evaluation's chunk of tasks, once each in a CUDA graph and replay them (auto: on a GPU; removes the per-operator launch cost that bounds the step; shapes are fixed within a run, a new epoch's settings record a new graph)"})
     compile: bool = field(default=False, metadata={"help": "run the backbone through torch.compile (inductor) in first-order meta-training steps: fused kernels, compiled once per input shape at the start (needs --first-order, mamlpp's --first-order-epochs or --compile-second-order; evaluation runs eagerly; not with --regularizer dropout/spatialdropout)"})
-    compile_second_order: bool = field(default=False, metadata={"help": "with --compile, also compile second-order meta-training steps: each inner step (forward, gradient, update) is one compiled function whose backward, the double backward, is compiled too (per-task loop; not with --checkpoint or --batched on)"})
+    compile_second_order: bool = field(default=False, metadata={"help": "with --compile, also compile second-order meta-training steps: each inner step (forward, gradient, update) is one compiled function whose backward, the double backward, is compiled too (per-task loop or --batched fold; not with --checkpoint or --batched on)"})
     cudnn_benchmark: bool = field(default=True, metadata={"help": "on a GPU, let cuDNN time its convolution algorithms once per input shape and keep the fastest (the shapes are fixed within a run)"})
     channels_last: bool = field(default=False, metadata={"help": "store conv weights channels_last (NHWC; faster convolutions on recent GPUs, above all with --bf16)"})
     task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch)"})
@@ -133,7 +133,7 @@ class FewShotConfig:
             if self.checkpoint:
                 raise ValueError("--compile-second-order does not support --checkpoint (torch.func.grad in the compiled step turns off the hooks checkpointing needs); drop one")
             if self.batched == "on":
-                raise ValueError("--compile-second-order compiles the per-task loop's steps, not --batched on; use --batched auto or off")
+                raise ValueError("--compile-second-order compiles the per-task loop's or folded tasks' steps, not vmap's (--batched on); use --batched auto, off or fold")
         elif self.compile and not self.first_order and not (self.method == "mamlpp" and self.first_order_epochs > 0):
             raise ValueError(
                 "--compile applies to first-order steps unless --compile-second-order is given: add --first-order, "

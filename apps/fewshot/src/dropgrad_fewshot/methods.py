@@ -23,7 +23,7 @@ from dropgrad import MAML, DropGrad, MAMLPlusPlus, MetaSGD
 from .config import FewShotConfig
 from .models import build_model, dropgrad_groups
 
-__all__ = ["build_learner", "check_task_streams", "make_dropgrad", "use_cuda_graph", "use_vmap"]
+__all__ = ["build_learner", "check_task_streams", "make_dropgrad", "use_cuda_graph", "use_batched"]
 
 Method = Literal["maml", "metasgd", "metasgd-star", "mamlpp"]
 
@@ -84,6 +84,7 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
         compile_forward=cfg.compile,
         compile_second_order=cfg.compile_second_order,
         task_streams=cfg.task_streams,
+        batch_with="fold" if cfg.batched == "fold" else "vmap",
     )
     if cfg.method == "maml":
         return MAML(model, **common)
@@ -112,22 +113,23 @@ def use_cuda_graph(learner: MAML, setting: str) -> bool:
 
 
 def check_task_streams(learner: MAML, batched: bool) -> None:
-    """Refuse ``--task-streams`` where it would do nothing: off a GPU, or with vmap-batched training."""
+    """Refuse ``--task-streams`` where it would do nothing: off a GPU, or with batched training."""
     if learner.task_streams is None:
         return
     if not _on_gpu(learner):
         raise ValueError("--task-streams needs a CUDA device (--device cuda); on a CPU the tasks run one after another")
     if batched:
         raise ValueError(
-            "--task-streams spreads the per-task loop over streams, but training batches the tasks with vmap: "
+            f"--task-streams spreads the per-task loop over streams, but training batches the tasks ({learner.batch_with}): "
             "add --batched off (or keep --batched auto with --cuda-graph, which loops)"
         )
 
 
-def use_vmap(learner: MAML, setting: str, training: bool = True, graphed: bool = False) -> bool:
-    """Whether to adapt tasks with vmap: ``on``/``off``, or ``auto``.
+def use_batched(learner: MAML, setting: str, training: bool = True, graphed: bool = False) -> bool:
+    """Whether to adapt a meta-batch's tasks together: ``on`` (vmap), ``fold`` (folded into the
+    batch dimension; the learner was built with ``batch_with="fold"``), ``off``, or ``auto``.
 
-    ``auto`` batches on a GPU when vmap is exact for the model: models it cannot adapt
+    ``on`` and ``fold`` insist, and raise when batching is not exact for the model. ``auto`` batches on a GPU when vmap is exact for the model: models it cannot adapt
     (consistent dropout masks, BatchNorm running statistics while training) take the per-task
     loop, which gives the same numbers. Second-order meta-training also loops under ``auto``:
     batched it is exact but was slower and larger on an H200 (ResNet-18 224 px: 4.21 against
@@ -155,7 +157,7 @@ def use_vmap(learner: MAML, setting: str, training: bool = True, graphed: bool =
         ok, reason = False, str(err)
     finally:
         learner.train(was_training)
-    if setting == "on" and not ok:
-        raise ValueError(f"--batched on: {reason}")
+    if setting in ("on", "fold") and not ok:
+        raise ValueError(f"--batched {setting}: {reason}")
     return ok
 

@@ -56,7 +56,7 @@ from .data import (
     episode_batches,
     open_cache,
 )
-from .methods import build_learner, check_task_streams, use_cuda_graph, use_vmap
+from .methods import build_learner, check_task_streams, use_cuda_graph, use_batched
 from .models import pretrain_feature_extractor
 
 __all__ = ["TEST_STREAM", "VAL_STREAM", "evaluate", "load_split", "train", "verify_images"]
@@ -258,9 +258,9 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     graphed = use_cuda_graph(learner, cfg.cuda_graph)
-    batched = use_vmap(learner, cfg.batched, graphed=graphed)
+    batched = use_batched(learner, cfg.batched, graphed=graphed)
     check_task_streams(learner, batched)
-    eval_batched = use_vmap(learner, cfg.batched, training=False, graphed=graphed)
+    eval_batched = use_batched(learner, cfg.batched, training=False, graphed=graphed)
     # One for the whole run: validation replays the graph recorded at the first epoch.
     eval_runner = CapturedEvaluation(learner, batched=eval_batched) if graphed else None
     messages: list[str] = []
@@ -327,7 +327,8 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     if preloaded:
         trainer.log(f"data: decoded {preloaded} images into memory before training")
     trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
-    how = {True: "vmap over tasks", False: "per-task loop"}
+    how = {True: "tasks folded into the batch" if learner.batch_with == "fold" else "vmap over tasks",
+           False: "per-task loop"}
     trainer.log(
         f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}"
         f"{', forward compiled (torch.compile) in first-order steps' if learner.compiled else ''}"

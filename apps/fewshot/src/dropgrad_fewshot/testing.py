@@ -21,7 +21,7 @@ from dropgrad import (
 
 from .config import FewShotConfig
 from .data import EpisodeBatches, check_episodes
-from .methods import build_learner, use_vmap
+from .methods import build_learner, use_batched
 from .models import class_activation_maps, save_cam_grid
 from .run import TEST_STREAM, evaluate, load_split
 
@@ -82,7 +82,7 @@ def test_run(
     stream = cfg.seed + TEST_STREAM if seed is None else seed
     # The run's --cuda-graph, on whatever device tests it: "on" does not fail on a CPU here.
     graphed = cfg.cuda_graph != "off" and dev.type == "cuda"
-    batched = use_vmap(learner, cfg.batched, training=False, graphed=graphed)
+    batched = use_batched(learner, cfg.batched, training=False, graphed=graphed)
     scores = evaluate(
         learner, dataset, way=cfg.way, shot=shot, query=query, episodes=episodes, seed=stream,
         device=dev, batched=batched, progress=progress,
