@@ -11,7 +11,13 @@ from dropgrad import load_checkpoint
 from dropgrad_fewshot import cli, sweep
 from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
 from dropgrad_fewshot.data import EpisodeBatches, build_dataset
-from dropgrad_fewshot.methods import build_learner, check_task_streams, make_dropgrad, use_cuda_graph, use_batched
+from dropgrad_fewshot.methods import (
+    build_learner,
+    check_task_streams,
+    make_dropgrad,
+    use_batched,
+    use_cuda_graph,
+)
 from dropgrad_fewshot.run import evaluate, load_split
 
 TINY = [

@@ -23,7 +23,7 @@ from dropgrad import MAML, DropGrad, MAMLPlusPlus, MetaSGD
 from .config import FewShotConfig
 from .models import build_model, dropgrad_groups
 
-__all__ = ["build_learner", "check_task_streams", "make_dropgrad", "use_cuda_graph", "use_batched"]
+__all__ = ["build_learner", "check_task_streams", "make_dropgrad", "use_batched", "use_cuda_graph"]
 
 Method = Literal["maml", "metasgd", "metasgd-star", "mamlpp"]
 

@@ -56,7 +56,7 @@ from .data import (
     episode_batches,
     open_cache,
 )
-from .methods import build_learner, check_task_streams, use_cuda_graph, use_batched
+from .methods import build_learner, check_task_streams, use_batched, use_cuda_graph
 from .models import pretrain_feature_extractor
 
 __all__ = ["TEST_STREAM", "VAL_STREAM", "evaluate", "load_split", "train", "verify_images"]
