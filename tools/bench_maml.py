@@ -147,6 +147,8 @@ IMPLS: dict[str, Impl] = {
     "fold+bf16+cl+compile": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True),
     "fold+bf16+cl+compile+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True,
                                        graph=True),
+    "fold+bf16+cl+autotune+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True,
+                                        graph=True, compile_mode="max-autotune-no-cudagraphs"),
     "fold+bf16+cl+compile+combo+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                              compile=True, graph=True, combo=True),
     "loop+compile-so": Impl(compile=True, compile_second_order=True),
@@ -191,7 +193,7 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "naive", "loop", "fold+bf16+cl+compile+graph", "loop+bf16+cl+compile+graph+streams4",
         "fold+bf16+cl+compile+combo+graph", "loop+bf16+cl+compile+graph", "loop+bf16+cl+graph",
         "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+combo+graph", "loop+bf16+cl+autotune+graph",
-        "vmap+bf16+cl+compile+graph", "fold+bf16+cl+graph", "loop+compile+graph", "loop+graph", "vmap+graph",
+        "fold+bf16+cl+autotune+graph", "vmap+bf16+cl+compile+graph", "fold+bf16+cl+graph", "loop+compile+graph", "loop+graph", "vmap+graph",
         "vmap+bf16+cl+graph", "vmap+bf16")),
 }
 # --quick: every configuration, every lever at least once, in seconds on a CPU.
