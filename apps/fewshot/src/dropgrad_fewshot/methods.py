@@ -120,8 +120,8 @@ def check_task_streams(learner: MAML, batched: bool) -> None:
         raise ValueError("--task-streams needs a CUDA device (--device cuda); on a CPU the tasks run one after another")
     if batched:
         raise ValueError(
-            f"--task-streams spreads the per-task loop over streams, but training batches the tasks ({learner.batch_with}): "
-            "add --batched off (or keep --batched auto with --cuda-graph, which loops)"
+            "--task-streams spreads the per-task loop over streams, but training batches the tasks "
+            f"({learner.batch_with}): add --batched off (or keep --batched auto with --cuda-graph, which loops)"
         )
 
 
@@ -129,9 +129,10 @@ def use_batched(learner: MAML, setting: str, training: bool = True, graphed: boo
     """Whether to adapt a meta-batch's tasks together: ``on`` (vmap), ``fold`` (folded into the
     batch dimension; the learner was built with ``batch_with="fold"``), ``off``, or ``auto``.
 
-    ``on`` and ``fold`` insist, and raise when batching is not exact for the model. ``auto`` batches on a GPU when vmap is exact for the model: models it cannot adapt
-    (consistent dropout masks, BatchNorm running statistics while training) take the per-task
-    loop, which gives the same numbers. Second-order meta-training also loops under ``auto``:
+    ``on`` and ``fold`` insist, and raise when batching is not exact for the model. ``auto``
+    batches on a GPU when vmap is exact for the model: models it cannot adapt (consistent
+    dropout masks, BatchNorm running statistics while training) take the per-task loop, which
+    gives the same numbers. Second-order meta-training also loops under ``auto``:
     batched it is exact but was slower and larger on an H200 (ResNet-18 224 px: 4.21 against
     4.58 tasks/s, 17.5 against 7.45 GiB; docs/performance.md); ``on`` still batches it. On a
     CPU the loop is as fast or faster (Conv4 evaluation: 0.08 s per task looped against 0.14 s
@@ -140,7 +141,9 @@ def use_batched(learner: MAML, setting: str, training: bool = True, graphed: boo
     dropout is off, so vmap is exact for more models. ``graphed``: the steps (training or
     evaluation) replay a CUDA graph, where the loop is the faster one (meta-training ResNet-18
     224 px first order with bf16 and channels_last: 44.6 against 25.0 tasks/s; Conv4 84 px: 152
-    against 78; H200, docs/performance.md), so ``auto`` loops then too.
+    against 78; H200, docs/performance.md), so ``auto`` loops then too. Folded tasks beat the
+    loop there for compiled Conv4 first order (306 against 242 tasks/s, H200), but have been
+    measured for Conv4 only, so ``auto`` does not choose them.
     """
     if setting == "off":
         return False
