@@ -18,7 +18,9 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   backward N tasks at a time; ``+graph``: the whole meta-step recorded once in a CUDA graph
   and replayed (``dropgrad.CapturedMetaStep``; on a CPU the same step runs eagerly);
   ``+compile``: the model's forward through ``torch.compile`` (inductor) in first-order steps
-  (``MAML(compile_forward=True)``; compiled during the warm-up, which gets extra time);
+  (``MAML(compile_forward=True)``; compiled during the warm-up, which gets extra time), with
+  ``dropgrad.compiling``'s backend; ``+stockpool``: ``+compile`` with torch's inductor as it
+  comes (max-pooling's backward through ``scatter_add``), the baseline of that backend;
   ``+streamsN``: the loop's tasks on N concurrent CUDA streams (``MAML(task_streams=N)``; with
   ``+graph`` the recorded graph has N branches the GPU runs side by side; on a CPU: the loop);
   ``+autotune``: ``+compile`` with inductor's ``max-autotune-no-cudagraphs`` mode (Triton
@@ -92,15 +94,25 @@ class Impl:
     loop_norms: str = "native"
     batch_with: str = "vmap"  # with batched: torch.func.vmap or folded tasks
     compile_second_order: bool = False  # with compile: whole second-order inner steps compiled
+    stock_pool: bool = False  # with compile: torch's stock inductor (scatter-based max-pool backward)
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
+        if self.compile and self.stock_pool:
+            return {"backend": stock_inductor}
         if not self.compile or (self.compile_mode is None and not self.combo):
             return self.compile
         kwargs: dict[str, Any] = {} if self.compile_mode is None else {"mode": self.compile_mode}
         if self.combo:
             kwargs["options"] = {"combo_kernels": True}
         return kwargs
+
+
+def stock_inductor(graph: torch.fx.GraphModule, example_inputs: Any) -> Any:
+    """torch's inductor as it comes: the baseline of ``dropgrad.compiling.inductor_backend`` (``+stockpool``)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(graph, example_inputs)
 
 
 IMPLS: dict[str, Impl] = {
@@ -149,6 +161,10 @@ IMPLS: dict[str, Impl] = {
                                        graph=True),
     "fold+bf16+cl+autotune+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True,
                                         graph=True, compile_mode="max-autotune-no-cudagraphs"),
+    "fold+bf16+cl+compile+stockpool+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                                 compile=True, graph=True, stock_pool=True),
+    "loop+bf16+cl+compile+stockpool+graph": Impl(bf16=True, channels_last=True, compile=True, graph=True,
+                                                 stock_pool=True),
     "fold+bf16+cl+compile+combo+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                              compile=True, graph=True, combo=True),
     "loop+compile-so": Impl(compile=True, compile_second_order=True),

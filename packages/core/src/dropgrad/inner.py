@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from .compiling import inductor_backend
 from .dropout import has_consistent_dropout, resample_dropout_masks
 from .fast import decomposed_norms, is_channels_last
 from .folded import FoldedTasks
@@ -201,6 +202,13 @@ def _compile_kwargs(compile_forward: bool | str | Mapping[str, Any]) -> dict[str
     return kwargs
 
 
+def _torch_compile(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[..., Any]:
+    """``torch.compile(fn)`` with ``_compile_kwargs``' keywords; inductor as ``dropgrad.compiling``'s backend."""
+    if kwargs.get("backend") == "inductor":
+        kwargs = {"backend": inductor_backend(kwargs.get("mode"), kwargs.get("options"))}
+    return torch.compile(fn, dynamic=False, **kwargs)
+
+
 def _fold_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     # As _vmap_tasks, with the tasks folded into the batch dimension (dropgrad.folded); the
     # caller holds the FoldedTasks mode (entered outside any compiled region).
@@ -305,8 +313,11 @@ class MAML(nn.Module):
             settings, e.g. ``{"combo_kernels": True}``)) wherever no second-order graph is
             needed, i.e. in meta-training steps while :attr:`second_order` is False. Fewer,
             fused kernels per forward and backward (BatchNorm, activations, pooling); the
-            convolutions stay cuDNN's. With ``batched=True`` the whole batched forward is
-            compiled (vmap's grouped convolutions included; folded tasks in one graph).
+            convolutions stay cuDNN's. The inductor backend (``True``, or no ``backend`` in the
+            mapping) lowers max-pooling's backward pointwise instead of through torch's
+            scatter-based decomposition (``dropgrad.compiling``; the same numbers). With
+            ``batched=True`` the whole batched forward is compiled (vmap's grouped convolutions
+            included; folded tasks in one graph).
             Second order runs eagerly unless ``compile_second_order`` (AOTAutograd has no
             double backward); evaluation runs eagerly: its shapes would add recompilations for
             little time. Shapes are compiled statically; a new shape compiles again. Models
@@ -436,8 +447,7 @@ class MAML(nn.Module):
                 "state drawn inside the forward); use compile_forward=False"
             )
         batched = _fold_tasks if batch_with == "fold" else _vmap_tasks
-        return (torch.compile(_forward_with, dynamic=False, **kwargs),
-                torch.compile(batched, dynamic=False, **kwargs))
+        return _torch_compile(_forward_with, kwargs), _torch_compile(batched, kwargs)
 
     def _compile_second_order(
         self, enabled: bool, compile_forward: bool | str | Mapping[str, Any],
@@ -459,8 +469,8 @@ class MAML(nn.Module):
             )
         kwargs = _compile_kwargs(compile_forward)
         return {
-            "loop": torch.compile(_loop_second_order_step, dynamic=False, **kwargs),
-            "fold": torch.compile(_folded_second_order_step, dynamic=False, **kwargs),
+            "loop": _torch_compile(_loop_second_order_step, kwargs),
+            "fold": _torch_compile(_folded_second_order_step, kwargs),
         }
 
     @property

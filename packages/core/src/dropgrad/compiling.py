@@ -1,0 +1,103 @@
+"""The inductor backend that ``MAML(compile_forward=...)`` compiles with.
+
+It is torch's inductor with one change: max-pooling's backward runs as inductor's own pointwise
+lowering, not as torch's newer ``scatter_add`` decomposition of
+``aten.max_pool2d_with_indices_backward`` (pytorch/pytorch#167318, in torch 2.14's table of
+inductor decompositions).
+
+Why: for the 2x2, stride-2 pooling of Conv4 that decomposition writes a zeroed float32 buffer the
+size of the pool's input, converts the forward's saved offsets to int64 indices, copies them out
+of channels_last, scatters (with atomic adds on a GPU) and converts back (pytorch/pytorch#195123). The
+lowering reads the saved indices and the output gradient once and writes the input gradient
+once. On 2 CPU cores this made a folded Conv4 meta-step 1.4x faster (docs/performance.md).
+
+Same numbers: both route each window's gradient to the input element the forward chose
+(its saved index). With non-overlapping windows that is one contribution per element, so the
+results are equal bit for bit. With overlapping windows (ResNet's 3x3, stride-2 stem pool) the
+order of summing up to four contributions may differ by rounding.
+
+Caches: torch's compile caches key a graph before its decompositions, so a graph compiled by
+stock inductor would be found again here (and the reverse). The backend therefore sets a
+post-grad pass that does nothing but name this variant (``_Variant``), and the pass's uuid
+enters the caches' keys. A ``post_grad_custom_post_pass`` in the options takes its place.
+
+Scope: only the functions ``MAML`` compiles get this backend. torch's decomposition table is
+changed only while one of them compiles, and restored right after, so other ``torch.compile``
+calls are unaffected (unless another thread compiles at that very time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["inductor_backend"]
+
+
+@contextlib.contextmanager
+def _pool_backward_lowered() -> Iterator[None]:
+    """While compiling: inductor's table without the scatter-based max-pool backward.
+
+    The table is edited in place for the length of one compile, not passed to ``compile_fx``
+    as ``decompositions=``: a table passed in cannot be pickled into the caches' keys, so every
+    run would compile from scratch.
+    """
+    from torch._inductor import decomposition
+
+    op = torch.ops.aten.max_pool2d_with_indices_backward.default
+    removed = decomposition.decompositions.pop(op, None)  # the table select_decomp_table() builds on
+    try:
+        yield
+    finally:
+        if removed is not None:
+            decomposition.decompositions[op] = removed
+
+
+def _variant_pass() -> Any:
+    """A post-grad pass that changes nothing; its uuid keeps this backend's cache entries apart."""
+    try:
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+    except ImportError:  # torch without custom graph passes: nothing to key them by either
+        return None
+
+    class _Variant(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            return None
+
+        def uuid(self) -> str:
+            return "dropgrad.compiling: max-pool backward lowered pointwise, v1"
+
+    return _Variant()
+
+
+def inductor_backend(mode: str | None = None, options: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """A ``torch.compile`` backend: inductor with ``mode`` and ``options``, as
+    ``torch.compile(backend="inductor", mode=mode, options=options)`` gives it, and with
+    max-pooling's backward lowered pointwise (see the module's docstring).
+
+    >>> backend = inductor_backend()
+    >>> f = torch.compile(lambda x: torch.nn.functional.max_pool2d(x, 2), backend=backend, dynamic=False)
+    >>> f(torch.arange(16.0).view(1, 1, 4, 4)).flatten().tolist()
+    [5.0, 7.0, 13.0, 15.0]
+    """
+    config: dict[str, Any] = {}
+    if mode is not None and mode != "default":
+        # What torch.compile does with a mode: it is a set of inductor settings.
+        import torch._inductor
+
+        config.update(torch._inductor.list_mode_options(mode, False))
+    marker = _variant_pass()
+    if marker is not None:
+        config["post_grad_custom_post_pass"] = marker
+    config.update(options or {})
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+        from torch._inductor.compile_fx import compile_fx
+
+        with _pool_backward_lowered():
+            return compile_fx(graph, example_inputs, config_patches=config)
+
+    return backend

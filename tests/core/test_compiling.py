@@ -1,0 +1,104 @@
+"""dropgrad.compiling.inductor_backend: inductor with max-pooling's backward lowered pointwise.
+
+Checked against eager PyTorch: pooled values and input gradients equal bit for bit for
+non-overlapping windows (ties included), to rounding for overlapping ones. The generated code
+must not scatter, which stock inductor does where torch's table has the scatter-based
+decomposition (the reason for the backend).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dropgrad.compiling import inductor_backend
+from torch._inductor.decomposition import select_decomp_table
+from torch._inductor.utils import run_and_get_code
+
+NON_OVERLAPPING = {"kernel_size": 2}
+OVERLAPPING = {"kernel_size": 3, "stride": 2, "padding": 1}  # ResNet's stem pool
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def pooled_and_grad(backend, x, g, pool):
+    """Max-pool forward and input gradient; compiled with ``backend`` unless it is None."""
+    fn = lambda t: F.max_pool2d(t, **pool)
+    if backend is not None:
+        fn = torch.compile(fn, backend=backend, dynamic=False)
+    x = x.detach().clone().requires_grad_()
+    out = fn(x)
+    (grad,) = torch.autograd.grad(out, x, g)
+    return out.detach(), grad
+
+
+def inputs(dtype, channels_last, ties, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (2, 5, 21, 21)  # odd side: the last row and column belong to no window
+    x = torch.randint(0, 3, shape, generator=gen).to(dtype) if ties else torch.randn(shape, generator=gen).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_non_overlapping_pooling_equals_eager_bit_for_bit(dtype, channels_last, ties):
+    x = inputs(dtype, channels_last, ties)
+    g = torch.randn(2, 5, 10, 10, generator=torch.Generator().manual_seed(1)).to(dtype)
+    want_out, want_grad = pooled_and_grad(None, x, g, NON_OVERLAPPING)
+    got_out, got_grad = pooled_and_grad(inductor_backend(), x, g, NON_OVERLAPPING)
+    assert torch.equal(got_out, want_out)
+    assert torch.equal(got_grad, want_grad)
+    if ties:  # each gradient goes to one element of its window: the one eager chose
+        assert (want_grad != 0).sum() == (g != 0).sum()
+
+
+def test_overlapping_pooling_equals_eager():
+    x = inputs(torch.float32, True, ties=False)
+    g = torch.randn(2, 5, 11, 11, generator=torch.Generator().manual_seed(1))
+    want_out, want_grad = pooled_and_grad(None, x, g, OVERLAPPING)
+    got_out, got_grad = pooled_and_grad(inductor_backend(), x, g, OVERLAPPING)
+    assert torch.equal(got_out, want_out)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+def generated_code(backend):
+    x = inputs(torch.float32, True, ties=False)
+    g = torch.ones(2, 5, 10, 10)
+    _, code = run_and_get_code(pooled_and_grad, backend, x, g, NON_OVERLAPPING)
+    return "\n".join(code)
+
+
+def test_the_backward_is_not_a_scatter_even_after_stock_inductor_compiled_the_graph():
+    # Stock inductor first: its cache entry for the same graph must not be what the backend gets.
+    if torch.ops.aten.max_pool2d_with_indices_backward.default in select_decomp_table():
+        assert "scatter" in generated_code("inductor")  # what the backend avoids
+        torch._dynamo.reset()
+    assert "scatter" not in generated_code(inductor_backend())
+
+
+def test_mode_and_options_reach_inductor(monkeypatch):
+    from torch._inductor import compile_fx
+
+    seen = {}
+
+    op = torch.ops.aten.max_pool2d_with_indices_backward.default
+    stock = op in select_decomp_table()
+
+    def spy(graph, example_inputs, config_patches=None, **kwargs):
+        seen.update(config_patches or {})
+        seen["decomposes max-pool backward"] = op in select_decomp_table()
+        return graph.forward  # run the captured graph as is
+
+    monkeypatch.setattr(compile_fx, "compile_fx", spy)
+    backend = inductor_backend("max-autotune-no-cudagraphs", {"combo_kernels": True})
+    f = torch.compile(lambda t: F.max_pool2d(t, 2) + 1, backend=backend, dynamic=False)
+    assert torch.equal(f(torch.ones(1, 1, 4, 4)), torch.full((1, 1, 2, 2), 2.0))
+    assert seen["max_autotune"] and seen["combo_kernels"] and not seen["decomposes max-pool backward"]
+    assert seen["post_grad_custom_post_pass"].uuid().startswith("dropgrad.compiling")  # the caches' key
+    assert (op in select_decomp_table()) == stock, "the table is restored after compiling"
