@@ -7,9 +7,9 @@ inductor decompositions).
 
 Why: for the 2x2, stride-2 pooling of Conv4 that decomposition writes a zeroed float32 buffer the
 size of the pool's input, converts the forward's saved offsets to int64 indices, copies them out
-of channels_last, scatters (with atomic adds on a GPU) and converts back (pytorch/pytorch#195123). The
-lowering reads the saved indices and the output gradient once and writes the input gradient
-once. On 2 CPU cores this made a folded Conv4 meta-step 1.4x faster (docs/performance.md).
+of channels_last, scatters (with atomic adds on a GPU) and converts back (pytorch/pytorch#195123).
+The lowering reads the saved indices and the output gradient once and writes the input gradient
+once. On 2 CPU cores this made Conv4 meta-steps 1.2-1.6x faster (docs/performance.md).
 
 Same numbers: both route each window's gradient to the input element the forward chose
 (its saved index). With non-overlapping windows that is one contribution per element, so the
