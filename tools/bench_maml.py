@@ -30,7 +30,9 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels);
   ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
   without parameters and norms run once for all tasks, convolutions with per-task weights as
-  one plain (not grouped) convolution per task; ``+compile-so``: ``+compile`` and second-order
+  one plain (not grouped) convolution per task; ``+pad8``, ``+pwpool``: compiled folded tasks
+  with 3-channel convolutions padded to 8 channels on a GPU, max pooling as pointwise operators
+  (``dropgrad.folded.compiled_forms``, experimental); ``+compile-so``: ``+compile`` and second-order
   steps compiled whole (``MAML(compile_second_order=True)``: forward, ``torch.func.grad`` and
   update in one compiled function, whose backward is the compiled double backward).
 
@@ -52,6 +54,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import signal
@@ -70,6 +73,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_inner_loop as common
 import dropgrad
+from dropgrad import folded
 from dropgrad.fast import channels_last_tasks
 
 INNER_LR = common.INNER_LR
@@ -95,6 +99,8 @@ class Impl:
     batch_with: str = "vmap"  # with batched: torch.func.vmap or folded tasks
     compile_second_order: bool = False  # with compile: whole second-order inner steps compiled
     stock_pool: bool = False  # with compile: torch's stock inductor (scatter-based max-pool backward)
+    pad_channels: int = 1  # with fold+compile: dropgrad.folded.compiled_forms(channel_multiple=...)
+    pointwise_pool: bool = False  # with fold+compile: compiled_forms(pointwise_max_pool=True)
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
@@ -113,6 +119,13 @@ def stock_inductor(graph: torch.fx.GraphModule, example_inputs: Any) -> Any:
     from torch._inductor.compile_fx import compile_fx
 
     return compile_fx(graph, example_inputs)
+
+
+def folded_forms(impl: Impl) -> contextlib.AbstractContextManager[None]:
+    """The row's ``dropgrad.folded.compiled_forms`` (``+pad8``, ``+pwpool``), or nothing."""
+    if impl.pad_channels == 1 and not impl.pointwise_pool:
+        return contextlib.nullcontext()
+    return folded.compiled_forms(pointwise_max_pool=impl.pointwise_pool, channel_multiple=impl.pad_channels)
 
 
 IMPLS: dict[str, Impl] = {
@@ -167,6 +180,17 @@ IMPLS: dict[str, Impl] = {
                                                  stock_pool=True),
     "fold+bf16+cl+compile+combo+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                              compile=True, graph=True, combo=True),
+    "fold+bf16+cl+compile+combo+pad8+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                                  compile=True, graph=True, combo=True, pad_channels=8),
+    "fold+bf16+cl+compile+combo+pwpool+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                                    compile=True, graph=True, combo=True, pointwise_pool=True),
+    "fold+bf16+cl+compile+combo+pad8+pwpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
+                                                         channels_last=True, compile=True, graph=True, combo=True,
+                                                         pad_channels=8, pointwise_pool=True),
+    "fold+bf16+cl+compile+pwpool+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                              compile=True, graph=True, pointwise_pool=True),
+    "fold+bf16+cl+compile+pad8+pwpool": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                             compile=True, pad_channels=8, pointwise_pool=True),
     "loop+compile-so": Impl(compile=True, compile_second_order=True),
     "loop+bf16+compile-so+graph": Impl(bf16=True, compile=True, compile_second_order=True, graph=True),
     "loop+bf16+cl+compile-so+graph": Impl(bf16=True, channels_last=True, compile=True, compile_second_order=True,
@@ -193,8 +217,9 @@ def extra_seconds(impl: Impl) -> float:
 
 
 # configuration -> (model, order, rows); the issue's three configurations.
-# Rows in priority order (the reference rows, then the best measured on an H200), since a time budget
-# skips a configuration's last rows.
+# Rows in priority order (the reference rows, then the best measured on an H200, with Conv4's
+# experimental +pad8/+pwpool rows right after the row they modify), since a time budget skips a
+# configuration's last rows.
 CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "resnet18-fo": ("resnet18", "first", (
         "naive", "loop", "loop+bf16+cl+graph", "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+graph",
@@ -206,8 +231,9 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "loop+bf16+cl+dn+graph", "fold+bf16+graph", "loop+graph",
         "vmap+bf16+graph", "vmap+bf16+chunk2")),
     "conv4-fo": ("conv4", "first", (
-        "naive", "loop", "fold+bf16+cl+compile+graph", "loop+bf16+cl+compile+graph+streams4",
-        "fold+bf16+cl+compile+combo+graph", "loop+bf16+cl+compile+graph", "loop+bf16+cl+graph",
+        "naive", "loop", "fold+bf16+cl+compile+combo+graph", "fold+bf16+cl+compile+combo+pad8+graph",
+        "fold+bf16+cl+compile+combo+pwpool+graph", "fold+bf16+cl+compile+graph",
+        "loop+bf16+cl+compile+graph+streams4", "loop+bf16+cl+compile+graph", "loop+bf16+cl+graph",
         "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+combo+graph", "loop+bf16+cl+autotune+graph",
         "fold+bf16+cl+autotune+graph", "vmap+bf16+cl+compile+graph", "fold+bf16+cl+graph", "loop+compile+graph",
         "loop+graph", "vmap+graph", "vmap+bf16+cl+graph", "vmap+bf16")),
@@ -337,7 +363,8 @@ def run_row(row: RowConfig) -> dict[str, Any]:
         signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, cap)
     try:
-        return _run_row(row)
+        with folded_forms(IMPLS[row.impl]):
+            return _run_row(row)
     except RowTimeout:
         return {"status": "timeout", "message": f"over its {cap:.0f} s cap (row cap or time budget)"}
     finally:

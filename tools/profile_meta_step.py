@@ -160,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch._inductor.config as inductor_config
 
         inductor_config.cpp.enable_kernel_profile = True  # inductor's CPU kernels, by name, in the profile
+    with bench_maml.folded_forms(bench_maml.IMPLS[args.impl]):
+        _profile(args, device)
+    return 0
+
+
+def _profile(args: argparse.Namespace, device: torch.device) -> None:
     row = build_row(args.config, args.impl, args.quick, device)
     noise = args.dropgrad == "on"
     step = bench_maml.row_steps(row, device, noise=(noise,))[noise]
@@ -194,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(cpu_compute_calls(prof, args.steps))
         print("\n".join(op_table(prof, args.steps, args.top, shapes=args.by_op)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dropgrad import (
     MAMLPlusPlus,
     MetaSGD,
 )
+from dropgrad.folded import compiled_forms
 from torch import nn
 
 from .conftest import make_tasks, tiny_net
@@ -348,3 +349,22 @@ def test_one_compiled_graph_serves_every_inner_step(batched):
         assert_equal_steps(meta_step(eager, tasks, seed, batched), meta_step(comp, tasks, seed, batched))
     # the inner steps (theta's first one included), the query (its own shape)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32):
+    # dropgrad.folded.compiled_forms on a GPU in bf16: 3-channel convolutions padded to 8 channels
+    # and max pooling as pointwise operators, compiled with inductor.
+    cuda = torch.device("cuda")
+    eager, comp = pair(MAML, compile_forward=True, dtype=torch.float32, inner_lr=0.1, steps=2, first_order=True,
+                       batch_with="fold")
+    results = []
+    for learner in (eager, comp):
+        learner.to(cuda).model.to(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16), compiled_forms():
+            out, grads, _ = meta_step(learner, make_tasks(17, cuda, dtype=torch.float32, query=3), batched=True)
+        results.append((out.loss, torch.cat([g.flatten() for g in grads])))
+    (loss_e, grad_e), (loss_c, grad_c) = results
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-2, atol=0)
+    assert (grad_c - grad_e).norm() < 3e-2 * grad_e.norm()

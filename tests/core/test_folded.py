@@ -7,13 +7,14 @@ MetaSGD (first and second order, checkpointing, chunks, channels_last, bf16) are
 tests/core/test_batched_equivalence.py with the vmap variants.
 """
 
+import contextlib
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 from dropgrad import MAML, MAMLPlusPlus, MetaSGD
-from dropgrad.folded import folded_tasks
+from dropgrad.folded import compiled_forms, folded_tasks
 from dropgrad.inner import Task
 from torch import nn
 
@@ -196,3 +197,127 @@ def test_evaluation_equals_the_loop():
 def test_a_bad_batch_with_is_refused():
     with pytest.raises(ValueError, match="batch_with must be one of vmap, fold, got 'grouped'"):
         MAML(nn.Linear(2, 2), batch_with="grouped")  # type: ignore[arg-type]
+
+
+# compiled_forms: compiled folded tasks run max pooling and few-channel convolutions in other
+# forms (dropgrad.folded._window_max, _padded_channels); eager calls keep ATen's kernels.
+
+
+def graphs_of(fn, *args, forms=True):
+    """``fn(*args)`` compiled under FoldedTasks(T) (within ``compiled_forms()`` if ``forms``),
+    with the FX graphs Dynamo captured."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+
+    torch._dynamo.reset()
+    try:
+        with folded_tasks(T), compiled_forms() if forms else contextlib.nullcontext():
+            out = torch.compile(fn, backend=backend, dynamic=False)(*args)
+    finally:
+        torch._dynamo.reset()
+    return out, "\n".join(graphs)
+
+
+@pytest.mark.parametrize(("shape", "kernel"), [
+    ((6, 3, 8, 8), 2), ((6, 3, 9, 7), 2), ((6, 2, 9, 9), 3), ((6, 2, 8, 9), (2, 3)),
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_window_max_is_aten_max_pooling_value_and_gradient_ties_and_nans_included(shape, kernel, dtype):
+    from dropgrad.folded import _window_max
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, shape, generator=g).to(dtype)  # small integers: ties in most windows
+    x[0, 0, 0, :2] = float("nan")  # two NaNs in one window: ATen routes the gradient to the last
+    x[1, 1, 2, 2] = float("-inf")
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    want = F.max_pool2d(x, kernel)
+    grad_out = torch.randn(want.shape, generator=g).to(dtype)
+    (want_grad,) = torch.autograd.grad(want, x, grad_out)
+    got = _window_max(x, *((kernel, kernel) if isinstance(kernel, int) else kernel))
+    (got_grad,) = torch.autograd.grad(got, x, grad_out)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
+    assert torch.equal(got_grad, want_grad)
+
+
+def test_compiled_folded_max_pooling_is_pointwise_and_equal():
+    torch.manual_seed(0)
+    x = torch.randint(-3, 4, (T * N, 3, 8, 8)).double().requires_grad_()
+
+    def f(x):
+        return (F.max_pool2d(torch.relu(x), 2) * torch.arange(16.0).view(4, 4)).sum()
+
+    got, graph = graphs_of(f, x)
+    assert "max_pool" not in graph and "maximum" in graph
+    assert torch.equal(got, f(x))
+    (got_grad,) = torch.autograd.grad(graphs_of(f, x)[0], x)
+    (want_grad,) = torch.autograd.grad(f(x), x)
+    assert torch.equal(got_grad, want_grad)
+    assert "max_pool" in graphs_of(f, x, forms=False)[1]  # off by default
+
+
+def test_changing_the_forms_recompiles():
+    x = torch.randn(T * N, 3, 8, 8)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: F.max_pool2d(x, 2), backend=backend, dynamic=False)
+    try:
+        with folded_tasks(T):
+            step(x)
+            with compiled_forms():
+                step(x)
+            step(x)  # the first graph again, from the cache
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 2 and "max_pool" in graphs[0] and "max_pool" not in graphs[1]
+
+
+def test_a_channel_multiple_below_one_is_refused():
+    with pytest.raises(ValueError, match="channel_multiple must be >= 1, got 0"), compiled_forms(channel_multiple=0):
+        pass
+
+
+@pytest.mark.parametrize("options", [
+    {"stride": 1}, {"padding": 1}, {"ceil_mode": True}, {"dilation": 2}, {"kernel_size": 5},
+])
+def test_overlapping_padded_or_large_windows_keep_atens_max_pooling(options):
+    x = torch.randn(T * N, 3, 10, 10)
+    options = {"kernel_size": 2, **options}
+    got, graph = graphs_of(lambda x: F.max_pool2d(x, **options), x)
+    assert "max_pool" in graph
+    torch.testing.assert_close(got, F.max_pool2d(x, **options), rtol=0, atol=0)
+
+
+def test_compiled_few_channel_convolutions_get_zero_channels_up_to_eight(monkeypatch):
+    from dropgrad import folded
+
+    monkeypatch.setattr(folded, "_PAD_DEVICES", ("cpu",))  # a CUDA-only form, checked here on the CPU
+    torch.manual_seed(0)
+    x = torch.randn(T * N, 3, 6, 6, dtype=torch.bfloat16)
+    w = torch.randn(T, 4, 3, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+
+    def f(x, w):
+        return F.conv2d(x, w, None, 1, 1)
+
+    with folded_tasks(T, [w]):
+        want = f(x, w)
+    (want_grad,) = torch.autograd.grad(want.float().square().sum(), w)
+    got, graph = graphs_of(f, x, w)
+    assert graph.count("pad") == 2, graph  # the images and the weights
+    (got_grad,) = torch.autograd.grad(got.float().square().sum(), w)
+    assert got_grad.shape == w.shape
+    # bf16 outputs of fp32 sums: the zero channels add nothing, the kernel may sum in another order
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got_grad, want_grad, rtol=2e-2, atol=2e-2)
+    assert "pad" not in graphs_of(f, x, w, forms=False)[1]  # off by default
+    assert "pad" not in graphs_of(f, x.float(), w.detach().float())[1]  # full precision: as it comes
+    monkeypatch.setattr(folded, "_PAD_DEVICES", ())
+    assert "pad" not in graphs_of(f, x, w)[1]

@@ -25,22 +25,33 @@ unchecked, so run a new model once uncompiled.
 The model must treat its samples independently apart from BatchNorm: a layer of its own that
 mixes samples across the batch (attention over the support set, a prototype average) would mix
 the tasks, which vmap would not.
+
+:func:`compiled_forms` (experimental, off by default) gives two layers other forms where
+torch.compile traces folded tasks: max pooling as pointwise operators, and few-channel
+convolutions padded to a multiple of 8 channels on a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["FoldedTasks", "folded_tasks"]
+__all__ = ["FoldedTasks", "compiled_forms", "folded_tasks"]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+# The compiled kernel forms of compiled_forms(), off outside it: 1 = channels as they come.
+_CHANNEL_MULTIPLE = 1
+_POINTWISE_MAX_POOL = False
+_PAD_DEVICES: tuple[str, ...] = ("cuda",)  # on a CPU, padding 3 channels to 8 did not pay (oneDNN, bf16)
+_POOL_WINDOW_MAX = 16  # larger windows keep ATen's kernel (a nested where per window cell)
 _compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
 _ATEN = (torch._ops.OpOverload, torch._ops.OpOverloadPacket)
 # Functions that read a tensor's metadata (a module may look at its parameters' shapes).
@@ -83,6 +94,28 @@ def _add_bias(tasks: int, out: Tensor, bias: Tensor) -> Tensor:
     return (outs + bias.reshape(tasks, 1, bias.shape[1], *(1,) * (outs.dim() - 3))).flatten(0, 1)
 
 
+def _padded_channels(input: Tensor, weight: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """``input`` and the per-task ``weight`` (``(T, out, in, *kernel)``) with zero input channels added
+    up to a multiple of ``_CHANNEL_MULTIPLE`` (compiled, half precision, on a GPU).
+
+    An H200 profile of the compiled folded Conv4 step had the 3-channel first convolution on
+    cuDNN's direct NHWC kernels: 18% of the step's GPU time, nearly as much as the other three
+    convolutions together, for a seventh of their arithmetic. cuDNN's tensor-core kernels want
+    channels in multiples of 8. The added channels multiply zeros by
+    zero weights, so each output is the same sum; autograd slices the weight gradient back to
+    the real channels.
+    """
+    channels = input.shape[1]
+    if (
+        _CHANNEL_MULTIPLE <= 1 or groups != 1 or channels % _CHANNEL_MULTIPLE == 0
+        or input.device.type not in _PAD_DEVICES or input.dtype not in _LOW_PRECISION or not _compiling()
+    ):
+        return input, weight
+    extra = -channels % _CHANNEL_MULTIPLE
+    pad = (0, 0) * (input.dim() - 2) + (0, extra)  # F.pad counts from the last dimension: channels come last
+    return F.pad(input, pad), F.pad(weight, pad)
+
+
 def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
     def rule(tasks: int, input: Tensor, weight: Tensor, bias: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
         if not _per_task(weight, tasks, dims + 2):
@@ -90,6 +123,8 @@ def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
                 return _add_bias(tasks, func(input, weight, None, *args, **kwargs), bias)
             return func(input, weight, bias, *args, **kwargs)
         input, weight, bias = _autocast(input, weight, bias)
+        groups = args[3] if len(args) > 3 else kwargs.get("groups", 1)
+        input, weight = _padded_channels(input, weight, groups)
         # unbind, not indexing: its backward stacks the T slices' gradients in one kernel, where
         # the backward of weight[t] writes each into a zero tensor of all T tasks.
         xs, ws = _tasks(input, tasks).unbind(0), weight.unbind(0)
@@ -181,6 +216,44 @@ def _group_norm(
     return _affine(tasks, F.group_norm(input, num_groups, None, None, eps), weight, bias, 1)
 
 
+def _max_pool2d(
+    tasks: int, input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+    ceil_mode: bool = False, return_indices: bool = False,
+) -> Any:
+    kernel = _pair(kernel_size)
+    steps = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair(stride)
+    if (
+        _POINTWISE_MAX_POOL and _compiling() and steps == kernel and _pair(padding) == (0, 0) and _pair(dilation) == (1, 1)
+        and not ceil_mode and not return_indices and input.dim() == 4 and kernel[0] * kernel[1] <= _POOL_WINDOW_MAX
+    ):
+        return _window_max(input, *kernel)
+    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=return_indices)
+
+
+def _window_max(x: Tensor, kh: int, kw: int) -> Tensor:
+    """Max pooling over non-overlapping ``kh x kw`` windows as pointwise operators, for a compiled step.
+
+    The H200 profile of the compiled folded Conv4 step spent 16% of its GPU time in inductor's
+    max-pool kernels, one of them at about a quarter of the memory bandwidth its bytes need.
+    Written like this, the pooling and its gradient are pointwise operators that inductor may
+    fuse with the ReLU and BatchNorm kernels around them. On a CPU the folded Conv4 step ran at
+    0.8-1.1x its speed with ATen's pooling; on a GPU it is not timed yet, hence off by default. Values and gradients are ATen's: ATen scans a window row by
+    row and keeps the first maximum, or the last NaN; the nested ``where`` selects that same
+    element, so the gradient reaches it alone (ties included).
+    """
+    h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
+    cells = [x[..., i:h:kh, j:w:kw] for i in range(kh) for j in range(kw)]  # row-major window order
+    peak = functools.reduce(torch.maximum, cells)
+    out = cells[-1]
+    for cell in reversed(cells[:-1]):  # the first cell equal to the maximum ends outermost
+        out = torch.where(cell == peak, cell, out)
+    # NaN: ATen keeps the last one, so it ends outermost. ``cell != cell`` rather than isnan():
+    # inductor's CPU code vectorizes the comparison, but runs isnan element by element.
+    for cell in cells:
+        out = torch.where(cell != cell, cell, out)
+    return out
+
+
 _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
     F.conv1d: _conv(F.conv1d, 1),
     F.conv2d: _conv(F.conv2d, 2),
@@ -189,7 +262,33 @@ _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,
     F.group_norm: _group_norm,
+    F.max_pool2d: _max_pool2d,
 }
+
+
+@contextlib.contextmanager
+def compiled_forms(pointwise_max_pool: bool = True, channel_multiple: int = 8) -> Iterator[None]:
+    """Experimental (issue 7): other forms of two layers in compiled folded tasks, within the block.
+
+    * ``pointwise_max_pool``: max pooling over non-overlapping windows (kernel = stride, no
+      padding, dilation or ceil mode) as pointwise operators, ATen's values and gradients;
+    * ``channel_multiple``: per-task convolutions on a GPU in half precision get zero input
+      channels added up to a multiple of it (3 -> 8 for RGB images).
+
+    Both apply only where torch.compile traces the folded tasks; eager calls keep ATen's
+    kernels. They are off by default because their speed on a GPU is not measured yet; on a
+    CPU the pooling form gave no gain (docs/performance.md). Compiled graphs depend on these
+    settings (a change recompiles).
+    """
+    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE
+    if channel_multiple < 1:
+        raise ValueError(f"compiled_forms: channel_multiple must be >= 1, got {channel_multiple}")
+    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE
+    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE = pointwise_max_pool, channel_multiple
+    try:
+        yield
+    finally:
+        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE = saved
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:
