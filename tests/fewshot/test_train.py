@@ -383,15 +383,17 @@ def test_cuda_graph_is_for_gpus_only():
         use_cuda_graph(learner, "on")
 
 
-@pytest.mark.parametrize("batched", ["off", "fold"])
-def test_compiled_first_order_training_equals_eager_training(batched, tmp_path):
+@pytest.mark.parametrize(("batched", "combo"), [("off", False), ("fold", False), ("fold", True)])
+def test_compiled_first_order_training_equals_eager_training(batched, combo, tmp_path):
     curves = {}
-    for flag in ("--no-compile", "--compile"):
-        out = tmp_path / flag.strip("-")
-        assert cli.train_main(["--out", str(out), *TINY, "--first-order", "--batched", batched, flag]) == 0
-        curves[flag] = first_epoch_losses(out)
+    compiled = ["--compile", "--compile-combo"] if combo else ["--compile"]
+    for flags in (["--no-compile"], compiled):
+        out = tmp_path / flags[-1].strip("-")
+        assert cli.train_main(["--out", str(out), *TINY, "--first-order", "--batched", batched, *flags]) == 0
+        curves[flags[0]] = first_epoch_losses(out)
         log = (out / "log.txt").read_text()
-        assert ("forward compiled (torch.compile)" in log) == (flag == "--compile")
+        assert ("forward compiled (torch.compile)" in log) == (flags[0] == "--compile")
+        assert ("with combo kernels" in log) == ("--compile-combo" in flags)
     np.testing.assert_allclose(curves["--compile"], curves["--no-compile"], rtol=1e-5)
 
 
@@ -417,6 +419,7 @@ def test_compiled_second_order_training_step_equals_eager(tmp_path):
     [
         (dict(compile=True), "--first-order"),
         (dict(compile_second_order=True), "--compile-second-order needs --compile"),
+        (dict(compile_combo=True, first_order=True), "--compile-combo needs --compile"),
         (dict(compile=True, compile_second_order=True, first_order=True), "no second-order step to compile"),
         (dict(compile=True, compile_second_order=True, checkpoint=True), "does not support --checkpoint"),
         (dict(compile=True, compile_second_order=True, batched="on"), "not vmap's \\(--batched on\\)"),
@@ -444,3 +447,15 @@ def test_compile_and_task_streams_reach_the_learner():
     plain = build_learner(tiny_config())
     assert not plain.compiled and plain.task_streams is None
     assert build_learner(tiny_config(compile=True, compile_second_order=True, method="mamlpp")).compiled_second_order
+
+def test_compile_combo_reaches_inductor_options(monkeypatch):
+    import dropgrad.inner
+
+    seen = []
+    real = dropgrad.inner._compile_kwargs
+    monkeypatch.setattr(dropgrad.inner, "_compile_kwargs", lambda arg: seen.append(arg) or real(arg))
+    assert build_learner(tiny_config(compile=True, compile_combo=True, first_order=True)).compiled
+    assert seen == [{"options": {"combo_kernels": True}}]
+    seen.clear()
+    build_learner(tiny_config(compile=True, first_order=True))
+    assert seen == [True]

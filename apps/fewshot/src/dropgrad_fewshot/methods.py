@@ -81,7 +81,7 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
         dropgrad=make_dropgrad(cfg),
         checkpoint=cfg.checkpoint,
         task_chunk=cfg.task_chunk,
-        compile_forward=cfg.compile,
+        compile_forward={"options": {"combo_kernels": True}} if cfg.compile_combo else cfg.compile,
         compile_second_order=cfg.compile_second_order,
         task_streams=cfg.task_streams,
         batch_with="fold" if cfg.batched == "fold" else "vmap",
