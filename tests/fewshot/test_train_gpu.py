@@ -83,10 +83,13 @@ def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(cudnn_benchmar
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
 
 
-@pytest.mark.parametrize("order", [["--first-order", "--compile"], ["--compile", "--compile-second-order"]])
+@pytest.mark.parametrize("order", [
+    ["--first-order", "--compile"], ["--first-order", "--compile", "--compile-combo"],
+    ["--compile", "--compile-second-order"],
+], ids=["first", "first-combo", "second"])
 def test_folded_compiled_training_from_a_cuda_graph(order, tmp_path):
-    # The fastest Conv4 setting measured (first order) and folded second order compiled whole;
-    # evaluation folds the tasks too, replayed.
+    # The fastest Conv4 setting measured (first order, with combo kernels) and folded second order
+    # compiled whole; evaluation folds the tasks too, replayed.
     out = tmp_path / "run"
     argv = ["--out", str(out), *TINY, *order, "--batched", "fold", "--bf16", "--channels-last", "--cuda-graph", "on"]
     assert cli.train_main(argv) == 0
