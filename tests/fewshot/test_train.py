@@ -448,6 +448,7 @@ def test_compile_and_task_streams_reach_the_learner():
     assert not plain.compiled and plain.task_streams is None
     assert build_learner(tiny_config(compile=True, compile_second_order=True, method="mamlpp")).compiled_second_order
 
+
 def test_compile_combo_reaches_inductor_options(monkeypatch):
     import dropgrad.inner
 
