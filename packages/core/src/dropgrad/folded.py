@@ -101,9 +101,8 @@ def _padded_channels(input: Tensor, weight: Tensor, groups: int) -> tuple[Tensor
     An H200 profile of the compiled folded Conv4 step had the 3-channel first convolution on
     cuDNN's direct NHWC kernels: 18% of the step's GPU time, nearly as much as the other three
     convolutions together, for a seventh of their arithmetic. cuDNN's tensor-core kernels want
-    channels in multiples of 8. The added channels multiply zeros by
-    zero weights, so each output is the same sum; autograd slices the weight gradient back to
-    the real channels.
+    channels in multiples of 8. The added channels multiply zeros by zero weights, so each
+    output is the same sum; autograd slices the weight gradient back to the real channels.
     """
     channels = input.shape[1]
     if (
@@ -220,13 +219,14 @@ def _max_pool2d(
     tasks: int, input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
     ceil_mode: bool = False, return_indices: bool = False,
 ) -> Any:
-    kernel = _pair(kernel_size)
-    steps = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair(stride)
-    if (
-        _POINTWISE_MAX_POOL and _compiling() and steps == kernel and _pair(padding) == (0, 0) and _pair(dilation) == (1, 1)
-        and not ceil_mode and not return_indices and input.dim() == 4 and kernel[0] * kernel[1] <= _POOL_WINDOW_MAX
-    ):
-        return _window_max(input, *kernel)
+    if _POINTWISE_MAX_POOL and _compiling():  # eager calls go straight to ATen
+        kernel = _pair(kernel_size)
+        steps = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair(stride)
+        if (
+            steps == kernel and _pair(padding) == (0, 0) and _pair(dilation) == (1, 1) and not ceil_mode
+            and not return_indices and input.dim() == 4 and kernel[0] * kernel[1] <= _POOL_WINDOW_MAX
+        ):
+            return _window_max(input, *kernel)
     return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=return_indices)
 
 
@@ -237,9 +237,11 @@ def _window_max(x: Tensor, kh: int, kw: int) -> Tensor:
     max-pool kernels, one of them at about a quarter of the memory bandwidth its bytes need.
     Written like this, the pooling and its gradient are pointwise operators that inductor may
     fuse with the ReLU and BatchNorm kernels around them. On a CPU the folded Conv4 step ran at
-    0.8-1.1x its speed with ATen's pooling; on a GPU it is not timed yet, hence off by default. Values and gradients are ATen's: ATen scans a window row by
-    row and keeps the first maximum, or the last NaN; the nested ``where`` selects that same
-    element, so the gradient reaches it alone (ties included).
+    0.8-1.1x its speed with ATen's pooling; on a GPU it is not timed yet, hence off by default.
+
+    Values and gradients are ATen's: ATen scans a window row by row and keeps the first maximum,
+    or the last NaN; the nested ``where`` selects that same element, so the gradient reaches it
+    alone (ties included).
     """
     h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
     cells = [x[..., i:h:kh, j:w:kw] for i in range(kh) for j in range(kw)]  # row-major window order
@@ -250,7 +252,7 @@ def _window_max(x: Tensor, kh: int, kw: int) -> Tensor:
     # NaN: ATen keeps the last one, so it ends outermost. ``cell != cell`` rather than isnan():
     # inductor's CPU code vectorizes the comparison, but runs isnan element by element.
     for cell in cells:
-        out = torch.where(cell != cell, cell, out)
+        out = torch.where(cell != cell, cell, out)  # noqa: PLR0124  (the NaN test, see above)
     return out
 
 
