@@ -30,9 +30,10 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels);
   ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
   without parameters and norms run once for all tasks, convolutions with per-task weights as
-  one plain (not grouped) convolution per task; ``+pad8``, ``+pwpool``: compiled folded tasks
-  with 3-channel convolutions padded to 8 channels on a GPU, max pooling as pointwise operators
-  (``dropgrad.folded.compiled_forms``, experimental); ``+compile-so``: ``+compile`` and second-order
+  one plain (not grouped) convolution per task; ``+pad8``, ``+pwpool``, ``+unfold``: compiled
+  folded tasks with 3-channel convolutions padded to 8 channels on a GPU, max pooling as
+  pointwise operators, convolutions of depth <= 27 (3 channels x 3x3) as one batched matmul over
+  their unfolded input (``dropgrad.folded.compiled_forms``, experimental); ``+compile-so``: ``+compile`` and second-order
   steps compiled whole (``MAML(compile_second_order=True)``: forward, ``torch.func.grad`` and
   update in one compiled function, whose backward is the compiled double backward).
 
@@ -101,6 +102,7 @@ class Impl:
     stock_pool: bool = False  # with compile: torch's stock inductor (scatter-based max-pool backward)
     pad_channels: int = 1  # with fold+compile: dropgrad.folded.compiled_forms(channel_multiple=...)
     pointwise_pool: bool = False  # with fold+compile: compiled_forms(pointwise_max_pool=True)
+    unfold_depth: int = 0  # with fold+compile: compiled_forms(unfold_depth=...)
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
@@ -122,10 +124,11 @@ def stock_inductor(graph: torch.fx.GraphModule, example_inputs: Any) -> Any:
 
 
 def folded_forms(impl: Impl) -> contextlib.AbstractContextManager[None]:
-    """The row's ``dropgrad.folded.compiled_forms`` (``+pad8``, ``+pwpool``), or nothing."""
-    if impl.pad_channels == 1 and not impl.pointwise_pool:
+    """The row's ``dropgrad.folded.compiled_forms`` (``+pad8``, ``+pwpool``, ``+unfold``), or nothing."""
+    if impl.pad_channels == 1 and not impl.pointwise_pool and not impl.unfold_depth:
         return contextlib.nullcontext()
-    return folded.compiled_forms(pointwise_max_pool=impl.pointwise_pool, channel_multiple=impl.pad_channels)
+    return folded.compiled_forms(pointwise_max_pool=impl.pointwise_pool, channel_multiple=impl.pad_channels,
+                                 unfold_depth=impl.unfold_depth)
 
 
 IMPLS: dict[str, Impl] = {
@@ -187,6 +190,15 @@ IMPLS: dict[str, Impl] = {
     "fold+bf16+cl+compile+combo+pad8+pwpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
                                                          channels_last=True, compile=True, graph=True, combo=True,
                                                          pad_channels=8, pointwise_pool=True),
+    "fold+bf16+cl+compile+combo+unfold+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                                    compile=True, graph=True, combo=True, unfold_depth=27),
+    "fold+bf16+cl+compile+combo+unfold+pwpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
+                                                           channels_last=True, compile=True, graph=True, combo=True,
+                                                           unfold_depth=27, pointwise_pool=True),
+    "fold+bf16+cl+compile+unfold+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                              compile=True, graph=True, unfold_depth=27),
+    "fold+bf16+cl+compile+unfold+pwpool": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                               compile=True, unfold_depth=27, pointwise_pool=True),
     "fold+bf16+cl+compile+pwpool+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                               compile=True, graph=True, pointwise_pool=True),
     "fold+bf16+cl+compile+pad8+pwpool": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
@@ -218,7 +230,7 @@ def extra_seconds(impl: Impl) -> float:
 
 # configuration -> (model, order, rows); the issue's three configurations.
 # Rows in priority order (the reference rows, then the best measured on an H200, with Conv4's
-# experimental +pad8/+pwpool rows right after the row they modify), since a time budget skips a
+# experimental +pad8/+pwpool/+unfold rows right after the row they modify), since a time budget skips a
 # configuration's last rows.
 CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "resnet18-fo": ("resnet18", "first", (
@@ -231,8 +243,9 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "loop+bf16+cl+dn+graph", "fold+bf16+graph", "loop+graph",
         "vmap+bf16+graph", "vmap+bf16+chunk2")),
     "conv4-fo": ("conv4", "first", (
-        "naive", "loop", "fold+bf16+cl+compile+combo+graph", "fold+bf16+cl+compile+combo+pad8+graph",
-        "fold+bf16+cl+compile+combo+pwpool+graph", "fold+bf16+cl+compile+graph",
+        "naive", "loop", "fold+bf16+cl+compile+combo+graph", "fold+bf16+cl+compile+combo+unfold+graph",
+        "fold+bf16+cl+compile+combo+pad8+graph", "fold+bf16+cl+compile+combo+pwpool+graph",
+        "fold+bf16+cl+compile+combo+unfold+pwpool+graph", "fold+bf16+cl+compile+graph",
         "loop+bf16+cl+compile+graph+streams4", "loop+bf16+cl+compile+graph", "loop+bf16+cl+graph",
         "loop+bf16+cl+graph+streams4", "loop+bf16+cl+compile+combo+graph", "loop+bf16+cl+autotune+graph",
         "fold+bf16+cl+autotune+graph", "vmap+bf16+cl+compile+graph", "fold+bf16+cl+graph", "loop+compile+graph",

@@ -139,6 +139,25 @@ def test_batched_first_order_equals_eager(batch_with):
     assert_equal_steps(a, b)
 
 
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_folded_steps_with_unfolded_convolutions_equal_eager(order, monkeypatch):
+    # compiled_forms(unfold_depth=27): the 3-channel 3x3 convolution as a matmul over its
+    # unfolded input, in the compiled forward (first order) or whole compiled step (second).
+    from dropgrad import folded
+
+    calls = []
+    unfolded = folded._unfolded_conv
+    monkeypatch.setattr(folded, "_unfolded_conv", lambda *a, **k: calls.append(1) or unfolded(*a, **k))
+    options = {"first_order": True} if order == "first" else {"compile_second_order": True}
+    eager, comp = pair(MAML, inner_lr=0.1, steps=2, batch_with="fold", dropgrad=None, **options)
+    tasks = make_tasks(7, "cpu", query=3)
+    want = meta_step(eager, tasks, batched=True)
+    with compiled_forms(unfold_depth=27):
+        got = meta_step(comp, tasks, batched=True)
+    assert calls, "the compiled step did not unfold the convolution"
+    assert_equal_steps(want, got)
+
+
 def adapted_by_compiled_steps(learner, tasks) -> bool:
     """Whether the learner's inner steps (second order, meta-training) came out of a compiled graph."""
     saved = [b.clone() for b in learner.buffers()]
@@ -353,16 +372,18 @@ def test_one_compiled_graph_serves_every_inner_step(batched):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32):
-    # dropgrad.folded.compiled_forms on a GPU in bf16: 3-channel convolutions padded to 8 channels
-    # and max pooling as pointwise operators, compiled with inductor.
+@pytest.mark.parametrize("forms", [{}, {"unfold_depth": 27}], ids=["pad8", "unfold"])
+def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32, forms):
+    # dropgrad.folded.compiled_forms on a GPU in bf16: max pooling as pointwise operators, and the
+    # 3-channel convolution padded to 8 channels or run as a matmul over its unfolded input,
+    # compiled with inductor.
     cuda = torch.device("cuda")
     eager, comp = pair(MAML, compile_forward=True, dtype=torch.float32, inner_lr=0.1, steps=2, first_order=True,
                        batch_with="fold")
     results = []
     for learner in (eager, comp):
         learner.to(cuda).model.to(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16), compiled_forms():
+        with torch.autocast("cuda", dtype=torch.bfloat16), compiled_forms(**forms):
             out, grads, _ = meta_step(learner, make_tasks(17, cuda, dtype=torch.float32, query=3), batched=True)
         results.append((out.loss, torch.cat([g.flatten() for g in grads])))
     (loss_e, grad_e), (loss_c, grad_c) = results

@@ -204,8 +204,8 @@ def test_a_bad_batch_with_is_refused():
 
 
 def graphs_of(fn, *args, forms=True):
-    """``fn(*args)`` compiled under FoldedTasks(T) (within ``compiled_forms()`` if ``forms``),
-    with the FX graphs Dynamo captured."""
+    """``fn(*args)`` compiled under FoldedTasks(T) (within ``compiled_forms()`` if ``forms``, or
+    ``compiled_forms(**forms)`` for a dict), with the FX graphs Dynamo captured."""
     graphs = []
 
     def backend(gm, example_inputs):
@@ -214,7 +214,8 @@ def graphs_of(fn, *args, forms=True):
 
     torch._dynamo.reset()
     try:
-        with folded_tasks(T), compiled_forms() if forms else contextlib.nullcontext():
+        chosen = compiled_forms(**forms) if isinstance(forms, dict) else compiled_forms() if forms else None
+        with folded_tasks(T), chosen or contextlib.nullcontext():
             out = torch.compile(fn, backend=backend, dynamic=False)(*args)
     finally:
         torch._dynamo.reset()
@@ -280,9 +281,65 @@ def test_changing_the_forms_recompiles():
     assert len(graphs) == 2 and "max_pool" in graphs[0] and "max_pool" not in graphs[1]
 
 
-def test_a_channel_multiple_below_one_is_refused():
+def test_a_channel_multiple_below_one_or_a_negative_unfold_depth_is_refused():
     with pytest.raises(ValueError, match="channel_multiple must be >= 1, got 0"), compiled_forms(channel_multiple=0):
         pass
+    with pytest.raises(ValueError, match="unfold_depth must be >= 0, got -1"), compiled_forms(unfold_depth=-1):
+        pass
+
+
+UNFOLD = {"unfold_depth": 27}
+
+
+@pytest.mark.parametrize("options", [
+    {"padding": 1}, {"stride": 2}, {"stride": (2, 1), "padding": (1, 2), "dilation": (2, 1)}, {},
+])
+@pytest.mark.parametrize("bias", ["none", "shared", "per task"])
+def test_compiled_shallow_convolutions_run_as_one_matmul_over_the_unfolded_input(options, bias):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T * N, 3, 9, 8, generator=g, requires_grad=True)
+    w = torch.randn(T, 5, 3, 3, 3, generator=g, requires_grad=True)
+    b = {"none": None, "shared": shared(torch.randn(5, generator=g)), "per task": torch.randn(T, 5, generator=g)}[bias]
+    if b is not None:
+        b.requires_grad_()
+    params = [p for p in (x, w, b) if p is not None]
+
+    def f(x, w, b):
+        return F.conv2d(x, w, b, **options)
+
+    want = per_task(f, x, w, b)
+    got, graph = graphs_of(f, x, w, b, forms=UNFOLD)
+    assert "conv2d" not in graph and "bmm" in graph, graph
+    grad_out = torch.randn(want.shape, generator=g)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    got_grads = torch.autograd.grad(got, params, grad_out)
+    want_grads = torch.autograd.grad(want, params, grad_out)
+    for a, e in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=torch.channels_last)  # the matmul's own layout
+
+
+@pytest.mark.parametrize(("channels", "options", "forms"), [
+    (4, {"padding": 1}, UNFOLD),  # 4 x 3 x 3 = 36 > 27
+    (3, {"padding": "same"}, UNFOLD),
+    (3, {"groups": 3}, UNFOLD),
+    (3, {"padding": 1}, True),  # compiled_forms()'s defaults leave it off
+    (3, {"padding": 1}, False),
+])
+def test_deeper_grouped_or_string_padded_convolutions_keep_atens(channels, options, forms):
+    x = torch.randn(T * N, channels, 6, 6)
+    w = torch.randn(T, 6, channels // options.get("groups", 1), 3, 3)
+    got, graph = graphs_of(lambda x, w: F.conv2d(x, w, None, **options), x, w, forms=forms)
+    assert "conv2d" in graph and "bmm" not in graph
+    torch.testing.assert_close(got, per_task(lambda x, w: F.conv2d(x, w, None, **options), x, w))
+
+
+def test_unfolded_convolutions_refuse_rows_that_do_not_split_into_the_tasks_or_a_kernel_too_large():
+    with pytest.raises(ValueError, match="a batch of 10 rows does not split into 3 tasks"):
+        graphs_of(lambda x, w: F.conv2d(x, w), torch.randn(10, 3, 5, 5), torch.randn(T, 2, 3, 3, 3), forms=UNFOLD)
+    with pytest.raises(ValueError, match="a 3x3 kernel .dilation 2, 2. does not fit the padded 4x4 input"):
+        graphs_of(lambda x, w: F.conv2d(x, w, dilation=2), torch.randn(T * N, 1, 4, 4), torch.randn(T, 2, 1, 3, 3),
+                  forms=UNFOLD)
 
 
 @pytest.mark.parametrize("options", [

@@ -26,9 +26,10 @@ The model must treat its samples independently apart from BatchNorm: a layer of 
 mixes samples across the batch (attention over the support set, a prototype average) would mix
 the tasks, which vmap would not.
 
-:func:`compiled_forms` (experimental, off by default) gives two layers other forms where
-torch.compile traces folded tasks: max pooling as pointwise operators, and few-channel
-convolutions padded to a multiple of 8 channels on a GPU.
+:func:`compiled_forms` (experimental, off by default) gives layers other forms where
+torch.compile traces folded tasks: max pooling as pointwise operators, few-channel
+convolutions padded to a multiple of 8 channels on a GPU, or run as a matmul over their
+unfolded input.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ _CHANNEL_MULTIPLE = 1
 _POINTWISE_MAX_POOL = False
 _PAD_DEVICES: tuple[str, ...] = ("cuda",)  # on a CPU, padding 3 channels to 8 did not pay (oneDNN, bf16)
 _POOL_WINDOW_MAX = 16  # larger windows keep ATen's kernel (a nested where per window cell)
+_UNFOLD_DEPTH = 0  # per-task convolutions with in_channels * kernel cells <= this run as a matmul
+_GEMM_ALIGN = 8  # 16-byte rows in half precision: what tensor-core GEMMs want of a matmul's depth
 _compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
 _ATEN = (torch._ops.OpOverload, torch._ops.OpOverloadPacket)
 # Functions that read a tensor's metadata (a module may look at its parameters' shapes).
@@ -115,6 +118,56 @@ def _padded_channels(input: Tensor, weight: Tensor, groups: int) -> tuple[Tensor
     return F.pad(input, pad), F.pad(weight, pad)
 
 
+def _unfoldable(input: Tensor, weight: Tensor, options: dict[str, Any]) -> bool:
+    """Whether a per-task 2-d convolution runs as :func:`_unfolded_conv` (compiled, within
+    ``compiled_forms(unfold_depth=...)``, a shallow enough kernel, numeric padding, one group)."""
+    return (
+        _UNFOLD_DEPTH > 0 and input.dim() == 4 and weight.dim() == 5 and options["groups"] == 1
+        and not isinstance(options["padding"], str) and weight[0, 0].numel() <= _UNFOLD_DEPTH and _compiling()
+    )
+
+
+def _unfolded_conv(tasks: int, input: Tensor, weight: Tensor, stride: Any, padding: Any, dilation: Any) -> Tensor:
+    """A per-task 2-d convolution (``weight``: ``(T, out, in, kh, kw)``) as one batched matmul over its
+    unfolded input (im2col), for few-channel convolutions in a compiled step.
+
+    The H200 profile of the compiled folded Conv4 step spent 18% of its GPU time in the
+    3-channel first convolution, on cuDNN's direct NHWC kernels, for a seventh of the other
+    convolutions' arithmetic. Its unfolded input is only ``in * kh * kw`` = 27 values per output
+    pixel, so the gather is one cheap pointwise kernel and the convolution becomes a GEMM of
+    depth 27 (padded to 32 for tensor cores), its output already channels-last. The batch is one
+    image per matrix product, not one task: the weight gradient then runs as one product per
+    image, summed by autograd's backward of the weight's ``expand``, instead of T products of
+    depth ``n * H * W`` each, which would keep only a few of the GPU's cores busy.
+    """
+    n_all, channels = input.shape[:2]
+    out_channels, kh, kw = weight.shape[1], weight.shape[3], weight.shape[4]
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    x = F.pad(input, (pw, pw, ph, ph)) if ph or pw else input
+    ho = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"folded tasks: a {kh}x{kw} kernel (dilation {dh}, {dw}) does not fit the padded "
+            f"{x.shape[2]}x{x.shape[3]} input"
+        )
+    cells = [
+        x[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw].permute(0, 2, 3, 1)
+        for i in range(kh) for j in range(kw)
+    ]
+    depth = channels * kh * kw
+    # (N, ho, wo, in, kh*kw): the last two dimensions in the weight's (in, kh, kw) order
+    cols = torch.stack(cells, dim=-1).reshape(n_all, ho * wo, depth)
+    w = weight.reshape(tasks, out_channels, depth)
+    extra = -depth % _GEMM_ALIGN
+    if extra:  # zero columns times zero weights: the same sums
+        cols, w = F.pad(cols, (0, extra)), F.pad(w, (0, extra))
+    per_image = _tasks(input, tasks).shape[1]
+    w = w.transpose(1, 2).unsqueeze(1).expand(-1, per_image, -1, -1).reshape(n_all, depth + extra, out_channels)
+    out = torch.bmm(cols, w)  # (N, ho * wo, out)
+    return out.reshape(n_all, ho, wo, out_channels).permute(0, 3, 1, 2)
+
+
 def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
     def rule(tasks: int, input: Tensor, weight: Tensor, bias: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
         if not _per_task(weight, tasks, dims + 2):
@@ -122,13 +175,20 @@ def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
                 return _add_bias(tasks, func(input, weight, None, *args, **kwargs), bias)
             return func(input, weight, bias, *args, **kwargs)
         input, weight, bias = _autocast(input, weight, bias)
-        groups = args[3] if len(args) > 3 else kwargs.get("groups", 1)
-        input, weight = _padded_channels(input, weight, groups)
-        # unbind, not indexing: its backward stacks the T slices' gradients in one kernel, where
-        # the backward of weight[t] writes each into a zero tensor of all T tasks.
-        xs, ws = _tasks(input, tasks).unbind(0), weight.unbind(0)
+        options = dict(zip(("stride", "padding", "dilation", "groups"), args))
+        options = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **options, **kwargs}
         per_task_bias = _per_task(bias, tasks, 1)
-        out = torch.cat([func(x, w, None if per_task_bias else bias, *args, **kwargs) for x, w in zip(xs, ws)])
+        if _unfoldable(input, weight, options):
+            options.pop("groups")
+            out = _unfolded_conv(tasks, input, weight, **options)
+            if bias is not None and not per_task_bias:
+                out = out + bias.reshape(-1, 1, 1)
+        else:
+            input, weight = _padded_channels(input, weight, options["groups"])
+            # unbind, not indexing: its backward stacks the T slices' gradients in one kernel, where
+            # the backward of weight[t] writes each into a zero tensor of all T tasks.
+            xs, ws = _tasks(input, tasks).unbind(0), weight.unbind(0)
+            out = torch.cat([func(x, w, None if per_task_bias else bias, *args, **kwargs) for x, w in zip(xs, ws)])
         # A per-task bias is added once for all tasks: compiled, that addition (and its gradient,
         # a reduction) fuses into the next layer's kernels instead of T bias kernels per pass.
         return _add_bias(tasks, out, bias) if per_task_bias else out
@@ -269,28 +329,33 @@ _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
 
 
 @contextlib.contextmanager
-def compiled_forms(pointwise_max_pool: bool = True, channel_multiple: int = 8) -> Iterator[None]:
-    """Experimental (issue 7): other forms of two layers in compiled folded tasks, within the block.
+def compiled_forms(pointwise_max_pool: bool = True, channel_multiple: int = 8, unfold_depth: int = 0) -> Iterator[None]:
+    """Experimental (issue 7): other forms of layers in compiled folded tasks, within the block.
 
     * ``pointwise_max_pool``: max pooling over non-overlapping windows (kernel = stride, no
       padding, dilation or ceil mode) as pointwise operators, ATen's values and gradients;
     * ``channel_multiple``: per-task convolutions on a GPU in half precision get zero input
-      channels added up to a multiple of it (3 -> 8 for RGB images).
+      channels added up to a multiple of it (3 -> 8 for RGB images);
+    * ``unfold_depth``: per-task 2-d convolutions (one group) whose ``in_channels * kh * kw`` is
+      at most this (27 for a 3x3 RGB convolution; 0 = none) run as one batched matmul over
+      their unfolded input, output channels-last; these skip the channel padding.
 
-    Both apply only where torch.compile traces the folded tasks; eager calls keep ATen's
+    They apply only where torch.compile traces the folded tasks; eager calls keep ATen's
     kernels. They are off by default because their speed on a GPU is not measured yet; on a
-    CPU the pooling form gave no gain (docs/performance.md). Compiled graphs depend on these
+    CPU the pooling and matmul forms gave no gain (docs/performance.md). Compiled graphs depend on these
     settings (a change recompiles).
     """
-    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE
+    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH
     if channel_multiple < 1:
         raise ValueError(f"compiled_forms: channel_multiple must be >= 1, got {channel_multiple}")
-    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE
-    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE = pointwise_max_pool, channel_multiple
+    if unfold_depth < 0:
+        raise ValueError(f"compiled_forms: unfold_depth must be >= 0, got {unfold_depth}")
+    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH
+    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH = pointwise_max_pool, channel_multiple, unfold_depth
     try:
         yield
     finally:
-        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE = saved
+        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH = saved
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:
