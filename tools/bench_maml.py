@@ -264,11 +264,11 @@ OVERHEAD_TARGET_PCT = 2.0
 
 SIZES = {"full": {"conv4": 84, "resnet18": 224}, "quick": {"conv4": 32, "resnet18": 32}}
 SETTINGS = {
-    "full": {"tasks": 4, "ways": 5, "shots": 5, "queries": 16, "steps": 5, "warmup": 1, "iters": 3},
-    "quick": {"tasks": 2, "ways": 3, "shots": 2, "queries": 2, "steps": 2, "warmup": 0, "iters": 1},
+    "full": {"tasks": 4, "ways": 5, "shots": 5, "queries": 16, "steps": 5, "warmup": 1, "iters": 3, "min_time_s": 0.0},
+    "quick": {"tasks": 2, "ways": 3, "shots": 2, "queries": 2, "steps": 2, "warmup": 0, "iters": 1, "min_time_s": 0.0},
 }
 # --suite gpu: the full set on one GPU, sized to finish in about 5 minutes on an H200.
-GPU_SUITE = {"warmup": 2, "iters": 4, "timeout_s": 60.0, "budget_s": 300.0}
+GPU_SUITE = {"warmup": 2, "iters": 4, "min_time_s": 1.0, "timeout_s": 60.0, "budget_s": 300.0}
 GPU_SUITE_SECOND_ORDER = {"warmup": 1, "iters": 3}  # the slowest configuration
 
 
@@ -288,6 +288,7 @@ class RowConfig:
     iters: int
     device: str
     check: bool = True
+    min_time_s: float = 0.0  # time more than `iters` steps until each setting's timed steps take this long
     timeout_s: float = 600.0  # per-row cap, enforced in the child (SIGALRM)
     deadline: float | None = None  # wall-clock time.time() after which the row is skipped
 
@@ -413,7 +414,10 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         result["warmup_s"] = time.perf_counter() - t0
         seconds = {False: 0.0, True: 0.0}
-        for _ in range(row.iters):
+        iters = 0
+        # A few fast steps time poorly (about 50 ms for Conv4 on an H200): --min-time-s adds steps.
+        while iters < row.iters or min(seconds.values()) < row.min_time_s:
+            iters += 1
             for on in (False, True):
                 if cuda:
                     torch.cuda.synchronize(device)
@@ -429,9 +433,10 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
         kind = "oom" if common._is_oom(exc) else ("nyi" if isinstance(exc, NotImplementedError) else "error")
         result.update(status=kind, message=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
         return result
+    result["iters"] = iters
     for on, key in ((False, "off"), (True, "on")):
-        result[f"step_s_{key}"] = seconds[on] / row.iters
-        result[f"tasks_per_s_{key}"] = row.tasks * row.iters / seconds[on]
+        result[f"step_s_{key}"] = seconds[on] / iters
+        result[f"tasks_per_s_{key}"] = row.tasks * iters / seconds[on]
     result.update(
         overhead_pct=100.0 * (seconds[True] - seconds[False]) / seconds[False],
         final_loss=final_loss,
@@ -478,7 +483,9 @@ def format_table(data: dict[str, Any]) -> str:
         (f"MAML meta-step benchmark (issue 7): {s['tasks']} tasks/meta-batch, {s['ways']}-way {s['shots']}-shot "
          f"{s['queries']}-query, {s['steps']} inner steps, lr {INNER_LR}, random images; DropGrad gaussian p={P} when on"),
         (f"device: {data['device']}   torch {data['torch']}   timing: {s['warmup']} warm-up + {s['iters']} timed "
-         "meta-steps per row, DropGrad off/on interleaved; tasks/s = tasks * iters / seconds"),
+         + (f"meta-steps per row, or more until each setting has {s['min_time_s']:g} s of them"
+            if s.get("min_time_s") else "meta-steps per row")
+         + ", DropGrad off/on interleaved; tasks/s = tasks * timed steps / seconds"),
         "peak: " + ("torch.cuda.max_memory_allocated over warm-up + timed steps (GiB)" if data["device_type"] == "cuda"
                     else "whole-process peak RSS (GiB; torch runtime included)")
         + "; overhead = step time on / off - 1; vs naive = tasks/s (DropGrad on) / naive's; "
@@ -579,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"override the {key} setting (default {SETTINGS['full'][key]})")
     parser.add_argument("--warmup", type=common._non_negative, default=None,
                         help=f"untimed meta-steps (each with DropGrad off and on) before timing (default {SETTINGS['full']['warmup']})")
+    parser.add_argument("--min-time-s", type=float, default=None,
+                        help="time more steps than --iters until each of DropGrad off and on has this many seconds of "
+                             f"timed steps (default 0; gpu suite {GPU_SUITE['min_time_s']:g})")
     parser.add_argument("--timeout-s", type=float, default=None, help="time cap per row in seconds (default 600; gpu suite "
                         f"{GPU_SUITE['timeout_s']:g})")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -607,13 +617,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(SETTINGS[mode])
     timeout_s, budget_s = 600.0, None
     if args.suite == "gpu":
-        settings.update(warmup=GPU_SUITE["warmup"], iters=GPU_SUITE["iters"])
+        settings.update(warmup=GPU_SUITE["warmup"], iters=GPU_SUITE["iters"], min_time_s=GPU_SUITE["min_time_s"])
         timeout_s, budget_s = GPU_SUITE["timeout_s"], GPU_SUITE["budget_s"]
     for key in settings:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     timeout_s = args.timeout_s if args.timeout_s is not None else timeout_s
     budget_s = args.budget_s if args.budget_s is not None else budget_s
+    if settings["min_time_s"] < 0:
+        parser.error(f"--min-time-s must be >= 0, got {settings['min_time_s']:g}")
     if settings["ways"] * settings["shots"] < 2:
         parser.error("--ways * --shots must be at least 2 (BatchNorm needs more than one support image)")
     try:

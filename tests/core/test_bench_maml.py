@@ -75,6 +75,20 @@ def test_quick_cpu_run_of_one_configuration(tmp_path):
     assert f"warm-up of the compiled rows (compiling included): conv4-fo loop+compile {warmup:.1f} s" in proc.stdout
 
 
+def test_min_time_times_more_steps_than_iters(tmp_path):
+    bench = _load_module()
+    spec = {"config": "conv4-fo", "model": "conv4", "order": "first", "impl": "loop", "px": 32, "tasks": 1, "ways": 2,
+            "shots": 1, "queries": 1, "steps": 1, "warmup": 0, "iters": 1, "device": "cpu", "check": False}
+    assert bench.run_row(bench.RowConfig(**spec))["iters"] == 1
+    res = bench.run_row(bench.RowConfig(**spec, min_time_s=0.3))
+    assert res["status"] == "ok" and res["iters"] > 1
+    # the rate is over every timed step: iters steps took iters * step_s seconds
+    assert res["tasks_per_s_on"] == pytest.approx(1 / res["step_s_on"])
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--min-time-s", "-1"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 2 and "--min-time-s must be >= 0, got -1" in proc.stderr
+
+
 def test_a_row_over_its_time_cap_becomes_a_row(tmp_path):
     proc, data = _run(tmp_path, "--configs", "conv4-fo", "--impls", "loop,vmap", "--timeout-s", "0.001")
     assert [r["result"]["status"] for r in data["rows"]] == ["timeout", "timeout"]
