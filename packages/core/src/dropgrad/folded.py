@@ -123,7 +123,7 @@ def _unfoldable(input: Tensor, weight: Tensor, options: dict[str, Any]) -> bool:
     ``compiled_forms(unfold_depth=...)``, a shallow enough kernel, numeric padding, one group)."""
     return (
         _UNFOLD_DEPTH > 0 and input.dim() == 4 and weight.dim() == 5 and options["groups"] == 1
-        and not isinstance(options["padding"], str) and weight[0, 0].numel() <= _UNFOLD_DEPTH and _compiling()
+        and not isinstance(options["padding"], str) and weight.shape[2:].numel() <= _UNFOLD_DEPTH and _compiling()
     )
 
 
