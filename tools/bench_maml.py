@@ -576,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"list, see below); any of {','.join(IMPLS)}")
     parser.add_argument("--suite", choices=("gpu",), default=None,
                         help=f"gpu: the full issue-7 set on one GPU, {GPU_SUITE['warmup']} warm-up + {GPU_SUITE['iters']} "
-                             f"timed steps, {GPU_SUITE['timeout_s']:g} s cap per row, {GPU_SUITE['budget_s']:g} s budget "
+                             f"timed steps (more until each setting has {GPU_SUITE['min_time_s']:g} s of them), "
+                             f"{GPU_SUITE['timeout_s']:g} s cap per row, {GPU_SUITE['budget_s']:g} s budget "
                              "(rows past it are reported as skipped)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny CPU smoke-test shapes (2 tasks 3-way 2-shot 2-query, 2 inner steps, 32 px, 1 timed "
