@@ -155,6 +155,58 @@ def test_step_fn_without_backward_is_reported(tmp_path):
         trainer.fit()
 
 
+def _tensor_metrics_run(run_dir, log_every: int, monkeypatch) -> tuple[int, list[dict]]:
+    """A run whose step_fn returns 0-d tensors; how many times the trainer read a tensor as a float."""
+    model, optimizer, _, x, y = _regression()
+
+    def step_fn(global_step: int) -> dict[str, torch.Tensor]:
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return {"loss": loss.detach(), "acc": torch.tensor(0.5)}
+
+    reads = Counter()
+    to_float = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.update(["read"]) or to_float(t))
+    cfg = TrainConfig(epochs=1, steps_per_epoch=40, log_every_steps=log_every, grad_clip=10.0, monitor="train_loss",
+                      progress=True)
+    MetaTrainer(run_dir, cfg, model, optimizer, step_fn=step_fn, logger=lambda line: None).fit()
+    return reads["read"], read_metrics(run_dir / "metrics.jsonl", "train")
+
+
+def test_tensor_step_metrics_are_read_when_logged_not_every_step(tmp_path, monkeypatch):
+    # Reading a GPU tensor waits for the GPU: the trainer keeps the step metrics (and the clipped
+    # gradient norm) as tensors and reads them per log window, epoch and checkpoint.
+    reads, lazy = _tensor_metrics_run(tmp_path / "a", 20, monkeypatch)
+    # 2 windows x 3 metrics (+ the progress bar's 3 epoch means each), the epoch's 3, the checkpoint's 3
+    assert reads <= 2 * 6 + 3 + 3 < 40
+    with torch.no_grad():  # the same numbers as Python floats summed each step
+        model, optimizer, step_fn, x, y = _regression()
+        losses = []
+        for _ in range(40):
+            losses.append(((model(x) - y) ** 2).mean().item())
+            with torch.enable_grad():
+                model.zero_grad()
+                ((model(x) - y) ** 2).mean().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+    assert [r["loss"] for r in lazy] == [sum(losses[:20]) / 20, sum(losses[20:]) / 20]
+    assert [r["acc"] for r in lazy] == [0.5, 0.5] and all(r["grad_norm"] > 0 for r in lazy)
+
+
+def test_a_step_metric_that_is_not_one_number_is_refused(tmp_path):
+    model, optimizer, _, x, y = _regression()
+
+    def step_fn(global_step: int) -> dict[str, torch.Tensor]:
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return {"loss": loss.detach(), "per_sample": (model(x) - y).detach()}
+
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, monitor="train_loss", progress=False)
+    trainer = MetaTrainer(tmp_path, cfg, model, optimizer, step_fn=step_fn, logger=lambda line: None)
+    with pytest.raises(TypeError, match=r"step_fn returned 'per_sample' = a torch.float32 tensor of shape \(32, 1\), which is not a number"):
+        trainer.fit()
+
+
 def test_grad_clip_scheduler_dropgrad_progress_and_modes(tmp_path):
     from dropgrad.noise import DropGrad
 

@@ -288,14 +288,16 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
 
     meta_step = CapturedMetaStep(learner, batched=batched) if graphed else partial(learner.meta_backward, batched=batched)
 
-    def step_fn(global_step: int) -> dict[str, float]:
+    def step_fn(global_step: int) -> dict[str, torch.Tensor]:
         tasks = stream.get(global_step)
         if dist.is_distributed:
             # This rank's tasks of the meta-batch (built as the shard), weighted by their share.
             dist.meta_batch_shard(cfg.meta_batch)
         tasks = tasks.to(device)
         result = meta_step(tasks)
-        return {"loss": result.loss.item(), "acc": 100 * result.accuracy(tasks.query_y).mean().item()}
+        # Tensors, not .item(): the trainer reads them when it logs, so the host need not wait
+        # for the GPU every step. float64 before the * 100, as Python would multiply the float.
+        return {"loss": result.loss.detach(), "acc": result.accuracy(tasks.query_y).mean().double() * 100}
 
     def validate_fn(epoch: int) -> dict[str, float]:
         scores = evaluate(

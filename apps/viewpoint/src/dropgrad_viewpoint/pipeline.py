@@ -125,8 +125,8 @@ def run(
         )
     sampler = EpisodeSampler(labels, n_way=1, n_shot=cfg.shots, n_query=cfg.query, seed=cfg.seed)
 
-    def step_fn(global_step: int) -> dict[str, float]:
-        total = 0.0
+    def step_fn(global_step: int) -> dict[str, torch.Tensor | float]:
+        total: torch.Tensor | float = 0.0  # float64 sums of the task losses, read when the trainer logs
         for t in range(cfg.meta_batch):
             ep = sampler.sample(global_step * cfg.meta_batch + t)
             c = str(ep.classes[0])
@@ -135,7 +135,7 @@ def run(
             query = src.batch(ep.query - offsets[c], device)
             loss = model.task_loss(support, query)
             (loss / cfg.meta_batch).backward()
-            total += loss.item()
+            total = total + loss.detach().double()
         return {"loss": total / cfg.meta_batch}
 
     validate_fn = None

@@ -345,10 +345,10 @@ class DistributedContext:
         self,
         params: Iterable[torch.Tensor],
         *,
-        metrics: Mapping[str, float] | None = None,
+        metrics: Mapping[str, float | torch.Tensor] | None = None,
         buffers: Iterable[torch.Tensor] = (),
         weight: float | None = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, float | torch.Tensor]:
         """Combine the ranks' gradients, step metrics and buffers with ONE all-reduce; in place.
 
         Every rank contributes ``weight * grad`` (``weight``: the given one, else that of the
@@ -368,13 +368,14 @@ class DistributedContext:
             weight: this rank's weight; see above.
 
         Returns:
-            The combined metrics (``metrics`` unchanged in a single process).
+            The combined metrics as floats (``metrics`` unchanged in a single process: a
+            one-element tensor stays one, unread).
         """
         w = weight if weight is not None else self._grad_weight
         self._grad_weight = None
-        metrics = {k: float(v) for k, v in (metrics or {}).items()}
         if not self.is_distributed:
-            return metrics
+            return dict(metrics or {})
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
         self._require()
         if w is None:
             w = 1.0 / self.world_size

@@ -163,19 +163,39 @@ StepFn = Callable[[int], Mapping[str, Any]]
 ValidateFn = Callable[[int], Mapping[str, Any]]
 
 
-def _as_floats(values: Any, source: str) -> dict[str, float]:
-    """Metrics dict -> ``{str: float}``; accepts 0-d tensors and numpy scalars, refuses the rest."""
+Scalar = float | torch.Tensor  # a float, or a float64 one-element tensor not yet read
+
+
+def _as_floats(values: Any, source: str, *, lazy: bool = False) -> dict[str, Scalar]:
+    """Metrics dict -> ``{str: float}``; accepts 0-d tensors and numpy scalars, refuses the rest.
+
+    ``lazy``: one-element tensors stay tensors (float64, detached), read only when a log line
+    or checkpoint needs them. Reading a GPU tensor waits for the GPU to finish the step, so
+    the host could not prepare the next step while this one runs.
+    """
     if not isinstance(values, Mapping):
         raise TypeError(f"{source} must return a dict of metric name -> number, got {type(values).__name__}")
-    out: dict[str, float] = {}
+    out: dict[str, Scalar] = {}
     for key, value in values.items():
         try:
-            out[str(key)] = float(value)
+            if lazy and isinstance(value, torch.Tensor):
+                if value.numel() != 1 or value.is_complex():
+                    raise TypeError
+                out[str(key)] = value.detach().reshape(()).to(torch.float64)  # exact for every real dtype
+            else:
+                out[str(key)] = float(value)
         except (TypeError, ValueError, RuntimeError) as exc:
+            shown = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                     else repr(value))
             raise TypeError(
-                f"{source} returned {key!r} = {value!r}, which is not a number (use loss.item() or a 0-d tensor)"
+                f"{source} returned {key!r} = {shown}, which is not a number (use loss.item() or a 0-d tensor)"
             ) from exc
     return out
+
+
+def _read(values: Mapping[str, Scalar]) -> dict[str, float]:
+    """The metrics as Python floats (reads lazy tensors: waits for the GPU)."""
+    return {k: float(v) for k, v in values.items()}
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:
@@ -199,7 +219,10 @@ class MetaTrainer:
             trainer zeroes gradients before and runs it under bf16 autocast when
             ``config.bf16`` (so ``backward`` runs inside autocast too); then clips, steps the
             optimiser and, with ``scheduler_interval="step"``, the scheduler. Returned values
-            are numbers or 0-d tensors.
+            are numbers or one-element tensors. Return tensors on a GPU (not ``.item()``): the
+            trainer reads them only when it logs, checkpoints or ends the epoch, so the host
+            can queue the next step while the GPU runs this one (in a single process; several
+            processes read them at every step's all-reduce).
         validate_fn: ``validate_fn(epoch) -> {"val_loss": ..., ...}``, called once per epoch
             with the model (and ``dropgrad``) in eval mode, NOT under ``torch.no_grad`` (meta-
             learners adapt with gradients at validation time), under autocast when ``config.bf16``.
@@ -343,9 +366,9 @@ class MetaTrainer:
         self.best_epoch: int | None = None
         self.bad_epochs = 0
         self.stopped_early = False
-        self._epoch_sums: dict[str, float] = {}
+        self._epoch_sums: dict[str, Scalar] = {}
         self._epoch_count = 0
-        self._window_sums: dict[str, float] = {}
+        self._window_sums: dict[str, Scalar] = {}
         self._window_count = 0
         self._elapsed_before = 0.0  # wall time of earlier (resumed-from) segments
         self._resume_note: str | None = None
@@ -384,9 +407,9 @@ class MetaTrainer:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
-            "epoch_sums": dict(self._epoch_sums),
+            "epoch_sums": _read(self._epoch_sums),
             "epoch_count": self._epoch_count,
-            "window_sums": dict(self._window_sums),
+            "window_sums": _read(self._window_sums),
             "window_count": self._window_count,
             "elapsed_s": self._elapsed(),
             "rng": capture_rng_state(),
@@ -492,7 +515,7 @@ class MetaTrainer:
     def _train_step(self, check_grads: bool) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.bf16):
-            metrics = _as_floats(self.step_fn(self.global_step), "step_fn")
+            metrics = _as_floats(self.step_fn(self.global_step), "step_fn", lazy=True)
         params = self._params()
         # Several processes: the mean over the whole meta-batch, before clipping sees it.
         metrics = self.distributed.all_reduce_gradients(params, metrics=metrics, buffers=self._sync_buffers())
@@ -503,7 +526,7 @@ class MetaTrainer:
             )
         if self.config.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-            metrics["grad_norm"] = float(norm)
+            metrics["grad_norm"] = norm.detach().to(torch.float64)
         self.optimizer.step()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
@@ -512,7 +535,11 @@ class MetaTrainer:
     def _flush_window(self) -> None:
         if self._window_count == 0:
             return
-        means = {k: v / self._window_count for k, v in self._window_sums.items()}
+        means = {k: v / self._window_count for k, v in _read(self._window_sums).items()}
+        if self._bar is not None and not self._bar.disable:
+            # Refreshed here, not per step: it reads the step metrics, which waits for the GPU.
+            self._bar.set_postfix({k: f"{v / self._epoch_count:.4g}" for k, v in _read(self._epoch_sums).items()},
+                                  refresh=False)
         record = {"epoch": self.epoch, "step": self.global_step, **means, "lr": self._lr(), "time": round(self._elapsed(), 3)}
         self.record("train", record)
         if not self.config.progress:
@@ -520,7 +547,7 @@ class MetaTrainer:
         self._window_sums, self._window_count = {}, 0
 
     def _validate(self) -> dict[str, float]:
-        means = {f"train_{k}": v / max(self._epoch_count, 1) for k, v in self._epoch_sums.items()}
+        means = {f"train_{k}": v / max(self._epoch_count, 1) for k, v in _read(self._epoch_sums).items()}
         values = dict(means)
         if self.validate_fn is not None:
             self._set_mode(False)
@@ -685,9 +712,6 @@ class MetaTrainer:
                     self._window_count += 1
                     if not self._bar.disable:
                         self._bar.update(1)
-                        self._bar.set_postfix(
-                            {k: f"{v / self._epoch_count:.4g}" for k, v in self._epoch_sums.items()}, refresh=False
-                        )
                     last_step = self.step_in_epoch == cfg.steps_per_epoch
                     if self.step_in_epoch % cfg.log_every_steps == 0 or last_step:
                         self._flush_window()

@@ -138,10 +138,10 @@ def train(cfg: TrackTrainConfig, out: str | Path, resume: bool = False) -> dict[
     val_picks = val_sampler.fixed(cfg.val_tasks)
     optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=cfg.outer_lr)
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
         tasks = train_sampler.batch(step, cfg.tasks_per_batch).to(device)
         result = learner.meta_backward(tasks, batched=False)
-        return {"loss": result.loss.item()}
+        return {"loss": result.loss.detach()}  # read by the trainer when it logs, not every step
 
     def validate_fn(epoch: int) -> dict[str, float]:
         return evaluate_tasks(learner, val_sampler, val_picks, device, chunk=cfg.tasks_per_batch)
