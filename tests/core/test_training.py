@@ -180,7 +180,7 @@ def test_tensor_step_metrics_are_read_when_logged_not_every_step(tmp_path, monke
     # 2 windows x 3 metrics (+ the progress bar's 3 epoch means each), the epoch's 3, the checkpoint's 3
     assert reads <= 2 * 6 + 3 + 3 < 40
     with torch.no_grad():  # the same numbers as Python floats summed each step
-        model, optimizer, step_fn, x, y = _regression()
+        model, optimizer, _, x, y = _regression()
         losses = []
         for _ in range(40):
             losses.append(((model(x) - y) ** 2).mean().item())
