@@ -171,3 +171,13 @@ def test_fewshot_test_replays_evaluation_and_scores_what_eager_evaluation_scores
     assert len(made) == 1, "cuda_graph off: fewshot-test evaluates eagerly"
     assert replayed["test_episodes"] == eager["test_episodes"] == 19
     assert replayed["test_acc_mean"] == pytest.approx(eager["test_acc_mean"], abs=1e-12)
+
+
+def test_cuda_batches_copied_from_pinned_memory_equal_the_cpu_ones():
+    dataset = build_dataset("glyphs", "train", image_size=28, n_classes=20)
+    options = {"n_way": 3, "n_shot": 1, "n_query": 2, "tasks_per_batch": 2, "seed": 0}
+    cpu, gpu = EpisodeBatches(dataset, **options), EpisodeBatches(dataset, **options, device="cuda")
+    for k in range(3):
+        want, got = cpu.batch(k), gpu.batch(k)  # queued copies: read back after the host has moved on
+        for x, y in zip(want, got):
+            assert y.device.type == "cuda" and torch.equal(y.cpu(), x)

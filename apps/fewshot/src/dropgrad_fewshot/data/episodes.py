@@ -155,7 +155,13 @@ class EpisodeBatches:
     def batch(self, index: int) -> Task:
         """Meta-batch ``index`` (episodes ``index*T .. index*T + T - 1``; the shard's of them), on ``device``."""
         task = self._cpu_batch(_count("batch index", index, 0))
-        return task if self.device is None else task.to(self.device)
+        if self.device is None:
+            return task
+        if self.device.type == "cuda":
+            # From pinned memory the copy is queued behind the running step; from pageable memory
+            # CUDA stages it while the host waits, so the host could not build the next batch.
+            task = Task(*(t.pin_memory() for t in task))
+        return task.to(self.device)
 
     def _cpu_batch(self, index: int) -> Task:
         sx, sy, qx, qy = [], [], [], []
