@@ -138,6 +138,24 @@ def test_failed_rows_are_reported_and_the_best_row_is_marked():
         in data["summary"][0]
 
 
+def test_the_queued_rate_gets_a_column_and_a_note_but_the_targets_are_judged_on_the_synced_one():
+    bench = _load_module()
+    row = {"status": "ok", "tasks_per_s_off": 395.0, "tasks_per_s_on": 390.0, "tasks_per_s_on_queued": 420.0,
+           "overhead_pct": 1.0, "peak_mem_bytes": 2**30}
+    data = {"device": "fake", "device_type": "cuda", "torch": "x", "settings": {**bench.SETTINGS["full"]},
+            "rows": [{"config": "conv4-fo", "px": 84, "impl": "fold+bf16+cl+compile+combo+graph", "result": row},
+                     {"config": "conv4-fo", "px": 84, "impl": "vmap", "result": {"status": "oom", "message": "m"}}]}
+    bench.summarise(data)
+    table = bench.format_table(data)
+    assert "on, queued" in table and "targets are judged on 'tasks/s on'" in table
+    assert "390 tasks/s with DropGrad (420 queued) (target >= 400: NOT met)" in data["summary"][0]
+    header = next(line for line in table.splitlines() if line.startswith("config "))
+    assert [c.strip() for c in header.split("  ") if c.strip()][:7] == [
+        "config", "px", "impl", "tasks/s off", "tasks/s on", "on, queued", "DG overhead"]
+    first = next(line for line in table.splitlines() if line.startswith("conv4-fo "))
+    assert first.split()[3:7] == ["*", "395", "390", "420"]  # the best row's mark, then the rates
+
+
 @pytest.mark.parametrize("rate, overhead, verdicts", [
     (11.97, 1.4, ("11.97 tasks/s with DropGrad (target >= 12: NOT met)", "(target <= 2%: met)")),
     (12.0, 2.04, ("12 tasks/s with DropGrad (target >= 12: met)", "+2.0% (target <= 2%: NOT met)")),
