@@ -44,9 +44,9 @@ with the noise off: column "fp64 |d|". DropGrad off and on are timed interleaved
 process, so the overhead column compares like with like. Each step is timed between two
 syncs; on CUDA, column "on, queued" also times the DropGrad-on steps queued back to back with
 one sync at the end, as a training loop that does not wait for the GPU runs them (the targets
-are judged on the synced rate). Under the table, the compiled rows'
-warm-up time (compiling included: what a user waits for when a compiled run starts); every
-row's is in the JSON as ``warmup_s``.
+are judged on the synced rate). Under the table, the compiled rows' warm-up time (compiling
+included: what a user waits for when a compiled run starts); every row's is in the JSON as
+``warmup_s``.
 
 Examples::
 
