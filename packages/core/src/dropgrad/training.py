@@ -512,7 +512,7 @@ class MetaTrainer:
         return rng
 
     # ------------------------------------------------------------------- loop
-    def _train_step(self, check_grads: bool) -> dict[str, float]:
+    def _train_step(self, check_grads: bool) -> dict[str, Scalar]:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.bf16):
             metrics = _as_floats(self.step_fn(self.global_step), "step_fn", lazy=True)
