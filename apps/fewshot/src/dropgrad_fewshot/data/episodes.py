@@ -159,7 +159,7 @@ class EpisodeBatches:
             return task
         if self.device.type == "cuda":
             # From pinned memory the copy is queued behind the running step; from pageable memory
-            # CUDA stages it while the host waits, so the host could not build the next batch.
+            # CUDA may stage it while the host waits, so the host could not build the next batch.
             task = Task(*(t.pin_memory() for t in task))
         return task.to(self.device)
 
