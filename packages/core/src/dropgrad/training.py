@@ -178,7 +178,7 @@ def _as_floats(values: Any, source: str, *, lazy: bool = False) -> dict[str, Sca
     out: dict[str, Scalar] = {}
     for key, value in values.items():
         try:
-            if lazy and isinstance(value, torch.Tensor):
+            if lazy and isinstance(value, torch.Tensor) and value.device.type != "mps":  # MPS has no float64
                 if value.numel() != 1 or value.is_complex():
                     raise TypeError
                 out[str(key)] = value.detach().reshape(()).to(torch.float64)  # exact for every real dtype
