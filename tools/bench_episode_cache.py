@@ -61,15 +61,19 @@ SHAPES = {"conv4": (84, 400.0), "resnet": (224, 50.0)}
 WAY, SHOT, QUERY = 5, 5, 16
 
 
-def write_fake_images(root: Path, n_classes: int, per_class: int, size: tuple[int, int], seed: int = 0) -> None:
-    """Smooth random RGB JPEGs in ``root/{train,val,test}/<class>/`` (only train is filled)."""
+def write_fake_images(
+    root: Path, n_classes: int, per_class: int, size: tuple[int, int], seed: int = 0, split: str = "train",
+    first_class: int = 0,
+) -> None:
+    """Smooth random RGB JPEGs in ``root/{train,val,test}/<class>/``: ``split`` is filled, with classes
+    ``n<first_class>``, ``n<first_class + 1>``, ..."""
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    for split in ("train", "val", "test"):
-        (root / split).mkdir(parents=True, exist_ok=True)
-    for c in range(n_classes):
-        folder = root / "train" / f"n{c:08d}"
+    rng = np.random.default_rng([seed, first_class])
+    for name in ("train", "val", "test"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for c in range(first_class, first_class + n_classes):
+        folder = root / split / f"n{c:08d}"
         folder.mkdir()
         for i in range(per_class):
             # Low-frequency colour blobs plus mild noise: JPEG sizes and decode times like photos.

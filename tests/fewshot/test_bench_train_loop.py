@@ -1,0 +1,49 @@
+"""Smoke tests of tools/bench_train_loop.py: fewshot-train's loop against its meta-step, on a CPU.
+No timing is asserted (benchmarks print tables)."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from dropgrad import training
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    sys.path.insert(0, str(TOOLS))
+    return importlib.import_module("bench_train_loop")
+
+
+def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
+    impls = tool.bench_maml.IMPLS
+    assert tool.train_options(impls["fold+bf16+cl+compile+combo+graph"]) == [
+        "--first-order", "--batched", "fold", "--cuda-graph", "on", "--bf16", "--channels-last", "--compile",
+        "--compile-combo"]
+    assert tool.train_options(impls["loop+bf16+cl+graph+streams4"]) == [
+        "--first-order", "--batched", "off", "--cuda-graph", "on", "--bf16", "--channels-last", "--task-streams", "4"]
+    assert tool.train_options(impls["vmap"])[:3] == ["--first-order", "--batched", "on"]
+    for name in ("naive", "fold+bf16+cl+compile+combo+unfold+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph"):
+        with pytest.raises(ValueError):
+            tool.train_options(impls[name])
+
+
+def test_quick_run_reports_the_step_and_both_training_loops(tool, tmp_path, capsys):
+    out = tmp_path / "loop.json"
+    assert tool.main(["--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("step_tasks_per_s", "train_tasks_per_s", "train_per_step_reads_tasks_per_s"):
+        assert report[key] > 0, key
+    printed = capsys.readouterr().out
+    assert "fewshot-train, per-step reads" in printed and "vs step" in printed
+    assert "training complete" not in printed  # fewshot-train's own log stays in its run directory
+    assert training._as_floats.__name__ == "_as_floats"  # the per-step-reads patch is undone
+
+
+def test_too_few_steps_for_three_records_is_refused(tool, capsys):
+    with pytest.raises(SystemExit):
+        tool.main(["--quick", "--steps", "20"])
+    assert "--steps must be >= 30 (three train records), got 20" in capsys.readouterr().err
