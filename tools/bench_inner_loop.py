@@ -356,6 +356,47 @@ def device_name(device: torch.device) -> str:
     return f"CPU {name}, {torch.get_num_threads()} torch threads"
 
 
+# What nvidia-smi reports of the card's state: two starts of the same card model have timed the
+# same Conv4 row 7% apart (docs/performance.md), and clocks, power or heat may tell why.
+GPU_STATE_FIELDS = ("clocks.sm", "clocks.max.sm", "clocks.mem", "power.draw", "power.limit", "temperature.gpu",
+                    "pstate", "clocks_throttle_reasons.active")
+
+
+def gpu_state() -> dict[str, str] | None:
+    """nvidia-smi's readings of the first visible GPU (``GPU_STATE_FIELDS``), or ``None`` without it.
+
+    Only a record next to the timings; nothing is judged on it. The last field, which older and
+    newer drivers name differently, is dropped when nvidia-smi refuses it.
+    """
+    if not torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    for fields in (GPU_STATE_FIELDS, GPU_STATE_FIELDS[:-1]):
+        cmd = ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"]
+        if visible:
+            cmd.append(f"--id={visible}")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode == 0 and lines:
+            values = [v.strip() for v in lines[0].split(",")]
+            if len(values) == len(fields):
+                return dict(zip(fields, values))
+    return None
+
+
+def format_gpu_state(state: dict[str, str] | None) -> str:
+    """One line of :func:`gpu_state`'s readings ("" for ``None``)."""
+    if not state:
+        return ""
+    line = (f"SM {state['clocks.sm']}/{state['clocks.max.sm']} MHz, memory {state['clocks.mem']} MHz, "
+            f"{state['power.draw']}/{state['power.limit']} W, {state['temperature.gpu']} C, {state['pstate']}")
+    reasons = state.get("clocks_throttle_reasons.active")
+    return line + (f", clock limits {reasons}" if reasons else "")
+
+
 def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.0f} MiB"
 

@@ -33,7 +33,7 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   one plain (not grouped) convolution per task; ``+pad8``, ``+pwpool``, ``+unfold``: compiled
   folded tasks with 3-channel convolutions padded to 8 channels on a GPU, max pooling as
   pointwise operators, convolutions of depth <= 27 (3 channels x 3x3) as one batched matmul over
-  their unfolded input (``dropgrad.folded.compiled_forms``, experimental); ``+compile-so``: ``+compile`` and second-order
+  their unfolded input (``MAML(folded_forms=...)``, experimental); ``+compile-so``: ``+compile`` and second-order
   steps compiled whole (``MAML(compile_second_order=True)``: forward, ``torch.func.grad`` and
   update in one compiled function, whose backward is the compiled double backward).
 
@@ -58,7 +58,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import signal
@@ -77,7 +76,6 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_inner_loop as common
 import dropgrad
-from dropgrad import folded
 from dropgrad.fast import channels_last_tasks
 
 INNER_LR = common.INNER_LR
@@ -103,9 +101,9 @@ class Impl:
     batch_with: str = "vmap"  # with batched: torch.func.vmap or folded tasks
     compile_second_order: bool = False  # with compile: whole second-order inner steps compiled
     stock_pool: bool = False  # with compile: torch's stock inductor (scatter-based max-pool backward)
-    pad_channels: int = 1  # with fold+compile: dropgrad.folded.compiled_forms(channel_multiple=...)
-    pointwise_pool: bool = False  # with fold+compile: compiled_forms(pointwise_max_pool=True)
-    unfold_depth: int = 0  # with fold+compile: compiled_forms(unfold_depth=...)
+    pad_channels: int = 1  # with fold+compile: MAML(folded_forms={"channel_multiple": ...})
+    pointwise_pool: bool = False  # with fold+compile: MAML(folded_forms={"pointwise_max_pool": True})
+    unfold_depth: int = 0  # with fold+compile: MAML(folded_forms={"unfold_depth": ...})
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
@@ -118,20 +116,19 @@ class Impl:
             kwargs["options"] = {"combo_kernels": True}
         return kwargs
 
+    def folded_forms(self) -> dict[str, Any] | None:
+        """``MAML(folded_forms=...)`` for this row (``+pad8``, ``+pwpool``, ``+unfold``), or ``None``."""
+        if self.pad_channels == 1 and not self.pointwise_pool and not self.unfold_depth:
+            return None
+        return {"pointwise_max_pool": self.pointwise_pool, "channel_multiple": self.pad_channels,
+                "unfold_depth": self.unfold_depth}
+
 
 def stock_inductor(graph: torch.fx.GraphModule, example_inputs: Any) -> Any:
     """torch's inductor as it comes: the baseline of ``dropgrad.compiling.inductor_backend`` (``+stockpool``)."""
     from torch._inductor.compile_fx import compile_fx
 
     return compile_fx(graph, example_inputs)
-
-
-def folded_forms(impl: Impl) -> contextlib.AbstractContextManager[None]:
-    """The row's ``dropgrad.folded.compiled_forms`` (``+pad8``, ``+pwpool``, ``+unfold``), or nothing."""
-    if impl.pad_channels == 1 and not impl.pointwise_pool and not impl.unfold_depth:
-        return contextlib.nullcontext()
-    return folded.compiled_forms(pointwise_max_pool=impl.pointwise_pool, channel_multiple=impl.pad_channels,
-                                 unfold_depth=impl.unfold_depth)
 
 
 IMPLS: dict[str, Impl] = {
@@ -309,7 +306,7 @@ def make_step(
         model, inner_lr=INNER_LR, steps=steps, first_order=first_order,
         dropgrad=dropgrad.DropGrad(P, "gaussian") if noise_on else None,
         checkpoint=impl.checkpoint, task_chunk=impl.task_chunk, compile_forward=impl.compile_forward(),
-        compile_second_order=impl.compile_second_order,
+        compile_second_order=impl.compile_second_order, folded_forms=impl.folded_forms(),
         task_streams=impl.task_streams, loop_norms=impl.loop_norms, batch_with=impl.batch_with,
     )
 
@@ -380,8 +377,7 @@ def run_row(row: RowConfig) -> dict[str, Any]:
         signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, cap)
     try:
-        with folded_forms(IMPLS[row.impl]):
-            return _run_row(row)
+        return _run_row(row)
     except RowTimeout:
         return {"status": "timeout", "message": f"over its {cap:.0f} s cap (row cap or time budget)"}
     finally:
@@ -507,6 +503,10 @@ def format_table(data: dict[str, Any]) -> str:
                   if "warmup" in r and (r["warmup"], r["iters"]) != (s["warmup"], s["iters"])})
     if odd:
         header[1] += " (" + "; ".join(f"{c}: {w} + {n}" for c, w, n in odd) + ")"
+    states = data.get("gpu_state") or {}
+    if any(states.values()):  # nvidia-smi's readings before the first row and after the last
+        header.append("GPU state (nvidia-smi): " + "; ".join(
+            f"{when}: {common.format_gpu_state(state) or 'not read'}" for when, state in states.items()))
     queued = any("tasks_per_s_on_queued" in r["result"] for r in data["rows"])
     if queued:
         header.append("on, queued = DropGrad on, the timed steps queued back to back with one sync at the end "
@@ -672,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
                      "timeout_s": timeout_s, "budget_s": budget_s},
         "rows": [],
     }
+    if device.type == "cuda":
+        data["gpu_state"] = {"start": common.gpu_state()}
     start = time.perf_counter()
     # One process per row (its own peak memory), or per configuration (--isolate config: less start-up).
     groups = [[r] for r in rows] if args.isolate == "row" else [
@@ -697,13 +699,19 @@ def main(argv: list[str] | None = None) -> int:
             done += 1
             data["rows"].append({"config": row.config, "model": row.model, "order": row.order, "px": row.px,
                                  "impl": row.impl, "warmup": row.warmup, "iters": row.iters, "result": result})
+            state = common.gpu_state() if device.type == "cuda" else None
+            if state:
+                data["rows"][-1]["gpu_state_after"] = state
             what = f"[{done}/{len(rows)} {time.perf_counter() - start:.0f}s] {row.config} {row.impl}"
             if result["status"] == "ok":
                 print(f"{what}: {result['tasks_per_s_off']:.3g} / {result['tasks_per_s_on']:.3g} tasks/s off/on, "
-                      f"peak {result['peak_mem_bytes'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+                      f"peak {result['peak_mem_bytes'] / 2**30:.2f} GiB"
+                      + (f"; GPU after it: {common.format_gpu_state(state)}" if state else ""), file=sys.stderr, flush=True)
             else:
                 print(f"{what}: {result['status']}: {result.get('message', '')}", file=sys.stderr, flush=True)
     data["total_s"] = time.perf_counter() - start
+    if "gpu_state" in data:
+        data["gpu_state"]["end"] = common.gpu_state()
     summarise(data)
     print(format_table(data), flush=True)
     if args.json:

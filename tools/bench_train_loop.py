@@ -40,7 +40,9 @@ import bench_maml
 
 from dropgrad import training
 from dropgrad.training import read_metrics
+from dropgrad.inner import FOLDED_FORMS_OFF
 from dropgrad_fewshot import cli
+from dropgrad_fewshot.config import COMPILE_FORMS
 from dropgrad_fewshot.data import build_cache
 
 # The bench_maml settings a training run copies: 84 px, 5-way 5-shot 16-query, 4 tasks, 5 steps.
@@ -51,8 +53,8 @@ LOG_EVERY = 10  # the trainer's default train-record interval
 
 def train_options(impl: bench_maml.Impl) -> list[str]:
     """``fewshot-train`` options for a bench_maml row (first order, DropGrad on as fewshot-train's default)."""
-    if impl.naive or impl.pad_channels != 1 or impl.pointwise_pool or impl.unfold_depth or impl.stock_pool:
-        raise ValueError("this row has no fewshot-train options (naive, or experimental compiled forms)")
+    if impl.naive or impl.stock_pool:
+        raise ValueError("this row has no fewshot-train options (naive, or torch's stock inductor)")
     if impl.checkpoint or impl.task_chunk or impl.compile_second_order or impl.loop_norms != "native":
         raise ValueError("this row is a second-order or memory lever; the training loop runs first order")
     if impl.compile_mode is not None:
@@ -64,7 +66,16 @@ def train_options(impl: bench_maml.Impl) -> list[str]:
     opts += [flag for flag, on in flags.items() if on]
     if impl.task_streams:
         opts += ["--task-streams", str(impl.task_streams)]
-    return opts
+    return opts + compile_forms_options(impl)
+
+
+def compile_forms_options(impl: bench_maml.Impl) -> list[str]:
+    """``--compile-forms`` for the row's compiled forms (``[]``: none); ValueError if no names give them."""
+    forms = {k: v for k, v in (impl.folded_forms() or {}).items() if v != FOLDED_FORMS_OFF[k]}
+    names = [name for name, settings in COMPILE_FORMS.items() if settings.items() <= forms.items()]
+    if {k: v for name in names for k, v in COMPILE_FORMS[name].items()} != forms:
+        raise ValueError(f"fewshot-train's --compile-forms names ({', '.join(COMPILE_FORMS)}) do not give {forms}")
+    return ["--compile-forms", ",".join(names)] if names else []
 
 
 def make_cache(root: Path, shape: dict[str, Any]) -> Path:

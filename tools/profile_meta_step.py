@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch._inductor.config as inductor_config
 
         inductor_config.cpp.enable_kernel_profile = True  # inductor's CPU kernels, by name, in the profile
-    with bench_maml.folded_forms(bench_maml.IMPLS[args.impl]):
-        _profile(args, device)
+    _profile(args, device)
     return 0
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "bench_maml.py"
 CONFIGS = ("resnet18-fo", "resnet18-so", "conv4-fo")
@@ -114,6 +115,23 @@ def test_every_row_builds_compile_options_maml_accepts():
         assert bench.extra_seconds(impl) >= (bench.COMPILE_EXTRA_S if impl.compile else 0.0), name
 
 
+def test_rows_with_compiled_forms_give_them_to_the_learner():
+    import dropgrad
+
+    bench = _load_module()
+    assert bench.IMPLS["fold+bf16+cl+compile+combo+graph"].folded_forms() is None
+    assert bench.IMPLS["fold+bf16+cl+compile+combo+unfold+pwpool+graph"].folded_forms() == {
+        "pointwise_max_pool": True, "channel_multiple": 1, "unfold_depth": 27}
+    assert bench.IMPLS["fold+bf16+cl+compile+combo+pad8+graph"].folded_forms()["channel_multiple"] == 8
+    rows = [name for name, impl in bench.IMPLS.items() if impl.folded_forms() is not None]
+    assert len(rows) >= 5
+    for name in rows:  # every such row builds a learner that takes its forms (checked in MAML)
+        impl = bench.IMPLS[name]
+        learner = dropgrad.MAML(torch.nn.Linear(2, 2), compile_forward=impl.compile_forward(),
+                                batch_with=impl.batch_with, folded_forms=impl.folded_forms())
+        assert learner.folded_forms, name
+
+
 def test_failed_rows_are_reported_and_the_best_row_is_marked():
     bench = _load_module()
     ok = lambda rate, gib: {"status": "ok", "tasks_per_s_off": rate * 1.01, "tasks_per_s_on": rate,
@@ -154,6 +172,34 @@ def test_the_queued_rate_gets_a_column_and_a_note_but_the_targets_are_judged_on_
         "config", "px", "impl", "tasks/s off", "tasks/s on", "on, queued", "DG overhead"]
     first = next(line for line in table.splitlines() if line.startswith("conv4-fo "))
     assert first.split()[3:7] == ["*", "395", "390", "420"]  # the best row's mark, then the rates
+
+
+def test_gpu_state_reads_nvidia_smi_and_goes_into_the_table_header(tmp_path, monkeypatch):
+    bench = _load_module()
+    common = bench.common
+    fake = tmp_path / "nvidia-smi"  # refuses the newest field once, as an older driver would
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "$@" >> "$(dirname "$0")/calls"\n'
+        'case "$1" in *clocks_throttle_reasons*) echo "Field is not a valid field to query." >&2; exit 2;; esac\n'
+        'echo "1980, 1980, 3201, 132.50, 700.00, 41, P0"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{common.os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: True)
+    state = common.gpu_state()
+    assert state == {"clocks.sm": "1980", "clocks.max.sm": "1980", "clocks.mem": "3201", "power.draw": "132.50",
+                     "power.limit": "700.00", "temperature.gpu": "41", "pstate": "P0"}
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 2 and all(c.endswith("--id=3") for c in calls)
+    line = common.format_gpu_state(state)
+    assert line == "SM 1980/1980 MHz, memory 3201 MHz, 132.50/700.00 W, 41 C, P0"
+    data = {"device": "fake", "device_type": "cuda", "torch": "x", "settings": {**bench.SETTINGS["full"]},
+            "rows": [], "gpu_state": {"start": state, "end": None}, "summary": []}
+    assert f"GPU state (nvidia-smi): start: {line}; end: not read" in bench.format_table(data)
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    assert common.gpu_state() is None and common.format_gpu_state(None) == ""
 
 
 @pytest.mark.parametrize("rate, overhead, verdicts", [

@@ -31,11 +31,12 @@ def fresh_dynamo():
 
 
 def pair(cls, *, compile_forward="aot_eager", running_stats=False, dtype=torch.float64, **kwargs):
-    """(eager, compiled) learners with equal parameters; ``compile_second_order`` goes to the compiled one."""
+    """(eager, compiled) learners with equal parameters; ``compile_second_order`` and ``folded_forms`` go
+    to the compiled one."""
     out = []
     for flag in (False, compile_forward):
         torch.manual_seed(0)
-        own = kwargs if flag else {k: v for k, v in kwargs.items() if k != "compile_second_order"}
+        own = kwargs if flag else {k: v for k, v in kwargs.items() if k not in ("compile_second_order", "folded_forms")}
         out.append(cls(tiny_net(running_stats=running_stats).to(dtype), compile_forward=flag, **own))
     return out
 
@@ -156,6 +157,55 @@ def test_folded_steps_with_unfolded_convolutions_equal_eager(order, monkeypatch)
         got = meta_step(comp, tasks, batched=True)
     assert calls, "the compiled step did not unfold the convolution"
     assert_equal_steps(want, got)
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_folded_forms_of_the_learner_apply_to_its_compiled_steps_only(order, monkeypatch):
+    # MAML(folded_forms=...) enters compiled_forms around its compiled folded steps itself: the
+    # step unfolds the convolution and pools pointwise with no block around the call, gives the
+    # eager numbers, and evaluation (eager) keeps the plain layers.
+    from dropgrad import folded
+
+    calls = {"unfold": 0, "pool": 0}
+    unfolded, pooled = folded._unfolded_conv, folded._window_max
+    monkeypatch.setattr(folded, "_unfolded_conv", lambda *a, **k: calls.update(unfold=calls["unfold"] + 1) or unfolded(*a, **k))
+    monkeypatch.setattr(folded, "_window_max",
+                        lambda *a, **k: calls.update(pool=calls["pool"] + 1) or pooled(*a, **k))
+    options = {"first_order": True} if order == "first" else {"compile_second_order": True}
+    eager, comp = pair(MAML, inner_lr=0.1, steps=2, batch_with="fold", dropgrad=DropGrad(0.2),
+                       folded_forms={"unfold_depth": 27, "pointwise_max_pool": True, "channel_multiple": 1}, **options)
+    assert comp.folded_forms == {"unfold_depth": 27, "pointwise_max_pool": True}
+    tasks = make_tasks(7, "cpu", query=3)
+    want = meta_step(eager, tasks, batched=True)
+    got = meta_step(comp, tasks, batched=True)
+    assert calls["unfold"] and calls["pool"], f"the compiled step did not use the forms: {calls}"
+    assert_equal_steps(want, got)
+    assert (folded._UNFOLD_DEPTH, folded._POINTWISE_MAX_POOL) == (0, False), "the settings leaked out of the step"
+    calls.update(unfold=0, pool=0)
+    comp.eval()
+    torch.testing.assert_close(comp.meta_loss(tasks, batched=True).loss, eager.eval().meta_loss(tasks, batched=True).loss,
+                               rtol=1e-12, atol=1e-12)
+    assert calls == {"unfold": 0, "pool": 0}
+
+
+def test_folded_forms_refusals():
+    fold = {"compile_forward": "aot_eager", "batch_with": "fold"}
+    with pytest.raises(ValueError, match="keys must be among pointwise_max_pool, channel_multiple, unfold_depth, got pad"):
+        MAML(tiny_net(), folded_forms={"pad": 8}, **fold)
+    with pytest.raises(ValueError, match=r"folded_forms\['unfold_depth'\] must be a int, got True"):
+        MAML(tiny_net(), folded_forms={"unfold_depth": True}, **fold)
+    with pytest.raises(ValueError, match=r"folded_forms\['pointwise_max_pool'\] must be a bool, got 1"):
+        MAML(tiny_net(), folded_forms={"pointwise_max_pool": 1}, **fold)
+    with pytest.raises(ValueError, match="channel_multiple must be >= 1, got 0"):
+        MAML(tiny_net(), folded_forms={"channel_multiple": 0}, **fold)
+    with pytest.raises(ValueError, match="must be None or a mapping"):
+        MAML(tiny_net(), folded_forms=["unfold_depth"], **fold)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="need compile_forward and batch_with='fold', got compile_forward=False"):
+        MAML(tiny_net(), folded_forms={"unfold_depth": 27}, batch_with="fold")
+    with pytest.raises(ValueError, match="batch_with='vmap'"):
+        MAML(tiny_net(), folded_forms={"pointwise_max_pool": True}, compile_forward="aot_eager")
+    # settings left off need nothing
+    assert MAML(tiny_net(), folded_forms={"channel_multiple": 1, "unfold_depth": 0}).folded_forms == {}
 
 
 def adapted_by_compiled_steps(learner, tasks) -> bool:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from dropgrad import training
+from dropgrad.inner import FOLDED_FORMS_OFF
+from dropgrad_fewshot import cli
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
@@ -26,9 +28,19 @@ def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
     assert tool.train_options(impls["loop+bf16+cl+graph+streams4"]) == [
         "--first-order", "--batched", "off", "--cuda-graph", "on", "--bf16", "--channels-last", "--task-streams", "4"]
     assert tool.train_options(impls["vmap"])[:3] == ["--first-order", "--batched", "on"]
-    for name in ("naive", "fold+bf16+cl+compile+combo+unfold+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph"):
+    assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+pwpool+graph"])[-2:] == [
+        "--compile-forms", "pwpool,unfold"]
+    assert tool.train_options(impls["fold+bf16+cl+compile+combo+pad8+graph"])[-2:] == ["--compile-forms", "pad8"]
+    for name in ("naive", "fold+bf16+cl+compile+stockpool+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph"):
         with pytest.raises(ValueError):
             tool.train_options(impls[name])
+    odd = tool.bench_maml.Impl(batched=True, batch_with="fold", compile=True, unfold_depth=9)
+    with pytest.raises(ValueError, match="do not give {'unfold_depth': 9}"):
+        tool.compile_forms_options(odd)
+    for name, impl in impls.items():  # every row with forms maps to options fewshot-train accepts
+        if impl.folded_forms() and not impl.stock_pool:
+            cfg = cli.load_train_config(cli.train_parser().parse_args(tool.train_options(impl)))
+            assert cfg.folded_forms == {k: v for k, v in impl.folded_forms().items() if v != FOLDED_FORMS_OFF[k]}, name
 
 
 def test_quick_run_reports_the_step_and_both_training_loops(tool, tmp_path, capsys):

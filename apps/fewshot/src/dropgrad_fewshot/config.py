@@ -14,7 +14,7 @@ from typing import Literal
 
 from dropgrad import check_p
 
-__all__ = ["DATASET_DEFAULTS", "FewShotConfig", "resolve_defaults"]
+__all__ = ["COMPILE_FORMS", "DATASET_DEFAULTS", "FewShotConfig", "resolve_defaults"]
 
 Dataset = Literal["glyphs", "omniglot", "miniimagenet", "cub"]
 
@@ -26,6 +26,13 @@ Dataset = Literal["glyphs", "omniglot", "miniimagenet", "cub"]
 DATASET_DEFAULTS: dict[str, dict[str, int]] = {
     "glyphs": {"epochs": 10, "episodes_per_epoch": 80},
     "omniglot": {"epochs": 60, "episodes_per_epoch": 1000},
+}
+
+# --compile-forms names -> the dropgrad.MAML(folded_forms=...) settings each turns on.
+COMPILE_FORMS: dict[str, dict[str, bool | int]] = {
+    "pwpool": {"pointwise_max_pool": True},
+    "pad8": {"channel_multiple": 8},
+    "unfold": {"unfold_depth": 27},  # in_channels * kh * kw of a 3x3 convolution over RGB
 }
 
 
@@ -79,6 +86,7 @@ class FewShotConfig:
     compile: bool = field(default=False, metadata={"help": "run the backbone through torch.compile (inductor) in first-order meta-training steps: fused kernels, compiled once per input shape at the start (needs --first-order, mamlpp's --first-order-epochs or --compile-second-order; evaluation runs eagerly; not with --regularizer dropout/spatialdropout)"})
     compile_second_order: bool = field(default=False, metadata={"help": "with --compile, also compile second-order meta-training steps: each inner step (forward, gradient, update) is one compiled function whose backward, the double backward, is compiled too (per-task loop or --batched fold; not with --checkpoint or --batched on)"})
     compile_combo: bool = field(default=False, metadata={"help": "with --compile: inductor's combo kernels (independent small kernels of a compiled step launched as one kernel; +4.9% for folded Conv4 first order on an H200: 321 against 306 tasks/s)"})
+    compile_forms: str = field(default="none", metadata={"help": "experimental, with --compile and --batched fold: other forms of layers where the folded steps are compiled, comma-separated: pwpool (max pooling over non-overlapping windows as pointwise operators inductor can fuse), pad8 (convolutions' input channels padded with zeros to a multiple of 8, on a GPU in half precision), unfold (convolutions of at most 27 values per output pixel, e.g. 3x3 over RGB, as one matmul over their unfolded input); the same sums up to rounding; none: off (their speeds: docs/performance.md)"})
     cudnn_benchmark: bool = field(default=True, metadata={"help": "on a GPU, let cuDNN time its convolution algorithms once per input shape and keep the fastest (the shapes are fixed within a run)"})
     channels_last: bool = field(default=False, metadata={"help": "store conv weights channels_last (NHWC; faster convolutions on recent GPUs, above all with --bf16)"})
     task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch)"})
@@ -134,6 +142,8 @@ class FewShotConfig:
 
             if not hasattr(inductor_config, "combo_kernels"):
                 raise ValueError(f"--compile-combo needs inductor's combo_kernels setting, which torch {torch.__version__} lacks; drop --compile-combo")
+        if self.folded_forms and (not self.compile or self.batched != "fold"):
+            raise ValueError(f"--compile-forms {self.compile_forms} needs --compile and --batched fold (the forms apply where folded steps are compiled)")
         if self.compile_second_order:
             if not self.compile:
                 raise ValueError("--compile-second-order needs --compile")
@@ -152,6 +162,20 @@ class FewShotConfig:
             raise ValueError("--augment applies to the RGB data sets (miniimagenet, cub); glyphs/omniglot use rotations")
         if self.dataset != "glyphs" and self.data_root is None and self.cache is None:
             raise ValueError(f"--dataset {self.dataset} needs --data-root (the folder holding the data set) or --cache (a folder of episode caches)")
+
+    @property
+    def folded_forms(self) -> dict[str, bool | int]:
+        """``dropgrad.MAML(folded_forms=...)`` for ``--compile-forms`` (``{}``: none); ValueError names a bad one."""
+        names = [n.strip() for n in self.compile_forms.split(",")]
+        if names == ["none"]:
+            return {}
+        unknown = [n for n in names if n not in COMPILE_FORMS]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(
+                f"--compile-forms must be none or distinct comma-separated names among {', '.join(COMPILE_FORMS)}, "
+                f"got {self.compile_forms!r}"
+            )
+        return {k: v for n in names for k, v in COMPILE_FORMS[n].items()}
 
     @property
     def image_size_resolved(self) -> int:

@@ -83,6 +83,7 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
         task_chunk=cfg.task_chunk,
         compile_forward={"options": {"combo_kernels": True}} if cfg.compile_combo else cfg.compile,
         compile_second_order=cfg.compile_second_order,
+        folded_forms=cfg.folded_forms or None,
         task_streams=cfg.task_streams,
         batch_with="fold" if cfg.batched == "fold" else "vmap",
     )

@@ -335,6 +335,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         f"learner: {type(learner).__name__}; training: {how[batched]}{' replayed from a CUDA graph' if graphed else ''}"
         f"{', forward compiled (torch.compile) in first-order steps' if learner.compiled else ''}"
         f"{' with combo kernels' if cfg.compile_combo else ''}"
+        f"{f' and compiled forms {cfg.compile_forms}' if learner.folded_forms else ''}"
         f"{', second-order steps compiled whole' if learner.compiled_second_order else ''}"
         f"{f', tasks on {learner.task_streams} CUDA streams' if learner.task_streams else ''}, "
         f"evaluation: {how[eval_batched]}{' replayed from a CUDA graph' if eval_runner else ''}; device {device}"

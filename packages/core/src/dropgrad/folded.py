@@ -29,7 +29,7 @@ the tasks, which vmap would not.
 :func:`compiled_forms` (experimental, off by default) gives layers other forms where
 torch.compile traces folded tasks: max pooling as pointwise operators, few-channel
 convolutions padded to a multiple of 8 channels on a GPU, or run as a matmul over their
-unfolded input.
+unfolded input. ``MAML(folded_forms=...)`` holds it around the learner's own compiled steps.
 """
 
 from __future__ import annotations
@@ -343,7 +343,8 @@ def compiled_forms(pointwise_max_pool: bool = True, channel_multiple: int = 8, u
     They apply only where torch.compile traces the folded tasks; eager calls keep ATen's
     kernels. They are off by default because their speed on a GPU is not measured yet; on a
     CPU the pooling and matmul forms gave no gain (docs/performance.md). Compiled graphs depend on these
-    settings (a change recompiles).
+    settings (a change recompiles). ``MAML(folded_forms=...)`` enters this block around its own
+    compiled folded steps, with the settings it is not given off.
     """
     global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH
     if channel_multiple < 1:

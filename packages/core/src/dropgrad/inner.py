@@ -16,13 +16,15 @@ A batch of tasks is adapted either one task at a time (``batched=False``) or tog
 for channels_last under vmap), ``checkpoint`` (recompute each second-order inner step in the
 backward pass), ``task_chunk`` (batched backward in chunks of tasks), ``compile_forward``
 (``torch.compile`` of the model's forward in first-order steps), ``compile_second_order`` (whole
-second-order inner steps compiled), ``task_streams`` (the loop's tasks on concurrent CUDA streams).
+second-order inner steps compiled), ``folded_forms`` (other forms of layers where compiled steps
+trace folded tasks), ``task_streams`` (the loop's tasks on concurrent CUDA streams).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +39,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .compiling import inductor_backend
 from .dropout import has_consistent_dropout, resample_dropout_masks
 from .fast import decomposed_norms, is_channels_last
-from .folded import FoldedTasks
+from .folded import FoldedTasks, compiled_forms
 from .noise import DropGrad
 from .streams import backward_on_streams, task_streams
 
@@ -55,6 +57,8 @@ BATCH_WITH: tuple[str, ...] = ("vmap", "fold")
 # compiled region that replays its own graphs cannot be recorded inside another.
 COMPILE_KEYS: tuple[str, ...] = ("backend", "mode", "options")
 COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs")
+# MAML(folded_forms=...): dropgrad.folded.compiled_forms' settings, and each one's "off" value.
+FOLDED_FORMS_OFF: dict[str, Any] = {"pointwise_max_pool": False, "channel_multiple": 1, "unfold_depth": 0}
 
 __all__ = ["MAML", "MAMLPlusPlus", "MetaOutput", "MetaSGD", "Task", "msl_weights", "sgd_step"]
 
@@ -209,6 +213,18 @@ def _torch_compile(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[.
     return torch.compile(fn, dynamic=False, **kwargs)
 
 
+def _within_forms(fn: Callable[..., Any], forms: dict[str, Any]) -> Callable[..., Any]:
+    """``fn`` always called within ``dropgrad.folded.compiled_forms(**forms)``: Dynamo reads the
+    settings when it traces and guards on them, so every call must see the same ones."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with compiled_forms(**forms):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 def _fold_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     # As _vmap_tasks, with the tasks folded into the batch dimension (dropgrad.folded); the
     # caller holds the FoldedTasks mode (entered outside any compiled region).
@@ -331,6 +347,13 @@ class MAML(nn.Module):
             is compiled as in first order. In the per-task loop and with ``batch_with="fold"``;
             refused for second order batched with vmap. Exact: the loop's numbers up to
             rounding (float64 tests).
+        folded_forms: experimental (issue 7), with ``compile_forward`` and ``batch_with="fold"``:
+            other forms of layers where the compiled steps trace the folded tasks, as
+            :func:`dropgrad.folded.compiled_forms` gives them: a mapping with any of
+            ``pointwise_max_pool`` (bool), ``channel_multiple`` (int) and ``unfold_depth`` (int);
+            a setting left out is off. Each form gives the same sums as the layer it replaces,
+            up to rounding (float64 tests); their speed on a GPU is in docs/performance.md.
+            Eager calls (evaluation, second order not compiled) keep the plain layers.
         task_streams: with ``meta_backward(batched=False)`` on a GPU, enqueue task ``t`` of a
             meta-batch on CUDA stream ``t % task_streams`` (:mod:`dropgrad.streams`), so that a
             step recorded in a CUDA graph (:class:`dropgrad.CapturedMetaStep`) runs the tasks'
@@ -386,6 +409,7 @@ class MAML(nn.Module):
         batch_with: BatchWith = "vmap",
         compile_forward: bool | str | Mapping[str, Any] = False,
         compile_second_order: bool = False,
+        folded_forms: Mapping[str, Any] | None = None,
         task_streams: int | None = None,
     ) -> None:
         super().__init__()
@@ -413,6 +437,12 @@ class MAML(nn.Module):
         self.fast_names = self._select_fast_names(adapt)
         self._compiled, self._compiled_vmap = self._compile(compile_forward, batch_with)
         self._compiled_second_order = self._compile_second_order(compile_second_order, compile_forward)
+        self.folded_forms = self._check_folded_forms(folded_forms, compile_forward)
+        if self.folded_forms:
+            forms = {**FOLDED_FORMS_OFF, **self.folded_forms}
+            self._compiled_vmap = _within_forms(self._compiled_vmap, forms)  # type: ignore[arg-type]
+            if self._compiled_second_order is not None:
+                self._compiled_second_order["fold"] = _within_forms(self._compiled_second_order["fold"], forms)
         self.task_streams = self._check_task_streams(task_streams)
         if loop_norms == "decomposed":
             self._refuse_running_stats(
@@ -424,6 +454,33 @@ class MAML(nn.Module):
                 raise ValueError(
                     f"inner loop: {what} of BatchNorm '{name}'; build it with track_running_stats=False or {instead}"
                 )
+
+    def _check_folded_forms(
+        self, forms: Mapping[str, Any] | None, compile_forward: bool | str | Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """The forms that are on, checked: ``{}`` for ``None`` or a mapping of settings left off."""
+        if forms is None:
+            return {}
+        if not isinstance(forms, Mapping):
+            raise ValueError(f"inner loop: folded_forms must be None or a mapping, got {forms!r}")
+        unknown = sorted(set(forms) - set(FOLDED_FORMS_OFF))
+        if unknown:
+            raise ValueError(
+                f"inner loop: folded_forms keys must be among {', '.join(FOLDED_FORMS_OFF)}, got {', '.join(map(str, unknown))}"
+            )
+        for key, value in forms.items():
+            kind = bool if key == "pointwise_max_pool" else int
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"inner loop: folded_forms[{key!r}] must be a {kind.__name__}, got {value!r}")
+        with compiled_forms(**{**FOLDED_FORMS_OFF, **forms}):  # its own range checks
+            pass
+        on = {k: v for k, v in forms.items() if v != FOLDED_FORMS_OFF[k]}
+        if on and (compile_forward is False or self.batch_with != "fold"):
+            raise ValueError(
+                "inner loop: folded_forms apply where compiled steps trace folded tasks; they need compile_forward "
+                f"and batch_with='fold', got compile_forward={compile_forward!r}, batch_with={self.batch_with!r}"
+            )
+        return on
 
     def _check_task_streams(self, k: int | None) -> int | None:
         if k is None:
