@@ -188,14 +188,55 @@ def test_folded_forms_of_the_learner_apply_to_its_compiled_steps_only(order, mon
     assert calls == {"unfold": 0, "pool": 0}
 
 
+def two_conv_net() -> nn.Module:
+    """tiny_net with a second, 6-channel convolution: the unfold form takes the first, not it."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6, track_running_stats=False), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6, track_running_stats=False), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
+    )
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_folded_steps_with_grouped_task_convolutions_equal_eager(order, monkeypatch):
+    # MAML(folded_forms={"grouped_tasks": True, "unfold_depth": 27}): the second convolution's
+    # per-task convolutions run as one grouped convolution in the compiled steps, the first as
+    # a matmul; channels_last, so the grouped form keeps the channels last.
+    from dropgrad import folded
+
+    calls = {"grouped": 0, "unfold": 0}
+    grouped, unfolded = folded._grouped_conv, folded._unfolded_conv
+    monkeypatch.setattr(folded, "_grouped_conv",
+                        lambda *a, **k: calls.update(grouped=calls["grouped"] + 1) or grouped(*a, **k))
+    monkeypatch.setattr(folded, "_unfolded_conv",
+                        lambda *a, **k: calls.update(unfold=calls["unfold"] + 1) or unfolded(*a, **k))
+    options = {"first_order": True} if order == "first" else {"compile_second_order": True}
+    learners = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        own = {"compile_forward": "aot_eager", "folded_forms": {"grouped_tasks": True, "unfold_depth": 27}, **options}
+        learners.append(MAML(two_conv_net().double().to(memory_format=torch.channels_last), inner_lr=0.1, steps=2,
+                             batch_with="fold", dropgrad=DropGrad(0.2),
+                             **(own if compiled else {"first_order": order == "first"})))
+    eager, comp = learners
+    tasks = make_tasks(9, "cpu", query=3)
+    want = meta_step(eager, tasks, batched=True)
+    got = meta_step(comp, tasks, batched=True)
+    assert calls["grouped"] and calls["unfold"], f"the compiled step did not use the forms: {calls}"
+    assert_equal_steps(want, got)
+    assert not folded._GROUPED_TASKS, "the setting leaked out of the step"
+
+
 def test_folded_forms_refusals():
     fold = {"compile_forward": "aot_eager", "batch_with": "fold"}
-    with pytest.raises(ValueError, match="keys must be among pointwise_max_pool, channel_multiple, unfold_depth, got pad"):
+    with pytest.raises(ValueError, match="keys must be among pointwise_max_pool, channel_multiple, unfold_depth, grouped_tasks, got pad"):
         MAML(tiny_net(), folded_forms={"pad": 8}, **fold)
     with pytest.raises(ValueError, match=r"folded_forms\['unfold_depth'\] must be a int, got True"):
         MAML(tiny_net(), folded_forms={"unfold_depth": True}, **fold)
     with pytest.raises(ValueError, match=r"folded_forms\['pointwise_max_pool'\] must be a bool, got 1"):
         MAML(tiny_net(), folded_forms={"pointwise_max_pool": 1}, **fold)
+    with pytest.raises(ValueError, match=r"folded_forms\['grouped_tasks'\] must be a bool, got 'yes'"):
+        MAML(tiny_net(), folded_forms={"grouped_tasks": "yes"}, **fold)
     with pytest.raises(ValueError, match="channel_multiple must be >= 1, got 0"):
         MAML(tiny_net(), folded_forms={"channel_multiple": 0}, **fold)
     with pytest.raises(ValueError, match="must be None or a mapping"):
@@ -422,7 +463,7 @@ def test_one_compiled_graph_serves_every_inner_step(batched):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("forms", [{}, {"unfold_depth": 27}], ids=["pad8", "unfold"])
+@pytest.mark.parametrize("forms", [{}, {"unfold_depth": 27}, {"grouped_tasks": True}], ids=["pad8", "unfold", "pad8-grouped"])
 def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32, forms):
     # dropgrad.folded.compiled_forms on a GPU in bf16: max pooling as pointwise operators, and the
     # 3-channel convolution padded to 8 channels or run as a matmul over its unfolded input,

@@ -295,14 +295,15 @@ UNFOLD = {"unfold_depth": 27}
     {"padding": 1}, {"stride": 2}, {"stride": (2, 1), "padding": (1, 2), "dilation": (2, 1)}, {},
 ])
 @pytest.mark.parametrize("bias", ["none", "shared", "per task"])
-def test_compiled_shallow_convolutions_run_as_one_matmul_over_the_unfolded_input(options, bias):
+@pytest.mark.parametrize("input_grad", [True, False], ids=["stacked", "gathered"])
+def test_compiled_shallow_convolutions_run_as_one_matmul_over_the_unfolded_input(options, bias, input_grad):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(T * N, 3, 9, 8, generator=g, requires_grad=True)
+    x = torch.randn(T * N, 3, 9, 8, generator=g, requires_grad=input_grad)
     w = torch.randn(T, 5, 3, 3, 3, generator=g, requires_grad=True)
     b = {"none": None, "shared": shared(torch.randn(5, generator=g)), "per task": torch.randn(T, 5, generator=g)}[bias]
     if b is not None:
         b.requires_grad_()
-    params = [p for p in (x, w, b) if p is not None]
+    params = [p for p in (x, w, b) if p is not None and p.requires_grad]
 
     def f(x, w, b):
         return F.conv2d(x, w, b, **options)
@@ -310,6 +311,8 @@ def test_compiled_shallow_convolutions_run_as_one_matmul_over_the_unfolded_input
     want = per_task(f, x, w, b)
     got, graph = graphs_of(f, x, w, b, forms=UNFOLD)
     assert "conv2d" not in graph and "bmm" in graph, graph
+    # an input with a gradient is unfolded as stacked slices, images as one indexed read
+    assert ("stack" in graph) == input_grad and ("arange" in graph) != input_grad, graph
     grad_out = torch.randn(want.shape, generator=g)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     got_grads = torch.autograd.grad(got, params, grad_out)
@@ -317,6 +320,56 @@ def test_compiled_shallow_convolutions_run_as_one_matmul_over_the_unfolded_input
     for a, e in zip(got_grads, want_grads):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
     assert got.is_contiguous(memory_format=torch.channels_last)  # the matmul's own layout
+
+
+GROUPED = {"grouped_tasks": True, "pointwise_max_pool": False}
+
+
+@pytest.mark.parametrize(("conv", "space", "options", "layout"), [
+    (F.conv2d, (7, 6), {"padding": 1}, "channels_last"),
+    (F.conv2d, (7, 6), {"padding": 1}, "contiguous"),
+    (F.conv2d, (7, 6), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}, "channels_last"),
+    (F.conv2d, (7, 6), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}, "contiguous"),
+    (F.conv2d, (7, 6), {"padding": "same"}, "channels_last"),
+    (F.conv1d, (9,), {"stride": 2}, "contiguous"),
+    (F.conv3d, (4, 5, 3), {"padding": 1}, "channels_last"),
+    (F.conv3d, (4, 5, 3), {"padding": 1}, "contiguous"),
+])
+@pytest.mark.parametrize("bias", ["none", "shared", "per task"])
+def test_compiled_per_task_convolutions_run_as_one_grouped_convolution(conv, space, options, layout, bias):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(T * N, 4, *space, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    x.requires_grad_()
+    w = torch.randn(T, 6, 4 // options.get("groups", 1), *(3,) * len(space), generator=g, requires_grad=True)
+    b = {"none": None, "shared": shared(torch.randn(6, generator=g)), "per task": torch.randn(T, 6, generator=g)}[bias]
+    if b is not None:
+        b.requires_grad_()
+    params = [p for p in (x, w, b) if p is not None]
+
+    def f(x, w, b):
+        return conv(x, w, b, **options)
+
+    want = per_task(f, x, w, b)
+    got, graph = graphs_of(f, x, w, b, forms=GROUPED)
+    assert graph.count(f"target=torch.{conv.__name__}]") == 1, graph  # one convolution for all tasks, not T
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn(want.shape, generator=g)
+    for a, e in zip(torch.autograd.grad(got, params, grad_out), torch.autograd.grad(want, params, grad_out)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    if layout == "channels_last":  # what cuDNN's NHWC kernels want of the next layer
+        assert got.is_contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+
+
+def test_grouped_tasks_are_off_by_default_and_leave_shared_weights_alone():
+    x, w = torch.randn(T * N, 4, 6, 6), torch.randn(T, 6, 4, 3, 3)
+    _, graph = graphs_of(lambda x, w: F.conv2d(x, w), x, w)  # compiled_forms()'s defaults
+    assert graph.count("target=torch.conv2d]") == T
+    shared_w = shared(torch.randn(6, 4, 3, 3))
+    got, graph = graphs_of(lambda x, w: F.conv2d(x, w), x, shared_w, forms=GROUPED)
+    assert graph.count("target=torch.conv2d]") == 1 and "unflatten" not in graph  # the plain convolution
+    torch.testing.assert_close(got, F.conv2d(x, shared_w), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("channels", "options", "forms"), [
@@ -376,5 +429,8 @@ def test_compiled_few_channel_convolutions_get_zero_channels_up_to_eight(monkeyp
     torch.testing.assert_close(got_grad, want_grad, rtol=2e-2, atol=2e-2)
     assert "pad" not in graphs_of(f, x, w, forms=False)[1]  # off by default
     assert "pad" not in graphs_of(f, x.float(), w.detach().float())[1]  # full precision: as it comes
+    got, graph = graphs_of(f, x, w, forms={"grouped_tasks": True})  # padded, then grouped: 8 channels per task
+    assert graph.count("pad") == 2 and graph.count("target=torch.conv2d]") == 1, graph
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
     monkeypatch.setattr(folded, "_PAD_DEVICES", ())
     assert "pad" not in graphs_of(f, x, w)[1]

@@ -31,6 +31,8 @@ def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
     assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+pwpool+graph"])[-2:] == [
         "--compile-forms", "pwpool,unfold"]
     assert tool.train_options(impls["fold+bf16+cl+compile+combo+pad8+graph"])[-2:] == ["--compile-forms", "pad8"]
+    assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+grouped+graph"])[-2:] == [
+        "--compile-forms", "unfold,grouped"]
     for name in ("naive", "fold+bf16+cl+compile+stockpool+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph"):
         with pytest.raises(ValueError):
             tool.train_options(impls[name])

@@ -384,14 +384,15 @@ def test_cuda_graph_is_for_gpus_only():
 
 
 @pytest.mark.parametrize(("batched", "extra"), [
-    ("off", []), ("fold", []), ("fold", ["--compile-combo"]), ("fold", ["--compile-forms", "unfold,pwpool"]),
+    ("off", []), ("fold", []), ("fold", ["--compile-combo"]), ("fold", ["--compile-forms", "unfold,pwpool,grouped"]),
 ], ids=["loop", "fold", "fold-combo", "fold-forms"])
 def test_compiled_first_order_training_equals_eager_training(batched, extra, tmp_path, monkeypatch):
     from dropgrad import folded
 
-    unfolded = []  # --compile-forms unfold: the glyphs' 1-channel 3x3 convolution as a matmul
-    real = folded._unfolded_conv
+    unfolded, grouped = [], []  # unfold: the glyphs' 1-channel 3x3 convolution as a matmul; grouped: the others
+    real, real_grouped = folded._unfolded_conv, folded._grouped_conv
     monkeypatch.setattr(folded, "_unfolded_conv", lambda *a, **k: unfolded.append(1) or real(*a, **k))
+    monkeypatch.setattr(folded, "_grouped_conv", lambda *a, **k: grouped.append(1) or real_grouped(*a, **k))
     curves = {}
     for flags in (["--no-compile"], ["--compile", *extra]):
         out = tmp_path / flags[0].strip("-")
@@ -400,8 +401,8 @@ def test_compiled_first_order_training_equals_eager_training(batched, extra, tmp
         log = (out / "log.txt").read_text()
         assert ("forward compiled (torch.compile)" in log) == (flags[0] == "--compile")
         assert ("with combo kernels" in log) == ("--compile-combo" in flags)
-        assert ("and compiled forms unfold,pwpool" in log) == ("--compile-forms" in flags)
-    assert bool(unfolded) == ("--compile-forms" in extra)
+        assert ("and compiled forms unfold,pwpool,grouped" in log) == ("--compile-forms" in flags)
+    assert bool(unfolded) == bool(grouped) == ("--compile-forms" in extra)
     # The validation loss follows two Adam steps. With the unfolded convolution's other float32
     # sums (one thread), the conv biases, whose gradients before BatchNorm are rounding noise,
     # and a few dozen conv weights with near-zero gradients took Adam steps of the other sign:
@@ -437,7 +438,7 @@ def test_compiled_second_order_training_step_equals_eager(tmp_path):
         (dict(compile_forms="unfold", first_order=True, batched="fold"), "--compile-forms unfold needs --compile and --batched fold"),
         (dict(compile=True, compile_forms="pwpool", first_order=True), "needs --compile and --batched fold"),
         (dict(compile=True, compile_forms="unfold,im2col", first_order=True, batched="fold"),
-         "--compile-forms must be none or distinct comma-separated names among pwpool, pad8, unfold, got 'unfold,im2col'"),
+         "--compile-forms must be none or distinct comma-separated names among pwpool, pad8, unfold, grouped, got 'unfold,im2col'"),
         (dict(compile=True, compile_forms="pad8,pad8", first_order=True, batched="fold"), "distinct"),
         (dict(compile=True, compile_second_order=True, first_order=True), "no second-order step to compile"),
         (dict(compile=True, compile_second_order=True, checkpoint=True), "does not support --checkpoint"),
@@ -469,8 +470,9 @@ def test_compile_and_task_streams_reach_the_learner():
 
 
 def test_compile_forms_reach_the_learner():
-    cfg = tiny_config(compile=True, first_order=True, batched="fold", compile_forms=" pad8, unfold ,pwpool")
-    assert cfg.folded_forms == {"channel_multiple": 8, "unfold_depth": 27, "pointwise_max_pool": True}
+    cfg = tiny_config(compile=True, first_order=True, batched="fold", compile_forms=" pad8, unfold ,pwpool,grouped")
+    assert cfg.folded_forms == {"channel_multiple": 8, "unfold_depth": 27, "pointwise_max_pool": True,
+                                "grouped_tasks": True}
     assert build_learner(cfg).folded_forms == cfg.folded_forms
     assert build_learner(tiny_config(compile=True, first_order=True, batched="fold")).folded_forms == {}
 

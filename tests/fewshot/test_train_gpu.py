@@ -85,7 +85,7 @@ def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(cudnn_benchmar
 
 @pytest.mark.parametrize("order", [
     ["--first-order", "--compile"], ["--first-order", "--compile", "--compile-combo"],
-    ["--first-order", "--compile", "--compile-combo", "--compile-forms", "unfold,pwpool"],
+    ["--first-order", "--compile", "--compile-combo", "--compile-forms", "unfold,grouped"],
     ["--compile", "--compile-second-order"],
 ], ids=["first", "first-combo", "first-combo-forms", "second"])
 def test_folded_compiled_training_from_a_cuda_graph(order, tmp_path):
@@ -97,7 +97,7 @@ def test_folded_compiled_training_from_a_cuda_graph(order, tmp_path):
     log = (out / "log.txt").read_text()
     assert "training: tasks folded into the batch replayed from a CUDA graph, forward compiled" in log
     assert "evaluation: tasks folded into the batch replayed from a CUDA graph" in log
-    assert ("and compiled forms unfold,pwpool" in log) == ("--compile-forms" in order)
+    assert ("and compiled forms unfold,grouped" in log) == ("--compile-forms" in order)
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
     model = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in model.values() if torch.is_tensor(v) and v.is_floating_point())

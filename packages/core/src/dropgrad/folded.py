@@ -26,10 +26,11 @@ The model must treat its samples independently apart from BatchNorm: a layer of 
 mixes samples across the batch (attention over the support set, a prototype average) would mix
 the tasks, which vmap would not.
 
-:func:`compiled_forms` (experimental, off by default) gives layers other forms where
-torch.compile traces folded tasks: max pooling as pointwise operators, few-channel
-convolutions padded to a multiple of 8 channels on a GPU, or run as a matmul over their
-unfolded input. ``MAML(folded_forms=...)`` holds it around the learner's own compiled steps.
+:func:`compiled_forms` (off by default) gives layers other forms where torch.compile traces
+folded tasks: few-channel convolutions run as a matmul over their unfolded input or padded to a
+multiple of 8 channels on a GPU, per-task convolutions as one grouped convolution, max pooling
+as pointwise operators. ``MAML(folded_forms=...)`` holds it around the learner's own compiled
+steps.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _POINTWISE_MAX_POOL = False
 _PAD_DEVICES: tuple[str, ...] = ("cuda",)  # on a CPU, padding 3 channels to 8 did not pay (oneDNN, bf16)
 _POOL_WINDOW_MAX = 16  # larger windows keep ATen's kernel (a nested where per window cell)
 _UNFOLD_DEPTH = 0  # per-task convolutions with in_channels * kernel cells <= this run as a matmul
+_GROUPED_TASKS = False  # per-task convolutions as one grouped convolution, the tasks' channels side by side
 _GEMM_ALIGN = 8  # 16-byte rows in half precision: what tensor-core GEMMs want of a matmul's depth
 _compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
 _ATEN = (torch._ops.OpOverload, torch._ops.OpOverloadPacket)
@@ -134,13 +136,13 @@ def _unfolded_conv(tasks: int, input: Tensor, weight: Tensor, stride: Any, paddi
     The H200 profile of the compiled folded Conv4 step spent 18% of its GPU time in the
     3-channel first convolution, on cuDNN's direct NHWC kernels, for a seventh of the other
     convolutions' arithmetic. Its unfolded input is only ``in * kh * kw`` = 27 values per output
-    pixel, so the gather is one cheap pointwise kernel and the convolution becomes a GEMM of
-    depth 27 (padded to 32 for tensor cores), its output already channels-last. The batch is one
-    image per matrix product, not one task: the weight gradient then runs as one product per
-    image, summed by autograd's backward of the weight's ``expand``, instead of T products of
-    depth ``n * H * W`` each, which would keep only a few of the GPU's cores busy.
+    pixel, so the convolution becomes a GEMM of depth 27 (padded to 32 for tensor cores), its
+    output already channels-last. The batch is one image per matrix product, not one task: the
+    weight gradient then runs as one product per image, summed by autograd's backward of the
+    weight's ``expand``, instead of T products of depth ``n * H * W`` each, which would keep only
+    a few of the GPU's cores busy.
     """
-    n_all, channels = input.shape[:2]
+    n_all = input.shape[0]
     out_channels, kh, kw = weight.shape[1], weight.shape[3], weight.shape[4]
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     x = F.pad(input, (pw, pw, ph, ph)) if ph or pw else input
@@ -151,14 +153,13 @@ def _unfolded_conv(tasks: int, input: Tensor, weight: Tensor, stride: Any, paddi
             f"folded tasks: a {kh}x{kw} kernel (dilation {dh}, {dw}) does not fit the padded "
             f"{x.shape[2]}x{x.shape[3]} input"
         )
-    cells = [
-        x[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw].permute(0, 2, 3, 1)
-        for i in range(kh) for j in range(kw)
-    ]
-    depth = channels * kh * kw
-    # (N, ho, wo, in, kh*kw): the last two dimensions in the weight's (in, kh, kw) order
-    cols = torch.stack(cells, dim=-1).reshape(n_all, ho * wo, depth)
-    w = weight.reshape(tasks, out_channels, depth)
+    window = (kh, kw, sh, sw, dh, dw, ho, wo)
+    # Each form orders the depth its own way; the weight's columns follow.
+    if input.requires_grad:
+        cols, w = _stacked_cells(x, *window), weight.flatten(2)
+    else:
+        cols, w = _gathered_cells(x, *window), weight.permute(0, 1, 3, 4, 2).flatten(2)
+    depth = cols.shape[-1]
     extra = -depth % _GEMM_ALIGN
     if extra:  # zero columns times zero weights: the same sums
         cols, w = F.pad(cols, (0, extra)), F.pad(w, (0, extra))
@@ -166,6 +167,67 @@ def _unfolded_conv(tasks: int, input: Tensor, weight: Tensor, stride: Any, paddi
     w = w.transpose(1, 2).unsqueeze(1).expand(-1, per_image, -1, -1).reshape(n_all, depth + extra, out_channels)
     out = torch.bmm(cols, w)  # (N, ho * wo, out)
     return out.reshape(n_all, ho, wo, out_channels).permute(0, 3, 1, 2)
+
+
+def _stacked_cells(x: Tensor, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> Tensor:
+    """The unfolded input ``(N, ho * wo, in * kh * kw)``, depth in the weight's ``(in, kh, kw)`` order,
+    as the kernel's ``kh * kw`` shifted slices of ``x`` stacked: its backward sums the slices'
+    gradients, for an input that needs one."""
+    cells = [
+        x[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw].permute(0, 2, 3, 1)
+        for i in range(kh) for j in range(kw)
+    ]
+    return torch.stack(cells, dim=-1).flatten(1, 2).flatten(2)
+
+
+def _gathered_cells(x: Tensor, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> Tensor:
+    """The unfolded input ``(N, ho * wo, kh * kw * in)``, depth in ``(kh, kw, in)`` order, as one
+    indexed read of ``x``, for an input without a gradient (a network's images).
+
+    Inductor lowers the read, the image padding before it and the tensor-core padding after it
+    as one pointwise kernel. A stack of the 9 slices of a 3x3 kernel is more inputs than inductor
+    writes as one pointwise ``cat`` (``max_pointwise_cat_inputs`` = 8): it copies each slice into
+    its few columns of every row, 9 passes over the output, then pads in another kernel. In the
+    H200 profile of the unfolded Conv4 step, a kernel that fits those copies and the padding took
+    0.99 ms of 10.85 ms of kernel time; writing the output once takes about 0.1 ms. With this
+    read, the unfolded row went from 1.08x to 1.17x the folded step without it (docs/performance.md).
+    """
+    device = x.device
+    rows = torch.arange(ho, device=device).mul(sh).view(ho, 1, 1, 1) + torch.arange(kh, device=device).mul(dh).view(kh, 1)
+    cols = torch.arange(wo, device=device).mul(sw).view(wo, 1, 1) + torch.arange(kw, device=device).mul(dw)
+    return x.permute(0, 2, 3, 1)[:, rows, cols].flatten(1, 2).flatten(2)  # (N, ho, wo, kh, kw, in) before
+
+
+def _grouped_conv(
+    func: Callable[..., Tensor], tasks: int, input: Tensor, weight: Tensor, bias: Tensor | None,
+    stride: Any, padding: Any, dilation: Any, groups: int,
+) -> Tensor:
+    """T per-task convolutions as one convolution of ``groups * T`` groups over the tasks' channels
+    side by side: ``(T * n, C, ...)`` rows become ``(n, T * C, ...)``; the output goes back.
+
+    The H200 profiles of the compiled folded Conv4 step spend about 2.6 ms of its 11 ms of kernel
+    time in cuDNN's per-task convolutions of 25 or 80 images each (four calls per layer, pass and
+    direction, plus workspace kernels), where their arithmetic would take about 0.7 ms at the
+    rate of large bf16 GEMMs (an estimate). One grouped call per layer has 4 times the work per
+    launch; whether cuDNN's grouped kernels run as fast per FLOP is not measured yet. The moves of the task
+    dimension into the channels and back are layout copies, which inductor can fuse into the
+    kernels that write and read the activations. Channels-last inputs keep the channels last
+    (``(n, ..., T, C)`` in memory), so that cuDNN's NHWC kernels see a channels-last tensor.
+    """
+    last = input.dim() in (4, 5) and input.is_contiguous(
+        memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+    )
+    if last:  # (T, n, *space, C) in memory -> (n, *space, T * C) -> (n, T * C, *space), channels last
+        rows = _tasks(input.movedim(1, -1), tasks).movedim(0, -2).flatten(-2).movedim(-1, 1)
+    else:
+        rows = _tasks(input, tasks).transpose(0, 1).flatten(1, 2)
+    bias = None if bias is None else bias.repeat(tasks)  # a bias shared by the tasks, once per group of them
+    out = func(rows, weight.flatten(0, 1), bias, stride, padding, dilation, groups * tasks)
+    if last:
+        out = out.movedim(1, -1).unflatten(-1, (tasks, -1)).movedim(-2, 0).flatten(0, 1).movedim(-1, 1)
+    else:
+        out = out.unflatten(1, (tasks, -1)).transpose(0, 1).flatten(0, 1)
+    return out
 
 
 def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
@@ -183,6 +245,9 @@ def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
             out = _unfolded_conv(tasks, input, weight, **options)
             if bias is not None and not per_task_bias:
                 out = out + bias.reshape(-1, 1, 1)
+        elif _GROUPED_TASKS and _compiling():
+            input, weight = _padded_channels(input, weight, options["groups"])
+            out = _grouped_conv(func, tasks, input, weight, None if per_task_bias else bias, **options)
         else:
             input, weight = _padded_channels(input, weight, options["groups"])
             # unbind, not indexing: its backward stacks the T slices' gradients in one kernel, where
@@ -329,7 +394,9 @@ _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
 
 
 @contextlib.contextmanager
-def compiled_forms(pointwise_max_pool: bool = True, channel_multiple: int = 8, unfold_depth: int = 0) -> Iterator[None]:
+def compiled_forms(
+    pointwise_max_pool: bool = True, channel_multiple: int = 8, unfold_depth: int = 0, grouped_tasks: bool = False,
+) -> Iterator[None]:
     """Experimental (issue 7): other forms of layers in compiled folded tasks, within the block.
 
     * ``pointwise_max_pool``: max pooling over non-overlapping windows (kernel = stride, no
@@ -338,25 +405,31 @@ def compiled_forms(pointwise_max_pool: bool = True, channel_multiple: int = 8, u
       channels added up to a multiple of it (3 -> 8 for RGB images);
     * ``unfold_depth``: per-task 2-d convolutions (one group) whose ``in_channels * kh * kw`` is
       at most this (27 for a 3x3 RGB convolution; 0 = none) run as one batched matmul over
-      their unfolded input, output channels-last; these skip the channel padding.
+      their unfolded input, output channels-last; these skip the channel padding;
+    * ``grouped_tasks``: the other per-task convolutions run as one convolution of ``groups * T``
+      groups over the tasks' channels side by side.
 
     They apply only where torch.compile traces the folded tasks; eager calls keep ATen's
-    kernels. They are off by default because their speed on a GPU is not measured yet; on a
-    CPU the pooling and matmul forms gave no gain (docs/performance.md). Compiled graphs depend on these
-    settings (a change recompiles). ``MAML(folded_forms=...)`` enters this block around its own
-    compiled folded steps, with the settings it is not given off.
+    kernels. Compiled graphs depend on these settings (a change recompiles).
+    ``MAML(folded_forms=...)`` enters this block around its own compiled folded steps, with the
+    settings it is not given off. Measured on an H200 (torch 2.11, the folded Conv4 84 px
+    first-order step with combo kernels, replayed; docs/performance.md): the unfolded first
+    convolution 366 against 313 tasks/s, channels padded to 8 339 against 325, pointwise pooling
+    116 against 325 (slower: these defaults predate the measurement). Grouped tasks are not timed
+    on a GPU yet. On a CPU none of them paid.
     """
-    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH
+    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS
     if channel_multiple < 1:
         raise ValueError(f"compiled_forms: channel_multiple must be >= 1, got {channel_multiple}")
     if unfold_depth < 0:
         raise ValueError(f"compiled_forms: unfold_depth must be >= 0, got {unfold_depth}")
-    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH
-    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH = pointwise_max_pool, channel_multiple, unfold_depth
+    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS
+    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS = (
+        pointwise_max_pool, channel_multiple, unfold_depth, grouped_tasks)
     try:
         yield
     finally:
-        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH = saved
+        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS = saved
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:

@@ -58,7 +58,9 @@ BATCH_WITH: tuple[str, ...] = ("vmap", "fold")
 COMPILE_KEYS: tuple[str, ...] = ("backend", "mode", "options")
 COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs")
 # MAML(folded_forms=...): dropgrad.folded.compiled_forms' settings, and each one's "off" value.
-FOLDED_FORMS_OFF: dict[str, Any] = {"pointwise_max_pool": False, "channel_multiple": 1, "unfold_depth": 0}
+FOLDED_FORMS_OFF: dict[str, Any] = {
+    "pointwise_max_pool": False, "channel_multiple": 1, "unfold_depth": 0, "grouped_tasks": False,
+}
 
 __all__ = ["MAML", "MAMLPlusPlus", "MetaOutput", "MetaSGD", "Task", "msl_weights", "sgd_step"]
 
@@ -350,9 +352,10 @@ class MAML(nn.Module):
         folded_forms: experimental (issue 7), with ``compile_forward`` and ``batch_with="fold"``:
             other forms of layers where the compiled steps trace the folded tasks, as
             :func:`dropgrad.folded.compiled_forms` gives them: a mapping with any of
-            ``pointwise_max_pool`` (bool), ``channel_multiple`` (int) and ``unfold_depth`` (int);
-            a setting left out is off. Each form gives the same sums as the layer it replaces,
-            up to rounding (float64 tests); their speed on a GPU is in docs/performance.md.
+            ``pointwise_max_pool`` (bool), ``channel_multiple`` (int), ``unfold_depth`` (int) and
+            ``grouped_tasks`` (bool); a setting left out is off. Each form gives the same sums as
+            the layer it replaces, up to rounding (float64 tests); their speed on a GPU is in
+            docs/performance.md.
             Eager calls (evaluation, second order not compiled) keep the plain layers.
         task_streams: with ``meta_backward(batched=False)`` on a GPU, enqueue task ``t`` of a
             meta-batch on CUDA stream ``t % task_streams`` (:mod:`dropgrad.streams`), so that a
@@ -469,7 +472,7 @@ class MAML(nn.Module):
                 f"inner loop: folded_forms keys must be among {', '.join(FOLDED_FORMS_OFF)}, got {', '.join(map(str, unknown))}"
             )
         for key, value in forms.items():
-            kind = bool if key == "pointwise_max_pool" else int
+            kind = type(FOLDED_FORMS_OFF[key])
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"inner loop: folded_forms[{key!r}] must be a {kind.__name__}, got {value!r}")
         with compiled_forms(**{**FOLDED_FORMS_OFF, **forms}):  # its own range checks
