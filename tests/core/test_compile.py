@@ -463,7 +463,10 @@ def test_one_compiled_graph_serves_every_inner_step(batched):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("forms", [{}, {"unfold_depth": 27}, {"grouped_tasks": True}], ids=["pad8", "unfold", "pad8-grouped"])
+@pytest.mark.parametrize("forms", [
+    {"pointwise_max_pool": True, "unfold_depth": 0}, {"pointwise_max_pool": True},
+    {"pointwise_max_pool": True, "unfold_depth": 0, "grouped_tasks": True},
+], ids=["pad8", "unfold", "pad8-grouped"])
 def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32, forms):
     # dropgrad.folded.compiled_forms on a GPU in bf16: max pooling as pointwise operators, and the
     # 3-channel convolution padded to 8 channels or run as a matmul over its unfolded input,

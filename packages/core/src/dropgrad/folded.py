@@ -395,9 +395,10 @@ _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
 
 @contextlib.contextmanager
 def compiled_forms(
-    pointwise_max_pool: bool = True, channel_multiple: int = 8, unfold_depth: int = 0, grouped_tasks: bool = False,
+    pointwise_max_pool: bool = False, channel_multiple: int = 8, unfold_depth: int = 27, grouped_tasks: bool = False,
 ) -> Iterator[None]:
-    """Experimental (issue 7): other forms of layers in compiled folded tasks, within the block.
+    """Other forms of layers in compiled folded tasks, within the block (issue 7). The defaults
+    are the forms that paid on an H200: the unfolded first convolution and channels padded to 8.
 
     * ``pointwise_max_pool``: max pooling over non-overlapping windows (kernel = stride, no
       padding, dilation or ceil mode) as pointwise operators, ATen's values and gradients;
@@ -415,7 +416,7 @@ def compiled_forms(
     settings it is not given off. Measured on an H200 (torch 2.11, the folded Conv4 84 px
     first-order step with combo kernels, replayed; docs/performance.md): the unfolded first
     convolution 366 against 313 tasks/s, channels padded to 8 339 against 325, pointwise pooling
-    116 against 325 (slower: these defaults predate the measurement). Grouped tasks are not timed
+    116 against 325 (slower; on by default until that measurement). Grouped tasks are not timed
     on a GPU yet. On a CPU none of them paid.
     """
     global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS
