@@ -30,11 +30,12 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels);
   ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
   without parameters and norms run once for all tasks, convolutions with per-task weights as
-  one plain (not grouped) convolution per task; ``+pad8``, ``+pwpool``, ``+unfold``, ``+grouped``:
-  compiled folded tasks with 3-channel convolutions padded to 8 channels on a GPU, max pooling as
-  pointwise operators, convolutions of depth <= 27 (3 channels x 3x3) as one batched matmul over
-  their unfolded input, the other per-task convolutions as one grouped convolution over the
-  tasks' channels side by side (``MAML(folded_forms=...)``); ``+compile-so``: ``+compile`` and second-order
+  one plain (not grouped) convolution per task; ``+pad8``, ``+pwpool``, ``+unfold``, ``+grouped``,
+  ``+idxpool``: compiled folded tasks with 3-channel convolutions padded to 8 channels on a GPU,
+  max pooling as pointwise operators, convolutions of depth <= 27 (3 channels x 3x3) as one
+  batched matmul over their unfolded input, the other per-task convolutions as one grouped
+  convolution over the tasks' channels side by side, max pooling's backward as a pointwise
+  select at its saved indices (``MAML(folded_forms=...)``); ``+compile-so``: ``+compile`` and second-order
   steps compiled whole (``MAML(compile_second_order=True)``: forward, ``torch.func.grad`` and
   update in one compiled function, whose backward is the compiled double backward).
 
@@ -78,6 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_inner_loop as common
 import dropgrad
 from dropgrad.fast import channels_last_tasks
+from dropgrad.inner import FOLDED_FORMS_OFF
 
 INNER_LR = common.INNER_LR
 P = common.P
@@ -106,6 +108,7 @@ class Impl:
     pointwise_pool: bool = False  # with fold+compile: MAML(folded_forms={"pointwise_max_pool": True})
     unfold_depth: int = 0  # with fold+compile: MAML(folded_forms={"unfold_depth": ...})
     grouped_tasks: bool = False  # with fold+compile: MAML(folded_forms={"grouped_tasks": True})
+    indexed_pool: bool = False  # with fold+compile: MAML(folded_forms={"indexed_pool_backward": True})
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
@@ -119,11 +122,12 @@ class Impl:
         return kwargs
 
     def folded_forms(self) -> dict[str, Any] | None:
-        """``MAML(folded_forms=...)`` for this row (``+pad8``, ``+pwpool``, ``+unfold``, ``+grouped``), or ``None``."""
-        if self.pad_channels == 1 and not self.pointwise_pool and not self.unfold_depth and not self.grouped_tasks:
-            return None
-        return {"pointwise_max_pool": self.pointwise_pool, "channel_multiple": self.pad_channels,
-                "unfold_depth": self.unfold_depth, "grouped_tasks": self.grouped_tasks}
+        """``MAML(folded_forms=...)`` for this row (``+pad8``, ``+pwpool``, ``+unfold``, ``+grouped``,
+        ``+idxpool``), or ``None``."""
+        forms = {"pointwise_max_pool": self.pointwise_pool, "channel_multiple": self.pad_channels,
+                 "unfold_depth": self.unfold_depth, "grouped_tasks": self.grouped_tasks,
+                 "indexed_pool_backward": self.indexed_pool}
+        return forms if forms != FOLDED_FORMS_OFF else None
 
 
 def stock_inductor(graph: torch.fx.GraphModule, example_inputs: Any) -> Any:
@@ -200,6 +204,15 @@ IMPLS: dict[str, Impl] = {
     "fold+bf16+cl+compile+combo+unfold+grouped+graph": Impl(batched=True, batch_with="fold", bf16=True,
                                                             channels_last=True, compile=True, graph=True, combo=True,
                                                             unfold_depth=27, grouped_tasks=True),
+    "fold+bf16+cl+compile+combo+unfold+idxpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
+                                                            channels_last=True, compile=True, graph=True, combo=True,
+                                                            unfold_depth=27, indexed_pool=True),
+    "fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph": Impl(
+        batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True, graph=True, combo=True,
+        unfold_depth=27, grouped_tasks=True, indexed_pool=True),
+    "fold+bf16+cl+compile+unfold+grouped+idxpool": Impl(batched=True, batch_with="fold", bf16=True,
+                                                        channels_last=True, compile=True, unfold_depth=27,
+                                                        grouped_tasks=True, indexed_pool=True),
     "fold+bf16+cl+compile+combo+grouped+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                                      compile=True, graph=True, combo=True, grouped_tasks=True),
     "fold+bf16+cl+compile+unfold+grouped": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
@@ -253,7 +266,8 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "vmap+bf16+graph", "vmap+bf16+chunk2")),
     "conv4-fo": ("conv4", "first", (
         "naive", "loop", "fold+bf16+cl+compile+combo+graph", "fold+bf16+cl+compile+combo+unfold+graph",
-        "fold+bf16+cl+compile+combo+unfold+grouped+graph", "fold+bf16+cl+compile+combo+grouped+graph",
+        "fold+bf16+cl+compile+combo+unfold+idxpool+graph", "fold+bf16+cl+compile+combo+unfold+grouped+graph",
+        "fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph", "fold+bf16+cl+compile+combo+grouped+graph",
         "fold+bf16+cl+compile+combo+pad8+graph", "fold+bf16+cl+compile+combo+pwpool+graph",
         "fold+bf16+cl+compile+combo+unfold+pwpool+graph", "fold+bf16+cl+compile+graph",
         "loop+bf16+cl+compile+graph+streams4", "loop+bf16+cl+compile+graph", "loop+bf16+cl+graph",

@@ -9,7 +9,10 @@ process and for one ``bench_maml`` row (``--impl``):
 * ``train``: ``fewshot-train`` end to end with the row's options, on episodes from the episode
   cache (augmented on the device), for ``--steps`` meta-steps;
 * ``train, per-step reads``: the same run with every step's metrics read at once, as the
-  trainer did before it kept them as tensors (each read waits for the GPU to finish the step).
+  trainer did before it kept them as tensors (each read waits for the GPU to finish the step);
+* ``train, batches in the step stream``: the same run without ``CachedEpisodeBatches.stage``, so
+  each batch's copy to the device and augmentation run in the step's stream just before it, as
+  before the thirteenth session (staged, they run on a side stream during the previous step).
 
 A training run's rate is its steady state: meta-steps between its second and its last train
 record (``metrics.jsonl``, one per 10 steps), times the tasks per step, over the time between
@@ -43,7 +46,7 @@ from dropgrad.training import read_metrics
 from dropgrad.inner import FOLDED_FORMS_OFF
 from dropgrad_fewshot import cli
 from dropgrad_fewshot.config import COMPILE_FORMS
-from dropgrad_fewshot.data import build_cache
+from dropgrad_fewshot.data import CachedEpisodeBatches, build_cache
 
 # The bench_maml settings a training run copies: 84 px, 5-way 5-shot 16-query, 4 tasks, 5 steps.
 FULL = {"px": 84, "way": 5, "shot": 5, "query": 16, "tasks": 4, "steps": 5, "classes": (20, 5, 5), "per_class": 30}
@@ -101,7 +104,7 @@ def steady_rate(run: Path, tasks: int) -> float:
 
 
 def train_rate(out: Path, cache: Path, shape: dict[str, Any], steps: int, options: list[str], device: str,
-               per_step_reads: bool) -> float:
+               per_step_reads: bool, staged: bool = True) -> float:
     args = [
         "--out", str(out), "--dataset", "miniimagenet", "--cache", str(cache), "--image-size", str(shape["px"]),
         "--way", str(shape["way"]), "--shot", str(shape["shot"]), "--query", str(shape["query"]),
@@ -111,16 +114,18 @@ def train_rate(out: Path, cache: Path, shape: dict[str, Any], steps: int, option
         "--device", device, *options,
     ]
     torch._dynamo.reset()  # the earlier runs' graphs would count toward Dynamo's recompile limit
-    original = training._as_floats
+    original, stage = training._as_floats, CachedEpisodeBatches.stage
     if per_step_reads:  # the trainer as it was: every step's metrics read (which syncs) at once
         training._as_floats = lambda values, source, lazy=False: original(values, source)
+    if not staged:  # batch(i) then builds batch i in the step's stream
+        CachedEpisodeBatches.stage = lambda self, index: None
     try:
         with contextlib.redirect_stdout(io.StringIO()) as printed:  # its log is in out/log.txt
             status = cli.train_main(args)
         if status != 0:
             raise RuntimeError(f"fewshot-train {' '.join(args)} failed:\n{printed.getvalue()[-2000:]}")
     finally:
-        training._as_floats = original
+        training._as_floats, CachedEpisodeBatches.stage = original, stage
     return steady_rate(out, shape["tasks"])
 
 
@@ -140,8 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(tmp)
         cache = make_cache(root, shape)
         rates = {
-            name: train_rate(root / name, cache, shape, args.steps, options, device, reads)
-            for name, reads in (("train", False), ("train_per_step_reads", True))
+            name: train_rate(root / name, cache, shape, args.steps, options, device, reads, staged)
+            for name, reads, staged in (("train", False, True), ("train_unstaged", False, False),
+                                        ("train_per_step_reads", True, True))
         }
     return {"impl": args.impl, "options": options, "device": row.device, "torch": torch.__version__,
             "shape": {k: v for k, v in shape.items() if k not in ("classes", "per_class")}, "steps": args.steps,
@@ -156,12 +162,13 @@ def format_report(r: dict[str, Any]) -> str:
         (f"device {r['device']}, torch {r['torch']}; training: {r['steps']} meta-steps, the rate between the second "
          "and the last of its train records"),
         "",
-        f"{'what':<34} {'tasks/s':>8} {'vs step':>8}",
+        f"{'what':<38} {'tasks/s':>8} {'vs step':>8}",
     ]
     for key, name in (("step", "meta-step alone (bench_maml)"), ("train", "fewshot-train"),
+                      ("train_unstaged", "fewshot-train, batches in step stream"),
                       ("train_per_step_reads", "fewshot-train, per-step reads")):
         rate = r[f"{key}_tasks_per_s"]
-        lines.append(f"{name:<34} {rate:>8.4g} {rate / r['step_tasks_per_s']:>7.2f}x")
+        lines.append(f"{name:<38} {rate:>8.4g} {rate / r['step_tasks_per_s']:>7.2f}x")
     return "\n".join(lines)
 
 

@@ -263,6 +263,80 @@ def test_compiled_folded_max_pooling_is_pointwise_and_equal():
     assert "max_pool" in graphs_of(f, x, forms=False)[1]  # off by default
 
 
+@pytest.mark.parametrize(("shape", "kernel"), [
+    ((6, 3, 8, 8), 2), ((6, 3, 9, 7), 2), ((6, 2, 9, 9), 3), ((6, 2, 8, 9), (2, 3)), ((6, 1, 5, 4), 2),
+])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_indexed_max_pooling_is_aten_max_pooling_value_and_gradient_ties_and_nans_included(shape, kernel, layout, dtype):
+    from dropgrad.folded import _indexed_max_pool
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, shape, generator=g).to(dtype)  # small integers: ties in most windows
+    x[0, 0, 0, :2] = float("nan")
+    x[1, 0, 2, 2] = float("-inf")
+    x = x.to(memory_format=layout).requires_grad_()
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    want = F.max_pool2d(x, kernel)
+    grad_out = torch.randn(want.shape, generator=g).to(dtype).to(memory_format=layout)
+    (want_grad,) = torch.autograd.grad(want, x, grad_out)
+    got = _indexed_max_pool(x, kh, kw)
+    (got_grad,) = torch.autograd.grad(got, x, grad_out)
+    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)) and got.isnan().any()
+    assert torch.equal(got_grad, want_grad)  # ATen's own indices choose the element: bit for bit
+    assert got_grad.is_contiguous(memory_format=layout)
+
+
+def test_compiled_folded_max_pooling_backward_selects_at_the_saved_indices():
+    torch.manual_seed(0)
+    x = torch.randint(-3, 4, (T * N, 3, 9, 8)).double().to(memory_format=torch.channels_last).requires_grad_()
+
+    def f(x):
+        return (F.max_pool2d(torch.relu(x), 2) * torch.arange(16.0).view(4, 4)).sum()
+
+    forms = {"indexed_pool_backward": True, "unfold_depth": 0}
+    got, graph = graphs_of(f, x, forms=forms)
+    assert "autograd_function_apply" in graph  # ATen's forward and our backward, as one function
+    assert torch.equal(got, f(x))
+    (want_grad,) = torch.autograd.grad(f(x), x)
+    (got_grad,) = torch.autograd.grad(graphs_of(f, x, forms=forms)[0], x)
+    assert torch.equal(got_grad, want_grad)
+    # Through inductor: the same gradient, and no max-pool backward left in the graphs it lowers
+    # (which hold one without the form).
+    for on in (True, False):
+        grad, graphs = _inductor_grad_and_graphs(f, x, forms if on else {"unfold_depth": 0})
+        torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
+        assert len(graphs) == 2 and any("max_pool2d_with_indices_backward" in g for g in graphs) != on
+    with pytest.raises(ValueError, match="two forms of the same pooling"), \
+            compiled_forms(pointwise_max_pool=True, indexed_pool_backward=True):
+        pass
+
+
+def _inductor_grad_and_graphs(f, x, forms):
+    """``d f(x) / dx`` with ``f`` compiled by :func:`inductor_backend` under folded tasks and
+    ``compiled_forms(**forms)``, and the post-grad graphs inductor lowered (forward, backward)."""
+    from dropgrad.compiling import inductor_backend
+    from torch._inductor import config
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    graphs = []
+
+    class Spy(CustomGraphPass):
+        def __call__(self, graph):
+            graphs.append(str(graph))
+
+        def uuid(self):
+            return None  # no cache entry: inductor compiles, and the spy sees it
+
+    torch._dynamo.reset()
+    try:
+        with folded_tasks(T), compiled_forms(**forms), config.patch(post_grad_custom_pre_pass=Spy()):
+            (grad,) = torch.autograd.grad(torch.compile(f, backend=inductor_backend(), dynamic=False)(x), x)
+    finally:
+        torch._dynamo.reset()
+    return grad, graphs
+
+
 def test_changing_the_forms_recompiles():
     x = torch.randn(T * N, 3, 8, 8)
     graphs = []

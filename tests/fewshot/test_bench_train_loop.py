@@ -10,6 +10,7 @@ import pytest
 from dropgrad import training
 from dropgrad.inner import FOLDED_FORMS_OFF
 from dropgrad_fewshot import cli
+from dropgrad_fewshot.data import CachedEpisodeBatches
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
@@ -33,6 +34,8 @@ def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
     assert tool.train_options(impls["fold+bf16+cl+compile+combo+pad8+graph"])[-2:] == ["--compile-forms", "pad8"]
     assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+grouped+graph"])[-2:] == [
         "--compile-forms", "unfold,grouped"]
+    assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph"])[-2:] == [
+        "--compile-forms", "unfold,grouped,idxpool"]
     for name in ("naive", "fold+bf16+cl+compile+stockpool+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph"):
         with pytest.raises(ValueError):
             tool.train_options(impls[name])
@@ -45,16 +48,18 @@ def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
             assert cfg.folded_forms == {k: v for k, v in impl.folded_forms().items() if v != FOLDED_FORMS_OFF[k]}, name
 
 
-def test_quick_run_reports_the_step_and_both_training_loops(tool, tmp_path, capsys):
+def test_quick_run_reports_the_step_and_the_training_loops(tool, tmp_path, capsys):
     out = tmp_path / "loop.json"
     assert tool.main(["--quick", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    for key in ("step_tasks_per_s", "train_tasks_per_s", "train_per_step_reads_tasks_per_s"):
+    for key in ("step_tasks_per_s", "train_tasks_per_s", "train_unstaged_tasks_per_s", "train_per_step_reads_tasks_per_s"):
         assert report[key] > 0, key
     printed = capsys.readouterr().out
     assert "fewshot-train, per-step reads" in printed and "vs step" in printed
+    assert "fewshot-train, batches in step stream" in printed
     assert "training complete" not in printed  # fewshot-train's own log stays in its run directory
     assert training._as_floats.__name__ == "_as_floats"  # the per-step-reads patch is undone
+    assert CachedEpisodeBatches.stage.__name__ == "stage"  # and the unstaged one
 
 
 def test_too_few_steps_for_three_records_is_refused(tool, capsys):

@@ -185,6 +185,63 @@ def test_augmented_batches_are_seed_deterministic_and_only_change_the_images(tmp
     assert torch.equal(aug.load(3, (1, 2)), aug.load(3, (1, 2))) and not torch.equal(aug.load(3, (1, 2)), aug.load(3, (1, 3)))
 
 
+def _glyph_cache(tmp_path, augment=True):
+    opts = dict(n_classes=12, images_per_class=6)
+    build_cache("glyphs", "train", None, 28, tmp_path, seed=3, **opts)
+    return open_cache(tmp_path, "glyphs", "train", 28, options=opts, seed=3, augment=augment)
+
+
+def _count_builds(batches, monkeypatch):
+    built = []
+    build = batches._build
+    monkeypatch.setattr(batches, "_build", lambda index: built.append(index) or build(index))
+    return built
+
+
+def test_staged_batches_are_the_batches_and_are_built_once(tmp_path, monkeypatch):
+    cached = _glyph_cache(tmp_path)
+    kw = dict(n_way=3, n_shot=2, n_query=2, tasks_per_batch=3, seed=5)
+    staged, fresh = CachedEpisodeBatches(cached, **kw), CachedEpisodeBatches(cached, prefetch=False, **kw)
+    built = _count_builds(staged, monkeypatch)
+    staged.stage(1)
+    staged.stage(1)  # already staged: nothing new
+    assert built == [1]
+    assert_same_batches(staged, fresh, [1])
+    assert built == [1]  # batch(1) handed over the staged batch
+    assert_same_batches(staged, fresh, [1])  # asked again: built again, the same
+    staged.stage(2)
+    assert_same_batches(staged, fresh, [3])  # another index: the staged batch is dropped
+    assert built == [1, 1, 2, 3]
+    assert_same_batches(staged, fresh, [2])
+    assert built == [1, 1, 2, 3, 2]
+    with pytest.raises(ValueError, match="batch index must be an integer >= 0"):
+        staged.stage(-1)
+    staged.close()
+
+
+def test_fewshot_train_stages_each_next_batch_and_none_past_the_last(tmp_path, monkeypatch):
+    from dropgrad_fewshot.data import glyphs
+
+    for split in ("train", "val", "test"):  # fewshot-train's glyphs at their default options, fewer of them
+        monkeypatch.setitem(glyphs.GLYPH_DEFAULT_CLASSES, split, 6)
+    assert cache_cli.main(["--dataset", "glyphs", "--image-size", "28", "--out", str(tmp_path / "cache"), "--no-progress"]) == 0
+    calls = []
+    stage, batch = CachedEpisodeBatches.stage, CachedEpisodeBatches.batch
+    monkeypatch.setattr(CachedEpisodeBatches, "stage", lambda self, i: calls.append((self, "stage", i)) or stage(self, i))
+    monkeypatch.setattr(CachedEpisodeBatches, "batch", lambda self, i: calls.append((self, "batch", i)) or batch(self, i))
+    assert cli.train_main([
+        "--out", str(tmp_path / "run"), "--dataset", "glyphs", "--cache", str(tmp_path / "cache"), "--image-size", "28",
+        "--way", "3", "--shot", "1", "--query", "2", "--test-query", "2", "--inner-steps", "1", "--meta-batch", "2",
+        "--epochs", "2", "--episodes-per-epoch", "6", "--val-episodes", "2", "--test-episodes", "2",
+        "--no-progress", "--device", "cpu"]) == 0
+    staging = {id(c[0]) for c in calls if c[1] == "stage"}
+    assert len(staging) == 1  # the training batches only
+    train = [c[1:] for c in calls if id(c[0]) in staging]
+    # 3 steps per epoch, 6 in all: each step's batch, then the next one staged; none after the last
+    assert train == [("batch", 0), ("stage", 1), ("batch", 1), ("stage", 2), ("batch", 2), ("stage", 3),
+                     ("batch", 3), ("stage", 4), ("batch", 4), ("stage", 5), ("batch", 5)]
+
+
 def _assert_shards_slice_the_batch(cached, kw, shards, indices):
     whole = CachedEpisodeBatches(cached, **kw)
     assert whole.augment  # the augmentation parameters are drawn for the whole batch, then sliced
@@ -198,9 +255,7 @@ def _assert_shards_slice_the_batch(cached, kw, shards, indices):
 
 
 def test_cached_shards_slice_the_augmented_batch_grayscale(tmp_path):
-    opts = dict(n_classes=12, images_per_class=6)
-    build_cache("glyphs", "train", None, 28, tmp_path, seed=3, **opts)
-    cached = open_cache(tmp_path, "glyphs", "train", 28, options=opts, seed=3, augment=True)
+    cached = _glyph_cache(tmp_path)
     kw = dict(n_way=3, n_shot=2, n_query=2, tasks_per_batch=3, seed=5)
     _assert_shards_slice_the_batch(cached, kw, [slice(0, 1), slice(1, 3), slice(2, 3)], [0, 3])
 
@@ -350,3 +405,29 @@ def test_cuda_batches_equal_the_cpu_file_path(tmp_path):
         aug = CachedEpisodeBatches(cached, device="cuda", augment=True, **kw)
         cpu_aug = CachedEpisodeBatches(cached, augment=True, **kw)
         torch.testing.assert_close(aug.batch(2).query_x.cpu(), cpu_aug.batch(2).query_x, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_staged_batches_are_waited_for_and_equal_the_ones_built_in_stream(tmp_path, monkeypatch):
+    cached = _glyph_cache(tmp_path)
+    kw = dict(n_way=3, n_shot=2, n_query=2, tasks_per_batch=3, seed=5, device="cuda")
+    want = [CachedEpisodeBatches(cached, prefetch=False, **kw).batch(i) for i in range(3)]
+    batches = CachedEpisodeBatches(cached, **kw)
+    assert_same_batches(batches, CachedEpisodeBatches(cached, **kw), [0])  # constants made, first gather done
+    augment = cached_episodes.augment_batch
+
+    def slow_augment(x, *args, **kwargs):
+        torch.cuda._sleep(200_000_000)  # about 0.1 s of GPU time queued first in the side stream
+        return augment(x, *args, **kwargs)
+
+    monkeypatch.setattr(cached_episodes, "augment_batch", slow_augment)
+    for i in (1, 2):
+        torch.cuda.set_sync_debug_mode("error")  # staging and handing over never wait for the GPU
+        try:
+            batches.stage(i)
+            task = batches.batch(i)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        # Read at once in this stream: equal only if it waited for the side stream's slow work.
+        for got, expected in zip(task, want[i]):
+            assert got.is_cuda and torch.equal(got, expected), i

@@ -384,15 +384,17 @@ def test_cuda_graph_is_for_gpus_only():
 
 
 @pytest.mark.parametrize(("batched", "extra"), [
-    ("off", []), ("fold", []), ("fold", ["--compile-combo"]), ("fold", ["--compile-forms", "unfold,pwpool,grouped"]),
+    ("off", []), ("fold", []), ("fold", ["--compile-combo"]), ("fold", ["--compile-forms", "unfold,idxpool,grouped"]),
 ], ids=["loop", "fold", "fold-combo", "fold-forms"])
 def test_compiled_first_order_training_equals_eager_training(batched, extra, tmp_path, monkeypatch):
     from dropgrad import folded
 
-    unfolded, grouped = [], []  # unfold: the glyphs' 1-channel 3x3 convolution as a matmul; grouped: the others
-    real, real_grouped = folded._unfolded_conv, folded._grouped_conv
+    # unfold: the glyphs' 1-channel 3x3 convolution as a matmul; grouped: the others; idxpool: the pooling
+    unfolded, grouped, pooled = [], [], []
+    real, real_grouped, real_pool = folded._unfolded_conv, folded._grouped_conv, folded._indexed_max_pool
     monkeypatch.setattr(folded, "_unfolded_conv", lambda *a, **k: unfolded.append(1) or real(*a, **k))
     monkeypatch.setattr(folded, "_grouped_conv", lambda *a, **k: grouped.append(1) or real_grouped(*a, **k))
+    monkeypatch.setattr(folded, "_indexed_max_pool", lambda *a: pooled.append(1) or real_pool(*a))
     curves = {}
     for flags in (["--no-compile"], ["--compile", *extra]):
         out = tmp_path / flags[0].strip("-")
@@ -401,8 +403,8 @@ def test_compiled_first_order_training_equals_eager_training(batched, extra, tmp
         log = (out / "log.txt").read_text()
         assert ("forward compiled (torch.compile)" in log) == (flags[0] == "--compile")
         assert ("with combo kernels" in log) == ("--compile-combo" in flags)
-        assert ("and compiled forms unfold,pwpool,grouped" in log) == ("--compile-forms" in flags)
-    assert bool(unfolded) == bool(grouped) == ("--compile-forms" in extra)
+        assert ("and compiled forms unfold,idxpool,grouped" in log) == ("--compile-forms" in flags)
+    assert bool(unfolded) == bool(grouped) == bool(pooled) == ("--compile-forms" in extra)
     # The validation loss follows two Adam steps. With the unfolded convolution's other float32
     # sums (one thread), the conv biases, whose gradients before BatchNorm are rounding noise,
     # and a few dozen conv weights with near-zero gradients took Adam steps of the other sign:
@@ -438,7 +440,9 @@ def test_compiled_second_order_training_step_equals_eager(tmp_path):
         (dict(compile_forms="unfold", first_order=True, batched="fold"), "--compile-forms unfold needs --compile and --batched fold"),
         (dict(compile=True, compile_forms="pwpool", first_order=True), "needs --compile and --batched fold"),
         (dict(compile=True, compile_forms="unfold,im2col", first_order=True, batched="fold"),
-         "--compile-forms must be none or distinct comma-separated names among pwpool, pad8, unfold, grouped, got 'unfold,im2col'"),
+         "--compile-forms must be none or distinct comma-separated names among pwpool, pad8, unfold, grouped, idxpool, got 'unfold,im2col'"),
+        (dict(compile=True, compile_forms="idxpool,pwpool", first_order=True, batched="fold"),
+         "--compile-forms: pwpool and idxpool are two forms of the same max pooling; give one"),
         (dict(compile=True, compile_forms="pad8,pad8", first_order=True, batched="fold"), "distinct"),
         (dict(compile=True, compile_second_order=True, first_order=True), "no second-order step to compile"),
         (dict(compile=True, compile_second_order=True, checkpoint=True), "does not support --checkpoint"),

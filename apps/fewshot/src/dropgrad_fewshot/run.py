@@ -49,6 +49,7 @@ from dropgrad import (
 
 from .config import FewShotConfig
 from .data import (
+    CachedEpisodeBatches,
     DataError,
     EpisodeBatches,
     build_dataset,
@@ -210,7 +211,7 @@ class _Prefetched:
     out of sequence (a resumed run) restarts the read-ahead at that index.
     """
 
-    def __init__(self, batches: EpisodeBatches, stop: int) -> None:
+    def __init__(self, batches: EpisodeBatches | CachedEpisodeBatches, stop: int) -> None:
         self.batches, self.stop = batches, stop
         self._it: Any = None
         self._next = -1
@@ -222,6 +223,11 @@ class _Prefetched:
             self._it = self.batches.iterate(index, max(self.stop, index + 1))
         self._next = index + 1
         return next(self._it)
+
+    def stage(self, index: int) -> None:
+        """Let batches built on the device start on batch ``index`` now (see ``CachedEpisodeBatches.stage``)."""
+        if isinstance(self.batches, CachedEpisodeBatches) and index < self.stop:
+            self.batches.stage(index)
 
 
 def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: DistributedContext | None = None) -> dict[str, Any]:
@@ -297,7 +303,10 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         result = meta_step(tasks)
         # Tensors, not .item(): the trainer reads them when it logs, so the host need not wait
         # for the GPU every step. float64 before the * 100, as Python would multiply the float.
-        return {"loss": result.loss.detach(), "acc": result.accuracy(tasks.query_y).mean().double() * 100}
+        metrics = {"loss": result.loss.detach(), "acc": result.accuracy(tasks.query_y).mean().double() * 100}
+        # Queued after this step: on a GPU the next batch's copy and augmentation run beside it.
+        stream.stage(global_step + 1)
+        return metrics
 
     def validate_fn(epoch: int) -> dict[str, float]:
         scores = evaluate(

@@ -29,8 +29,8 @@ the tasks, which vmap would not.
 :func:`compiled_forms` (off by default) gives layers other forms where torch.compile traces
 folded tasks: few-channel convolutions run as a matmul over their unfolded input or padded to a
 multiple of 8 channels on a GPU, per-task convolutions as one grouped convolution, max pooling
-as pointwise operators. ``MAML(folded_forms=...)`` holds it around the learner's own compiled
-steps.
+as pointwise operators or with a pointwise backward. ``MAML(folded_forms=...)`` holds it around
+the learner's own compiled steps.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 # The compiled kernel forms of compiled_forms(), off outside it: 1 = channels as they come.
 _CHANNEL_MULTIPLE = 1
 _POINTWISE_MAX_POOL = False
+_INDEXED_POOL_BACKWARD = False
 _PAD_DEVICES: tuple[str, ...] = ("cuda",)  # on a CPU, padding 3 channels to 8 did not pay (oneDNN, bf16)
 _POOL_WINDOW_MAX = 16  # larger windows keep ATen's kernel (a nested where per window cell)
 _UNFOLD_DEPTH = 0  # per-task convolutions with in_channels * kernel cells <= this run as a matmul
@@ -344,14 +345,16 @@ def _max_pool2d(
     tasks: int, input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
     ceil_mode: bool = False, return_indices: bool = False,
 ) -> Any:
-    if _POINTWISE_MAX_POOL and _compiling():  # eager calls go straight to ATen
+    if (_POINTWISE_MAX_POOL or _INDEXED_POOL_BACKWARD) and _compiling():  # eager calls go straight to ATen
         kernel = _pair(kernel_size)
         steps = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair(stride)
         if (
             steps == kernel and _pair(padding) == (0, 0) and _pair(dilation) == (1, 1) and not ceil_mode
             and not return_indices and input.dim() == 4 and kernel[0] * kernel[1] <= _POOL_WINDOW_MAX
         ):
-            return _window_max(input, *kernel)
+            if _POINTWISE_MAX_POOL:
+                return _window_max(input, *kernel)
+            return _indexed_max_pool(input, *kernel)
     return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=return_indices)
 
 
@@ -381,6 +384,64 @@ def _window_max(x: Tensor, kh: int, kw: int) -> Tensor:
     return out
 
 
+class _IndexedMaxPool(torch.autograd.Function):
+    """Max pooling over non-overlapping ``kh x kw`` windows (ATen's forward and indices) whose
+    backward is one pointwise select: each input element takes its window's output gradient
+    where the forward's saved index names it, else zero.
+
+    Why: inductor lowers ``max_pool2d_with_indices_backward`` as a gather over the windows that
+    may hold each element, through computed (indirect) indices, and for channels-last tensors
+    forces its result into a buffer of its own (``require_channels_last``), so BatchNorm's
+    backward reads the gradient back. In the H200 profiles of the compiled folded Conv4 step
+    that backward took 1.1 ms of 10.9 per step, 4-5x the time its bytes need. Here the output gradient
+    and the indices are read at ``(h // kh, w // kw)``, plain affine indexing, and the select
+    is a pointwise operator inductor may compute inside the kernels that consume it. Unlike
+    :func:`_window_max` (the pointwise form of the whole pooling, slower on the H200), nothing
+    of the forward is recomputed: the indices come from the saved 1-byte window offsets.
+
+    Same numbers as ATen: ATen's own indices choose the element (its ties and NaN rules), and
+    non-overlapping windows give each input element at most one gradient term.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, kh: int, kw: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return F.max_pool2d(x, (kh, kw), return_indices=True)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        x, kh, kw = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+        ctx.meta = (tuple(x.shape), kh, kw)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (indices,) = ctx.saved_tensors
+        (n, c, h, w), kh, kw = ctx.meta
+        ho, wo = grad.shape[-2:]
+        channels_last = grad.dim() == 4 and grad.is_contiguous(memory_format=torch.channels_last) and c > 1
+
+        def spread(t: Tensor) -> Tensor:
+            """(n, c, ho, wo) -> (n, c, ho * kh, wo * kw): each value over its window, in t's layout."""
+            if channels_last:
+                t = t.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, ho, kh, wo, kw, c)
+                return t.reshape(n, ho * kh, wo * kw, c).permute(0, 3, 1, 2)
+            t = t[:, :, :, None, :, None].expand(n, c, ho, kh, wo, kw)
+            return t.reshape(n, c, ho * kh, wo * kw)
+
+        rows = torch.arange(ho * kh, device=grad.device) * w
+        flat = rows[:, None] + torch.arange(wo * kw, device=grad.device)  # each element's own index
+        out = torch.where(spread(indices) == flat, spread(grad), torch.zeros((), dtype=grad.dtype, device=grad.device))
+        if (ho * kh, wo * kw) != (h, w):  # rows and columns past the last whole window get nothing
+            out = F.pad(out, (0, w - wo * kw, 0, h - ho * kh))
+        return out, None, None
+
+
+def _indexed_max_pool(x: Tensor, kh: int, kw: int) -> Tensor:
+    """Max pooling over non-overlapping ``kh x kw`` windows with :class:`_IndexedMaxPool`'s backward."""
+    return _IndexedMaxPool.apply(x, kh, kw)[0]
+
+
 _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
     F.conv1d: _conv(F.conv1d, 1),
     F.conv2d: _conv(F.conv2d, 2),
@@ -396,6 +457,7 @@ _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
 @contextlib.contextmanager
 def compiled_forms(
     pointwise_max_pool: bool = False, channel_multiple: int = 8, unfold_depth: int = 27, grouped_tasks: bool = False,
+    indexed_pool_backward: bool = False,
 ) -> Iterator[None]:
     """Other forms of layers in compiled folded tasks, within the block (issue 7). The defaults
     are the forms that paid on an H200: the unfolded first convolution and channels padded to 8.
@@ -408,7 +470,10 @@ def compiled_forms(
       at most this (27 for a 3x3 RGB convolution; 0 = none) run as one batched matmul over
       their unfolded input, output channels-last; these skip the channel padding;
     * ``grouped_tasks``: the other per-task convolutions run as one convolution of ``groups * T``
-      groups over the tasks' channels side by side.
+      groups over the tasks' channels side by side;
+    * ``indexed_pool_backward``: max pooling over non-overlapping windows keeps ATen's forward,
+      and its backward is a pointwise select at the saved indices (not with
+      ``pointwise_max_pool``, which replaces the whole pooling).
 
     They apply only where torch.compile traces the folded tasks; eager calls keep ATen's
     kernels. Compiled graphs depend on these settings (a change recompiles).
@@ -417,20 +482,22 @@ def compiled_forms(
     first-order step with combo kernels, replayed; docs/performance.md): the unfolded first
     convolution 366 against 313 tasks/s, channels padded to 8 339 against 325, pointwise pooling
     116 against 325 (slower; on by default until that measurement). Grouped tasks are not timed
-    on a GPU yet. On a CPU none of them paid.
+    on a GPU yet, nor is the indexed pooling backward. On a CPU none of them paid.
     """
-    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS
+    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD
+    if pointwise_max_pool and indexed_pool_backward:
+        raise ValueError("compiled_forms: pointwise_max_pool and indexed_pool_backward are two forms of the same pooling; choose one")
     if channel_multiple < 1:
         raise ValueError(f"compiled_forms: channel_multiple must be >= 1, got {channel_multiple}")
     if unfold_depth < 0:
         raise ValueError(f"compiled_forms: unfold_depth must be >= 0, got {unfold_depth}")
-    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS
-    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS = (
-        pointwise_max_pool, channel_multiple, unfold_depth, grouped_tasks)
+    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD
+    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD = (
+        pointwise_max_pool, channel_multiple, unfold_depth, grouped_tasks, indexed_pool_backward)
     try:
         yield
     finally:
-        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS = saved
+        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD = saved
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:

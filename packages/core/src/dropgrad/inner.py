@@ -60,6 +60,7 @@ COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs")
 # MAML(folded_forms=...): dropgrad.folded.compiled_forms' settings, and each one's "off" value.
 FOLDED_FORMS_OFF: dict[str, Any] = {
     "pointwise_max_pool": False, "channel_multiple": 1, "unfold_depth": 0, "grouped_tasks": False,
+    "indexed_pool_backward": False,
 }
 
 __all__ = ["MAML", "MAMLPlusPlus", "MetaOutput", "MetaSGD", "Task", "msl_weights", "sgd_step"]
@@ -352,9 +353,10 @@ class MAML(nn.Module):
         folded_forms: experimental (issue 7), with ``compile_forward`` and ``batch_with="fold"``:
             other forms of layers where the compiled steps trace the folded tasks, as
             :func:`dropgrad.folded.compiled_forms` gives them: a mapping with any of
-            ``pointwise_max_pool`` (bool), ``channel_multiple`` (int), ``unfold_depth`` (int) and
-            ``grouped_tasks`` (bool); a setting left out is off. Each form gives the same sums as
-            the layer it replaces, up to rounding (float64 tests); their speed on a GPU is in
+            ``pointwise_max_pool`` (bool), ``channel_multiple`` (int), ``unfold_depth`` (int),
+            ``grouped_tasks`` (bool) and ``indexed_pool_backward`` (bool; compiled second-order
+            inner steps leave it out); a setting left out is off. Each form gives the same sums
+            as the layer it replaces, up to rounding (float64 tests); their speed on a GPU is in
             docs/performance.md.
             Eager calls (evaluation, second order not compiled) keep the plain layers.
         task_streams: with ``meta_backward(batched=False)`` on a GPU, enqueue task ``t`` of a
@@ -445,7 +447,11 @@ class MAML(nn.Module):
             forms = {**FOLDED_FORMS_OFF, **self.folded_forms}
             self._compiled_vmap = _within_forms(self._compiled_vmap, forms)  # type: ignore[arg-type]
             if self._compiled_second_order is not None:
-                self._compiled_second_order["fold"] = _within_forms(self._compiled_second_order["fold"], forms)
+                # Not the indexed pooling backward (a custom autograd.Function): under torch.func.grad
+                # inside torch.compile, its backward's own derivative comes out wrong (torch 2.14;
+                # tests/core/test_compile.py keeps the case), so second order keeps ATen's pooling.
+                second = {**forms, "indexed_pool_backward": False}
+                self._compiled_second_order["fold"] = _within_forms(self._compiled_second_order["fold"], second)
         self.task_streams = self._check_task_streams(task_streams)
         if loop_norms == "decomposed":
             self._refuse_running_stats(

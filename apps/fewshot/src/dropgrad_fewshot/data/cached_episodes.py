@@ -18,7 +18,10 @@ the parameter draw at microseconds per batch). A ``shard`` of the tasks draws th
 parameters and keeps its images' rows, so it equals slicing the whole batch, augmented or not.
 
 The next batch's gather runs on a background thread while the current one trains (``np.take``
-releases the GIL for the copy); prefetching changes no number.
+releases the GIL for the copy). ``stage(b)`` goes further: it queues batch ``b``'s transfer,
+conversion and augmentation at once, on a side CUDA stream, so that on a GPU they run while the
+current meta-step does, not in the step stream before the next one (``fewshot-train`` stages each
+next batch right after queueing a step). Prefetching and staging change no number.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class CachedEpisodeBatches:
         device: where the tasks are built and returned (None: CPU).
         augment: training augmentation on the device (default: ``dataset.augment``).
         prefetch: gather batch ``b + 1`` on a background thread after returning batch ``b``.
+            On CUDA it also gives :meth:`stage` its side stream (without it, staging builds the
+            batch in the caller's stream).
 
     ``batch(b)`` returns a :class:`dropgrad.Task` with ``support_x`` of shape
     (T, n_way * n_shot, C, S, S) float32 and ``query_x`` of shape (T, n_way * n_query, C, S, S),
@@ -112,6 +117,13 @@ class CachedEpisodeBatches:
         lo, hi = self.shard.start, self.shard.stop
         rows = np.concatenate([np.arange(lo * ns, hi * ns), T * ns + np.arange(lo * nq, hi * nq)])
         self._draw = None if t == T else (T * (ns + nq), rows)
+        self._staged: tuple[int, Task, torch.cuda.Event | None] | None = None
+        self._side: torch.cuda.Stream | None = None
+        if prefetch and self.device.type == "cuda":
+            self._side = torch.cuda.Stream(device=self.device)
+            # The labels above were made in the caller's stream; the side stream clones them.
+            self._made = torch.cuda.Event()
+            self._made.record(torch.cuda.current_stream(self.device))
 
     def indices(self, index: int) -> np.ndarray:
         """Item indices of batch ``index``: every support item of its tasks (the shard's), then every query item.
@@ -144,8 +156,47 @@ class CachedEpisodeBatches:
         return u8
 
     def batch(self, index: int) -> Task:
-        """Meta-batch ``index`` (episodes ``index*T .. index*T + T - 1``), on ``device``."""
+        """Meta-batch ``index`` (episodes ``index*T .. index*T + T - 1``), on ``device``.
+
+        The batch :meth:`stage` built if it was staged last, else built now in the current stream.
+        """
         index = _count("batch index", index, 0)
+        staged, self._staged = self._staged, None
+        if staged is None or staged[0] != index:
+            return self._build(index)
+        task, done = staged[1], staged[2]
+        if done is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(done)
+            for t in task:
+                # Made in the side stream: without this its memory could go back to that
+                # stream's pool, and to the next staged batch, while this stream still reads it.
+                t.record_stream(stream)
+        return task
+
+    def stage(self, index: int) -> None:
+        """Start building batch ``index`` now, for the next :meth:`batch` call to return.
+
+        On CUDA (with ``prefetch``) the transfer and the augmentation are queued on a side
+        stream and nothing waits for them here: they overlap whatever the caller's stream is
+        running, and ``batch(index)`` makes the caller's stream wait for them. Elsewhere the
+        batch is built at once. A later ``batch`` of another index drops the staged one.
+        """
+        index = _count("batch index", index, 0)
+        if self._staged is not None and self._staged[0] == index:
+            return
+        self._staged = None
+        if self._side is None:
+            self._staged = (index, self._build(index), None)
+            return
+        self._side.wait_event(self._made)
+        with torch.cuda.stream(self._side):
+            task = self._build(index)
+            done = torch.cuda.Event()
+            done.record(self._side)
+        self._staged = (index, task, done)
+
+    def _build(self, index: int) -> Task:
         u8 = self._gathered(index).to(self.device, non_blocking=True)
         fmt = self.dataset.pixels
         if self.augment:
@@ -175,6 +226,7 @@ class CachedEpisodeBatches:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending = None
+        self._staged = None
 
     def __del__(self) -> None:
         try:
