@@ -88,6 +88,22 @@ def test_batch_norm_uses_each_tasks_own_statistics(affine, training):
     assert_rule(F.batch_norm, x, *stats, w, b, training=training, eps=1e-3)
 
 
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_batch_norm_in_bf16_is_as_exact_as_its_bf16_output(offset):
+    # Statistics, scale and shift in float32: only the output's own rounding is left, also for
+    # activations whose mean is 30x their deviation (a bf16 shift cancelled against x * scale
+    # left errors of 0.17 there).
+    torch.manual_seed(0)
+    x = (torch.randn(T * N, 8, 9, 9) + offset).bfloat16().to(memory_format=torch.channels_last)
+    w, b = torch.rand(T, 8) + 0.5, torch.randn(T, 8)
+    want = per_task(F.batch_norm, x.double(), None, None, w, b, training=True)
+    with folded_tasks(T, [w, b]):
+        got = F.batch_norm(x, None, None, w, b, training=True)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    # one bf16 rounding of values below 8 in magnitude: at most 2**-6
+    assert (got.double() - want).abs().max() <= 2**-6
+
+
 def test_batch_norm_refuses_running_statistics_in_training():
     x = torch.randn(T * N, 5)
     with folded_tasks(T), pytest.raises(ValueError, match="running statistics"):
