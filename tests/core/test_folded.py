@@ -18,6 +18,8 @@ from dropgrad.folded import compiled_forms, folded_tasks
 from dropgrad.inner import Task
 from torch import nn
 
+from .conftest import lowered_graphs
+
 T, N = 3, 4
 
 
@@ -350,21 +352,10 @@ def _inductor_grad_and_graphs(f, x, forms):
     """``d f(x) / dx`` with ``f`` compiled by :func:`inductor_backend` under folded tasks and
     ``compiled_forms(**forms)``, and the post-grad graphs inductor lowered (forward, backward)."""
     from dropgrad.compiling import inductor_backend
-    from torch._inductor import config
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    graphs = []
-
-    class Spy(CustomGraphPass):
-        def __call__(self, graph):
-            graphs.append(str(graph))
-
-        def uuid(self):
-            return None  # no cache entry: inductor compiles, and the spy sees it
 
     torch._dynamo.reset()
     try:
-        with folded_tasks(T), compiled_forms(**forms), config.patch(post_grad_custom_pre_pass=Spy()):
+        with folded_tasks(T), compiled_forms(**forms), lowered_graphs() as graphs:
             (grad,) = torch.autograd.grad(torch.compile(f, backend=inductor_backend(), dynamic=False)(x), x)
     finally:
         torch._dynamo.reset()

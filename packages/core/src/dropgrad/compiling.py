@@ -43,17 +43,24 @@ def _pool_backward_lowered() -> Iterator[None]:
 
     The table is edited in place for the length of one compile, not passed to ``compile_fx``
     as ``decompositions=``: a table passed in cannot be pickled into the caches' keys, so every
-    run would compile from scratch.
+    run would compile from scratch. Two tables: the one ``select_decomp_table()`` builds on and
+    the copy of it that it caches (``fast_random_decomps()``), made at the first compile of the
+    process. Editing only the first left the op in the copy when stock inductor had compiled
+    first, and took it out of stock inductor's for good when this backend had.
     """
     from torch._inductor import decomposition
 
     op = torch.ops.aten.max_pool2d_with_indices_backward.default
-    removed = decomposition.decompositions.pop(op, None)  # the table select_decomp_table() builds on
+    tables = [decomposition.decompositions]
+    cached = getattr(decomposition, "fast_random_decomps", None)
+    if cached is not None:
+        tables.append(cached())  # made now, if this is the first compile, with the op in it
+    removed = [(table, table.pop(op)) for table in tables if op in table]
     try:
         yield
     finally:
-        if removed is not None:
-            decomposition.decompositions[op] = removed
+        for table, decomposition_fn in removed:
+            table[op] = decomposition_fn
 
 
 def _variant_pass() -> Any:

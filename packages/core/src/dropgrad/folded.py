@@ -46,6 +46,8 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
+from .fast import batch_stats, normalize
+
 __all__ = ["FoldedTasks", "compiled_forms", "folded_tasks"]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -298,35 +300,15 @@ def _batch_norm(
             "track_running_stats=False or adapt the tasks one at a time (batched=False)"
         )
     xs = _tasks(input, tasks)  # (T, n, C, *spatial)
-    stat_dtype = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
-    # Half precision: statistics, scale and shift in float32 (ATen's batch_norm keeps them so).
-    # Compiled, everything is computed in float32 and rounded once: the casts fuse into the
-    # kernels. Eager, a float32 pass would write a float32 copy of x, so x - m is taken in x's
-    # precision instead (m: the mean rounded to it), rounded relative to itself (about the
-    # deviation), and the shift keeps the rest of the mean. Either way no rounded shift of about
-    # -mean / deviation is left to cancel against x * scale (it kept an error of the mean's size).
-    half = input.dtype != stat_dtype
-    fused = half and _compiling()
+    fused = _compiling()  # half precision: float32 throughout, the casts fused (see normalize)
     if training or running_mean is None or running_var is None:
-        dims = [1, *range(3, xs.dim())]
-        var, mean = torch.var_mean(xs.to(stat_dtype) if fused else xs, dim=dims, correction=0)  # (T, C): per task
-        if half and not fused:
-            mean = xs.mean(dim=dims, dtype=stat_dtype)  # accumulated and returned in float32, no copy of x
-        var, mean = var.to(stat_dtype), mean.to(stat_dtype)
+        var, mean = batch_stats(xs, [1, *range(3, xs.dim())], fused)  # (T, C): each task's own statistics
     else:
+        stat_dtype = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
         var = running_var.to(stat_dtype).expand(tasks, -1)
         mean = running_mean.to(stat_dtype).expand(tasks, -1)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.to(stat_dtype)  # (C,) or (T, C): broadcasts either way
-    shape = (tasks, 1, -1) + (1,) * (xs.dim() - 3)
-    x, centre, dtype = xs, mean, stat_dtype if fused else input.dtype
-    if half and not fused:
-        m = mean.to(input.dtype)
-        x, centre = xs - m.reshape(shape), mean - m.to(stat_dtype)
-    shift = -centre * scale if bias is None else torch.addcmul(bias.to(stat_dtype), centre, scale, value=-1)
-    # y = shift + x * scale: one pointwise pass over every task's activations.
-    out = torch.addcmul(shift.to(dtype).reshape(shape), x, scale.to(dtype).reshape(shape)).to(input.dtype)
+    # One pointwise pass over every task's activations (two, eager in half precision).
+    out = normalize(xs, var, mean, weight, bias, eps, (tasks, 1, -1) + (1,) * (xs.dim() - 3), fused)
     return out.flatten(0, 1)
 
 
