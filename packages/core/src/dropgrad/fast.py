@@ -56,8 +56,9 @@ def normalize(
     x: Tensor, var: Tensor, mean: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
     shape: Sequence[int], fused: bool,
 ) -> Tensor:
-    """``(x - mean) * rsqrt(var + eps) * weight + bias`` in one pointwise pass, the statistics
-    (of :func:`batch_stats`, or running ones in float32) viewed as ``shape`` against ``x``.
+    """``(x - mean) * rsqrt(var + eps) * weight + bias`` in one pointwise pass over ``x`` (two,
+    eager in half precision), the statistics (of :func:`batch_stats`, or running ones in the
+    statistics' dtype) viewed as ``shape`` against ``x``.
 
     Half precision: written as ``x * scale + shift``, a shift of about ``-mean / deviation``
     rounded to ``x``'s precision would cancel against ``x * scale`` and keep an error of the
