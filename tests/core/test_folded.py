@@ -211,6 +211,21 @@ def test_mamlpp_per_step_batch_norm_and_multi_step_loss():
     assert_fold_equals_loop(make, tasks)
 
 
+def test_ignored_labels_leave_each_task_mean_as_cross_entropys():
+    # The folded loss is one cross_entropy(reduction="none") for all tasks; each task's mean
+    # must still be over its labels not ignored (-100), as F.cross_entropy's own mean is.
+    tasks = mlp_tasks()
+    support_y, query_y = tasks.support_y.clone(), tasks.query_y.clone()
+    support_y[0, :3] = -100
+    query_y[1, 5:] = -100
+    tasks = Task(tasks.support_x, support_y, tasks.query_x, query_y)
+
+    def make(batch_with):
+        return MAML(norm_net("bn"), inner_lr=0.3, steps=2, batch_with=batch_with)
+
+    assert_fold_equals_loop(make, tasks)
+
+
 def test_evaluation_equals_the_loop():
     learner = MAML(norm_net("bn"), inner_lr=0.3, steps=3, batch_with="fold").eval()
     tasks = mlp_tasks()

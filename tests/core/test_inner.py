@@ -244,6 +244,24 @@ def test_decomposed_loop_norms_refuse_running_statistics_and_unknown_names():
         MAML(mlp("bn"), loop_norms="auto")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (MAML, {"steps": True}, "steps must be an integer >= 1"),
+        (MAML, {"steps": 0}, "steps must be an integer >= 1"),
+        (MAML, {"inner_lr": float("nan")}, "inner_lr must be a finite number > 0"),
+        (MAML, {"inner_lr": -5.0}, "inner_lr must be a finite number > 0"),
+        (MAML, {"inner_lr": "0.1"}, "inner_lr must be a finite number > 0"),
+        (MetaSGD, {"inner_lr": 0.0}, "inner_lr must be a finite number > 0"),
+        (MAMLPlusPlus, {"msl_epochs": -1}, "msl_epochs must be an integer >= 0"),
+        (MAMLPlusPlus, {"first_order_epochs": 1.5}, "first_order_epochs must be an integer >= 0"),
+    ],
+)
+def test_bad_learner_arguments_are_refused(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls(mlp(), **kwargs)
+
+
 def test_dropgrad_is_off_at_evaluation():
     batch = tasks(n_tasks=1)
     learner = MAML(mlp(), inner_lr=0.3, steps=3, dropgrad=DropGrad(0.5, "binary"))

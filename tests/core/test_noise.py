@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from dropgrad.inner import sgd_step
-from dropgrad.noise import DropGrad, RESNET_GROUPS
+from dropgrad.inner import MAML, sgd_step
+from dropgrad.noise import DropGrad, RESNET_GROUPS, check_schedule
 
 N = 1_000_000
 
@@ -139,6 +140,39 @@ def test_selection_errors_are_clear():
     with pytest.raises(ValueError, match="params"):
         DropGrad(0.2, params=[""])
     assert set(RESNET_GROUPS) == {"conv", "block1", "block2", "block3", "block4", "fc"}
+
+
+@pytest.mark.parametrize("inactive", ["p0", "eval", "linear at progress 0"])
+def test_a_selection_matching_nothing_fails_while_inactive_too(inactive):
+    # Else a typo would pass unnoticed for a whole first epoch of a linear schedule, or forever at p = 0.
+    dg = DropGrad(0.0 if inactive == "p0" else 0.2, params="layer9", schedule="linear" if "linear" in inactive else "constant")
+    if inactive == "eval":
+        dg.eval()
+    assert not dg.active
+    grads = {"fc.weight": torch.ones(2)}
+    for call in (dg, dg.draw):
+        with pytest.raises(ValueError, match="'layer9' matches no parameter"):
+            call(grads)
+    with pytest.raises(ValueError, match="'layer9' matches no parameter"):
+        MAML(nn.Linear(2, 2), dropgrad=dg)  # at once, before any step
+    assert DropGrad(0.0, params="fc")(grads) is grads
+
+
+def test_a_group_given_as_one_string_is_one_pattern():
+    # Not the characters f, c, . and *: the last would select every parameter.
+    dg = DropGrad(0.5, "binary", params="head", groups={"head": "fc.*"})
+    out = dg({"conv1.weight": torch.ones(100), "fc.weight": torch.ones(100)})
+    assert torch.equal(out["conv1.weight"], torch.ones(100)) and not torch.equal(out["fc.weight"], torch.ones(100))
+    for bad in ({"head": []}, {"head": [""]}, {"head": [3]}):
+        with pytest.raises(ValueError, match="groups must map a name to parameter-name patterns"):
+            DropGrad(params="head", groups=bad)
+
+
+def test_a_linear_schedule_over_one_epoch_is_refused():
+    check_schedule("linear", 2)
+    check_schedule("constant", 1)
+    with pytest.raises(ValueError, match="--dropgrad-schedule linear needs --epochs >= 2.*got --epochs=1"):
+        check_schedule("linear", 1, "--dropgrad-schedule", "--epochs")
 
 
 def test_linear_schedule_values():

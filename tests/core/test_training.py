@@ -233,6 +233,18 @@ def test_grad_clip_scheduler_dropgrad_progress_and_modes(tmp_path):
     assert model.training
 
 
+def test_a_linear_dropgrad_schedule_over_one_epoch_is_refused(tmp_path):
+    from dropgrad.noise import DropGrad
+
+    # Progress would stay 0 for the only epoch: a run asked for DropGrad would get none.
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, progress=False)
+    with pytest.raises(ValueError, match="schedule linear needs TrainConfig.epochs >= 2"):
+        _trainer(tmp_path / "a", cfg, dropgrad=DropGrad(0.2, schedule="linear"))
+    assert not (tmp_path / "a").exists()
+    _trainer(tmp_path / "b", cfg, dropgrad=DropGrad(0.2))
+    _trainer(tmp_path / "c", cfg, dropgrad=DropGrad(0.2, kind="none", schedule="linear"))
+
+
 def test_bad_config_values_name_the_option():
     with pytest.raises(ValueError, match="TrainConfig.patience"):
         TrainConfig(patience=0)
@@ -330,3 +342,38 @@ def test_progress_bar_and_stdout_logging(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == (tmp_path / "log.txt").read_text().splitlines()
     assert out[-1].startswith("training complete")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_resume_on_more_processes_gives_other_ranks_their_own_noise_stream(tmp_path, rank):
+    from dropgrad.distributed import DistributedContext
+    from dropgrad.noise import DropGrad
+
+    cfg = TrainConfig(epochs=3, steps_per_epoch=2, progress=False)
+    saved = DropGrad(0.2, schedule="linear", generator=torch.Generator().manual_seed(1))
+    trainer, _, _ = _trainer(tmp_path, cfg, dropgrad=saved)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert "ranks" not in state  # written by one process
+
+    own = DropGrad(0.2, schedule="linear", generator=torch.Generator().manual_seed(1000 + rank))
+    fresh = own.generator.get_state()
+    resumed, _, _ = _trainer(tmp_path / "two", cfg, dropgrad=own)
+    resumed.distributed = DistributedContext(rank, 2)  # what _restore reads of a launched rank
+    resumed._restore(state)
+    assert own.progress == saved.progress == 1.0 and resumed.epoch == 3
+    expected = saved.generator.get_state() if rank == 0 else fresh
+    assert torch.equal(own.generator.get_state(), expected)
+
+
+def test_read_metrics_leaves_out_only_an_unfinished_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"event": "val", "epoch": 0}\n{"event": "val", "ep')
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:2: left out an unfinished last line"):
+        assert read_metrics(path) == [{"event": "val", "epoch": 0}]
+    path.write_text('{"event": "val", "ep\n{"event": "val", "epoch": 0}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:1: not a JSON line"):
+        read_metrics(path)
+    path.write_text('{"event": "val", "ep\n')  # a whole line: not what a stopped write leaves
+    with pytest.raises(ValueError, match=r"metrics.jsonl:1: not a JSON line"):
+        read_metrics(path)

@@ -27,7 +27,7 @@ from .episodes import Episode, EpisodeSampler
 from .graphs import CapturedEvaluation, CapturedMetaStep
 from .inner import MAML, MAMLPlusPlus, MetaOutput, MetaSGD, Task, msl_weights, sgd_step
 from .metrics import MeanCI, mean_ci95, summarize
-from .noise import RESNET_GROUPS, DropGrad, check_p
+from .noise import RESNET_GROUPS, DropGrad, check_p, check_schedule
 from .rundir import resume_run, run_config, start_run
 from .runtime import (
     autocast,
@@ -73,6 +73,7 @@ __all__ = [
     "build_config",
     "capture_rng_state",
     "check_p",
+    "check_schedule",
     "config_to_dict",
     "has_consistent_dropout",
     "load_best_model",

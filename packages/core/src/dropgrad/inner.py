@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -235,7 +236,9 @@ def _fold_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Ten
     out = functional_call(learner.model, {**params, **shared}, (x.flatten(0, 1),)).unflatten(0, (tasks, n))
     if learner.loss_fn is F.cross_entropy:  # one kernel for all tasks, each task's own mean
         flat = F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none")
-        return flat.view(tasks, -1).mean(1), out
+        # As F.cross_entropy's mean: over the labels not ignored (ignore_index -100 gives 0 above).
+        kept = (y.flatten(1) != -100).sum(1)
+        return flat.view(tasks, -1).sum(1) / kept, out
     return torch.stack([learner.loss_fn(out[t], y[t]) for t in range(tasks)]), out
 
 
@@ -418,8 +421,14 @@ class MAML(nn.Module):
         task_streams: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(steps, int) or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"inner loop: steps must be an integer >= 1, got steps={steps!r}")
+        try:
+            lr = float(inner_lr)
+        except (TypeError, ValueError):
+            lr = math.nan
+        if isinstance(inner_lr, (bool, str)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"inner loop: inner_lr must be a finite number > 0, got inner_lr={inner_lr!r}")
         if task_chunk is not None and (isinstance(task_chunk, bool) or not isinstance(task_chunk, int) or task_chunk < 1):
             raise ValueError(f"inner loop: task_chunk must be None or an integer >= 1, got task_chunk={task_chunk!r}")
         if vmap_norms not in VMAP_NORMS:
@@ -440,6 +449,8 @@ class MAML(nn.Module):
         self.dropgrad = dropgrad if dropgrad is not None else DropGrad(kind="none")
         self.loss_fn = loss_fn
         self.fast_names = self._select_fast_names(adapt)
+        # Checked now, not at the first noisy step: that may be an epoch away (linear schedule).
+        self.dropgrad.selected(self.fast_names)
         self._compiled, self._compiled_vmap = self._compile(compile_forward, batch_with)
         self._compiled_second_order = self._compile_second_order(compile_second_order, compile_forward)
         self.folded_forms = self._check_folded_forms(folded_forms, compile_forward)
@@ -918,6 +929,9 @@ class MAMLPlusPlus(MAML):
         first_order_epochs: int = 0,
         **kwargs,
     ) -> None:
+        for name, value in (("msl_epochs", msl_epochs), ("first_order_epochs", first_order_epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"MAML++: {name} must be an integer >= 0, got {name}={value!r}")
         self._bn_modules: list[tuple[str, nn.modules.batchnorm._BatchNorm]] = []
         if per_step_bn:
             self._bn_modules = [

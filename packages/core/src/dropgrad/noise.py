@@ -80,6 +80,24 @@ def check_p(p: float, option: str = "p") -> float:
     return float(p)
 
 
+def check_schedule(schedule: str, epochs: int, schedule_option: str = "schedule", epochs_option: str = "epochs") -> None:
+    """Refuse a ``linear`` schedule over fewer than 2 epochs, which would never apply DropGrad.
+
+    The ramp is 0 at the first epoch and full at the last; with one epoch, the only epoch is
+    the first, so a run asked for DropGrad would silently train without it.
+
+    >>> check_schedule("linear", 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: DropGrad: schedule linear needs epochs >= 2 (the strength is 0 at the first epoch and full at the last), got epochs=1
+    """
+    if schedule == "linear" and epochs < 2:
+        raise ValueError(
+            f"DropGrad: {schedule_option} linear needs {epochs_option} >= 2 (the strength is 0 at the first "
+            f"epoch and full at the last), got {epochs_option}={epochs}"
+        )
+
+
 def parse_selection(params: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """Normalise a parameter selection: ``None`` (all), ``"block4,fc"`` or ``["layer4.*", "fc.*"]``.
 
@@ -103,6 +121,23 @@ def parse_selection(params: str | Sequence[str] | None) -> tuple[str, ...] | Non
             f"DropGrad: params must be parameter-name patterns or group names, got params={params!r}"
         )
     return entries
+
+
+def _parse_groups(groups: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """Group name (lower case) -> its name patterns; a lone string is one pattern.
+
+    A plain string must not be taken as a sequence: ``"fc.*"`` would become the patterns
+    ``f``, ``c``, ``.`` and ``*``, and ``*`` selects every parameter.
+    """
+    parsed: dict[str, tuple[str, ...]] = {}
+    for name, patterns in groups.items():
+        entries = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        if not isinstance(name, str) or not entries or not all(isinstance(e, str) and e.strip() for e in entries):
+            raise ValueError(
+                f"DropGrad: groups must map a name to parameter-name patterns, got {name!r}: {patterns!r}"
+            )
+        parsed[name.lower()] = tuple(e.strip() for e in entries)
+    return parsed
 
 
 class DropGrad(nn.Module):
@@ -152,7 +187,7 @@ class DropGrad(nn.Module):
         self.kind: str = kind
         self.schedule: str = schedule
         self.selection = parse_selection(params)
-        self.groups = {k.lower(): tuple(v) for k, v in (RESNET_GROUPS if groups is None else groups).items()}
+        self.groups = _parse_groups(RESNET_GROUPS if groups is None else groups)
         self.generator = generator
         # Under the linear schedule the strength is also kept in a tensor per (device, dtype) that
         # every draw reads, so a CUDA graph recorded once follows the ramp (see _strength).
@@ -327,8 +362,8 @@ class DropGrad(nn.Module):
         [True, False]
         """
         values = list(grads.values()) if isinstance(grads, Mapping) else list(grads)
-        if not self.active:
-            return [None] * len(values)
+        # The selection is checked even while inactive (p = 0, eval, progress 0 of a linear
+        # schedule), so that a pattern matching nothing fails at once, not an epoch later.
         if self.selection is not None:
             names = list(grads.keys()) if isinstance(grads, Mapping) else names
             if names is None:
@@ -340,6 +375,8 @@ class DropGrad(nn.Module):
             flags = self.selected(names)
         else:
             flags = (True,) * len(values)
+        if not self.active:
+            return [None] * len(values)
         chosen = [v for v, f in zip(values, flags) if f]
         noise = iter(self.noise_like(chosen) if chosen else [])
         return [next(noise) if f else None for f in flags]
@@ -371,6 +408,8 @@ class DropGrad(nn.Module):
             other tensors passed through unchanged.
         """
         if not self.active:
+            if self.selection is not None:
+                self.draw(grads, names)  # checks the selection (see draw); draws nothing while inactive
             return grads
         return self.apply(grads, self.draw(grads, names))
 

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write, write_json
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext
+from .noise import DropGrad, check_schedule
 from .runtime import autocast, capture_rng_state, restore_rng_state
 
 __all__ = [
@@ -198,6 +200,16 @@ def _read(values: Mapping[str, Scalar]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items()}
 
 
+def _without_generator_state(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A DropGrad ``state_dict`` without its generator's state (its progress stays)."""
+    if state is None:
+        return None
+    return {
+        k: {n: v for n, v in value.items() if n != "generator_state"} if k.endswith("_extra_state") and isinstance(value, dict) else value
+        for k, value in state.items()
+    }
+
+
 def _fmt(metrics: Mapping[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
@@ -296,6 +308,8 @@ class MetaTrainer:
             )
         if dropgrad is not None and not isinstance(dropgrad, ProgressNoise):
             raise TypeError("dropgrad must have set_progress(fraction), state_dict() and load_state_dict()")
+        if isinstance(dropgrad, DropGrad) and dropgrad.kind != "none" and dropgrad.p > 0:
+            check_schedule(dropgrad.schedule, config.epochs, epochs_option="TrainConfig.epochs")
         self.run_dir = Path(run_dir)
         self.config = config
         self.model = model
@@ -482,6 +496,8 @@ class MetaTrainer:
                 )
                 if not ctx.is_main:
                     rng = None
+                    # Rank 0's noise generator too: kept, every rank would draw rank 0's noise.
+                    state = {**state, "dropgrad": _without_generator_state(state["dropgrad"])}
         for name, obj in (("scheduler", self.scheduler), ("dropgrad", self.dropgrad)):
             if (obj is None) != (state[name] is None):
                 have = "has" if state[name] is not None else "has no"
@@ -759,6 +775,9 @@ def load_best_model(run_dir: str | os.PathLike[str], model: nn.Module, map_locat
 def read_metrics(metrics_jsonl: str | os.PathLike[str], event: str | None = None) -> list[dict[str, Any]]:
     """Read ``metrics.jsonl`` records, optionally only those of one ``event``.
 
+    A last line without its newline that is not JSON, what a run killed while writing leaves
+    (a resume cuts it), is left out with a warning.
+
     Raises:
         ValueError: a line is not a JSON object (names the file and line number).
 
@@ -771,17 +790,21 @@ def read_metrics(metrics_jsonl: str | os.PathLike[str], event: str | None = None
     path = Path(metrics_jsonl)
     records: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            if event is None or record.get("event") == event:
-                records.append(record)
+        lines = f.readlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines) and not line.endswith("\n"):
+                warnings.warn(f"{path}:{lineno}: left out an unfinished last line (the run was stopped while writing it)", stacklevel=2)
+                break
+            raise ValueError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        if event is None or record.get("event") == event:
+            records.append(record)
     return records
 
 
