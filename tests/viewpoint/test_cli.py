@@ -56,6 +56,7 @@ def test_resume_of_a_finished_run_keeps_its_results(tiny_run, tmp_path):
         (["--dataset", "objectnet3d"], "--dataset objectnet3d needs --data-root"),
         (["--shots", "0"], "--shots must be >= 1"),
         (["--weight-hidden", "-1"], "--weight-hidden must be >= 0"),
+        (["--schedule", "linear", "--epochs", "1"], "--schedule linear needs --epochs >= 2"),
     ],
 )
 def test_bad_options_exit_2_before_anything_is_written(tmp_path, capsys, args, message):
@@ -91,3 +92,18 @@ def test_eval_of_a_non_run_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main_eval([str(tmp_path)])
     assert exc.value.code == 2 and "not a viewpoint-train run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--novel-categories", ","], "no novel (test) category"),
+        (["--query", "20"], "fewer than --shots + --query = 25 usable objects"),
+    ],
+)
+def test_data_too_small_for_the_options_exits_2_before_anything_is_written(small_synthetic, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main_train(TINY + args + ["--data-root", str(small_synthetic), "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

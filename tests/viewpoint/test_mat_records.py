@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 from dropgrad_viewpoint.data.mat import MatError, load_mat, save_mat
-from dropgrad_viewpoint.data.records import load_cad, parse_record
+from dropgrad_viewpoint.data.records import Viewpoint, load_cad, parse_record
 
 
 def _object(**over):
@@ -77,11 +77,30 @@ def test_record_round_trip(tmp_path, version):
     assert rec.objects[1].difficult and rec.objects[0].viewpoint.theta == 2.0
 
 
+@pytest.mark.parametrize("version", ["5", "7.3"])
+def test_gaps_are_read_as_the_datasets_tools_read_them(tmp_path, version):
+    empty = np.zeros((0,))
+    # Pascal3D+: distance 0 marks a coarse-only annotation; its tools then take the coarse angles.
+    coarse = _object(viewpoint={**_object()["viewpoint"], "distance": 0.0, "azimuth_coarse": 45.0, "elevation_coarse": 15.0})
+    unposed = _object(**{"class": "cup", "viewpoint": np.zeros((0, 0))})
+    # The ObjectNet3D toolbox: missing/empty fine angles -> coarse; empty camera fields -> defaults.
+    sparse = _object(bbox=np.array([10.0, 20, 50, 80]), viewpoint={
+        "azimuth_coarse": 90.0, "elevation": empty, "elevation_coarse": 5.0, "theta": empty, "distance": empty,
+        "focal": empty, "px": empty, "py": empty, "viewport": empty})
+    p = save_mat(tmp_path / "a.mat", {"record": {"filename": "a.png", "objects": [coarse, unposed, sparse]}}, version=version)
+    rec = parse_record(p)
+    assert [o.position for o in rec.objects] == [0, 2] and rec.unposed == ["cup"]
+    a, b = (o.viewpoint for o in rec.objects)
+    assert (a.azimuth, a.elevation, a.theta, a.distance) == (45.0, 15.0, 2.0, 0.0)
+    assert b == Viewpoint(azimuth=90.0, elevation=5.0, theta=0.0, distance=5.0, focal=1.0, px=30.0, py=50.0, viewport=2000.0)
+
+
 @pytest.mark.parametrize(
     "obj, field",
     [
         ({k: v for k, v in _object().items() if k != "bbox"}, "record.objects(1).bbox"),
-        (_object(viewpoint={"azimuth": 1.0}), "record.objects(1).viewpoint.elevation"),
+        (_object(viewpoint={"azimuth": 1.0}), "record.objects(1).viewpoint.distance"),
+        (_object(viewpoint={"azimuth": 1.0, "distance": 5.0}), "record.objects(1).viewpoint.elevation"),
         (_object(bbox=np.array([5.0, 6, 4, 60])), "record.objects(1).bbox"),
         (_object(cad_index=0.0), "record.objects(1).cad_index"),
     ],

@@ -138,3 +138,18 @@ def test_hidden_keypoints_get_a_flat_heatmap_loss():
     zero = model.keypoint_losses(flat, batch)
     model.weight_hidden = 2.0
     assert torch.allclose(model.keypoint_losses(flat, batch), zero, atol=1e-12)
+
+
+def test_depth_is_scored_only_where_it_is_known():
+    model = _model().double()
+    batch = _batch(6, 3, dtype=torch.float64)
+    batch["visible"][:] = True
+    with torch.no_grad():
+        maps = model.head_forward(model.initial_params(3), model.trunk(batch["images"]))
+    known = torch.ones(6, 3, dtype=torch.bool)
+    known[2] = False
+    masked = model.keypoint_losses(maps, {**batch, "depth_valid": known})
+    wild = {**batch, "depth_valid": known, "depth": batch["depth"].masked_fill(~known, 100.0)}
+    assert torch.equal(model.keypoint_losses(maps, wild), masked)
+    everywhere = model.keypoint_losses(maps, {**batch, "depth_valid": torch.ones(6, 3, dtype=torch.bool)})
+    assert torch.equal(everywhere, model.keypoint_losses(maps, batch)) and not torch.equal(masked, everywhere)

@@ -200,3 +200,57 @@ def test_ensure_refuses_a_version_1_folder(small_synthetic, tmp_path):
     (old / "synthetic.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="other options"):
         ensure_synthetic(old, SMALL)
+
+
+def _with_images(root, height=40, width=60):
+    """Replace the empty image files of :func:`_folder` by a smooth colour image; returns it (BGR)."""
+    import cv2
+
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8)
+    for path in (root / "Images").iterdir():
+        cv2.imwrite(str(path), img)
+    return img
+
+
+def test_objects_without_a_pose_are_counted_and_later_ones_keep_their_position(tmp_path):
+    root = _folder(tmp_path, [_obj()])
+    save_mat(root / "Annotations" / "im0.mat", {"record": {"filename": "im0.png", "objects": [
+        _obj(viewpoint=np.zeros((0, 0))), _obj(cad_index=2.0)]}})
+    with pytest.raises(MatError, match=r"im0\.mat: field record\.objects\(2\)\.cad_index=2"):
+        ObjectNet3D(root, ["train"])
+    save_mat(root / "Annotations" / "im0.mat", {"record": {"filename": "im0.png", "objects": [
+        _obj(viewpoint=np.zeros((0, 0))), _obj()]}})
+    ds = ObjectNet3D(root, ["train"])
+    assert ds.unposed == {"mug": 1} and [it.index for it in ds.items] == [1]
+    assert ObjectNet3D(root, ["train"], categories=["cup"]).unposed == {}
+
+
+def test_depth_is_marked_unknown_where_no_scale_can_be_fitted(tmp_path):
+    coarse = {"azimuth": 0.0, "elevation": 0.0, "theta": 0.0, "distance": 0.0, "focal": 1.0, "px": 20.0, "py": 20.0,
+              "viewport": 100.0}
+    both = {"a": {"location": np.array([12.0, 15.0]), "status": 1.0}, "b": {"location": np.array([18.0, 11.0]), "status": 1.0}}
+    root = _folder(tmp_path, [_obj(), _obj(viewpoint=coarse), _obj(viewpoint=coarse, anchors=both)])
+    _with_images(root)
+    ds = ObjectNet3D(root, ["train"])
+    data = CategoryData.build(ds, "mug", ds.usable("mug", "train"), 32)
+    # A distance gives the scale; without one, two keypoints fit it; one keypoint cannot.
+    assert data.depth_valid.tolist() == [[True, True], [False, False], [True, True]]
+    assert data.depth[1].abs().sum() == 0 and data.depth[2].abs().sum() > 0
+
+
+def test_images_are_read_as_stored_without_exif_rotation(tmp_path):
+    import cv2
+    from PIL import Image
+
+    root = _folder(tmp_path, [_obj(bbox=np.array([5.0, 5, 30, 25]))])
+    img = _with_images(root)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    path = root / "Images" / "im0.png"  # JPEG bytes under the record's name: readers go by content
+    Image.fromarray(img[..., ::-1]).save(path, format="JPEG", quality=100, exif=exif)
+    assert cv2.imread(str(path), cv2.IMREAD_COLOR).shape == (60, 40, 3)  # what honouring the tag gives
+    ds = ObjectNet3D(root, ["train"])
+    data = CategoryData.build(ds, "mug", ds.usable("mug", "train"), 32)
+    expected, _, _ = crop_object(img, ds.items[0].ann.bbox, 32)
+    assert np.abs(data.raw_crops[0].astype(int) - expected).mean() < 3

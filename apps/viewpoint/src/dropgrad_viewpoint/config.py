@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dropgrad import check_p
+from dropgrad import check_p, check_schedule
 
 __all__ = ["DEFAULT_SYNTHETIC_ROOT", "ViewpointConfig"]
 
@@ -73,5 +73,7 @@ class ViewpointConfig:
                           ("weight_hidden", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if self.dropgrad != "none":
+            check_schedule(self.schedule, self.epochs, "--schedule", "--epochs")
         if self.dataset == "objectnet3d" and not self.data_root:
             raise ValueError("--dataset objectnet3d needs --data-root (the folder with Annotations/, Images/, Image_sets/, CAD/)")

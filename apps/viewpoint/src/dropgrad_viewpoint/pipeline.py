@@ -64,6 +64,10 @@ def load_data(cfg: ViewpointConfig, log: Callable[[str], object] = print) -> Vie
         novel = list(STARMAP_NOVEL)
     base = ObjectNet3D(root, _names(cfg.train_sets))
     novel_set = ObjectNet3D(root, _names(cfg.test_sets), categories=novel)
+    for name, ds in (("training", base), ("test", novel_set)):
+        if ds.unposed:
+            counts = ", ".join(f"{c} {n}" for c, n in sorted(ds.unposed.items()))
+            log(f"left out {sum(ds.unposed.values())} {name} object(s) without a viewpoint annotation: {counts}")
     split = make_split(base, novel_set, novel, cfg.val_categories, cfg.shots, cfg.seed)
     for c, why in split.excluded.items():
         log(f"excluded base category {c}: {why}")
@@ -73,8 +77,14 @@ def load_data(cfg: ViewpointConfig, log: Callable[[str], object] = print) -> Vie
     def sources(ds: ObjectNet3D, cats: list[str], mode: str) -> dict[str, CategorySource]:
         return {c: CategorySource(ds, c, ds.usable(c, mode), cfg.image_size, cfg.preload) for c in cats}  # type: ignore[arg-type]
 
-    return ViewpointData(root, split, sources(base, split.train, "train"), sources(base, split.val, "train"),
-                         sources(novel_set, split.test, "test"))
+    train = sources(base, split.train, "train")
+    short = [c for c in train if len(train[c]) < cfg.shots + cfg.query]
+    if short:
+        raise ValueError(
+            f"training categories with fewer than --shots + --query = {cfg.shots + cfg.query} usable objects: "
+            f"{', '.join(f'{c} ({len(train[c])})' for c in short)}; lower --query"
+        )
+    return ViewpointData(root, split, train, sources(base, split.val, "train"), sources(novel_set, split.test, "test"))
 
 
 def apply_threads(threads: int) -> None:
@@ -117,12 +127,6 @@ def run(
     cats = list(data.train)
     labels = [c for c in cats for _ in range(len(data.train[c]))]
     offsets = {c: sum(len(data.train[x]) for x in cats[:i]) for i, c in enumerate(cats)}
-    short = [c for c in cats if len(data.train[c]) < cfg.shots + cfg.query]
-    if short:
-        raise ValueError(
-            f"training categories with fewer than --shots + --query = {cfg.shots + cfg.query} usable objects: "
-            f"{', '.join(f'{c} ({len(data.train[c])})' for c in short)}; lower --query"
-        )
     sampler = EpisodeSampler(labels, n_way=1, n_shot=cfg.shots, n_query=cfg.query, seed=cfg.seed)
 
     def step_fn(global_step: int) -> dict[str, torch.Tensor | float]:

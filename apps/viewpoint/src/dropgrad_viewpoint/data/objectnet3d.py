@@ -91,12 +91,17 @@ class ObjectNet3D:
         self._cad: dict[str, list[CadModel]] = {}
         keep = None if categories is None else set(categories)
         self.items: list[ObjectItem] = []
+        self.unposed: dict[str, int] = {}
+        """Objects of the kept classes left out for an empty ``viewpoint`` (no pose), per class."""
         for set_name in image_sets:
             for image_id in read_image_set(self.root, set_name):
                 rec_path = self.root / "Annotations" / f"{image_id}.mat"
                 record = parse_record(rec_path)
                 image_path = self.root / "Images" / record.filename
-                for i, ann in enumerate(record.objects):
+                for cls in record.unposed:
+                    if keep is None or cls in keep:
+                        self.unposed[cls] = self.unposed.get(cls, 0) + 1
+                for ann in record.objects:
                     if keep is not None and ann.cls not in keep:
                         continue
                     if not image_path.is_file():
@@ -104,10 +109,10 @@ class ObjectNet3D:
                     n_cad = len(self.cad(ann.cls))
                     if ann.cad_index > n_cad:
                         raise MatError(
-                            f"{rec_path}: field record.objects({i + 1}).cad_index={ann.cad_index} is beyond "
+                            f"{rec_path}: field record.objects({ann.position + 1}).cad_index={ann.cad_index} is beyond "
                             f"{self.root / 'CAD' / (ann.cls + '.mat')}, which holds {n_cad} CAD model(s)"
                         )
-                    self.items.append(ObjectItem(rec_path, image_path, i, ann))
+                    self.items.append(ObjectItem(rec_path, image_path, ann.position, ann))
 
     def cad(self, cls: str) -> list[CadModel]:
         """The CAD models of ``cls`` (read once)."""
@@ -170,6 +175,8 @@ class CategoryData:
         kp2d: of shape ``(N, K, 2)``: keypoints in normalised crop coordinates (x right, y down).
         visible: of shape ``(N, K)``: annotated visible and inside the crop.
         depth: of shape ``(N, K)``: ``(R X)_z`` in the crop's units (weak perspective scale).
+        depth_valid: of shape ``(N, K)``: the depth is known (false for all of an object whose
+            annotation has no distance and too few keypoints to fit the scale).
         canon: of shape ``(N, K, 3)``: CAD keypoints of the object's CAD model (0 where missing).
         canon_valid: of shape ``(N, K)``: the CAD model has that keypoint.
         rotation: of shape ``(N, 3, 3)``: the annotated rotation.
@@ -181,6 +188,7 @@ class CategoryData:
     kp2d: torch.Tensor
     visible: torch.Tensor
     depth: torch.Tensor
+    depth_valid: torch.Tensor
     canon: torch.Tensor
     canon_valid: torch.Tensor
     rotation: torch.Tensor
@@ -196,7 +204,7 @@ class CategoryData:
     def subset(self, index: np.ndarray | Sequence[int]) -> dict[str, torch.Tensor]:
         """The tensors of the objects at ``index`` (a dict of tensors with leading dim len(index))."""
         idx = torch.from_numpy(np.array(index, dtype=np.int64))
-        return {k: getattr(self, k)[idx] for k in ("images", "kp2d", "visible", "depth", "canon", "canon_valid", "rotation")}
+        return {k: getattr(self, k)[idx] for k in ("images", "kp2d", "visible", "depth", "depth_valid", "canon", "canon_valid", "rotation")}
 
     @classmethod
     def build(cls, dataset: ObjectNet3D, category: str, items: Sequence[ObjectItem], size: int) -> CategoryData:
@@ -209,6 +217,7 @@ class CategoryData:
         kp2d = np.zeros((n, k, 2), dtype=np.float32)
         visible = np.zeros((n, k), dtype=bool)
         depth = np.zeros((n, k), dtype=np.float32)
+        depth_valid = np.zeros((n, k), dtype=bool)
         canon = np.zeros((n, k, 3), dtype=np.float32)
         valid = np.zeros((n, k), dtype=bool)
         rots = np.zeros((n, 3, 3), dtype=np.float32)
@@ -216,7 +225,8 @@ class CategoryData:
         for i, it in enumerate(items):
             a = it.ann
             if it.image_path not in cache:
-                img = cv2.imread(str(it.image_path), cv2.IMREAD_COLOR)
+                # Pixels as stored: the annotation tools (MATLAB's imread) ignore EXIF orientation.
+                img = cv2.imread(str(it.image_path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
                 if img is None:
                     raise ValueError(f"{it.image_path}: unreadable image (named by {it.record_path})")
                 cache = {it.image_path: img}
@@ -234,21 +244,24 @@ class CategoryData:
                     if np.all(np.abs(q) < 0.5):
                         kp2d[i, j], visible[i, j] = q, True
             rotated = np.nan_to_num(pts) @ rot.T
-            depth[i] = rotated[:, 2] * _pixel_scale(vp, rotated, kp2d[i], visible[i] & valid[i], side)
+            scale = _pixel_scale(vp, rotated, kp2d[i], visible[i] & valid[i], side)
+            if scale is not None:
+                depth[i], depth_valid[i] = rotated[:, 2] * scale, True
         norm = (images[..., ::-1].astype(np.float32) / 255.0 - _MEAN) / _STD
         return cls(
             category, list(names), torch.from_numpy(np.ascontiguousarray(norm.transpose(0, 3, 1, 2))),
-            torch.from_numpy(kp2d), torch.from_numpy(visible & valid), torch.from_numpy(depth),
+            torch.from_numpy(kp2d), torch.from_numpy(visible & valid), torch.from_numpy(depth), torch.from_numpy(depth_valid),
             torch.from_numpy(canon), torch.from_numpy(valid), torch.from_numpy(rots), images,
         )
 
 
-def _pixel_scale(vp, rotated: np.ndarray, kp2d: np.ndarray, mask: np.ndarray, side: float) -> float:
-    """Crop units per CAD unit at the object: ``M f / d / side``; fitted to the 2D keypoints when d = 0."""
+def _pixel_scale(vp, rotated: np.ndarray, kp2d: np.ndarray, mask: np.ndarray, side: float) -> float | None:
+    """Crop units per CAD unit at the object: ``M f / d / side``; fitted to the 2D keypoints when
+    d = 0; ``None`` (unknown) when d = 0 and fewer than two keypoints can be used."""
     if vp.distance > 0:
         return vp.viewport * vp.focal / vp.distance / side
     if mask.sum() < 2:
-        return 0.0
+        return None
     # Coarse annotations carry no distance: least-squares scale between centred 2D and (x, -y).
     a = rotated[mask][:, :2] * [1.0, -1.0]
     b = kp2d[mask]
@@ -279,9 +292,11 @@ def make_split(
     test-usable objects is an error: the few-shot protocol cannot run on it.
 
     Raises:
-        ValueError: a novel category absent from the data, or with too few usable objects.
+        ValueError: no novel category, one absent from the data, or one with too few usable objects.
     """
     novel = list(novel)
+    if not novel:
+        raise ValueError("no novel (test) category given: name at least one with --novel-categories")
     excluded: dict[str, str] = {}
     for c in novel:
         if c not in novel_set.categories:

@@ -2,12 +2,18 @@
 
 ``Annotations/<id>.mat`` holds one ``record`` struct: ``filename``, ``size`` and ``objects`` (a
 struct array) with ``class``, ``bbox`` (x1, y1, x2, y2, 1-based pixels), ``viewpoint`` (azimuth,
-elevation, theta, distance, focal, px, py, viewport, and ``azimuth_coarse``/``elevation_coarse``
-used when the fine angles are empty), ``cad_index`` (1-based), ``anchors`` (one field per
+elevation, theta, distance, focal, px, py, viewport, and ``azimuth_coarse``/``elevation_coarse``;
+empty for an object without a pose), ``cad_index`` (1-based), ``anchors`` (one field per
 keypoint name with ``location`` and ``status``; empty when the object has no keypoints),
 ``truncated``, ``occluded``, ``difficult``. ``CAD/<class>.mat`` holds one variable named after
 the class: a struct array of CAD instances with ``vertices``, ``faces``, ``pnames`` and one
 3-vector field per keypoint name (empty where the instance lacks that keypoint).
+
+Gaps are read as the datasets' own tools read them: the coarse angles where the fine ones are
+missing or empty, or where ``distance`` is 0 (Pascal3D+'s mark of a coarse-only annotation);
+an empty theta, distance, focal, viewport, px or py takes the ObjectNet3D toolbox's default
+(0, 5, 1, 2000 and the box centre); an object with an empty ``viewpoint`` has no pose and is
+left out of ``objects``, and counted in ``ImageRecord.unposed``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class ObjectAnnotation:
     truncated: bool
     occluded: bool
     difficult: bool
+    position: int = 0
+    """Index of the object in the file's ``record.objects`` (0-based)."""
 
     @property
     def visible_keypoints(self) -> list[str]:
@@ -73,6 +81,8 @@ class ImageRecord:
     path: Path
     filename: str
     objects: list[ObjectAnnotation] = field(default_factory=list)
+    unposed: list[str] = field(default_factory=list)
+    """The classes of the objects left out for an empty ``viewpoint``, one entry per object."""
 
 
 @dataclass
@@ -125,6 +135,39 @@ def _number(d: Any, name: str, where: str, path: Path, fallback: str | None = No
     return num
 
 
+def _empty(value: Any) -> bool:
+    return np.asarray(value, dtype=object if isinstance(value, str) else None).size == 0
+
+
+# The ObjectNet3D toolbox's values for empty camera fields (show_pose_annotations.m).
+_CAMERA_DEFAULTS = {"theta": 0.0, "distance": 5.0, "focal": 1.0, "viewport": 2000.0}
+
+
+def _viewpoint(vp: Any, bbox: np.ndarray, where: str, path: Path) -> Viewpoint:
+    def field_or(name: str, default: float) -> float:
+        return default if _empty(_get(vp, name, where, path)) else _number(vp, name, where, path)
+
+    def angle(name: str, coarse_only: bool) -> float:
+        coarse = f"{name}_coarse"
+        has_coarse = coarse in vp and not _empty(vp[coarse])
+        if has_coarse and (coarse_only or name not in vp or _empty(vp[name])):
+            return _number(vp, coarse, where, path)
+        return _number(vp, name, where, path, fallback=coarse)
+
+    distance = field_or("distance", _CAMERA_DEFAULTS["distance"])
+    coarse_only = distance == 0  # Pascal3D+: no fine viewpoint was annotated
+    return Viewpoint(
+        azimuth=angle("azimuth", coarse_only),
+        elevation=angle("elevation", coarse_only),
+        theta=field_or("theta", _CAMERA_DEFAULTS["theta"]),
+        distance=distance,
+        focal=field_or("focal", _CAMERA_DEFAULTS["focal"]),
+        px=field_or("px", float(bbox[0] + bbox[2]) / 2),
+        py=field_or("py", float(bbox[1] + bbox[3]) / 2),
+        viewport=field_or("viewport", _CAMERA_DEFAULTS["viewport"]),
+    )
+
+
 def parse_record(path: str | os.PathLike[str]) -> ImageRecord:
     """Parse one ObjectNet3D/Pascal3D+ annotation file (v5 or v7.3).
 
@@ -154,6 +197,7 @@ def parse_record(path: str | os.PathLike[str]) -> ImageRecord:
     except TypeError as exc:
         raise MatError(f"{path}: field record.objects must be a struct array, got {exc}") from None
     objects = []
+    unposed = []
     for i, obj in enumerate(raw_objects):
         where = f"record.objects({i + 1})"
         cls = _get(obj, "class", where, path)
@@ -163,17 +207,10 @@ def parse_record(path: str | os.PathLike[str]) -> ImageRecord:
         if bbox.shape != (4,) or not np.all(np.isfinite(bbox)) or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
             raise MatError(f"{path}: field {where}.bbox must be [x1 y1 x2 y2] with x2 > x1, y2 > y1, got {bbox.tolist()}")
         vp = _get(obj, "viewpoint", where, path)
-        w = f"{where}.viewpoint"
-        viewpoint = Viewpoint(
-            azimuth=_number(vp, "azimuth", w, path, fallback="azimuth_coarse"),
-            elevation=_number(vp, "elevation", w, path, fallback="elevation_coarse"),
-            theta=_number(vp, "theta", w, path),
-            distance=_number(vp, "distance", w, path),
-            focal=_number(vp, "focal", w, path),
-            px=_number(vp, "px", w, path),
-            py=_number(vp, "py", w, path),
-            viewport=_number(vp, "viewport", w, path),
-        )
+        if not isinstance(vp, dict) and _empty(vp):
+            unposed.append(cls)  # as the toolboxes do: an object without a pose is not drawn or scored
+            continue
+        viewpoint = _viewpoint(vp, bbox, f"{where}.viewpoint", path)
         cad_index = _number(obj, "cad_index", where, path)
         if cad_index < 1 or cad_index != int(cad_index):
             raise MatError(f"{path}: field {where}.cad_index must be a 1-based integer, got {cad_index}")
@@ -192,8 +229,8 @@ def parse_record(path: str | os.PathLike[str]) -> ImageRecord:
         elif not (isinstance(raw_anchors, np.ndarray) and raw_anchors.size == 0):
             raise MatError(f"{path}: field {where}.anchors must be a struct or empty, got {type(raw_anchors).__name__}")
         flags = {k: bool(_number(obj, k, where, path)) for k in ("truncated", "occluded", "difficult")}
-        objects.append(ObjectAnnotation(cls, bbox, viewpoint, int(cad_index), anchors, **flags))
-    return ImageRecord(path, filename, objects)
+        objects.append(ObjectAnnotation(cls, bbox, viewpoint, int(cad_index), anchors, **flags, position=i))
+    return ImageRecord(path, filename, objects, unposed)
 
 
 def load_cad(path: str | os.PathLike[str], cls: str | None = None) -> list[CadModel]:

@@ -175,8 +175,10 @@ class MetaView(nn.Module):
         depth_err = (at[..., 0] - batch["depth"].T) ** 2
         canon_valid = batch["canon_valid"].T.float() * vis
         canon_err = ((at[..., 1:] - batch["canon"].permute(1, 0, 2)) ** 2).sum(-1)
-        count = vis.sum(1).clamp(min=1.0)
-        loss = (ce * vis).sum(1) / count + self.weight_3d * (depth_err * vis).sum(1) / count
+        # Depth is scored where it is known (a batch without "depth_valid": everywhere).
+        depth_w = vis * batch["depth_valid"].T.float() if "depth_valid" in batch else vis
+        loss = (ce * vis).sum(1) / vis.sum(1).clamp(min=1.0)
+        loss = loss + self.weight_3d * (depth_err * depth_w).sum(1) / depth_w.sum(1).clamp(min=1.0)
         if self.weight_hidden > 0:
             # A keypoint not seen in an image gets a flat target, so the heatmap's peak
             # probability (the Procrustes weight) is low where the keypoint is hidden; without
@@ -215,7 +217,8 @@ class MetaView(nn.Module):
         """Meta-training loss of one task: adapt on ``support``, mean keypoint loss on ``query``.
 
         ``support``/``query``: dicts with ``images`` ``(N, 3, S, S)``, ``kp2d`` ``(N, K, 2)``,
-        ``visible`` ``(N, K)``, ``depth`` ``(N, K)``, ``canon`` ``(N, K, 3)``, ``canon_valid`` ``(N, K)``.
+        ``visible`` ``(N, K)``, ``depth`` ``(N, K)``, ``canon`` ``(N, K, 3)``, ``canon_valid`` ``(N, K)``,
+        and optionally ``depth_valid`` ``(N, K)``.
         """
         params = self.adapt(self.trunk(support["images"]), support)
         maps = self.head_forward(params, self.trunk(query["images"]))
