@@ -439,6 +439,21 @@ def test_cli_runs_metacrest_on_the_synthetic_set(tmp_path, monkeypatch, capsys):
     assert report["overall"]["fps"] > 0 and "fps_without_first" in report["overall"]
 
 
+def test_the_untrained_initialisation_follows_the_seed_alone():
+    from dropgrad_tracking.trackers import TrackerOptions, make_tracker
+
+    weights = []
+    for seed, burn in ((0, 0), (0, 100), (1, 0)):
+        torch.manual_seed(99)
+        torch.rand(burn)
+        before = torch.get_rng_state()
+        with pytest.warns(UserWarning, match="randomly initialised"):
+            tracker = make_tracker("metacrest", TrackerOptions(device="cpu", seed=seed))
+        assert torch.equal(torch.get_rng_state(), before)
+        weights.append(torch.cat([p.detach().flatten() for p in tracker.learner.parameters()]))
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
 def test_cli_rejects_a_bad_backbone_file(tmp_path, capsys):
     (tmp_path / "bad.pth").write_text("junk")
     code = main(["--dataset", "synthetic", "--tracker", "metacrest", "--backbone-weights", str(tmp_path / "bad.pth"),

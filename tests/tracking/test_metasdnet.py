@@ -123,6 +123,42 @@ def test_follows_a_translating_target():
     assert np.abs(centres - truth).mean() < 12  # a static box would be off by 30 px on average
 
 
+def _moving_square(n=7):
+    texture = np.random.default_rng(0).integers(150, 255, (24, 24, 3), dtype=np.uint8)
+    frames = []
+    for i in range(n):
+        img = np.full((96, 160, 3), 40, np.uint8)
+        img[36:60, 20 + 6 * i:44 + 6 * i] = texture
+        frames.append(img)
+    return frames
+
+
+def test_boxes_do_not_depend_on_the_global_random_state():
+    # The online updates' dropout draws from the tracker's own stream, seeded at init: got10k's
+    # experiments do not reseed between sequences, so the global stream is whatever ran before.
+    frames = _moving_square()
+    runs = []
+    for burn in (0, 1000):
+        tracker, _ = _tiny_tracker()
+        torch.manual_seed(123)
+        torch.rand(burn)
+        tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+        before = torch.get_rng_state()
+        runs.append(np.array([tracker.update(f) for f in frames[1:]]))
+        assert torch.equal(torch.get_rng_state(), before)  # nor does tracking move the global stream
+    np.testing.assert_array_equal(runs[0], runs[1])
+    # Seeded per init: the same tracker run twice gives the same boxes.
+    tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+    np.testing.assert_array_equal(np.array([tracker.update(f) for f in frames[1:]]), runs[0])
+
+
+@pytest.mark.parametrize("box", [[50, 50, float("nan"), 20], [50, 50, 0, 0], [50, 50, 10, -1]])
+def test_a_first_box_without_a_finite_positive_size_is_refused(box):
+    tracker, _ = _tiny_tracker()
+    with pytest.raises(ValueError, match="test-tiny.init: the first box must be finite with a positive width and height"):
+        tracker.init(_moving_square(1)[0], box)
+
+
 def test_first_frame_step_is_dropgrad_free_and_deterministic():
     strong = DropGrad(p=0.9, kind="gaussian")
     tracker, learner = _tiny_tracker(adapt_conv=True, dropgrad=strong)

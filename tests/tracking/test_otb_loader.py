@@ -124,6 +124,15 @@ def test_raw_folder_quirks(tmp_path):
     assert seqs["Jogging-2"].boxes[0, 0] == 110
 
 
+def test_any_spelling_selects_folders_outside_otb_too(tmp_path):
+    for name in ("Synthetic-01", "Synthetic-02"):
+        _touch_frames(tmp_path / name, range(1, 4))
+        _write(tmp_path / name / "groundtruth_rect.txt", _boxes(3))
+    assert list(load_otb_folders(tmp_path, iter(["synthetic_02"]))) == ["Synthetic-02"]
+    with pytest.raises(OTBDataError, match=r"no sequence named 'Synthetic-99'; it has 2 sequences"):
+        load_otb_folders(tmp_path, ["Synthetic-99"])
+
+
 def test_wrong_box_count_and_missing_frames_are_errors_naming_the_file(tmp_path):
     _touch_frames(tmp_path / "David", range(1, 771))
     _write(tmp_path / "David" / "groundtruth_rect.txt", _boxes(470))

@@ -137,6 +137,7 @@ def test_config_file_and_options(tmp_path, capsys):
         (["--val-sequences", "4"], "4 usable sequence(s), but --val-sequences 4 held out needs at least 5"),
         (["--backbone-weights", "/nonexistent/w.pt"], "--backbone-weights /nonexistent/w.pt: file not found"),
         (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--epochs", "1", "--dropgrad-schedule", "linear"], "--dropgrad-schedule linear needs --epochs >= 2"),
         (["--sequences", "Synthetic-99"], "no sequence named 'Synthetic-99'"),
     ],
 )

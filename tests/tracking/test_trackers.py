@@ -89,6 +89,25 @@ def test_runner_writes_otb_and_got10k_layouts_and_any_tracker_scores(sequences, 
     np.testing.assert_allclose(again[next(iter(sequences))].boxes, results[next(iter(sequences))].boxes)
 
 
+@pytest.mark.parametrize("first_frame", [6, 1])
+def test_tiger1_from_frame_6_is_left_out_of_the_got10k_layout(sequences, tmp_path, first_frame):
+    # got10k scores Tiger1 on all 354 images; a run from frame 6 (OTB2015's range) would make its
+    # report fail on the box count, so the file is not written and a warning says why.
+    from dropgrad_tracking.data.sequence import Sequence
+
+    seq = next(iter(sequences.values()))
+    tiger = {"Tiger1": Sequence("Tiger1", seq.frames, seq.boxes, first_frame=first_frame)}
+    got = tmp_path / "got10k" / "OTB2015" / "oracle" / "Tiger1.txt"
+    if first_frame == 6:
+        with pytest.warns(UserWarning, match=r"Tiger1: not written to .*got10k scores it on all 354 images, .* from frame 6"):
+            run_tracker(Oracle(tiger), tiger, tmp_path, dataset="OTB2015", progress=False)
+        assert not got.exists()
+    else:
+        run_tracker(Oracle(tiger), tiger, tmp_path, dataset="OTB2015", progress=False)
+        assert got.is_file()
+    assert (tmp_path / "results" / "oracle" / "Tiger1.txt").is_file()
+
+
 def test_got10k_track_loop_runs_our_tracker(sequences):
     seq = next(iter(sequences.values()))
     boxes, times = StaticTracker().track([str(f) for f in seq.frames], seq.boxes[0])

@@ -135,6 +135,16 @@ def build_learner(
     return learner, source
 
 
+def load_seeded_learner(
+    name: str, checkpoint: Path | None, backbone_weights: Path | None, device: torch.device, seed: int,
+) -> tuple[MetaSGD, dict[str, Any]]:
+    """:func:`load_learner` with an untrained initialisation drawn from ``seed``, not from
+    whatever the process drew before; the global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # the CPU stream modules initialise from
+        return load_learner(name, checkpoint, backbone_weights, device)
+
+
 def load_learner(
     name: str,
     checkpoint: Path | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["ALIASES", "OTB100_NAMES", "NameMap", "canonical_name", "got10k_name", "name_key"]
+__all__ = ["ALIASES", "GOT10K_OTHER_FRAMES", "OTB100_NAMES", "NameMap", "canonical_name", "got10k_name", "name_key"]
 
 #: The 100 targets of OTB2015 (TB-100), spelled as in the OTB toolkit's ``tb_100`` list.
 OTB100_NAMES: tuple[str, ...] = (
@@ -91,6 +91,10 @@ def canonical_name(name: str) -> str:
     'synthetic-003'
     """
     return _OTB_MAP(name) or name
+
+
+#: OTB2015 sequences that got10k's ``OTB`` dataset scores on other frames than the OTB toolkit.
+GOT10K_OTHER_FRAMES: dict[str, str] = {"Tiger1": "all 354 images"}
 
 
 def got10k_name(name: str) -> str:

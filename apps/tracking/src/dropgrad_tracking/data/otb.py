@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .boxes import read_box_file
-from .names import NameMap, canonical_name
+from .names import NameMap, canonical_name, name_key
 from .sequence import Sequence
 
 __all__ = [
@@ -127,8 +127,13 @@ def read_attr_list(path: str | os.PathLike[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def select_sequences(found: Mapping[str, Sequence], names: Iterable[str] | None, source: str) -> dict[str, Sequence]:
-    """The sequences of ``found`` named in ``names`` (any spelling), in that order; all when None."""
+def select_sequences(
+    found: Mapping[str, Sequence], names: Iterable[str] | None, source: str, total: int | None = None,
+) -> dict[str, Sequence]:
+    """The sequences of ``found`` named in ``names`` (any spelling), in that order; all when None.
+
+    ``total``: how many sequences the source has, where ``found`` holds only some (for errors).
+    """
     if names is None:
         return dict(found)
     lookup = NameMap(found)
@@ -141,7 +146,8 @@ def select_sequences(found: Mapping[str, Sequence], names: Iterable[str] | None,
         else:
             selected[key] = found[key]
     if missing:
-        raise OTBDataError(f"{source}: no sequence named {', '.join(map(repr, missing))}; it has {len(found)} sequences")
+        count = len(found) if total is None else total
+        raise OTBDataError(f"{source}: no sequence named {', '.join(map(repr, missing))}; it has {count} sequences")
     return selected
 
 
@@ -254,11 +260,16 @@ def load_otb_folders(root: str | os.PathLike[str], names: Iterable[str] | None =
     base = Path(root)
     if not base.is_dir():
         raise OTBDataError(f"--root {base}: not a directory")
+    names = None if names is None else list(names)
+    # Keys, as select_sequences matches them: any spelling of any name, OTB's or not.
+    wanted = None if names is None else {name_key(canonical_name(n)) for n in names}
     sequences: dict[str, Sequence] = {}
+    total = 0
     for folder in sorted(p for p in base.iterdir() if p.is_dir()):
         targets = _folder_targets(folder)
         if not targets:
             continue
+        total += len(targets)
         img_dir = folder / "img"
         if not img_dir.is_dir():
             raise OTBDataError(f"{folder}: has ground truth but no img/ folder of frames")
@@ -267,7 +278,7 @@ def load_otb_folders(root: str | os.PathLike[str], names: Iterable[str] | None =
         attrs = parse_attributes(attrs_file.read_text(), str(attrs_file)) if attrs_file.is_file() else ()
         for target, gt_file in targets:
             name = canonical_name(target)
-            if names is not None and name not in {canonical_name(n) for n in names}:
+            if wanted is not None and name_key(name) not in wanted:
                 continue
             boxes = read_box_file(gt_file)
             start, boxes = _frame_range(name, boxes, gt_file)
@@ -283,13 +294,13 @@ def load_otb_folders(root: str | os.PathLike[str], names: Iterable[str] | None =
             sequences[name] = Sequence(
                 name, [index[k] for k in numbers], boxes, attrs, first_frame=start, source=str(gt_file)
             )
-    if not sequences:
+    if not total:
         raise OTBDataError(
             f"--root {base}: no OTB sequence folders found (expected <root>/<Video>/img/0001.jpg and "
             f"<root>/<Video>/groundtruth_rect.txt, or give --annotations OTB100.json); --dataset synthetic runs "
             f"without any data"
         )
-    return select_sequences(dict(sorted(sequences.items())), names, str(base))
+    return select_sequences(dict(sorted(sequences.items())), names, str(base), total)
 
 
 def check_frames(sequences: Mapping[str, Sequence]) -> None:

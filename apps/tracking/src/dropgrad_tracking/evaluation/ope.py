@@ -19,6 +19,10 @@ handled by ``empty_gt``:
   frames stay in the denominator, fail every success threshold and pass every precision threshold;
 - ``"keep"``: every frame is scored like any other (got10k's ``ExperimentOTB``).
 
+A tracker's box that is NaN fails that frame (IoU 0, infinite centre error), and one without
+a positive size has IoU 0 (its centre still counts), as in got10k; the MATLAB toolkit would
+reuse the previous frame's box.
+
 The toolkit also rounds centre errors to 4 decimals; we do not. That can only matter for an
 error within 5e-5 above an integer threshold, which integer boxes never produce.
 """

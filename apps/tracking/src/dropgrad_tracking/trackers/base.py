@@ -12,15 +12,17 @@ from typing import Any
 import numpy as np
 from got10k.trackers import Tracker as _Got10kTracker
 
-__all__ = ["Tracker", "as_array", "as_box"]
+__all__ = ["Tracker", "as_array", "as_box", "first_box"]
 
 
 class Tracker(_Got10kTracker):
     """Base class of every tracker here.
 
     Subclasses implement ``init(image, box)`` and ``update(image) -> box`` (``x, y, w, h`` in
-    pixels, 0-based like the OTB/got10k files' numbers). ``metadata`` is copied into every results
-    folder and report (e.g. ``{"backbone": "random-init"}``), so unusual set-ups are never hidden.
+    pixels, the numbers of the OTB/got10k files, whose x and y count from 1; the crops take them
+    as 0-based array positions, a one-pixel shift, as MDNet, pysot and got10k do). ``metadata``
+    is copied into every results folder and report (e.g. ``{"backbone": "random-init"}``), so
+    unusual set-ups are never hidden.
     """
 
     def __init__(self, name: str, is_deterministic: bool = True, metadata: dict[str, Any] | None = None) -> None:
@@ -53,4 +55,12 @@ def as_box(box: Any, where: str) -> np.ndarray:
     out = np.asarray(box, dtype=np.float64).reshape(-1)
     if out.shape != (4,):
         raise ValueError(f"{where}: a tracker must return 4 numbers (x, y, w, h), got {box!r}")
+    return out
+
+
+def first_box(box: Any, where: str) -> np.ndarray:
+    """:func:`as_box` of the box a tracker starts from, which must be finite with a positive size."""
+    out = as_box(box, where)
+    if not (np.isfinite(out).all() and out[2] > 0 and out[3] > 0):
+        raise ValueError(f"{where}: the first box must be finite with a positive width and height, got {out.tolist()}")
     return out

@@ -42,7 +42,7 @@ from dropgrad import MetaSGD, Task, select_device, sgd_step
 from torch import Tensor, nn
 
 from ..data.sequence import Sequence
-from ..meta import BACKBONE_RANDOM, MetaTrackerDef, load_learner, register_meta_tracker
+from ..meta import BACKBONE_RANDOM, MetaTrackerDef, load_seeded_learner, register_meta_tracker
 from ..models.vgg16 import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,7 +50,7 @@ from ..models.vgg16 import (
     VGG16Conv4,
     build_vgg16_conv4,
 )
-from .base import Tracker, as_array, as_box
+from .base import Tracker, as_array, first_box
 from .correlation import (
     crop_patches,
     gaussian_labels,
@@ -395,9 +395,7 @@ class MetaCRESTTracker(Tracker):
     # ------------------------------------------------------------- interface
     def init(self, image: Any, box: Any) -> None:
         frame = as_array(image)
-        box = as_box(box, "MetaCRESTTracker.init")
-        if not (box[2] > 0 and box[3] > 0):
-            raise ValueError(f"MetaCRESTTracker.init: the first box must have a positive size, got {box.tolist()}")
+        box = first_box(box, "MetaCRESTTracker.init")
         self.learner.eval()
         self._box = box.copy()
         self._image_size = np.array(frame.shape[1::-1], dtype=np.float64)  # (W, H)
@@ -440,8 +438,8 @@ DEFINITION = register_meta_tracker(MetaCRESTDef())
 
 
 def _factory(options: TrackerOptions) -> Tracker:
-    learner, metadata = load_learner(
-        DEFINITION.name, options.checkpoint, options.backbone_weights, select_device(options.device)
+    learner, metadata = load_seeded_learner(
+        DEFINITION.name, options.checkpoint, options.backbone_weights, select_device(options.device), options.seed
     )
     return DEFINITION.make_tracker(learner, metadata, seed=options.seed)
 

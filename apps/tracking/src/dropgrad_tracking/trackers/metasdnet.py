@@ -41,7 +41,9 @@ scores and indices.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -55,10 +57,10 @@ from torch import Tensor, nn
 
 from ..data.sequence import Sequence
 from ..evaluation.iou import is_empty_box
-from ..meta import BACKBONE_RANDOM, MetaTrackerDef, load_learner, register_meta_tracker
+from ..meta import BACKBONE_RANDOM, MetaTrackerDef, load_seeded_learner, register_meta_tracker
 from ..models.matconvnet import load_vggm_mat
 from ..models.vggm import CROP_SIZE, VGGM, build_vggm
-from .base import Tracker, as_array, as_box
+from .base import Tracker, as_array, first_box
 from .bbreg import BBoxRegressor
 from .registry import TrackerOptions, register_tracker
 from .sampling import (
@@ -191,6 +193,7 @@ class MetaSDNetTracker(Tracker):
         self.device = next(learner.parameters()).device
         self.net: VGGM = copy.deepcopy(learner.model)
         self._rng = np.random.default_rng(seed)
+        self._torch_rng: tuple[Tensor, Tensor | None] | None = None  # dropout's stream, see _own_dropout_stream
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
@@ -242,9 +245,10 @@ class MetaSDNetTracker(Tracker):
     # ---------------------------------------------------------------- interface
     def init(self, image: Any, box: Any) -> None:
         image = as_array(image)
-        box = as_box(box, f"{self.name}.init")
+        box = first_box(box, f"{self.name}.init")
         o = self.options
         self._rng = np.random.default_rng(self.seed)
+        self._torch_rng = None
         self._image_size = (image.shape[1], image.shape[0])
         frame = frame_tensor(image, self.device)
         pos, neg = self.adapt_first_frame(frame, box)
@@ -329,22 +333,44 @@ class MetaSDNetTracker(Tracker):
         labels = torch.cat([torch.ones(o.batch_pos), torch.zeros(o.batch_neg)]).long().to(self.device)
         params = [p for n, p in self.net.named_parameters() if n.startswith("fc.")]
         self.net.train()  # dropout in the training forward, as MDNet
-        for it in range(o.update_iters):
-            batch_pos = pos.index_select(0, pos_idx[it * o.batch_pos:(it + 1) * o.batch_pos])
-            candidates = neg.index_select(0, neg_idx[it * n_cand:(it + 1) * n_cand])
-            with torch.no_grad():
-                # mined without dropout (MDNet scores the candidates in eval mode)
-                scores = self.net.head_without_dropout(candidates)[:, 1]
-                hard = scores.topk(min(o.batch_neg, len(candidates))).indices
-            batch_neg = candidates.index_select(0, hard)
-            scores = self.net.head(torch.cat([batch_pos, batch_neg]))
-            # MDNet's loss is summed over the batch; lr_update is on that scale.
-            loss = F.cross_entropy(scores, labels[: len(scores)], reduction="sum")
-            self._optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, o.grad_clip)
-            self._optimizer.step()
+        with self._own_dropout_stream():
+            for it in range(o.update_iters):
+                batch_pos = pos.index_select(0, pos_idx[it * o.batch_pos:(it + 1) * o.batch_pos])
+                candidates = neg.index_select(0, neg_idx[it * n_cand:(it + 1) * n_cand])
+                with torch.no_grad():
+                    # mined without dropout (MDNet scores the candidates in eval mode)
+                    scores = self.net.head_without_dropout(candidates)[:, 1]
+                    hard = scores.topk(min(o.batch_neg, len(candidates))).indices
+                batch_neg = candidates.index_select(0, hard)
+                scores = self.net.head(torch.cat([batch_pos, batch_neg]))
+                # MDNet's loss is summed over the batch; lr_update is on that scale.
+                loss = F.cross_entropy(scores, labels[: len(scores)], reduction="sum")
+                self._optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, o.grad_clip)
+                self._optimizer.step()
         self.net.eval()
+
+    @contextlib.contextmanager
+    def _own_dropout_stream(self) -> Iterator[None]:
+        """Dropout's masks from this tracker's own torch stream, seeded at every ``init``.
+
+        Not the global one: a sequence's boxes must not depend on what the process ran before
+        (got10k's experiments do not reseed between sequences). The global state is left as it was.
+        """
+        cuda = self.device.type == "cuda"
+        index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
+        with torch.random.fork_rng(devices=[index] if cuda else []):
+            if self._torch_rng is None:
+                torch.default_generator.manual_seed(self.seed)
+                if cuda:
+                    torch.cuda.default_generators[index].manual_seed(self.seed)
+            else:
+                torch.set_rng_state(self._torch_rng[0])
+                if cuda:
+                    torch.cuda.set_rng_state(self._torch_rng[1], index)
+            yield
+            self._torch_rng = (torch.get_rng_state(), torch.cuda.get_rng_state(index) if cuda else None)
 
 
 class MetaSDNetDef(MetaTrackerDef):
@@ -483,13 +509,10 @@ class MetaSDNetDef(MetaTrackerDef):
 
 
 def _factory(name: str, options: TrackerOptions) -> Tracker:
-    definition = _DEFINITIONS[name]
-    # The untrained initialisation must not depend on what ran before: seed it.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options.seed)
-        learner, metadata = load_learner(name, options.checkpoint, options.backbone_weights,
-                                         select_device(options.device))
-    return definition.make_tracker(learner, metadata, seed=options.seed)
+    learner, metadata = load_seeded_learner(
+        name, options.checkpoint, options.backbone_weights, select_device(options.device), options.seed
+    )
+    return _DEFINITIONS[name].make_tracker(learner, metadata, seed=options.seed)
 
 
 _DEFINITIONS: dict[str, MetaSDNetDef] = {}

@@ -8,7 +8,9 @@ Writes, per sequence, the results in the OTB text format and in got10k's result 
     <out>/got10k/<Dataset>/<tracker>/times/<name>_time.txt
 
 so ``got10k.experiments.ExperimentOTB(..., result_dir=<out>/got10k).report([tracker])`` reads
-them as its own. Only the tracker's ``init``/``update`` calls are timed, not reading the frames.
+them as its own; except Tiger1, which got10k scores on all 354 images and the OTB2015 toolkit
+(and this runner) on frames 6-354: its got10k file is not written, with a warning. Only the
+tracker's ``init``/``update`` calls are timed, not reading the frames.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ from dropgrad import atomic_write, seed_everything, write_json
 from tqdm.auto import tqdm
 
 from ..data.boxes import write_box_file
-from ..data.names import got10k_name
+from ..data.names import GOT10K_OTHER_FRAMES, got10k_name
 from ..data.otb import check_frames
 from ..data.sequence import Sequence
 from ..evaluation.results import METADATA_FILE, TrackerResult
@@ -106,8 +109,15 @@ def run_tracker(
             run = track_sequence(tracker, seq, bar)
             write_box_file(otb_dir / f"{name}.txt", run.boxes)
             _write_times(otb_dir / "times" / f"{name}_time.txt", run.times)
-            write_box_file(got_dir / f"{got10k_name(name)}.txt", run.boxes)
-            _write_times(got_dir / "times" / f"{got10k_name(name)}_time.txt", run.times)
+            if name in GOT10K_OTHER_FRAMES and seq.first_frame != 1:
+                warnings.warn(
+                    f"{name}: not written to {got_dir}: got10k scores it on {GOT10K_OTHER_FRAMES[name]}, "
+                    f"OTB2015 and this run on {len(run.boxes)} frames from frame {seq.first_frame}",
+                    stacklevel=2,
+                )
+            else:
+                write_box_file(got_dir / f"{got10k_name(name)}.txt", run.boxes)
+                _write_times(got_dir / "times" / f"{got10k_name(name)}_time.txt", run.times)
             results[name] = TrackerResult(run.boxes, str(otb_dir / f"{name}.txt"), times=run.times)
     write_json(otb_dir / METADATA_FILE, {"tracker": tracker.name, "dataset": dataset, "seed": seed, **tracker.metadata})
     return results

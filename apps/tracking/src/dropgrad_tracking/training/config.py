@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dropgrad import check_p
+from dropgrad import check_p, check_schedule
 
 __all__ = ["SOURCES", "TrackTrainConfig"]
 
@@ -84,6 +84,8 @@ class TrackTrainConfig:
         need(self.val_sequences >= 1, "val-sequences", ">= 1")
         need(self.val_tasks >= 1, "val-tasks", ">= 1")
         need(self.epochs >= 1, "epochs", ">= 1")
+        if self.dropgrad != "none":
+            check_schedule(self.dropgrad_schedule, self.epochs, "--dropgrad-schedule", "--epochs")
         need(self.steps_per_epoch >= 1, "steps-per-epoch", ">= 1")
         need(self.tasks_per_batch >= 1, "tasks-per-batch", ">= 1")
         need(self.horizon is None or self.horizon >= 1, "horizon", ">= 1")
