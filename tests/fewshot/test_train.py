@@ -190,6 +190,8 @@ def test_defaults_match_the_papers_sources():
         (["--way", "5000"], "5000"),
         (["--task-streams", "2", "--device", "cpu"], "--task-streams needs a CUDA device"),
         (["--compile"], "--first-order"),
+        (["--dropgrad-schedule", "linear", "--epochs", "1"], "--dropgrad-schedule linear needs --epochs >= 2"),
+        (["--dropgrad-layers", "block9"], "params entry 'block9' matches no parameter"),
     ],
 )
 def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
@@ -201,6 +203,8 @@ def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
     assert "Traceback" not in proc.stderr
     assert expected in proc.stderr, proc.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
+    if "--dropgrad" in argv[0]:  # checked with the options, before the run directory is written
+        assert not (tmp_path / "r").exists()
 
 
 def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_path, capsys):
@@ -222,6 +226,29 @@ def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_
     capsys.readouterr()
     assert sweep.main([str(path), "--no-progress"]) == 0
     assert (tmp_path / "sweep" / runs[0] / "results.json").stat().st_mtime_ns == mtime
+    # Another base: the runs there are not this sweep's, and are not reported as if they were.
+    path.write_text(json.dumps({**spec, "base": {**spec["base"], "test_episodes": 6}}))
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(path), "--no-progress"])
+    assert exc.value.code == 2
+    assert "holds a run with other options than this sweep's" in capsys.readouterr().err
+
+
+def test_sweep_grid_of_dropgrad_kinds_keeps_every_p():
+    runs = sweep.expand_grid({"dropgrad": "none", "epochs": 1}, {"dropgrad": ["none", "gaussian"], "p": [0.1, 0.2]})
+    assert [label for label, _ in runs] == [
+        {"dropgrad": "none"}, {"dropgrad": "gaussian", "p": 0.1}, {"dropgrad": "gaussian", "p": 0.2}]
+    assert [(cfg.dropgrad, cfg.p) for _, cfg in runs][1:] == [("gaussian", 0.1), ("gaussian", 0.2)]
+    runs = sweep.expand_grid({"epochs": 1}, {"dropgrad": ["none"], "p": [0.1, 0.2]})
+    assert [label for label, _ in runs] == [{"dropgrad": "none"}]  # p changes nothing without DropGrad
+
+
+def test_sweep_tables_give_each_varied_option_a_row():
+    recs = [{"method": "maml", "shot": 1, "way": way, "regularizer": "none", "dropgrad": "none",
+             "test_acc_mean": acc, "test_acc_ci95": 0.5} for way, acc in ((5, 40.0), (20, 17.0))]
+    lines = sweep.format_tables(recs, rows=["way", "regularizer"]).splitlines()
+    assert lines[2] == "| method | shot | way | none |"
+    assert lines[4:6] == ["| maml | 1 | 5 | 40.00 ± 0.50 |", "| maml | 1 | 20 | 17.00 ± 0.50 |"]
 
 
 def test_cross_domain_protocol_trains_and_validates_on_miniimagenet_and_tests_on_cub(monkeypatch):

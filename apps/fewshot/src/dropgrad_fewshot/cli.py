@@ -58,6 +58,7 @@ def load_train_config(args: argparse.Namespace) -> FewShotConfig:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fewshot-train``."""
+    from .methods import check_learner
     from .run import train
 
     parser = train_parser()
@@ -72,6 +73,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         dist = DistributedContext.from_env()
         cfg = load_train_config(args)
+        check_learner(cfg)
         dist.init(cfg.device)
         if not args.resume and dist.is_main:
             start_run(args.out, cfg)

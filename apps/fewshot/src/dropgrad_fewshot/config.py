@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dropgrad import check_p
+from dropgrad import check_p, check_schedule
 
 __all__ = ["COMPILE_FORMS", "DATASET_DEFAULTS", "FewShotConfig", "resolve_defaults"]
 
@@ -77,7 +77,7 @@ class FewShotConfig:
     val_episodes: int = field(default=100, metadata={"help": "validation tasks per epoch (a fixed set, drawn once)"})
     test_episodes: int = field(default=600, metadata={"help": "test tasks of the final evaluation"})
     patience: int | None = field(default=None, metadata={"help": "early stopping: epochs without a better validation accuracy (default: never)"})
-    msl_epochs: int = field(default=10, metadata={"help": "mamlpp: epochs with the multi-step loss"})
+    msl_epochs: int | None = field(default=None, metadata={"help": "mamlpp: epochs with the multi-step loss (default: 15% of --epochs, rounded, at least 1: Antoniou et al.'s 15 of 100, whatever an epoch's length)"})
     first_order_epochs: int = field(default=0, metadata={"help": "mamlpp: first-order epochs before switching to second order (derivative-order annealing)"})
     pretrain_epochs: int = field(default=20, metadata={"help": "metasgd-star: cross-entropy pre-training epochs over the base classes"})
     pretrain_lr: float = field(default=1e-3, metadata={"help": "metasgd-star: Adam learning rate of the pre-training"})
@@ -121,6 +121,9 @@ class FewShotConfig:
         check_p(self.p, "--p")
         need(0 <= self.dropout_p < 1, "dropout-p", "in [0, 1)")
         need(self.epochs is None or self.epochs >= 1, "epochs", ">= 1")
+        need(self.msl_epochs is None or self.msl_epochs >= 0, "msl-epochs", ">= 0")
+        if self.epochs is not None and self.dropgrad != "none":
+            check_schedule(self.dropgrad_schedule, self.epochs, "--dropgrad-schedule", "--epochs")
         need(self.episodes_per_epoch is None or self.episodes_per_epoch >= 1, "episodes-per-epoch", ">= 1")
         if self.episodes_per_epoch is not None and self.episodes_per_epoch % self.meta_batch:
             raise ValueError(
@@ -195,12 +198,19 @@ class FewShotConfig:
         return 1 if self.dataset in ("glyphs", "omniglot") else 3
 
 
+# MAML++'s multi-step loss runs for this share of training: Antoniou et al. train 100 epochs and
+# anneal it over the first 15. Our epochs are 100 tasks, theirs 500 iterations, so a count of
+# epochs would not carry over; the share does.
+MSL_SHARE = 0.15
+
+
 def resolve_defaults(cfg: FewShotConfig) -> FewShotConfig:
-    """Fill the data-set dependent defaults (epochs, episodes per epoch) so config.json states them.
+    """Fill the defaults that depend on other options (epochs, episodes per epoch, MAML++'s
+    multi-step-loss epochs) so config.json states them.
 
     >>> cfg = resolve_defaults(FewShotConfig())
-    >>> cfg.epochs, cfg.episodes_per_epoch
-    (10, 80)
+    >>> cfg.epochs, cfg.episodes_per_epoch, cfg.msl_epochs
+    (10, 80, 2)
     >>> c = resolve_defaults(FewShotConfig(dataset="cub", data_root="CUB_200_2011", shot=5))
     >>> c.epochs, c.episodes_per_epoch
     (1600, 100)
@@ -209,10 +219,12 @@ def resolve_defaults(cfg: FewShotConfig) -> FewShotConfig:
     episodes = cfg.episodes_per_epoch or defaults["episodes_per_epoch"]
     # Round the default up to whole meta-batches (an explicit value was already checked).
     episodes = -(-episodes // cfg.meta_batch) * cfg.meta_batch
+    epochs = cfg.epochs or defaults["epochs"]
     return dataclasses.replace(
         cfg,
-        epochs=cfg.epochs or defaults["epochs"],
+        epochs=epochs,
         episodes_per_epoch=episodes,
+        msl_epochs=cfg.msl_epochs if cfg.msl_epochs is not None else max(1, round(MSL_SHARE * epochs)),
         test_dataset=cfg.test_dataset or cfg.dataset,
         test_data_root=cfg.test_data_root if cfg.test_data_root is not None else cfg.data_root,
     )

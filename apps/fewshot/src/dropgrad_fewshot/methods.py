@@ -20,10 +20,10 @@ from typing import Literal
 import torch
 from dropgrad import MAML, DropGrad, MAMLPlusPlus, MetaSGD
 
-from .config import FewShotConfig
+from .config import FewShotConfig, resolve_defaults
 from .models import build_model, dropgrad_groups
 
-__all__ = ["build_learner", "check_task_streams", "make_dropgrad", "use_batched", "use_cuda_graph"]
+__all__ = ["build_learner", "check_learner", "check_task_streams", "make_dropgrad", "use_batched", "use_cuda_graph"]
 
 Method = Literal["maml", "metasgd", "metasgd-star", "mamlpp"]
 
@@ -48,6 +48,14 @@ def make_dropgrad(cfg: FewShotConfig, generator: torch.Generator | None = None) 
         groups=dropgrad_groups(cfg.backbone),
         generator=generator,
     )
+
+
+def check_learner(cfg: FewShotConfig) -> None:
+    """Build the run's learner on the meta device (no memory, no data): options only the learner
+    can check, such as ``--dropgrad-layers`` against the backbone's parameter names, then fail
+    before the run directory is written, not after the data is loaded."""
+    with torch.device("meta"):
+        build_learner(cfg)
 
 
 def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
@@ -92,7 +100,8 @@ def build_learner(cfg: FewShotConfig, n_way: int | None = None) -> MAML:
     if cfg.method in ("metasgd", "metasgd-star"):
         return MetaSGD(model, **common)
     if mamlpp:
-        return MAMLPlusPlus(model, msl_epochs=cfg.msl_epochs, first_order_epochs=cfg.first_order_epochs, **common)
+        msl_epochs = resolve_defaults(cfg).msl_epochs  # as the run's config.json states it
+        return MAMLPlusPlus(model, msl_epochs=msl_epochs, first_order_epochs=cfg.first_order_epochs, **common)
     raise ValueError(f"--method must be maml, metasgd, metasgd-star or mamlpp, got {cfg.method!r}")
 
 

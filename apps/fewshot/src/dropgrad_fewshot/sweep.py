@@ -16,7 +16,8 @@ regularisation), ``dropout``/``spatialdropout`` (activation dropout, DropGrad of
 ``gaussian`` (DropGrad of that kind). ``p`` and ``dropgrad_layers`` only vary DropGrad runs, so
 grid points that resolve to the same run are run once. Any other ``FewShotConfig`` option may
 be varied too. A finished run (``results.json`` present) is reused and an interrupted one resumed,
-so re-running the same command continues the sweep.
+so re-running the same command continues the sweep; a run directory whose options differ from the
+sweep's (its base changed since) is an error, not reused.
 
 Written to ``out``: ``results.jsonl`` (one line per run: its varied options and results),
 ``tables.md`` (Tables 1-4 layout: rows method x shot [x layers], columns regulariser; and the
@@ -26,6 +27,7 @@ Fig. 2 layout: binary vs Gaussian over p) and ``p_sweep.png`` when p varies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -48,6 +50,7 @@ from .config import FewShotConfig, resolve_defaults
 __all__ = ["expand_grid", "format_tables", "main", "run_sweep"]
 
 REGULARIZERS = ("none", "dropout", "spatialdropout", "binary", "gaussian")
+_MUTABLE = ("device", "progress", "num_workers")  # as fewshot-train --resume: where it runs, not what
 _DROPGRAD_ONLY = ("p", "dropgrad_layers", "dropgrad_schedule")
 
 
@@ -82,7 +85,8 @@ def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> l
         if reg is not None:
             options.update(_regularizer_options(reg))
             label["regularizer"] = reg
-        uses_dropgrad = options.get("dropgrad", "gaussian") != "none"
+        # A "dropgrad" of the grid is applied below, over the regulariser's: it decides too.
+        uses_dropgrad = varied.get("dropgrad", options.get("dropgrad", "gaussian")) != "none"
         for k, v in varied.items():
             if k in _DROPGRAD_ONLY and not uses_dropgrad:
                 continue  # the same run for every p / layer choice: keep one
@@ -117,17 +121,25 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
         run_dir = out / _slug(label)
         results_path = run_dir / "results.json"
         print(f"[{i + 1}/{len(runs)}] {run_dir}", flush=True)
+        if (run_dir / "config.json").is_file():
+            try:
+                saved = resume_run(run_dir, FewShotConfig, dataclasses.asdict(cfg), mutable=_MUTABLE)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"{source}: {run_dir} holds a run with other options than this sweep's ({err}); "
+                    "move it away or give the sweep another out"
+                ) from None
         if results_path.is_file():
             results = json.loads(results_path.read_text())
         elif (run_dir / "config.json").is_file():
-            results = train(resume_run(run_dir, FewShotConfig, {}), run_dir, resume=True)
+            results = train(saved, run_dir, resume=True)
         else:
             start_run(run_dir, cfg)
             results = train(cfg, run_dir)
         records.append({"run": str(run_dir), **label, **results})
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     atomic_write(out / "results.jsonl", lambda f: f.write(lines), binary=False)
-    tables = format_tables(records)
+    tables = format_tables(records, rows=[k for label, _ in runs for k in label])
     atomic_write(out / "tables.md", lambda f: f.write(tables), binary=False)
     if len({r.get("p") for r in records if r.get("dropgrad") != "none"}) > 1:
         plot_p_sweep(records, out / "p_sweep.png")
@@ -138,8 +150,11 @@ def _cell(r: Mapping[str, Any]) -> str:
     return f"{r['test_acc_mean']:.2f} ± {r['test_acc_ci95']:.2f}"
 
 
-def format_tables(records: Sequence[Mapping[str, Any]]) -> str:
+def format_tables(records: Sequence[Mapping[str, Any]], rows: Sequence[str] = ()) -> str:
     """Markdown tables: accuracy (%) ± 95% CI by method x shot [x layers] and regulariser [x p].
+
+    ``rows``: further options that tell runs apart (a sweep's varied ones); each gets a row
+    column, so no two runs share a cell.
 
     >>> recs = [{"method": "maml", "shot": 1, "regularizer": r, "p": 0.1, "dropgrad": d,
     ...          "test_acc_mean": a, "test_acc_ci95": 0.5}
@@ -152,7 +167,9 @@ def format_tables(records: Sequence[Mapping[str, Any]]) -> str:
             return f"{r['dropgrad']} (p={r['p']})"
         return str(r.get("regularizer", "none"))
 
-    row_keys = [k for k in ("method", "backbone", "dataset", "test_dataset", "shot", "dropgrad_layers") if any(k in r for r in records)]
+    columns_of = ("regularizer", "dropgrad", "p")  # what reg_of makes the columns of
+    named = ("method", "backbone", "dataset", "test_dataset", "shot", "dropgrad_layers", *rows)
+    row_keys = [k for k in dict.fromkeys(named) if k not in columns_of and any(k in r for r in records)]
     columns: list[str] = []
     rows: dict[tuple, dict[str, str]] = {}
     for r in records:
@@ -212,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_config_file(args.config)
-        records = run_sweep(spec, str(args.config), progress=not args.no_progress)
+        run_sweep(spec, str(args.config), progress=not args.no_progress)
     except USER_ERRORS as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(format_tables(records))
+    print((Path(spec["out"]) / "tables.md").read_text())
     return 0
 
 
