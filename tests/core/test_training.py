@@ -122,13 +122,22 @@ def test_missing_monitor_key_names_it(tmp_path):
         trainer.fit()
 
 
-def test_resume_without_checkpoint_and_fresh_over_existing(tmp_path):
-    cfg = TrainConfig(epochs=1, steps_per_epoch=2, progress=False)
-    trainer, _, _ = _trainer(tmp_path, cfg)
-    with pytest.raises(ValueError, match=rf"cannot resume: .*{tmp_path.name}"):
-        trainer.fit(resume=True)
-    trainer.fit()
-    again, _, _ = _trainer(tmp_path, cfg)
+def test_resume_without_checkpoint_starts_over_and_fresh_over_existing_is_refused(tmp_path):
+    # A run stopped before its first checkpoint: --resume starts it from the beginning, giving
+    # what a fresh run gives (its directory, config.json written, would refuse a fresh start).
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, progress=False)
+    torch.manual_seed(0)
+    fresh, fresh_model, _ = _trainer(tmp_path / "fresh", cfg)
+    fresh.fit()
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')  # a killed attempt's
+    torch.manual_seed(0)
+    trainer, model, lines = _trainer(tmp_path / "killed", cfg)
+    trainer.fit(resume=True)
+    assert any("nothing to resume" in line for line in lines)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
+    assert [r["epoch"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl", "val")] == [0, 1]
+    again, _, _ = _trainer(tmp_path / "killed", cfg)
     with pytest.raises(ValueError, match="already holds a run"):
         again.fit()
 

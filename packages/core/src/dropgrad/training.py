@@ -658,12 +658,12 @@ class MetaTrainer:
             self.last_path.parent.mkdir(parents=True, exist_ok=True)
         self._reset_state()
         pending_rng: dict[str, Any] | None = None
+        if resume and not self.last_path.exists():
+            # Stopped before its first checkpoint: nothing to continue, and its directory (its
+            # config.json already written) would refuse a fresh start. Same seeds: the same run.
+            self.log(f"nothing to resume in {self.run_dir} (no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} yet): starting it from the beginning")
+            resume = False
         if resume:
-            if not self.last_path.exists():
-                raise ValueError(
-                    f"cannot resume: {self.run_dir} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT}; "
-                    "start the run without resume"
-                )
             # Every rank reads the same last.pt, so they start from the same state.
             pending_rng = self._restore(load_checkpoint(self.last_path, map_location="cpu"))
             self.record("resume", {"epoch": self.epoch, "step": self.global_step, "time": round(self._elapsed(), 3)})
