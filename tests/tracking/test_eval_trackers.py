@@ -200,4 +200,4 @@ def test_track_eval_runs_metasdnet_from_a_track_train_checkpoint(tmp_path, capsy
     assert code == 0, err
     assert f"checkpoint: {run}" in out and "dropgrad: gaussian" in out and "without the first frame" in out
     meta = json.loads((tmp_path / "e" / "report.json").read_text())["trackers"][E2E]["metadata"]
-    assert meta["checkpoint"] == str(run) and meta["dropgrad_when_tracking"] == "off" and meta["backbone"] == "random-init"
+    assert meta["checkpoint"] == str(run) and meta["dropgrad_while_tracking"] == "off" and meta["backbone"] == "random-init"

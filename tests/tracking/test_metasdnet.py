@@ -87,7 +87,7 @@ def test_tracks_a_synthetic_sequence_through_the_registry(tmp_path):
         tracker = make_tracker("metasdnet-tiny", TrackerOptions(device="cpu", seed=3))
     assert any("randomly initialised" in str(w.message) for w in caught)
     assert tracker.metadata["backbone"] == BACKBONE_RANDOM and tracker.metadata["checkpoint"] == "untrained-init"
-    assert tracker.metadata["dropgrad_when_tracking"] == "off"
+    assert tracker.metadata["dropgrad_while_tracking"] == "off"
     tracker.options = SMALL  # keep the registry's factory, shrink the counts
     results = run_tracker(tracker, seq, tmp_path / "out", dataset="Synthetic", progress=False)
     (name, sequence), = seq.items()
@@ -218,6 +218,19 @@ def test_tasks_stack_and_meta_backward(adapt_conv):
     # same rng, same task
     again = d.sample_task(learner.model, seq, 2, 10, np.random.default_rng(2))
     torch.testing.assert_close(again.query_x, tasks[1].query_x)
+
+
+def test_training_samples_around_a_box_past_the_frame_edge_keep_their_labels():
+    # A VOT box 30% outside the left edge: samples stay in the frame, so they are drawn around
+    # the part inside it, which all positives overlap by >= 0.7 and no negative by > 0.5.
+    from dropgrad_tracking.trackers.sampling import overlap
+
+    d = MetaSDNetDef("test-tiny", tiny=True, options=SMALL)
+    image = np.zeros((480, 640, 3), np.uint8)
+    box = np.array([-24.0, 200, 80, 80])
+    pos, neg = d._boxes(image, box, 32, 96, np.random.default_rng(0))
+    inside = np.array([0.0, 200, 56, 80])
+    assert (overlap(pos, inside) >= 0.7).all() and (overlap(neg, inside) <= 0.5).all()
 
 
 def test_task_errors_name_the_sequence_and_frame():

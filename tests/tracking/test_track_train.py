@@ -212,6 +212,20 @@ def test_split_holds_out_the_last_sequences_and_names_unusable_ones():
     assert list(split.train) == ["a", "b"] and list(split.val) == ["c"]
 
 
+def test_split_keeps_the_held_out_videos_out_of_training():
+    # Meta-Tracker's vot-otb.txt lists vot2014/tunnel and vot2016/tunnel; VID gives several
+    # snippets of one video. Validation on a video trained on would flatter the validation loss.
+    good = np.array([[0, 0, 5, 5.0]] * 4)
+    for names, shared, train in ((["vot2014/tunnel", "vot2015/bag", "vot2016/tunnel"], "vot2014/tunnel", ["vot2015/bag"]),
+                                 (["0001:vid_a", "0002:vid_b", "0003:vid_a"], "0001:vid_a", ["0002:vid_b"])):
+        seqs = {n: Sequence(n, [], good) for n in names}
+        with pytest.warns(UserWarning, match=rf"1 sequence\(s\) come from a video held out for validation .*: {shared}$"):
+            split = split_sequences(seqs, 1, horizon=1)
+        assert list(split.val) == [names[-1]] and list(split.train) == train
+    with pytest.raises(ValueError, match="no sequence left to train on"), pytest.warns(UserWarning, match="Jogging-1"):
+        split_sequences({n: Sequence(n, [], good) for n in ("Jogging-1", "Jogging-2")}, 1, horizon=1)
+
+
 def test_stack_tasks_refuses_shapes_that_differ():
     t = Task(torch.zeros(4, 2), torch.zeros(4), torch.zeros(6, 2), torch.zeros(6))
     u = Task(torch.zeros(4, 2), torch.zeros(4), torch.zeros(5, 2), torch.zeros(5))

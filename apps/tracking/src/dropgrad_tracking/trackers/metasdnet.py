@@ -69,6 +69,7 @@ from .sampling import (
     crop_regions,
     draw_samples,
     frame_tensor,
+    inside_frame,
 )
 
 __all__ = [
@@ -184,7 +185,7 @@ class MetaSDNetTracker(Tracker):
     ) -> None:
         self.options = options or MetaSDNetOptions()
         info = {"backbone": BACKBONE_RANDOM, **metadata, "adapted_in_first_frame": list(learner.fast_names),
-                "dropgrad_when_tracking": "off", "tracker_options": asdict(self.options), "seed": seed}
+                "dropgrad_while_tracking": "off", "tracker_options": asdict(self.options), "seed": seed}
         super().__init__(name=name, is_deterministic=True, metadata=info)
         if not isinstance(learner.model, VGGM):
             raise TypeError(f"MetaSDNetTracker needs a learner over a VGGM, got {type(learner.model).__name__}")
@@ -454,6 +455,10 @@ class MetaSDNetDef(MetaTrackerDef):
 
     def _boxes(self, image: np.ndarray, box: np.ndarray, n_pos: int, n_neg: int, rng: np.random.Generator):
         size = (image.shape[1], image.shape[0])
+        # The part inside the frame, as Meta-Tracker's data provider cuts ground truth: the
+        # samplers keep their boxes in the frame, so around a box that runs past the edge no
+        # sample could reach the positives' overlap, and the nearest would be labelled positive.
+        box = inside_frame(box, size)
         pos = draw_samples(SampleGenerator("gaussian", size, 0.1, 1.2, 1.1, valid=True), box, n_pos, rng, POS_OVERLAP)
         neg = draw_samples(SampleGenerator("uniform", size, 1.0, 1.2, 1.1, valid=True), box, n_neg, rng,
                            NEG_OVERLAP_INIT)

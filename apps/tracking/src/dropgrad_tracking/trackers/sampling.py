@@ -39,6 +39,7 @@ __all__ = [
     "crop_regions",
     "draw_samples",
     "frame_tensor",
+    "inside_frame",
     "overlap",
 ]
 
@@ -158,6 +159,21 @@ def draw_samples(
         pool = generator(box, max(remain * 4, 16), rng)
         chosen.append(pool[np.argsort(distance(pool), kind="stable")[:remain]])
     return np.concatenate(chosen)[:n]
+
+
+def inside_frame(box: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """The part of ``box`` (x, y, w, h) inside a ``(width, height)`` image; ``box`` as it is when
+    nothing of it is inside.
+
+    >>> inside_frame(np.array([-20.0, 10, 60, 30]), (100, 80)).tolist()
+    [0.0, 10.0, 40.0, 30.0]
+    """
+    box = np.asarray(box, dtype=np.float64)
+    x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
+    x2, y2 = min(box[0] + box[2], float(image_size[0])), min(box[1] + box[3], float(image_size[1]))
+    if x2 <= x1 or y2 <= y1:
+        return box
+    return np.array([x1, y1, x2 - x1, y2 - y1])
 
 
 def clamp_box(box: np.ndarray, image_size: tuple[int, int], min_size: float = 10.0) -> np.ndarray:

@@ -48,7 +48,7 @@ class TrackTrainConfig:
     synthetic_height: int = field(default=240, metadata={"help": "--source synthetic: frame height in pixels"})
     synthetic_width: int = field(default=320, metadata={"help": "--source synthetic: frame width in pixels"})
     synthetic_seed: int = field(default=1, metadata={"help": "--source synthetic: seed of the set (track-eval's synthetic set uses --seed 0 by default, so the default training set is disjoint from it)"})
-    val_sequences: int = field(default=2, metadata={"help": "held-out validation sequences: the last N of the source (in name order) are never trained on"})
+    val_sequences: int = field(default=2, metadata={"help": "held-out validation sequences: the last N of the source (in name order); they and the other sequences of their videos are never trained on"})
     val_tasks: int = field(default=8, metadata={"help": "fixed validation tasks per held-out sequence (support frames evenly spaced)"})
     epochs: int = field(default=10, metadata={"help": "meta-training epochs"})
     steps_per_epoch: int = field(default=100, metadata={"help": "meta-batches (Adam steps) per epoch"})

@@ -18,6 +18,7 @@ error naming the option or file, raised before any training starts.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.names import OTB100_NAMES
 from ..data.otb import OTBDataError, check_frames, load_otb, select_sequences
 from ..data.sequence import Sequence
 from ..data.synthetic import SyntheticConfig, ensure_synthetic
@@ -32,7 +34,7 @@ from ..data.vid import vid_sequences
 from ..data.vot import load_vot
 from .config import TrackTrainConfig
 
-__all__ = ["SequenceSplit", "load_sources", "split_sequences", "support_frames", "synthetic_root"]
+__all__ = ["SequenceSplit", "load_sources", "split_sequences", "support_frames", "synthetic_root", "video_key"]
 
 
 def synthetic_root(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> Path:
@@ -103,6 +105,22 @@ def support_frames(sequence: Sequence, horizon: int) -> np.ndarray:
     return np.flatnonzero(visible & later)
 
 
+def video_key(name: str) -> str:
+    """The video a sequence comes from. Sequences of one video share it: VID snippets
+    (``<index>:<video>``), VOT years of one sequence (``vot2014/tunnel``, ``vot2016/tunnel``) and
+    OTB's targets of one video (``Jogging-1``, ``Jogging-2``).
+
+    >>> [video_key(n) for n in ("0697:ILSVRC2015_train_01105001", "vot2016/Tunnel", "Jogging-2", "Synthetic-01")]
+    ['ilsvrc2015_train_01105001', 'tunnel', 'jogging', 'synthetic-01']
+    """
+    name = name.split(":", 1)[1] if ":" in name else name
+    name = name.rstrip("/").rsplit("/", 1)[-1]
+    target = re.fullmatch(r"(.+)-\d", name)
+    if target and name in OTB100_NAMES:
+        name = target.group(1)
+    return name.lower()
+
+
 @dataclass
 class SequenceSplit:
     """Training and held-out validation sequences, each ``{name: Sequence}``."""
@@ -112,13 +130,15 @@ class SequenceSplit:
 
 
 def split_sequences(sequences: Mapping[str, Sequence], n_val: int, horizon: int) -> SequenceSplit:
-    """Hold out the last ``n_val`` usable sequences (name order) for validation.
+    """Hold out the last ``n_val`` usable sequences (name order) for validation, and keep every
+    other sequence of their videos (:func:`video_key`) out of training, with a warning: a video
+    trained on would make the validation loss optimistic.
 
     Sequences without any usable support frame (see :func:`support_frames`) cannot give a task;
     they are left out with a warning that names them.
 
     Raises:
-        ValueError: fewer than ``n_val + 1`` usable sequences.
+        ValueError: fewer than ``n_val + 1`` usable sequences, or none left to train on.
     """
     usable = {n: s for n, s in sorted(sequences.items()) if len(support_frames(s, horizon))}
     dropped = sorted(set(sequences) - set(usable))
@@ -135,4 +155,16 @@ def split_sequences(sequences: Mapping[str, Sequence], n_val: int, horizon: int)
             "add sequences or lower --val-sequences"
         )
     names = list(usable)
-    return SequenceSplit({n: usable[n] for n in names[:-n_val]}, {n: usable[n] for n in names[-n_val:]})
+    val = {n: usable[n] for n in names[-n_val:]}
+    held = {video_key(n) for n in val}
+    train = {n: usable[n] for n in names[:-n_val] if video_key(n) not in held}
+    shared = sorted(set(names[:-n_val]) - set(train))
+    if shared:
+        shown = ", ".join(shared[:5]) + (" ..." if len(shared) > 5 else "")
+        warnings.warn(
+            f"{len(shared)} sequence(s) come from a video held out for validation and are not trained on: {shown}",
+            stacklevel=2,
+        )
+    if not train:
+        raise ValueError(f"no sequence left to train on: every usable one shares a video with the {n_val} held out")
+    return SequenceSplit(train, val)
