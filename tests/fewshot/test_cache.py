@@ -1,6 +1,7 @@
 """Episode cache: cached pixels equal the normal path's, device augmentation against torchvision, errors, CLI."""
 
 import doctest
+import os
 import functools
 import json
 import runpy
@@ -326,6 +327,26 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, shared_data):
     with pytest.raises(DataError, match="image file not found"):
         build_cache("cub", "train", shared_data / "cub" / "CUB_200_2011", 16, out, check_files=False, check_sizes=False)
     assert list(out.iterdir()) == []
+
+
+def test_a_rebuild_stopped_before_its_sidecar_leaves_no_sidecar(tmp_path, monkeypatch):
+    # New pixels beside the old sidecar would pass its checks (labels and shape only) if the
+    # rebuild had the same size: the old sidecar must be gone before the pixels change.
+    path = build_cache("glyphs", "val", None, 28, tmp_path, n_classes=4, images_per_class=3)
+    real = os.replace
+
+    def stop_at_the_sidecar(src, dst):
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", stop_at_the_sidecar)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache("glyphs", "val", None, 28, tmp_path, n_classes=4, images_per_class=3, seed=1)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    with pytest.raises(DataError, match=f"{path} has no sidecar"):
+        CachedDataset(path)
 
 
 def test_tool_script_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """fewshot-train / fewshot-test / fewshot-sweep end to end on the embedded glyphs, with tiny budgets."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -75,6 +76,13 @@ def test_fewshot_test_rescores_the_run_and_writes_cams(tmp_path, capsys):
     assert again["test_acc_mean"] == pytest.approx(trained["test_acc_mean"])
     assert (out / "cam.png").stat().st_size > 0
     assert (out / "test_glyphs_test_3w1s.json").is_file()
+    # Other settings go to another file, not over the run's own test.
+    assert cli.test_main([str(out), "--episodes", "4", "--query", "1", "--seed", "5", "--no-progress"]) == 0
+    assert (out / "test_glyphs_test_3w1s_1q_4ep_seed5.json").is_file()
+    for option in ("--shot", "--query"):
+        with pytest.raises(SystemExit) as exc:
+            cli.test_main([str(out), option, "0", "--no-progress"])
+        assert exc.value.code == 2 and f"{option} must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_resume_continues_the_same_run(tmp_path, monkeypatch):
@@ -192,6 +200,7 @@ def test_defaults_match_the_papers_sources():
         (["--compile"], "--first-order"),
         (["--dropgrad-schedule", "linear", "--epochs", "1"], "--dropgrad-schedule linear needs --epochs >= 2"),
         (["--dropgrad-layers", "block9"], "params entry 'block9' matches no parameter"),
+        (["--dataset", "miniimagenet", "--data-root", "m", "--test-dataset", "cub"], "--test-dataset cub needs --test-data-root"),
     ],
 )
 def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
@@ -265,6 +274,41 @@ def test_cross_domain_protocol_trains_and_validates_on_miniimagenet_and_tests_on
                      ("cub", "test", "CUB_200_2011", 224)]
     with pytest.raises(ValueError, match="3-channel"):
         run.load_split(resolve_defaults(FewShotConfig(test_dataset="cub", test_data_root="x")), "test", test=True)
+
+
+def test_closerlooks_cross_domain_protocol_trains_on_every_class_and_validates_on_the_test_set(monkeypatch):
+    # CloserLook's "cross": meta-train on all 100 mini-ImageNet classes (all.json), select on
+    # CUB's val classes, test on CUB's novel ones.
+    from dropgrad_fewshot import run
+    from dropgrad_fewshot.data import ClassUnion
+
+    calls = []
+
+    def fake(name, split, **kw):
+        calls.append((name, split, kw["data_root"]))
+        return build_dataset("glyphs", split, n_classes={"train": 4, "val": 2, "test": 3}[split], images_per_class=2)
+
+    monkeypatch.setattr(run, "build_dataset", fake)
+    cfg = resolve_defaults(FewShotConfig(dataset="miniimagenet", data_root="mini", test_dataset="cub", test_data_root="CUB",
+                                         val_dataset="cub", train_classes="all"))
+    train = run.load_split(cfg, "train")
+    assert isinstance(train, ClassUnion) and train.n_classes == 9 and len(train) == 18
+    assert train.labels.tolist() == [c for c in range(9) for _ in range(2)]
+    run.load_split(cfg, "val")
+    run.load_split(cfg, "test", test=True)
+    assert calls == [("miniimagenet", "train", "mini"), ("miniimagenet", "val", "mini"), ("miniimagenet", "test", "mini"),
+                     ("cub", "val", "CUB"), ("cub", "test", "CUB")]
+    # Every image of the union is its part's image.
+    parts = train.parts
+    assert torch.equal(train.load(8), parts[1].load(0)) and torch.equal(train.load(17), parts[2].load(5))
+    for bad, message in (({"val_dataset": None}, "needs --test-dataset and --val-dataset"),
+                         ({"test_dataset": None, "val_dataset": None}, "needs --test-dataset and --val-dataset"),
+                         ({"cache": "c"}, "does not combine with --cache"),
+                         ({"val_dataset": "omniglot"}, "--val-dataset must be --dataset (miniimagenet) or --test-dataset (cub)")):
+        opts = dict(dataset="miniimagenet", data_root="mini", test_dataset="cub", test_data_root="CUB", val_dataset="cub",
+                    train_classes="all")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            FewShotConfig(**{**opts, **bad})
 
 
 def test_verify_images_and_preload_name_the_first_unreadable_file(tmp_path):

@@ -49,7 +49,9 @@ class FewShotConfig:
     dataset: Dataset = field(default="glyphs", metadata={"help": "training data set (glyphs: the embedded procedural default, no files needed)"})
     data_root: str | None = field(default=None, metadata={"help": "folder of the data set (omniglot: the folder holding images_background/; miniimagenet: the image folder, or the ILSVRC folder for CloserLook filelists; cub: CUB_200_2011/)"})
     test_dataset: Dataset | None = field(default=None, metadata={"help": "data set of the final test (default: --dataset; cub after miniimagenet is the cross-domain protocol)"})
-    test_data_root: str | None = field(default=None, metadata={"help": "folder of --test-dataset (default: --data-root)"})
+    test_data_root: str | None = field(default=None, metadata={"help": "folder of --test-dataset (default: --data-root when --test-dataset is --dataset)"})
+    val_dataset: Dataset | None = field(default=None, metadata={"help": "data set whose val split selects the best model: --dataset (the default) or --test-dataset (CloserLook's cross-domain protocol validates on CUB's val classes)"})
+    train_classes: Literal["base", "all"] = field(default="base", metadata={"help": "classes of --dataset meta-trained on: base (its train split) or all (train, val and test splits together: CloserLook's cross-domain protocol, all.json; needs --test-dataset and --val-dataset of another data set)"})
     cache: str | None = field(default=None, metadata={"help": "folder of episode caches built by fewshot-cache / tools/build_episode_cache.py: train/val/test read decoded uint8 images from memory-mapped files and augment on the device (--data-root is then not needed)"})
     method: Literal["maml", "metasgd", "metasgd-star", "mamlpp"] = field(default="maml", metadata={"help": "meta-learning method (metasgd-star: MetaSGD from a feature extractor pre-trained with cross-entropy on the base classes)"})
     first_order: bool = field(default=False, metadata={"help": "first-order approximation (no second derivatives)"})
@@ -167,6 +169,21 @@ class FewShotConfig:
             raise ValueError("--augment applies to the RGB data sets (miniimagenet, cub); glyphs/omniglot use rotations")
         if self.dataset != "glyphs" and self.data_root is None and self.cache is None:
             raise ValueError(f"--dataset {self.dataset} needs --data-root (the folder holding the data set) or --cache (a folder of episode caches)")
+        other = self.test_dataset not in (None, self.dataset, "glyphs")
+        if other and self.test_data_root is None and self.cache is None:
+            raise ValueError(f"--test-dataset {self.test_dataset} needs --test-data-root (its own folder; --data-root is {self.dataset}'s) or --cache")
+        if self.val_dataset not in (None, self.dataset, self.test_dataset):
+            raise ValueError(f"--val-dataset must be --dataset ({self.dataset}) or --test-dataset ({self.test_dataset}), got {self.val_dataset}")
+        if self.train_classes not in ("base", "all"):
+            raise ValueError(f"--train-classes must be base or all, got {self.train_classes!r}")
+        if self.train_classes == "all":
+            # Every class of --dataset is trained on: validating or testing on it would score seen classes.
+            if self.test_dataset in (None, self.dataset) or self.val_dataset in (None, self.dataset):
+                raise ValueError("--train-classes all trains on every class of --dataset: it needs --test-dataset and --val-dataset "
+                                 "of another data set (CloserLook's cross-domain protocol: --dataset miniimagenet --train-classes all "
+                                 "--val-dataset cub --test-dataset cub)")
+            if self.cache is not None:
+                raise ValueError("--train-classes all reads the data set's files; it does not combine with --cache")
 
     @property
     def folded_forms(self) -> dict[str, bool | int]:
@@ -226,5 +243,6 @@ def resolve_defaults(cfg: FewShotConfig) -> FewShotConfig:
         episodes_per_epoch=episodes,
         msl_epochs=cfg.msl_epochs if cfg.msl_epochs is not None else max(1, round(MSL_SHARE * epochs)),
         test_dataset=cfg.test_dataset or cfg.dataset,
-        test_data_root=cfg.test_data_root if cfg.test_data_root is not None else cfg.data_root,
+        # Another data set's folder is never --data-root (__post_init__ asks for its own).
+        test_data_root=cfg.test_data_root if cfg.test_data_root is not None or cfg.test_dataset not in (None, cfg.dataset) else cfg.data_root,
     )

@@ -50,6 +50,7 @@ from dropgrad import (
 from .config import FewShotConfig
 from .data import (
     CachedEpisodeBatches,
+    ClassUnion,
     DataError,
     EpisodeBatches,
     build_dataset,
@@ -68,9 +69,21 @@ _EVAL_CHUNK = 8
 
 
 def load_split(cfg: FewShotConfig, split: str, *, test: bool = False, augment: bool = False):
-    """Build one split of the run's (or, ``test=True``, its test data set's) data."""
-    name = cfg.test_dataset if test and cfg.test_dataset else cfg.dataset
-    root = cfg.test_data_root if test else cfg.data_root
+    """Build one split of the run's data: training (every class of the data set with
+    ``--train-classes all``), validation (of ``--val-dataset``) or, ``test=True``, the test data
+    set's."""
+    if test:
+        name, root = cfg.test_dataset or cfg.dataset, cfg.test_data_root
+    elif split == "val" and cfg.val_dataset not in (None, cfg.dataset):
+        name, root = cfg.val_dataset, cfg.test_data_root  # the config allows only the test data set
+    else:
+        name, root = cfg.dataset, cfg.data_root
+    if split == "train" and not test and cfg.train_classes == "all":
+        return ClassUnion([_dataset(cfg, name, root, s, augment) for s in ("train", "val", "test")])
+    return _dataset(cfg, name, root, split, augment)
+
+
+def _dataset(cfg: FewShotConfig, name: str, root: str | None, split: str, augment: bool):
     options: dict[str, Any] = {}
     if name == "omniglot":
         options = {"protocol": cfg.omniglot_protocol, "rotations": cfg.rotations}
@@ -80,9 +93,9 @@ def load_split(cfg: FewShotConfig, split: str, *, test: bool = False, augment: b
             f"--test-dataset {name} has {channels}-channel images but the model was trained on "
             f"{cfg.channels}-channel {cfg.dataset}; cross-domain testing needs two RGB data sets (e.g. miniimagenet -> cub)"
         )
-    if cfg.cache and not (test and root is not None and root != cfg.data_root):
+    if cfg.cache and not (root is not None and root != cfg.data_root):
         # Decoded once by fewshot-cache; open_cache checks it is this run's data set, split and size.
-        # A test set with a folder of its own (--test-data-root, fewshot-test --data-root) is read from files.
+        # A data set with a folder of its own (--test-data-root, fewshot-test --data-root) is read from files.
         return open_cache(cfg.cache, name, split, cfg.image_size_resolved, options=options, augment=augment, seed=cfg.seed)
     return build_dataset(
         name,  # type: ignore[arg-type]

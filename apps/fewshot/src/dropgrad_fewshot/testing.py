@@ -21,11 +21,12 @@ from dropgrad import (
 
 from .config import FewShotConfig
 from .data import EpisodeBatches, check_episodes
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .methods import build_learner, use_batched
 from .models import class_activation_maps, save_cam_grid
 from .run import TEST_STREAM, evaluate, load_split
 
-__all__ = ["load_run", "test_run"]
+__all__ = ["load_run", "test_config", "test_run"]
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> tuple[FewShotConfig, Any, torch.device]:
@@ -44,6 +45,29 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[FewShotCon
     return cfg, learner, dev
 
 
+def test_config(cfg: FewShotConfig, test_dataset: str | None, data_root: str | None) -> FewShotConfig:
+    """The run's config with the data set to test on: ``test_dataset`` (default: the run's) from
+    ``data_root``, or, not given, from the run's own folder for that data set.
+
+    >>> cfg = FewShotConfig(dataset="miniimagenet", data_root="mini", test_dataset="cub", test_data_root="CUB")
+    >>> [test_config(cfg, name, None).test_data_root for name in ("cub", "miniimagenet")]
+    ['CUB', 'mini']
+    >>> test_config(cfg, None, "CUB2").test_data_root
+    'CUB2'
+    >>> test_config(cfg, "omniglot", None)
+    Traceback (most recent call last):
+    ...
+    ValueError: --test-dataset omniglot: this run did not use it; give its folder with --data-root
+    """
+    if test_dataset is None:
+        return cfg if data_root is None else dataclasses.replace(cfg, test_data_root=data_root)
+    known = {cfg.dataset: cfg.data_root, cfg.test_dataset: cfg.test_data_root}
+    root = data_root if data_root is not None else known.get(test_dataset)
+    if root is None and test_dataset != "glyphs" and cfg.cache is None:
+        raise ValueError(f"--test-dataset {test_dataset}: this run did not use it; give its folder with --data-root")
+    return dataclasses.replace(cfg, test_dataset=test_dataset, test_data_root=root)
+
+
 def test_run(
     run_dir: str | Path,
     *,
@@ -58,23 +82,24 @@ def test_run(
     cam: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Test the run's best model; writes ``test_<dataset>_<split>_<way>w<shot>s.json`` into the run.
+    """Test the run's best model; writes ``test_<dataset>_<split>_<way>w<shot>s[...].json`` into
+    the run (with ``_<query>q``, ``_<episodes>ep`` and ``_seed<seed>`` where those differ from
+    the run's test, so tests with other settings do not overwrite each other).
 
     DropGrad and dropout are off (the learner is in eval mode); the episodes are a pure
     function of ``seed`` (default: the run's own test stream, the one ``fewshot-train`` used).
+    A data set the run trained or tested on is read from the run's folder for it unless
+    ``data_root`` is given.
     """
+    for option, value in (("--shot", shot), ("--query", query)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
     run = Path(run_dir)
     cfg, learner, dev = load_run(run, device)
     seed_everything(cfg.seed)
-    changes: dict[str, Any] = {}
-    if test_dataset is not None:
-        changes["test_dataset"] = test_dataset
-        changes["test_data_root"] = data_root
-    elif data_root is not None:
-        changes["test_data_root"] = data_root
-    test_cfg = dataclasses.replace(cfg, **changes)
-    shot = shot or cfg.shot
-    query = query or cfg.test_query
+    test_cfg = test_config(cfg, test_dataset, data_root)
+    shot = cfg.shot if shot is None else shot
+    query = cfg.test_query if query is None else query
     dataset = load_split(test_cfg, split, test=True)
     check_episodes(dataset, cfg.way, shot, query)
     if hasattr(dataset, "preload"):
@@ -104,7 +129,8 @@ def test_run(
         "dropgrad": cfg.dropgrad,
         "p": cfg.p,
     }
-    name = f"test_{test_cfg.test_dataset}_{split}_{cfg.way}w{shot}s.json"
+    extra = (f"_{query}q" if query != cfg.test_query else "") + (f"_{episodes}ep" if episodes != cfg.test_episodes else "")
+    name = f"test_{test_cfg.test_dataset}_{split}_{cfg.way}w{shot}s{extra}" + (f"_seed{seed}" if seed is not None else "") + ".json"
     write_json(run / name, results, sort_keys=True)
     results["written"] = str(run / name)
     if cam is not None:
@@ -129,4 +155,7 @@ def write_cams(learner: Any, dataset: Any, way: int, shot: int, query: int, seed
             learner.model, params, task.query_x, pred, forward=lambda x: learner(x, params)
         )
     pick = torch.cat([torch.arange(c * query, c * query + min(per_class, query)) for c in range(way)]).to(device)
-    return save_cam_grid(path, task.query_x[pick].cpu(), maps[pick].cpu(), task.query_y[pick].cpu(), pred[pick].cpu())
+    # RGB sets are ImageNet-normalised (data.transforms): undone for display, not stretched.
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if task.query_x.shape[1] == 3 else (None, None)
+    return save_cam_grid(path, task.query_x[pick].cpu(), maps[pick].cpu(), task.query_y[pick].cpu(), pred[pick].cpu(),
+                         mean=mean, std=std)

@@ -15,11 +15,13 @@ from .episodes import EpisodeBatches, check_episodes
 from .errors import DataError
 from .glyphs import GlyphDataset
 from .transforms import GrayscaleTransform, RGBTransform
+from .union import ClassUnion
 
 __all__ = [
     "DATASETS",
     "CachedDataset",
     "CachedEpisodeBatches",
+    "ClassUnion",
     "DataError",
     "EpisodeBatches",
     "FewShotDataset",

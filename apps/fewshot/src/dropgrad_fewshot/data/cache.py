@@ -16,8 +16,8 @@ sidecar's pixel format (:class:`~dropgrad_fewshot.data.device_augment.PixelForma
 job, so :class:`CachedDataset` returns bit for bit the tensors of the normal path (tested on
 glyphs and on the real Omniglot and CUB samples).
 
-Both files are written under temporary names and renamed when complete, data first, sidecar
-last: a cache with a sidecar is whole.
+Both files are written under temporary names and renamed when complete: an old sidecar is
+removed first, then the data and the sidecar come in, so a cache with a sidecar is whole.
 """
 
 from __future__ import annotations
@@ -237,8 +237,12 @@ def write_cache(
             "labels": labels.tolist(),
         }
         side_tmp.write_text(json.dumps(meta) + "\n", encoding="utf-8")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        for done in (tmp, side_tmp):
+            with open(done, "rb+") as f:
+                os.fsync(f.fileno())
+        # The sidecar marks a whole cache: the old one goes before the pixels change, the new
+        # one comes after, so a rebuild stopped in between leaves no sidecar, not a wrong one.
+        side.unlink(missing_ok=True)
         os.replace(tmp, path)
         os.replace(side_tmp, side)
     except BaseException:
