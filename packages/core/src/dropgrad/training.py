@@ -639,7 +639,9 @@ class MetaTrainer:
             resume: continue the run in ``run_dir`` from ``checkpoints/last.pt``: model,
                 optimiser, scheduler, dropgrad, counters and RNG states are restored and the logs
                 cut back to the checkpoint, so the result equals an uninterrupted run (bit for
-                bit on CPU). Without ``resume`` the run dir must not hold a checkpoint yet.
+                bit on CPU); a run dir without ``last.pt`` yet (stopped before its first
+                checkpoint) starts from the beginning. Without ``resume`` the run dir must not
+                hold a checkpoint yet.
 
         Returns:
             ``{"best_epoch", "best_value", "monitor", "epochs_completed", "global_step",
