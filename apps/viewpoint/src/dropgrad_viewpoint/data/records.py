@@ -120,23 +120,23 @@ def _get(d: Any, name: str, where: str, path: Path) -> Any:
     return d[name]
 
 
+def _empty(value: Any) -> bool:
+    return np.asarray(value, dtype=object if isinstance(value, str) else None).size == 0
+
+
 def _number(d: Any, name: str, where: str, path: Path, fallback: str | None = None) -> float:
     value = _get(d, name, where, path)
-    arr = np.asarray(value, dtype=object if isinstance(value, str) else None)
-    if arr.size == 0 and fallback is not None and fallback in d:
+    if _empty(value) and fallback is not None and fallback in d:
         return _number(d, fallback, where, path)
     try:
-        num = float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) if arr.size == 1 else None
+        arr = np.asarray(value, dtype=np.float64)
+        num = float(arr.reshape(-1)[0]) if arr.size == 1 else None
     except (TypeError, ValueError):
         num = None
     if num is None or not np.isfinite(num):
         alt = f" (nor {where}.{fallback})" if fallback else ""
         raise MatError(f"{path}: field {where}.{name}{alt} must be one finite number, got {value!r}")
     return num
-
-
-def _empty(value: Any) -> bool:
-    return np.asarray(value, dtype=object if isinstance(value, str) else None).size == 0
 
 
 # The ObjectNet3D toolbox's values for empty camera fields (show_pose_annotations.m).
