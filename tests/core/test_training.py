@@ -254,6 +254,14 @@ def test_a_linear_dropgrad_schedule_over_one_epoch_is_refused(tmp_path):
     _trainer(tmp_path / "c", cfg, dropgrad=DropGrad(0.2, kind="none", schedule="linear"))
 
 
+def test_a_run_without_any_finite_validation_value_says_so_when_its_best_model_is_loaded(tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, progress=False)
+    trainer, model, _ = _trainer(tmp_path, cfg, validate_fn=lambda epoch: {"val_loss": float("nan")})
+    trainer.fit()
+    with pytest.raises(CheckpointError, match=r"best.pt was never written: no epoch of the run had a finite monitored value"):
+        load_best_model(tmp_path, model)
+
+
 def test_bad_config_values_name_the_option():
     with pytest.raises(ValueError, match="TrainConfig.patience"):
         TrainConfig(patience=0)
