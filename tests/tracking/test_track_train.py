@@ -203,6 +203,21 @@ def test_task_choice_is_a_pure_function_of_seed_and_step(tmp_path):
     assert fixed == b.fixed(3) and len(fixed) == 12 and fixed[0] == ("Synthetic-01", 0)
 
 
+def test_validation_tasks_do_not_depend_on_how_many_are_built_at_once(tmp_path):
+    # Runs with another --tasks-per-batch (the validation chunk) must validate on the same tasks.
+    from dropgrad_tracking.meta import build_learner
+    from dropgrad_tracking.training.loop import evaluate_tasks
+
+    cfg = TrackTrainConfig(tracker="toy", synthetic_sequences=3, synthetic_frames=12, synthetic_height=64, synthetic_width=96)
+    seqs = load_sources(cfg, tmp_path)
+    definition = meta_tracker("toy")
+    learner, _ = build_learner(definition, None)
+    sampler = TaskSampler(definition, learner.model, seqs, 3, seed=11)
+    picks = sampler.fixed(3)
+    scores = [evaluate_tasks(learner, sampler, picks, torch.device("cpu"), chunk=c) for c in (2, 3, len(picks))]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-6) and scores[0] == pytest.approx(scores[2], rel=1e-6)
+
+
 def test_split_holds_out_the_last_sequences_and_names_unusable_ones():
     good = np.array([[0, 0, 5, 5.0]] * 4)
     seqs = {n: Sequence(n, [], good) for n in ("c", "a", "b")}

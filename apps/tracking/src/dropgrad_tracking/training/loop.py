@@ -61,8 +61,9 @@ def evaluate_tasks(
     """Mean query loss after adaptation (``val_loss``) and of theta itself (``val_loss_unadapted``).
 
     The learner is put in eval mode (no DropGrad) and restored afterwards. The tasks of
-    ``picks`` are rebuilt here (chunk ``i`` uses rng stream ``i`` of the sampler's seed), so they
-    are the same at every call for the same model.
+    ``picks`` are rebuilt here, pick ``k`` from rng stream ``[seed, 0, k + 1]`` of the sampler, so
+    they are the same at every call for the same model, whatever ``chunk`` (tasks built and
+    adapted together) is: runs with another ``--tasks-per-batch`` validate on the same tasks.
     """
     was_training = learner.training
     learner.eval()
@@ -70,7 +71,7 @@ def evaluate_tasks(
     unadapted: list[torch.Tensor] = []
     try:
         for i in range(0, len(picks), chunk):
-            tasks = sampler.build(picks[i : i + chunk], step=i // chunk).to(device)
+            tasks = sampler.build(picks[i : i + chunk], step=0, offset=i).to(device)
             adapted.append(learner.meta_loss(tasks, batched=False).task_losses.detach().float().cpu())
             with torch.no_grad():
                 losses = [learner.loss_fn(learner(tasks.query_x[k]), tasks.query_y[k]) for k in range(tasks.n_tasks)]

@@ -87,14 +87,15 @@ class TaskSampler:
             picks.append((name, int(frames[int(rng.integers(len(frames)))])))
         return picks
 
-    def build(self, picks: list[tuple[str, int]], step: int) -> Task:
-        """The stacked tasks of ``picks`` (CPU tensors), each with its own rng ``[seed, step, i]``."""
+    def build(self, picks: list[tuple[str, int]], step: int, offset: int = 0) -> Task:
+        """The stacked tasks of ``picks`` (CPU tensors), task ``i`` with its own rng
+        ``[seed, step, offset + i + 1]`` (``offset``: the first pick's place in a longer list)."""
         was_training = self.model.training
         tasks = []
         try:
             with torch.no_grad():
                 for i, (name, t) in enumerate(picks):
-                    rng = np.random.default_rng([self.seed, step, i + 1])
+                    rng = np.random.default_rng([self.seed, step, offset + i + 1])
                     tasks.append(self.definition.sample_task(self.model, self.sequences[name], t, self.horizon, rng))
         finally:
             self.model.train(was_training)
