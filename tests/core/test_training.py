@@ -258,8 +258,14 @@ def test_a_run_without_any_finite_validation_value_says_so_when_its_best_model_i
     cfg = TrainConfig(epochs=2, steps_per_epoch=2, progress=False)
     trainer, model, _ = _trainer(tmp_path, cfg, validate_fn=lambda epoch: {"val_loss": float("nan")})
     trainer.fit()
-    with pytest.raises(CheckpointError, match=r"best.pt was never written: no epoch of the run had a finite monitored value"):
+    with pytest.raises(CheckpointError, match=r"best.pt was never written: no epoch of the run had a finite val_loss"):
         load_best_model(tmp_path, model)
+    # A run that had a best model whose file is gone: the plain error.
+    other, other_model, _ = _trainer(tmp_path / "other", cfg)
+    other.fit()
+    (tmp_path / "other" / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"best.pt does not exist"):
+        load_best_model(tmp_path / "other", other_model)
 
 
 def test_bad_config_values_name_the_option():

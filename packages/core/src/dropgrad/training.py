@@ -767,12 +767,16 @@ def load_best_model(run_dir: str | os.PathLike[str], model: nn.Module, map_locat
     (7, 'val_loss')
     """
     path = Path(run_dir) / CHECKPOINT_DIR / BEST_CHECKPOINT
-    if not path.exists() and (path.parent / LAST_CHECKPOINT).is_file():
-        # The run trained, but no epoch's monitored value was a number (a diverged run: NaN).
-        raise CheckpointError(
-            f"{path} was never written: no epoch of the run had a finite monitored value (see "
-            f"{Path(run_dir) / METRICS_FILE}); {path.parent / LAST_CHECKPOINT} holds its last state"
-        )
+    last = path.parent / LAST_CHECKPOINT
+    if not path.exists() and last.is_file():
+        state = load_checkpoint(last)
+        if state.get("kind") == "last" and state.get("best_value") is None and state.get("epoch", 0) > 0:
+            # The run trained, but no epoch's monitored value was a number (a diverged run: NaN).
+            monitor = state.get("config", {}).get("monitor", "the monitored value")
+            raise CheckpointError(
+                f"{path} was never written: no epoch of the run had a finite {monitor} (see "
+                f"{Path(run_dir) / METRICS_FILE}); {last} holds its last state"
+            )
     payload = load_checkpoint(path, map_location=map_location)
     if "model" not in payload:
         raise CheckpointError(f"{path} holds no model weights (keys: {', '.join(sorted(payload))})")
