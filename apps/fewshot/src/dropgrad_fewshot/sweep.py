@@ -121,6 +121,7 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
         run_dir = out / _slug(label)
         results_path = run_dir / "results.json"
         print(f"[{i + 1}/{len(runs)}] {run_dir}", flush=True)
+        saved = None
         if (run_dir / "config.json").is_file():
             try:
                 saved = resume_run(run_dir, FewShotConfig, dataclasses.asdict(cfg), mutable=_MUTABLE)
@@ -131,7 +132,7 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
                 ) from None
         if results_path.is_file():
             results = json.loads(results_path.read_text())
-        elif (run_dir / "config.json").is_file():
+        elif saved is not None:
             results = train(saved, run_dir, resume=True)
         else:
             start_run(run_dir, cfg)
@@ -171,19 +172,19 @@ def format_tables(records: Sequence[Mapping[str, Any]], rows: Sequence[str] = ()
     named = ("method", "backbone", "dataset", "test_dataset", "shot", "dropgrad_layers", *rows)
     row_keys = [k for k in dict.fromkeys(named) if k not in columns_of and any(k in r for r in records)]
     columns: list[str] = []
-    rows: dict[tuple, dict[str, str]] = {}
+    table: dict[tuple, dict[str, str]] = {}
     for r in records:
         col = reg_of(r)
         if col not in columns:
             columns.append(col)
-        rows.setdefault(tuple(r.get(k, "") for k in row_keys), {})[col] = _cell(r)
+        table.setdefault(tuple(r.get(k, "") for k in row_keys), {})[col] = _cell(r)
     lines = [
         "## Test accuracy (%) ± 95% CI",
         "",
         "| " + " | ".join(row_keys + columns) + " |",
         "|" + "---|" * (len(row_keys) + len(columns)),
     ]
-    for key, cells in rows.items():
+    for key, cells in table.items():
         lines.append("| " + " | ".join([str(k) for k in key] + [cells.get(c, "") for c in columns]) + " |")
     ps = sorted({r["p"] for r in records if r.get("dropgrad") in ("binary", "gaussian")})
     if len(ps) > 1:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-import warnings
 from pathlib import Path
 
 import numpy as np
