@@ -56,7 +56,8 @@ __all__ = [
 
 CACHE_FORMAT = "dropgrad-episode-cache"
 CACHE_VERSION = 1
-BUILD_COMMAND = "python tools/build_episode_cache.py"
+# The console script every install has (tools/build_episode_cache.py is the same, in a checkout).
+BUILD_COMMAND = "fewshot-cache"
 # Options that say where or how strictly files are found, not which images a split holds.
 _LOCATION_OPTIONS = {"layout", "csv_dir", "filelist_dir", "class_maps", "check_sizes", "check_files"}
 
