@@ -420,6 +420,11 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"status": "ok"}
     if impl.graph and not cuda:
         result["message"] = "ran eagerly: CUDA graphs need a GPU"
+    if impl.compile:
+        # Rows in one process (--isolate config, --single) would otherwise add to one Dynamo
+        # cache: past its recompile limit a later row runs eagerly under its compiled name.
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
     try:
         if row.check:
             result["check_max_abs_diff"] = check_row(row, impl, device)
@@ -436,6 +441,8 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize(device)
         result["warmup_s"] = time.perf_counter() - t0
+        if impl.compile and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
+            raise RuntimeError("torch.compile compiled no graph: the row would time the eager step")
         seconds = {False: 0.0, True: 0.0}
         iters = 0
         # A few fast steps time poorly (about 50 ms for Conv4 on an H200): --min-time-s adds steps.

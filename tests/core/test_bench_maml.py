@@ -137,6 +137,25 @@ def test_rows_with_compiled_forms_give_them_to_the_learner():
         assert learner.folded_forms, name
 
 
+def _square(x):
+    return (x * x).sum()
+
+
+def test_each_compiled_row_compiles_afresh_and_one_that_compiles_nothing_is_an_error(monkeypatch):
+    # Rows in one process share Dynamo's cache: without a reset a later row reuses (or, past
+    # the recompile limit, skips) compilation, and would time an eager step under its name.
+    bench = _load_module()
+    compiled = torch.compile(_square, backend="eager")
+    x = torch.ones(3)
+    monkeypatch.setattr(bench, "row_steps", lambda row, device: {False: lambda: compiled(x), True: lambda: compiled(x)})
+    row = bench.RowConfig("conv4-fo", "conv4", "fo", "loop+bf16+cl+compile+graph", 84, 1, 5, 1, 1, 1, 1, 1, "cpu", check=False)
+    for _ in range(3):
+        assert bench._run_row(row)["status"] == "ok"
+    monkeypatch.setattr(bench, "row_steps", lambda row, device: {False: lambda: _square(x), True: lambda: _square(x)})
+    result = bench._run_row(row)
+    assert result["status"] == "error" and "compiled no graph" in result["message"]
+
+
 def test_failed_rows_are_reported_and_the_best_row_is_marked():
     bench = _load_module()
     ok = lambda rate, gib: {"status": "ok", "tasks_per_s_off": rate * 1.01, "tasks_per_s_on": rate,

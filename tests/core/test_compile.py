@@ -495,26 +495,59 @@ def test_one_compiled_graph_serves_every_inner_step(batched):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
 
 
+def check_bf16_forms_against_float32(device: torch.device, forms: dict, net) -> dict[str, int]:
+    """The folded first-order step compiled with inductor in bf16 with ``forms``, and the same step
+    run eagerly in bf16, each held against the eager float32 step. Returns how often each form
+    was traced."""
+    import dropgrad.folded as folded
+
+    names = {"grouped": "_grouped_conv", "unfold": "_unfolded_conv", "idxpool": "_indexed_max_pool"}
+    plain = {form: getattr(folded, name) for form, name in names.items()}
+    traced = dict.fromkeys(names, 0)
+
+    def counting(form):
+        def call(*args, **kwargs):
+            traced[form] += 1
+            return plain[form](*args, **kwargs)
+        return call
+
+    for form, name in names.items():
+        setattr(folded, name, counting(form))
+    try:
+        tasks = make_tasks(17, device, dtype=torch.float32, query=3)
+        results = []
+        for compile_forward, bf16 in ((False, False), (False, True), (True, True)):
+            torch.manual_seed(0)
+            learner = MAML(net().float(), compile_forward=compile_forward, inner_lr=0.1, steps=2, first_order=True,
+                           batch_with="fold")
+            learner.to(device).model.to(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), compiled_forms(**forms):
+                out, grads, _ = meta_step(learner, tasks, batched=True)
+            results.append((out.loss.float(), torch.cat([g.flatten() for g in grads]).float()))
+    finally:
+        for form, name in names.items():
+            setattr(folded, name, plain[form])
+    (loss_ref, grad_ref), (loss_e, grad_e), (loss_c, grad_c) = results
+    # bf16 alone moves each side about 3% from float32 (more on some seeds), in different
+    # directions: hold both to the float32 step rather than to each other.
+    err_e, err_c = ((g - grad_ref).norm() / grad_ref.norm() for g in (grad_e, grad_c))
+    assert err_c <= 1.5 * err_e + 1e-2, f"compiled bf16 {err_c:.4f} from float32, eager bf16 {err_e:.4f}"
+    torch.testing.assert_close(loss_c, loss_ref, rtol=3e-2, atol=0)
+    return traced
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("forms", [
-    {"pointwise_max_pool": True, "unfold_depth": 0}, {"pointwise_max_pool": True},
-    {"pointwise_max_pool": True, "unfold_depth": 0, "grouped_tasks": True},
-    {"indexed_pool_backward": True, "grouped_tasks": True},
+@pytest.mark.parametrize("forms, net", [
+    ({"pointwise_max_pool": True, "unfold_depth": 0}, tiny_net), ({"pointwise_max_pool": True}, tiny_net),
+    ({"pointwise_max_pool": True, "unfold_depth": 0, "grouped_tasks": True}, two_conv_net),
+    ({"indexed_pool_backward": True, "grouped_tasks": True}, two_conv_net),
 ], ids=["pad8", "unfold", "pad8-grouped", "unfold-grouped-idxpool"])
-def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32, forms):
+def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32, forms, net):
     # dropgrad.folded.compiled_forms on a GPU in bf16: max pooling as pointwise operators or with
     # its backward at the saved indices, the 3-channel convolution padded to 8 channels or run as
     # a matmul over its unfolded input, the others grouped, compiled with inductor.
-    cuda = torch.device("cuda")
-    eager, comp = pair(MAML, compile_forward=True, dtype=torch.float32, inner_lr=0.1, steps=2, first_order=True,
-                       batch_with="fold")
-    results = []
-    for learner in (eager, comp):
-        learner.to(cuda).model.to(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16), compiled_forms(**forms):
-            out, grads, _ = meta_step(learner, make_tasks(17, cuda, dtype=torch.float32, query=3), batched=True)
-        results.append((out.loss, torch.cat([g.flatten() for g in grads])))
-    (loss_e, grad_e), (loss_c, grad_c) = results
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-2, atol=0)
-    assert (grad_c - grad_e).norm() < 3e-2 * grad_e.norm()
+    traced = check_bf16_forms_against_float32(torch.device("cuda"), forms, net)
+    assert (traced["grouped"] > 0) == bool(forms.get("grouped_tasks"))
+    assert (traced["unfold"] > 0) == (forms.get("unfold_depth", 27) > 0)
+    assert (traced["idxpool"] > 0) == bool(forms.get("indexed_pool_backward"))

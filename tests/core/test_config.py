@@ -296,3 +296,68 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path):
 def test_docstring_examples():
     result = doctest.testmod(dropgrad.config, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@dataclass
+class WithPaths:
+    root: str | None = field(default=None, metadata={"help": "data folder", "path": True})
+    out: Path = field(default=Path("runs"), metadata={"help": "run folder", "path": True})
+    name: str = field(default="a/b", metadata={"help": "not a path"})
+
+
+def test_path_fields_are_made_absolute_from_file_and_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config(WithPaths, {"root": "data/mini"}, {"name": "x/y"})
+    assert cfg.root == str(tmp_path / "data" / "mini") and isinstance(cfg.root, str)
+    assert cfg.name == "x/y"  # only fields marked as paths
+    assert cfg.out == Path("runs")  # defaults stay as written: resolving them is the app's choice
+    cfg = build_config(WithPaths, None, {"root": "~/d", "out": Path("r")})
+    assert cfg.root == os.path.join(os.path.expanduser("~"), "d") and cfg.out == tmp_path / "r"
+    assert build_config(WithPaths, None, {}).root is None
+
+
+def test_resume_compares_folders_as_stored_and_refuses_other_options(tmp_path, monkeypatch):
+    from dropgrad.rundir import resume_run, run_config, start_run
+
+    @dataclass
+    class Opt:
+        root: str | None = field(default=None, metadata={"help": "data folder", "path": True})
+        lr: float = field(default=0.1, metadata={"help": "step size"})
+        device: str = field(default="auto", metadata={"help": "device"})
+
+    monkeypatch.chdir(tmp_path)
+    run = start_run(tmp_path / "run", run_config(Opt, "unused", {"root": "data"}))
+    # The same folder spelled relative to the working directory, and lr=1 given as an int.
+    assert run_config(Opt, run, {"root": "data", "device": "cpu"}, resume=True) == Opt(str(tmp_path / "data"), 0.1, "cpu")
+    assert resume_run(run, Opt, {"lr": 0.1}).lr == 0.1
+    with pytest.raises(ConfigError, match=r"--resume: option root=.*other.* differs from root=.*data"):
+        resume_run(run, Opt, {"root": "other"})
+    with pytest.raises(ConfigError, match="option lr=0.5 differs"):
+        resume_run(run, Opt, {"lr": 0.5})
+
+
+def test_a_new_run_may_reuse_only_a_directory_without_progress(tmp_path):
+    from dropgrad.rundir import start_run
+
+    @dataclass
+    class Opt:
+        lr: float = field(default=0.1, metadata={"help": "step size"})
+
+    run = start_run(tmp_path / "run", Opt(0.5))
+    (run / "log.txt").write_text("the failed attempt's lines\\n")
+    (run / "metrics.jsonl").write_text('{"kind": "train"}\\n')
+    # A start that stopped before its first checkpoint (e.g. on a bad data folder): a corrected
+    # rerun takes the directory over, without the attempt's log and metrics.
+    assert start_run(run, Opt(0.2)) == run
+    assert json.loads((run / "config.json").read_text()) == {"lr": 0.2}
+    assert not (run / "log.txt").exists() and not (run / "metrics.jsonl").exists()
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="already exists and is not empty; pass --resume"):
+        start_run(run, Opt(0.3))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already exists and is not empty"):
+        start_run(other, Opt(0.3))  # not a run directory: never touched
+    assert (other / "todo.txt").read_text() == "mine"

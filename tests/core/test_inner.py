@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dropgrad.dropout import ConsistentDropout
-from dropgrad.inner import MAML, MAMLPlusPlus, MetaSGD, Task, msl_weights, sgd_step
+from dropgrad.inner import MAML, MAMLPlusPlus, MetaOutput, MetaSGD, Task, msl_weights, sgd_step
 from dropgrad.noise import DropGrad
 from torch import nn
 
@@ -351,6 +351,51 @@ def test_mamlpp_derivative_order_annealing_and_msl():
     assert torch.allclose(loss, F.cross_entropy(learner.functional_forward(traj[-1], batch.query_x[0], 2), batch.query_y[0]))
 
 
+def _distinct_bn_rows(learner: MAMLPlusPlus) -> None:
+    # Every row starts as a copy of the model's BatchNorm: make them differ, or using the wrong
+    # step's row would go unnoticed.
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for key in learner.bn_weight:
+            for t in (learner.bn_weight[key], learner.bn_bias[key], getattr(learner, f"bn_mean__{key}")):
+                t.copy_(torch.randn(t.shape, generator=g))
+            getattr(learner, f"bn_var__{key}").uniform_(0.5, 2.0, generator=g)
+
+
+def test_mamlpp_steps_use_their_own_step_sizes_and_batchnorm_rows():
+    batch = tasks(n_tasks=1)
+    learner = MAMLPlusPlus(mlp("bn-tracked"), steps=3, msl_epochs=4)
+    _distinct_bn_rows(learner)
+    theta = learner.initial_params()
+    with torch.no_grad():
+        for lr in learner.lrs.values():
+            lr[1] = 0.0  # step 1 stands still; steps 0 and 2 move
+    traj = learner.adapt(batch.support_x[0], batch.support_y[0])
+    # (0.bias feeds a BatchNorm in training mode, which removes it: its gradient is 0.)
+    for n in (n for n in learner.fast_names if n != "0.bias"):
+        assert not torch.equal(traj[0][n], theta[n]) and torch.equal(traj[1][n], traj[0][n]), n
+        assert not torch.equal(traj[2][n], traj[1][n]), n
+    # Multi-step loss: step i's query is scored with step i's BatchNorm row.
+    learner.set_epoch(1)
+    loss, _ = learner.query_loss(traj, batch.query_x[0], batch.query_y[0])
+    parts = [F.cross_entropy(learner.functional_forward(p, batch.query_x[0], i), batch.query_y[0]) for i, p in enumerate(traj)]
+    assert torch.allclose(loss, sum(w * part for w, part in zip(msl_weights(3, 1, 4), parts)))
+    assert not torch.allclose(parts[0], F.cross_entropy(learner.functional_forward(traj[0], batch.query_x[0], 2), batch.query_y[0]))
+    # A prediction without a step (meta-test) uses the last step's row, in eval mode too.
+    learner.eval()
+    x = batch.query_x[0]
+    assert torch.equal(learner(x, traj[-1]), learner.functional_forward(traj[-1], x, 2))
+    assert not torch.allclose(learner(x, traj[-1]), learner.functional_forward(traj[-1], x, 0))
+
+
+def test_mamlpp_every_steps_size_gets_its_own_gradient():
+    learner = MAMLPlusPlus(mlp("bn-tracked"), steps=3)
+    learner.meta_loss(tasks()).loss.backward()
+    for name, lr in learner.lrs.items():
+        if name != "0__bias":  # the bias a BatchNorm removes: its step sizes have no effect
+            assert (lr.grad != 0).all(), name
+
+
 def test_mamlpp_per_step_batchnorm():
     learner = MAMLPlusPlus(mlp("bn-tracked"), steps=3)
     assert "1.weight" not in learner.fast_names and "0.weight" in learner.fast_names
@@ -369,6 +414,13 @@ def test_mamlpp_per_step_batchnorm():
     out = learner.functional_forward(learner.initial_params(), x, step=2)
     head = learner.model[3]
     assert torch.allclose(out, head(torch.zeros(4, 5)))
+
+
+def test_meta_output_accuracy_is_per_task():
+    out = MetaOutput(torch.tensor(0.0), torch.zeros(2), torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]],
+                                                                     [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]]))
+    acc = out.accuracy(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    assert acc.shape == (2,) and acc.tolist() == pytest.approx([2 / 3, 1.0])
 
 
 def test_sgd_step_scalar_and_tensor_rates():

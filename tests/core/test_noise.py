@@ -119,6 +119,9 @@ def test_selection_hits_exactly_the_chosen_tensors():
     out = DropGrad(0.5, "binary", params="block4,fc")(grads)
     changed = {n for n in names if not torch.equal(out[n], grads[n])}
     assert changed == {"layer4.1.conv2.weight", "fc.weight", "fc.bias"}
+    # Group names are case-insensitive: the paper writes them Block4 and FC.
+    out = DropGrad(0.5, "binary", params="Block4,FC")(grads)
+    assert {n for n in names if not torch.equal(out[n], grads[n])} == changed
     out = DropGrad(0.5, "binary", params=["conv", "layer1.*"])(grads)
     changed = {n for n in names if not torch.equal(out[n], grads[n])}
     assert changed == {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight"}

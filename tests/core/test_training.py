@@ -106,6 +106,47 @@ def test_early_stopping_keeps_best_epoch(tmp_path):
     assert again.fit(resume=True)["global_step"] == summary["global_step"]
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_keeps_the_early_stopping_count(tmp_path):
+    # Stopped after epoch 2 (one epoch without improvement so far): the resumed run must stop
+    # after epoch 3, as the uninterrupted run above does.
+    cfg = TrainConfig(epochs=20, steps_per_epoch=3, patience=2, progress=False)
+    worsening = [3.0, 1.0, 2.0, 2.5, 2.7, 3.0]
+
+    def crashing(epoch: int) -> dict[str, float]:
+        if epoch == 3:
+            raise _Interrupt
+        return {"val_loss": worsening[epoch]}
+
+    trainer, _, _ = _trainer(tmp_path, cfg, validate_fn=crashing)
+    with pytest.raises(_Interrupt):
+        trainer.fit()
+    again, _, _ = _trainer(tmp_path, cfg, validate_fn=lambda epoch: {"val_loss": worsening[epoch]})
+    summary = again.fit(resume=True)
+    assert summary["stopped_early"] and summary["epochs_completed"] == 4 and summary["best_epoch"] == 1
+
+
+def test_a_tie_is_not_an_improvement(tmp_path):
+    cfg = TrainConfig(epochs=20, steps_per_epoch=2, patience=2, progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg, validate_fn=lambda epoch: {"val_loss": 1.0})
+    summary = trainer.fit()
+    assert summary["best_epoch"] == 0 and summary["stopped_early"] and summary["epochs_completed"] == 3
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == 0
+
+
+def test_validation_rows_log_each_epochs_mean_training_metrics(tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=4, log_every_steps=1, progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg)
+    trainer.fit()
+    train = read_metrics(tmp_path / "metrics.jsonl", "train")
+    for row in read_metrics(tmp_path / "metrics.jsonl", "val"):
+        losses = [r["loss"] for r in train if r["epoch"] == row["epoch"]]
+        assert len(losses) == 4 and row["train_loss"] == pytest.approx(sum(losses) / 4)
+
+
 def test_monitor_max_and_train_metric_without_validation(tmp_path):
     cfg = TrainConfig(epochs=2, steps_per_epoch=2, monitor="train_loss", progress=False)
     trainer, _, _ = _trainer(tmp_path, cfg, validate_fn=None)

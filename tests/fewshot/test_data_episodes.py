@@ -152,3 +152,14 @@ def test_all_classes_and_items_get_used(glyphs):
     for e in range(200):
         seen.update(np.asarray(sampler.sample(e).classes).tolist())
     assert seen == set(range(glyphs.n_classes))
+
+
+def test_every_image_of_a_batch_gets_its_own_augmentation_key(glyphs, monkeypatch):
+    # The key seeds the image's random crop/flip/jitter: one key per image slot, else all
+    # images of an episode would share one augmentation.
+    keys = []
+    plain = glyphs.load
+    monkeypatch.setattr(glyphs, "load", lambda i, key=None: keys.append(key) or plain(i, key))
+    make(glyphs).batch(2)
+    assert len(keys) == 3 * 25 and len(set(keys)) == len(keys)
+    assert {k[0] for k in keys} == {11} and {k[1] for k in keys} == {6, 7, 8}

@@ -75,3 +75,8 @@ def test_grayscale_transform_shift():
     assert shifted.sum() == 1.0 and abs(shifted[0].nonzero()[0] - torch.tensor([12, 10])).max() <= 2
     with pytest.raises(ValueError, match="needs an rng"):
         GrayscaleTransform(28, invert=True, augment=True)(im, None)
+
+
+def test_normalisation_constants_are_imagenets():
+    # Written out here: the other tests import the constants, so they would agree with a typo.
+    assert list(IMAGENET_STD) == [0.229, 0.224, 0.225] and list(IMAGENET_MEAN) == [0.485, 0.456, 0.406]

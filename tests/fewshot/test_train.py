@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -216,6 +217,16 @@ def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
         assert not (tmp_path / "r").exists()
 
 
+def test_a_corrected_rerun_takes_over_the_directory_a_failed_start_left(tmp_path, capsys):
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit) as exc:
+        cli.train_main(["--out", str(out), *TINY, "--dataset", "omniglot", "--data-root", str(tmp_path / "none")])
+    assert exc.value.code == 2 and (out / "config.json").is_file()
+    assert cli.train_main(["--out", str(out), *TINY, "--epochs", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["dataset"] == "glyphs"
+    assert "omniglot" not in (out / "log.txt").read_text()
+
+
 def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_path, capsys):
     spec = {
         "out": str(tmp_path / "sweep"),
@@ -241,6 +252,15 @@ def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_
         sweep.main([str(path), "--no-progress"])
     assert exc.value.code == 2
     assert "holds a run with other options than this sweep's" in capsys.readouterr().err
+    # A cell whose start failed (no checkpoint yet; here: the first cell's run files removed)
+    # starts afresh with the sweep's options instead.
+    for cell in (tmp_path / "sweep").iterdir():
+        if cell.is_dir() and cell.name != runs[0]:
+            shutil.rmtree(cell)
+    shutil.rmtree(tmp_path / "sweep" / runs[0] / "checkpoints")
+    (tmp_path / "sweep" / runs[0] / "results.json").unlink()
+    assert sweep.main([str(path), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "sweep" / runs[0] / "config.json").read_text())["test_episodes"] == 6
 
 
 def test_sweep_grid_of_dropgrad_kinds_keeps_every_p():
@@ -476,13 +496,13 @@ def test_compiled_first_order_training_equals_eager_training(batched, extra, tmp
         assert ("with combo kernels" in log) == ("--compile-combo" in flags)
         assert ("and compiled forms unfold,idxpool,grouped" in log) == ("--compile-forms" in flags)
     assert bool(unfolded) == bool(grouped) == bool(pooled) == ("--compile-forms" in extra)
-    # The validation loss follows two Adam steps. With the unfolded convolution's other float32
-    # sums (one thread), the conv biases, whose gradients before BatchNorm are rounding noise,
-    # and a few dozen conv weights with near-zero gradients took Adam steps of the other sign:
-    # a 0.35% change, measured. tests/core/test_compile.py holds the form to 1e-10 in float64.
-    val_rtol = 1e-2 if "--compile-forms" in extra else 1e-5
+    # The validation loss follows two Adam steps. Any other order of float32 sums (the unfolded
+    # convolution's; inductor's own for the folded step on an AVX-512 CPU) flips the sign of the
+    # Adam steps of the conv biases, whose gradients before BatchNorm are rounding noise, and of a
+    # few dozen conv weights with near-zero gradients: a 0.35% change, measured for both.
+    # tests/core/test_compile.py holds the compiled folded step to 1e-10 in float64.
     np.testing.assert_allclose(curves["--compile"][:-1], curves["--no-compile"][:-1], rtol=1e-5)
-    np.testing.assert_allclose(curves["--compile"][-1], curves["--no-compile"][-1], rtol=val_rtol)
+    np.testing.assert_allclose(curves["--compile"][-1], curves["--no-compile"][-1], rtol=1e-2)
 
 
 def test_compiled_second_order_training_step_equals_eager(tmp_path):

@@ -1,5 +1,6 @@
 """MetaSDNet: the tracker on real OTB and synthetic frames, its training tasks, DropGrad off when tracking."""
 
+import dataclasses
 import doctest
 import warnings
 
@@ -288,3 +289,31 @@ def test_runs_on_cuda(shared_data, tmp_path):
     assert tracker.device.type == "cuda" and tracker.net.fc.fc6.weight.is_cuda
     results = run_tracker(tracker, seq, tmp_path, progress=False)
     _check_boxes(results["Couple"].boxes, seq["Couple"])
+
+
+def test_samples_follow_mdnets_overlap_ranges_at_init_and_update():
+    # MDNet: positives IoU >= 0.7; negatives IoU <= 0.5 on the first frame, <= 0.3 in updates.
+    from dropgrad_tracking.evaluation import box_iou
+
+    # Every frame a success, so every update collects samples (an untrained net may score below 0).
+    tracker, _ = _tiny_tracker(options=dataclasses.replace(SMALL, success_threshold=-1e9))
+    drawn = []
+    plain = tracker._draw
+
+    def spy(generator, box, n, overlap_range=None, scale_range=None):
+        boxes = plain(generator, box, n, overlap_range, scale_range)
+        drawn.append((overlap_range, boxes, np.array(box, float)))
+        return boxes
+
+    tracker._draw = spy
+    frames = _moving_square(4)
+    tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+    n_init = len(drawn)
+    for f in frames[1:]:
+        tracker.update(f)
+    init, update = drawn[:n_init], drawn[n_init:]
+    assert {r for r, _, _ in init} >= {(0.7, 1.0), (0.0, 0.5)} and (0.0, 0.3) not in {r for r, _, _ in init}
+    assert {r for r, _, _ in update} == {(0.7, 1.0), (0.0, 0.3)}
+    for (lo, hi), boxes, box in drawn:
+        iou = box_iou(boxes, np.broadcast_to(box, boxes.shape))
+        assert len(boxes) and (iou >= lo - 1e-9).all() and (iou <= hi + 1e-9).all()

@@ -14,7 +14,7 @@ from dropgrad_tracking.data import (
     load_otb_json,
     read_box_file,
 )
-from dropgrad_tracking.data.otb import attribute_code, parse_attributes, read_attr_list
+from dropgrad_tracking.data.otb import FRAME_RANGES, attribute_code, parse_attributes, read_attr_list
 
 # Frame ranges of OTB2015 (the OTB toolkit's sequence configuration).
 RANGES = {
@@ -34,6 +34,9 @@ def test_json_has_all_100_targets_with_the_documented_frame_ranges(otb_json, otb
         assert (_number(seq.frames[0]), _number(seq.frames[-1]), len(seq)) == (first, last, last - first + 1), name
         assert seq.first_frame == first
     assert otb_json["Board"].frames[0].name == "00001.jpg"  # five-digit names
+    # The folder loader's own table (it has no JSON to read) agrees, and has every late start.
+    assert FRAME_RANGES == RANGES
+    assert {n for n, seq in otb_json.items() if seq.first_frame != 1} <= set(FRAME_RANGES)
     for a, b, folder in (("Jogging-1", "Jogging-2", "Jogging"), ("Skating2-1", "Skating2-2", "Skating2")):
         assert otb_json[a].frames == otb_json[b].frames
         assert otb_json[a].frames[0].parent.parent.name == folder

@@ -152,6 +152,16 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
         assert not out.exists()  # nothing is written before the options and data are checked
 
 
+def test_a_corrected_rerun_starts_where_a_failed_start_left_its_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--tracker", "toy", "--out", str(out), *SMALL, "--val-sequences", "4"]) == 2
+    assert (out / "config.json").is_file()  # the synthetic set is made inside the run directory first
+    capsys.readouterr()
+    code, captured = _train(out, "--epochs", "1", "--steps-per-epoch", "2", capsys=capsys)
+    assert code == 0, captured.err
+    assert json.loads((out / "config.json").read_text())["val_sequences"] == 1
+
+
 def test_run_directory_errors(toy_run, tmp_path, capsys):
     code = main(["--tracker", "toy", "--out", str(toy_run), *SMALL])
     assert code == 2 and "already exists and is not empty; pass --resume" in capsys.readouterr().err

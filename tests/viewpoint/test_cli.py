@@ -1,6 +1,7 @@
 """viewpoint-train / viewpoint-eval end to end on a small synthetic set, and their error handling."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -15,7 +16,15 @@ TINY = ["--dataset", "objectnet3d", "--shots", "5", "--query", "3", "--epochs", 
 @pytest.fixture(scope="module")
 def tiny_run(small_synthetic, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main_train(TINY + ["--data-root", str(small_synthetic), "--out", str(out)]) == 0
+    # The data folder is given relative to the training's working directory; viewpoint-eval
+    # runs from another one and must still find it.
+    here = os.getcwd()
+    os.chdir(small_synthetic.parent)
+    try:
+        assert main_train(TINY + ["--data-root", small_synthetic.name, "--out", str(out)]) == 0
+    finally:
+        os.chdir(here)
+    assert json.loads((out / "config.json").read_text())["data_root"] == str(small_synthetic)
     return out
 
 

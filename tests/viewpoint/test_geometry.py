@@ -138,3 +138,4 @@ def test_acc30_mederr_and_runs():
     s = summarize_runs([e, np.array([1.0, 2.0, 3.0])])
     assert np.isclose(s.acc30, 80.0) and np.isclose(s.acc30_std, 20.0)
     assert np.isclose(s.mederr, (29.9 + 2.0) / 2) and s.runs == 2
+    assert np.isclose(s.mederr_std, (29.9 - 2.0) / 2)  # population std over runs, as acc30_std

@@ -254,3 +254,12 @@ def test_images_are_read_as_stored_without_exif_rotation(tmp_path):
     data = CategoryData.build(ds, "mug", ds.usable("mug", "train"), 32)
     expected, _, _ = crop_object(img, ds.items[0].ann.bbox, 32)
     assert np.abs(data.raw_crops[0].astype(int) - expected).mean() < 3
+
+
+def test_novel_categories_stay_out_of_training_when_the_base_image_sets_hold_them(small_synthetic):
+    # ObjectNet3D's own image sets mix every category; only the split keeps the novel ones out.
+    base, novel = ObjectNet3D(small_synthetic, ["train", "val"]), ObjectNet3D(small_synthetic, ["val"])
+    assert set(SMALL.novel_names()) <= set(base.categories)
+    split = make_split(base, novel, SMALL.novel_names(), 1, 5, 0)
+    assert set(split.train + split.val).isdisjoint(SMALL.novel_names())
+    assert split.test == SMALL.novel_names() and sorted(split.train + split.val) == SMALL.category_names()[:4]

@@ -47,12 +47,12 @@ class FewShotConfig:
     """Every option of ``fewshot-train`` (the run directory's ``config.json`` holds one)."""
 
     dataset: Dataset = field(default="glyphs", metadata={"help": "training data set (glyphs: the embedded procedural default, no files needed)"})
-    data_root: str | None = field(default=None, metadata={"help": "folder of the data set (omniglot: the folder holding images_background/; miniimagenet: the image folder, or the ILSVRC folder for CloserLook filelists; cub: CUB_200_2011/)"})
+    data_root: str | None = field(default=None, metadata={"path": True, "help": "folder of the data set (omniglot: the folder holding images_background/; miniimagenet: the image folder, or the ILSVRC folder for CloserLook filelists; cub: CUB_200_2011/)"})
     test_dataset: Dataset | None = field(default=None, metadata={"help": "data set of the final test (default: --dataset; cub after miniimagenet is the cross-domain protocol)"})
-    test_data_root: str | None = field(default=None, metadata={"help": "folder of --test-dataset (default: --data-root when --test-dataset is --dataset)"})
+    test_data_root: str | None = field(default=None, metadata={"path": True, "help": "folder of --test-dataset (default: --data-root when --test-dataset is --dataset)"})
     val_dataset: Dataset | None = field(default=None, metadata={"help": "data set whose val split selects the best model: --dataset (the default) or --test-dataset (CloserLook's cross-domain protocol validates on CUB's val classes)"})
     train_classes: Literal["base", "all"] = field(default="base", metadata={"help": "classes of --dataset meta-trained on: base (its train split) or all (train, val and test splits together: CloserLook's cross-domain protocol, all.json; needs --test-dataset and --val-dataset of another data set)"})
-    cache: str | None = field(default=None, metadata={"help": "folder of episode caches built by fewshot-cache / tools/build_episode_cache.py: train/val/test read decoded uint8 images from memory-mapped files and augment on the device (--data-root is then not needed)"})
+    cache: str | None = field(default=None, metadata={"path": True, "help": "folder of episode caches built by fewshot-cache / tools/build_episode_cache.py: train/val/test read decoded uint8 images from memory-mapped files and augment on the device (--data-root is then not needed)"})
     method: Literal["maml", "metasgd", "metasgd-star", "mamlpp"] = field(default="maml", metadata={"help": "meta-learning method (metasgd-star: MetaSGD from a feature extractor pre-trained with cross-entropy on the base classes)"})
     first_order: bool = field(default=False, metadata={"help": "first-order approximation (no second derivatives)"})
     backbone: Literal["conv4", "conv4-48", "resnet10", "resnet18"] = field(default="conv4", metadata={"help": "network (ResNets: CloserLook variant; conv4-48: MAML++'s 48-filter Conv4)"})

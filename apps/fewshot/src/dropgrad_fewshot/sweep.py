@@ -39,6 +39,7 @@ from dropgrad import (
     ConfigError,
     atomic_write,
     build_config,
+    is_unstarted_run,
     load_config_file,
     resume_run,
     start_run,
@@ -122,7 +123,8 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
         results_path = run_dir / "results.json"
         print(f"[{i + 1}/{len(runs)}] {run_dir}", flush=True)
         saved = None
-        if (run_dir / "config.json").is_file():
+        # A cell that never reached its first checkpoint starts afresh with the sweep's options.
+        if (run_dir / "config.json").is_file() and not is_unstarted_run(run_dir):
             try:
                 saved = resume_run(run_dir, FewShotConfig, dataclasses.asdict(cfg), mutable=_MUTABLE)
             except ConfigError as err:

@@ -28,7 +28,7 @@ from .graphs import CapturedEvaluation, CapturedMetaStep
 from .inner import MAML, MAMLPlusPlus, MetaOutput, MetaSGD, Task, msl_weights, sgd_step
 from .metrics import MeanCI, mean_ci95, summarize
 from .noise import RESNET_GROUPS, DropGrad, check_p, check_schedule
-from .rundir import resume_run, run_config, start_run
+from .rundir import check_new_run_dir, is_unstarted_run, resume_run, run_config, start_run
 from .runtime import (
     autocast,
     capture_rng_state,
@@ -72,10 +72,12 @@ __all__ = [
     "autocast",
     "build_config",
     "capture_rng_state",
+    "check_new_run_dir",
     "check_p",
     "check_schedule",
     "config_to_dict",
     "has_consistent_dropout",
+    "is_unstarted_run",
     "load_best_model",
     "load_checkpoint",
     "load_config_file",

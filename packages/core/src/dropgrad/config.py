@@ -503,6 +503,9 @@ def build_config(
         cli_values: values given on the command line, from ``namespace_values``.
         source: the file name for error messages; taken from ``file_values.source`` if unset.
 
+    Fields whose metadata has ``"path": True`` are made absolute (``~`` expanded, relative to the
+    working directory), so the stored config names the same files from anywhere.
+
     Raises:
         ConfigError: for an unknown key in the file (the message names the file and the key
             and lists the valid keys), a value of the wrong type (no truthy strings: "true"
@@ -547,6 +550,13 @@ def build_config(
                 f"{', '.join(valid)}); pass namespace_values(args, {cls.__name__})"
             )
         values[key] = _coerce(specs[key], value, f"option {_option(key)}")
+
+    for f in fields:
+        # A run's config.json is read again by other commands (fewshot-test, viewpoint-eval,
+        # --config) from other working directories: a folder given relative to this one must
+        # still name the same folder there.
+        if f.metadata.get("path") and isinstance(values.get(f.name), (str, PurePath)):
+            values[f.name] = type(values[f.name])(os.path.abspath(os.path.expanduser(values[f.name])))
 
     missing = [
         f.name for f in fields if f.name not in values and _default(f) is dataclasses.MISSING

@@ -17,14 +17,16 @@ from .config import ConfigError, build_config, load_config_file, save_config
 
 T = TypeVar("T")
 
-__all__ = ["resume_run", "run_config", "start_run"]
+__all__ = ["check_new_run_dir", "is_unstarted_run", "resume_run", "run_config", "start_run"]
 
 
 def start_run(out: str | os.PathLike[str], config: Any) -> Path:
     """Create the run directory ``out`` and write ``config.json``.
 
-    ``out`` must not exist or be an empty directory: a new run never mixes its files with
-    another run's (use ``--resume`` to continue that one).
+    ``out`` must not exist, be an empty directory, or hold a run that never reached its first
+    checkpoint (``config.json`` but no ``checkpoints/last.pt``: typically a start that stopped
+    on bad input), whose log and metrics are then removed. A new run never mixes its files with
+    a run that made progress (use ``--resume`` to continue that one).
 
     >>> import tempfile, dataclasses
     >>> @dataclasses.dataclass
@@ -35,14 +37,36 @@ def start_run(out: str | os.PathLike[str], config: Any) -> Path:
     '{\\n  "lr": 0.1\\n}\\n'
     """
     path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ValueError(
-            f"run directory {path} already exists and is not empty; pass --resume to continue "
-            f"that run, or choose another --out"
-        )
+    if check_new_run_dir(path):
+        for name in ("log.txt", "metrics.jsonl"):
+            (path / name).unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     save_config(path / "config.json", config)
     return path
+
+
+def is_unstarted_run(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a run directory (it has ``config.json``) without a checkpoint yet."""
+    path = Path(path)
+    return (path / "config.json").is_file() and not (path / "checkpoints" / "last.pt").exists()
+
+
+def check_new_run_dir(path: str | os.PathLike[str]) -> bool:
+    """Refuse ``path`` for a new run unless it is absent, empty or an unstarted run (see
+    :func:`start_run`); returns True in the last case.
+
+    Without taking over an unstarted run, a corrected rerun after an error (a wrong data folder,
+    say) would meet the failed attempt's config.json and be refused.
+    """
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return False
+    if is_unstarted_run(path):
+        return True
+    raise ValueError(
+        f"run directory {path} already exists and is not empty; pass --resume to continue "
+        f"that run, or choose another --out"
+    )
 
 
 def resume_run(
@@ -60,16 +84,19 @@ def resume_run(
     path = Path(out) / "config.json"
     if not path.is_file():
         raise ValueError(f"--resume: {path} not found; {Path(out)} is not a run directory started by this tool")
-    saved = build_config(cls, load_config_file(path), {})
-    changes = dict(cli_values or {})
+    file_values = load_config_file(path)
+    saved = build_config(cls, file_values, {})
+    # Compared as build_config stores them: coerced, folders made absolute.
+    given = build_config(cls, file_values, cli_values or {})
     allowed = set(mutable)
-    for name, value in changes.items():
+    for name in cli_values or {}:
+        value = getattr(given, name)
         if name not in allowed and getattr(saved, name) != value:
             raise ConfigError(
                 f"--resume: option {name}={value!r} differs from {name}={getattr(saved, name)!r} in {path}; "
                 f"a resumed run keeps its options (only {', '.join(sorted(allowed))} may change)"
             )
-    return dataclasses.replace(saved, **{k: v for k, v in changes.items() if k in allowed})  # type: ignore[type-var]
+    return dataclasses.replace(saved, **{k: getattr(given, k) for k in cli_values or {} if k in allowed})  # type: ignore[type-var]
 
 
 def run_config(

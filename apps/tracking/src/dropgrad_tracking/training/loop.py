@@ -30,6 +30,7 @@ from dropgrad import (
     MetaSGD,
     MetaTrainer,
     TrainConfig,
+    check_new_run_dir,
     load_best_model,
     plot_metrics,
     seed_everything,
@@ -85,8 +86,8 @@ def _check_run_dir(out: Path, resume: bool) -> None:
     if resume:
         if not (out / "config.json").is_file():
             raise ValueError(f"--resume: {out / 'config.json'} not found; {out} is not a track-train run directory")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"run directory {out} already exists and is not empty; pass --resume to continue that run, or choose another --out")
+    else:
+        check_new_run_dir(out)
 
 
 def _random_backbone_warning(definition: MetaTrackerDef) -> str:
