@@ -83,6 +83,8 @@ def build_model(name: str, image_size: int, n_classes: int, batch_stats: bool = 
     """conv4 or torchvision's resnet18; ``batch_stats``: BatchNorm without running statistics."""
     if name == "conv4":
         return conv4(image_size, n_classes, batch_stats)
+    if name != "resnet18":
+        raise ValueError(f"unknown model {name!r}; expected conv4 or resnet18")
     import torchvision  # only needed here; importing it costs seconds per process
 
     norm = (lambda c: nn.BatchNorm2d(c, track_running_stats=False)) if batch_stats else None

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=32, help="image size (the count does not depend on it)")
     parser.add_argument("--order", choices=("first", "second"), default="first")
     args = parser.parse_args(argv)
+    unknown = [m for m in args.models.split(",") if m not in ("conv4", "resnet18")]
+    if unknown or args.size < 16:
+        parser.error(f"--models takes conv4 and resnet18 (got {', '.join(unknown)})" if unknown else "--size must be >= 16 (four 2x2 poolings)")
     torch.set_num_threads(1)
     print(f"aten calls per meta-step ({args.order} order, 4 tasks, 5 inner steps), torch {torch.__version__}")
     print(f"{'model':10} {'impl':6} {'DropGrad off':>12} {'DropGrad on':>12}")

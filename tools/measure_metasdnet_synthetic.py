@@ -30,10 +30,12 @@ from dropgrad_tracking.training import TrackTrainConfig, train
 p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
 p.add_argument("--seed", type=int, default=0)
-p.add_argument("--dropgrad", default="gaussian")
+p.add_argument("--dropgrad", default="gaussian", choices=("none", "binary", "gaussian"))
 p.add_argument("--epochs", type=int, default=3)
 p.add_argument("--steps", type=int, default=20)
 a = p.parse_args()
+if a.epochs < 1 or a.steps < 1:
+    p.error("--epochs and --steps must be >= 1")
 out = Path(a.out)
 NAME = "metasdnet-e2e"
 opts = MetaSDNetOptions(n_candidates=64, n_pos_init=16, n_neg_init=16, n_bbreg=0, n_pos_update=8, n_neg_update=24,

@@ -115,3 +115,25 @@ def test_failure_while_writing_leaves_old_file_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # temp file cleaned up
+
+
+def test_weights_of_another_model_are_one_error_naming_the_file(tmp_path):
+    from dropgrad import MetaTrainer, TrainConfig, load_best_model
+
+    def trainer(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(_):
+            loss = model(torch.ones(4, model.in_features)).sum()
+            loss.backward()
+            return {"loss": loss.item()}
+
+        return MetaTrainer(tmp_path, TrainConfig(epochs=1, steps_per_epoch=1, monitor="train_loss", progress=False),
+                           model, opt, step_fn=step, logger=lambda line: None)
+
+    trainer(nn.Linear(2, 1)).fit()
+    best = tmp_path / "checkpoints" / "best.pt"
+    with pytest.raises(CheckpointError, match=rf"{best} holds the weights of another model \(other shapes: weight \(1, 2\), here \(1, 3\)\)"):
+        load_best_model(tmp_path, nn.Linear(3, 1))
+    with pytest.raises(CheckpointError, match=r"last.pt holds the weights of another model \(missing: .*; unexpected: weight, bias\)"):
+        trainer(nn.Sequential(nn.Linear(2, 1))).fit(resume=True)

@@ -52,6 +52,23 @@ def test_cli_errors(tmp_path):
         main(["--out", str(tmp_path / "none"), "--resume"])
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs must be >= 1"), (["--meta-batch", "0"], "--meta-batch must be >= 1"),
+    (["--n-query", "0"], "--n-query must be >= 1"), (["--k-shot", "0"], "--k-shot must be >= 1"),
+    (["--test-tasks", "0"], "--test-tasks must be >= 1"), (["--val-tasks", "0"], "--val-tasks must be >= 1"),
+    (["--inner-lr", "-1"], "--inner-lr must be > 0"), (["--outer-lr", "0"], "--outer-lr must be > 0"),
+    (["--patience", "0"], "--patience must be >= 1"), (["--eval-steps", "-1"], "--eval-steps must be >= 0"),
+    (["--device", "gpu"], "--device 'gpu' is not a device"),
+    (["--schedule", "linear", "--epochs", "1"], "--schedule linear needs --epochs >= 2"),
+])
+def test_bad_options_are_one_line_before_the_run_directory(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_reproduces_the_run_and_keeps_its_options(tmp_path):
     out = tmp_path / "run"
     small = ["--epochs", "2", "--steps-per-epoch", "20", "--test-tasks", "20", "--val-tasks", "10",

@@ -129,6 +129,20 @@ def test_mamlpp_layout_with_class_maps(tmp_path, mini_lists):
         build_dataset("miniimagenet", "test", data_root=root)
 
 
+def test_a_mistyped_label_is_named_with_its_line(csv_root, tmp_path):
+    # One label typed wrong makes a 65th class of one image: the error points at its line.
+    root = tmp_path / "typo"
+    root.mkdir()
+    (root / "images").symlink_to(csv_root / "images")
+    lines = (csv_root / "train.csv").read_text().splitlines()
+    name, label = lines[2].split(",")
+    lines[2] = f"{name},{label[:-1]}X"
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"found 65 classes, expected 64; the smallest class, {label[:-1]}X "
+                                        rf"\(first listed at .*train.csv line 3\), has 1 image\(s\)"):
+        build_dataset("miniimagenet", "train", data_root=root, layout="csv")
+
+
 def test_csv_row_naming_a_missing_image(csv_root, tmp_path):
     (tmp_path / "images").mkdir()
     src = _seed_image(tmp_path)

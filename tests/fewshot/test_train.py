@@ -84,6 +84,11 @@ def test_fewshot_test_rescores_the_run_and_writes_cams(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             cli.test_main([str(out), option, "0", "--no-progress"])
         assert exc.value.code == 2 and f"{option} must be >= 1, got 0" in capsys.readouterr().err
+    # A CAM path under a file: refused before the test runs, not after it.
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        cli.test_main([str(out), "--cam", str(tmp_path / "afile" / "x.png"), "--no-progress"])
+    assert exc.value.code == 2 and "afile is a file; give the image's file name" in capsys.readouterr().err
 
 
 def test_resume_continues_the_same_run(tmp_path, monkeypatch):
@@ -261,6 +266,22 @@ def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_
     (tmp_path / "sweep" / runs[0] / "results.json").unlink()
     assert sweep.main([str(path), "--no-progress"]) == 0
     assert json.loads((tmp_path / "sweep" / runs[0] / "config.json").read_text())["test_episodes"] == 6
+
+
+@pytest.mark.parametrize("text, message", [
+    ("out: o\nbase: [1, 2]\ngrid: {shot: [1]}\n", "base must be a mapping of option names to values"),
+    ("out: o\nbase: epochs\ngrid: {shot: [1]}\n", "base must be a mapping of option names to values"),
+    ("out: o\ngrid: [shot, way]\n", "grid must be a mapping of option names to values"),
+    ("out: o\ngrid: {shots: [1, 5]}\n", "unknown key 'shots' (did you mean 'shot'?)"),
+    ("out: o\ngrid: {shot: ['1']}\n", "key 'shot': expected an integer"),
+])
+def test_a_malformed_sweep_file_is_one_error_naming_it(tmp_path, capsys, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and str(path) in err and message in err and "Traceback" not in err, err
 
 
 def test_sweep_grid_of_dropgrad_kinds_keeps_every_p():

@@ -1,6 +1,7 @@
 """``track-eval`` end to end: the synthetic set with the static baseline, re-scoring, errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -41,6 +42,24 @@ def test_synthetic_static_end_to_end(static_run):
         assert (static_run / "plots" / f"{kind}_BC.png").is_file()
     assert (static_run / "got10k" / "Synthetic" / "static" / "times" / "Synthetic-01_time.txt").is_file()
     assert (static_run / "synthetic-data" / "Synthetic-01" / "attrs.txt").is_file()
+
+
+def test_a_rerun_into_the_same_folder_leaves_nothing_of_the_earlier_run_that_it_rewrites(static_run, tmp_path, capsys):
+    out = tmp_path / "again"
+    shutil.copytree(static_run, out)
+    code, _, err = _run(["--dataset", "synthetic", "--tracker", "static", "--out", str(out), "--sequences", "Synthetic-01",
+                         "--no-plots", *FAST], capsys)
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["n_sequences"] == 1
+    assert sorted(p.name for p in (out / "results" / "static").glob("*.txt")) == ["Synthetic-01.txt"]
+    assert not (out / "plots").exists()  # the earlier run's plots showed three sequences
+    assert (out / "synthetic-data" / "Synthetic-03").is_dir()  # the data set is kept
+    # A folder that is not an earlier evaluation's output is never cleared.
+    mine = tmp_path / "mine"
+    (mine / "plots").mkdir(parents=True)
+    (mine / "plots" / "keep.png").write_bytes(b"x")
+    assert _run(["--dataset", "synthetic", "--tracker", "static", "--out", str(mine), "--no-plots", *FAST], capsys)[0] == 0
+    assert (mine / "plots" / "keep.png").is_file()
 
 
 def test_rescoring_the_written_results_and_comparing_trackers(static_run, tmp_path, capsys):

@@ -130,6 +130,11 @@ def test_a_run_of_another_tracker_is_refused(run_dir, tmp_path):
 def test_broken_run_directories_are_refused(run_dir, tmp_path):
     with pytest.raises(ValueError, match="no config.json; expected a track-train run directory"):
         load_learner("toy", tmp_path, None, CPU)
+    fewshot = tmp_path / "fewshot"  # another tool's run directory
+    fewshot.mkdir()
+    (fewshot / "config.json").write_text('{"dataset": "glyphs", "method": "maml"}')
+    with pytest.raises(ValueError, match=r"fewshot/config.json names no tracker; expected a track-train run directory"):
+        load_learner("toy", fewshot, None, CPU)
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     (broken / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")

@@ -146,6 +146,12 @@ def test_wrong_box_count_and_missing_frames_are_errors_naming_the_file(tmp_path)
     _write(other / "Crossing" / "groundtruth_rect.txt", _boxes(6))
     with pytest.raises(OTBDataError, match="frame 5 of Crossing is missing"):
         load_otb_folders(other)
+    # One line lost from a file of one box per frame: refused, not read with every box shifted.
+    short = tmp_path / "short"
+    _touch_frames(short / "Couple", range(1, 141))
+    _write(short / "Couple" / "groundtruth_rect.txt", _boxes(139))
+    with pytest.raises(OTBDataError, match=r"Couple/groundtruth_rect.txt: 139 boxes, but .*holds 140 numbered frames \(1-140\)"):
+        load_otb_folders(short)
 
 
 def test_grayscale_frames_are_read_as_three_channels(tmp_path):

@@ -66,6 +66,10 @@ def test_resume_of_a_finished_run_keeps_its_results(tiny_run, tmp_path):
         (["--shots", "0"], "--shots must be >= 1"),
         (["--weight-hidden", "-1"], "--weight-hidden must be >= 0"),
         (["--schedule", "linear", "--epochs", "1"], "--schedule linear needs --epochs >= 2"),
+        (["--head-kernel", "2"], "--head-kernel must be 1 or 3"),
+        (["--inner-lr", "-1"], "--inner-lr must be > 0"),
+        (["--outer-lr", "0"], "--outer-lr must be > 0"),
+        (["--weight-3d", "-1"], "--weight-3d must be >= 0"),
     ],
 )
 def test_bad_options_exit_2_before_anything_is_written(tmp_path, capsys, args, message):

@@ -63,8 +63,12 @@ def _regularizer_options(label: str) -> dict[str, Any]:
     return {"dropgrad": "none", "regularizer": label}
 
 
-def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], FewShotConfig]]:
+def expand_grid(
+    base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]], source: str = "sweep file"
+) -> list[tuple[dict[str, Any], FewShotConfig]]:
     """Every distinct run of the grid: (the varied values that name it, its resolved config).
+
+    An option name or value that ``--config`` would refuse is a ``ConfigError`` naming ``source``.
 
     >>> runs = expand_grid({"epochs": 1}, {"regularizer": ["none", "gaussian"], "p": [0.1, 0.2]})
     >>> [label for label, _ in runs]
@@ -72,9 +76,12 @@ def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> l
     >>> runs[2][1].dropgrad, runs[2][1].p
     ('gaussian', 0.2)
     """
+    for name, part in (("base", base), ("grid", grid)):
+        if not isinstance(part, Mapping):
+            raise ConfigError(f"{source}: {name} must be a mapping of option names to values, got {part!r}")
     for key, values in grid.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-            raise ConfigError(f"sweep grid: {key} must be a non-empty list of values, got {values!r}")
+            raise ConfigError(f"{source}: grid {key} must be a non-empty list of values, got {values!r}")
     keys = list(grid)
     seen: set[str] = set()
     runs: list[tuple[dict[str, Any], FewShotConfig]] = []
@@ -93,7 +100,8 @@ def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> l
                 continue  # the same run for every p / layer choice: keep one
             options[k] = v
             label[k] = v
-        cfg = resolve_defaults(build_config(FewShotConfig, None, options))
+        # As a config file's values: unknown keys get a did-you-mean, wrong types name the key.
+        cfg = resolve_defaults(build_config(FewShotConfig, options, {}, source=f"{source} (base and grid)"))
         key = json.dumps(label, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -114,9 +122,11 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
     if unknown or "out" not in spec or "grid" not in spec:
         raise ConfigError(f"{source}: expected keys out, base (optional) and grid; got {sorted(spec)}")
     out = Path(spec["out"])
-    base = dict(spec.get("base") or {})
-    base.setdefault("progress", progress)
-    runs = expand_grid(base, spec["grid"])
+    base = spec.get("base") or {}
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"{source}: base must be a mapping of option names to values, got {base!r}")
+    base = {"progress": progress, **base}
+    runs = expand_grid(base, spec["grid"], source)
     records = []
     for i, (label, cfg) in enumerate(runs):
         run_dir = out / _slug(label)

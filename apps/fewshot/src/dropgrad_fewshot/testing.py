@@ -95,6 +95,12 @@ def test_run(
         if value is not None and value < 1:
             raise ValueError(f"{option} must be >= 1, got {value}")
     run = Path(run_dir)
+    cam_path = None if cam is None else (Path(cam) if Path(cam).is_absolute() or Path(cam).parent != Path(".") else run / cam)
+    if cam_path is not None:
+        # Checked now, not after the whole test has run.
+        blocking = next((p for p in cam_path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None or cam_path.is_dir():
+            raise ValueError(f"--cam {cam}: {blocking or cam_path} is {'a file' if blocking else 'a folder'}; give the image's file name")
     cfg, learner, dev = load_run(run, device)
     seed_everything(cfg.seed)
     test_cfg = test_config(cfg, test_dataset, data_root)
@@ -133,8 +139,7 @@ def test_run(
     name = f"test_{test_cfg.test_dataset}_{split}_{cfg.way}w{shot}s{extra}" + (f"_seed{seed}" if seed is not None else "") + ".json"
     write_json(run / name, results, sort_keys=True)
     results["written"] = str(run / name)
-    if cam is not None:
-        cam_path = Path(cam) if Path(cam).is_absolute() or Path(cam).parent != Path(".") else run / cam
+    if cam_path is not None:
         write_cams(learner, dataset, cfg.way, shot, query, stream, dev, cam_path)
         results["cam"] = str(cam_path)
     return results

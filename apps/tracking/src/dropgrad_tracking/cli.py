@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -165,6 +166,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
         loaded.append((name, results, meta))
 
     out: Path = args.out
+    _clear_previous_outputs(out, tracker.name if tracker else None, label)
     write_json(out / "config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, sort_keys=True)
     if tracker is not None:
         results = run_tracker(tracker, sequences, out, dataset=label, seed=args.seed, progress=not args.no_progress)
@@ -189,6 +191,28 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
         if flags:
             summary["trackers"][ev.tracker].update(flags)
     return summary
+
+
+def _clear_previous_outputs(out: Path, tracker: str | None, dataset: str) -> None:
+    """Remove what an earlier evaluation in ``out`` wrote and this one rewrites: its report and
+    plots (which would describe other sequences or trackers until this one finishes, or for
+    good if it fails) and the results of the tracker about to run (a subset run would leave
+    the other sequences' old boxes beside the new ones). Other trackers' results and a
+    generated data set stay. Only in an earlier track-eval's output folder (its config.json)."""
+    try:
+        earlier = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(earlier, dict) or not {"dataset", "out", "results"} <= set(earlier):
+        return
+    for name in ("report.json", "attributes.md", "attributes.csv"):
+        (out / name).unlink(missing_ok=True)
+    folders = [out / "plots"]
+    if tracker is not None:
+        folders += [out / "results" / tracker, out / "got10k" / dataset / tracker]
+    for folder in folders:
+        if folder.is_dir():
+            shutil.rmtree(folder)
 
 
 def main(argv: Seq[str] | None = None) -> int:

@@ -172,6 +172,8 @@ def load_learner(
         if not config_path.is_file():
             raise ValueError(f"--checkpoint {run}: no config.json; expected a track-train run directory")
         saved = json.loads(config_path.read_text())
+        if not isinstance(saved, dict) or "tracker" not in saved:
+            raise ValueError(f"--checkpoint {run}: {config_path} names no tracker; expected a track-train run directory")
         if str(saved.get("tracker", "")).lower() != definition.name:
             raise ValueError(
                 f"--checkpoint {run}: a run of --tracker {saved.get('tracker')!r}, not {definition.name!r}"

@@ -70,9 +70,14 @@ class ViewpointConfig:
         for name, low in (("shots", 1), ("query", 1), ("meta_batch", 1), ("epochs", 1), ("steps_per_epoch", 1),
                           ("inner_steps", 1), ("eval_steps", 1), ("image_size", 16), ("hidden", 1),
                           ("val_categories", 0), ("val_draws", 1), ("eval_draws", 1), ("seed", 0), ("threads", 0),
-                          ("weight_hidden", 0)):
+                          ("weight_hidden", 0), ("weight_3d", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        for name in ("inner_lr", "inner_lr_3d", "outer_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.head_kernel not in (1, 3):
+            raise ValueError(f"--head-kernel must be 1 or 3, got {self.head_kernel}")
         if self.dropgrad != "none":
             check_schedule(self.schedule, self.epochs, "--schedule", "--epochs")
         if self.dataset == "objectnet3d" and not self.data_root:

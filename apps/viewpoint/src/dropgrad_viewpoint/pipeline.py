@@ -171,9 +171,11 @@ def run_evaluation(model: MetaView, cfg: ViewpointConfig, out: Path, data: Viewp
         info = load_best_model(out, model, map_location=device)
     else:
         from dropgrad import load_checkpoint
+        from dropgrad.checkpoint import load_weights
 
-        state = load_checkpoint(out / "checkpoints" / "last.pt", map_location=device)
-        model.load_state_dict(state["model"])
+        path = out / "checkpoints" / "last.pt"
+        state = load_checkpoint(path, map_location=device)
+        load_weights(model, state["model"], path)
         info = {"epoch": state.get("epoch")}
     model.eval()
     seed = cfg.seed + _TEST_SEED

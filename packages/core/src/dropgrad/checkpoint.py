@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
     "load_checkpoint",
+    "load_weights",
     "save_checkpoint",
 ]
 
@@ -169,3 +171,33 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"{path} has checkpoint version {version!r}; this dropgrad reads versions 1..{CHECKPOINT_VERSION}"
         )
     return payload
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """``model.load_state_dict(state)``, with a mismatch reported as one :class:`CheckpointError`
+    naming ``path`` and how the weights differ (torch's own message lists every tensor).
+
+    >>> load_weights(torch.nn.Linear(3, 1), torch.nn.Linear(2, 1).state_dict(), "run/checkpoints/best.pt")
+    Traceback (most recent call last):
+    ...
+    dropgrad.checkpoint.CheckpointError: run/checkpoints/best.pt holds the weights of another model (other shapes: weight (1, 2), here (1, 3)); was it written with other model options (backbone, method, tracker)?
+    """
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        own = model.state_dict()
+        parts = []
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [
+            f"{k} {tuple(state[k].shape)}, here {tuple(own[k].shape)}" for k in own
+            if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+        ]
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)):
+            if names:
+                more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                parts.append(f"{label}: {', '.join(names[:3])}{more}")
+        raise CheckpointError(
+            f"{path} holds the weights of another model ({'; '.join(parts) or 'see torch.nn.Module.load_state_dict'}); "
+            "was it written with other model options (backbone, method, tracker)?"
+        ) from None

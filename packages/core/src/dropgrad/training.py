@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write, write_json
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .distributed import DistributedContext
 from .noise import DropGrad, check_schedule
 from .runtime import autocast, capture_rng_state, restore_rng_state
@@ -477,7 +477,7 @@ class MetaTrainer:
                 f"cannot resume {self.run_dir}: it was trained with steps_per_epoch={saved_spe}, "
                 f"this config has {self.config.steps_per_epoch}"
             )
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], self.last_path)
         self.optimizer.load_state_dict(state["optimizer"])
         ctx = self.distributed
         ranks = state.get("ranks")
@@ -780,7 +780,7 @@ def load_best_model(run_dir: str | os.PathLike[str], model: nn.Module, map_locat
     payload = load_checkpoint(path, map_location=map_location)
     if "model" not in payload:
         raise CheckpointError(f"{path} holds no model weights (keys: {', '.join(sorted(payload))})")
-    model.load_state_dict(payload["model"])
+    load_weights(model, payload["model"], path)
     return {k: payload.get(k) for k in ("epoch", "global_step", "monitor", "value")}
 
 

@@ -126,9 +126,5 @@ def build_cub(
     if check_files:
         index.check_files(f"cub ({root})")
     if check_sizes:
-        counts: dict[str, int] = {}
-        for c in index.classes:
-            counts[c] = counts.get(c, 0) + 1
-        if len(counts) != CUB_SPLIT_CLASSES[split]:
-            check_class_sizes(counts, CUB_SPLIT_CLASSES[split], 0, f"cub {split} ({root})", index.sources)
+        check_class_sizes(index, CUB_SPLIT_CLASSES[split], None, f"cub {split} ({root})")
     return rgb_dataset(index, name="cub", split=split, image_size=image_size, augment=augment, seed=seed)

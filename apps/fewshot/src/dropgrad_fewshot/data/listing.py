@@ -68,21 +68,26 @@ class ImageIndex:
             )
 
 
-def check_class_sizes(
-    counts: dict[str, int], n_classes: int, per_class: int, what: str, sources: dict[str, str]
-) -> None:
-    """Raise :class:`DataError` unless there are ``n_classes`` classes of ``per_class`` images."""
+def check_class_sizes(index: ImageIndex, n_classes: int, per_class: int | None, what: str) -> None:
+    """Raise :class:`DataError` unless ``index`` has ``n_classes`` classes of ``per_class`` images
+    (None: any number). A mistyped label makes a stray class of a few images: the message names
+    the smallest class and where it is first listed."""
+    counts: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for c, origin in zip(index.classes, index.origins):
+        counts[c] = counts.get(c, 0) + 1
+        first.setdefault(c, origin)
+    hint = "build_dataset(..., check_sizes=False) accepts a different split"
     if len(counts) != n_classes:
-        raise DataError(
-            f"{what}: found {len(counts)} classes, expected {n_classes} (pass check_sizes=False "
-            "to accept a different split)"
-        )
-    wrong = [(c, n) for c, n in counts.items() if n != per_class]
+        c = min(counts, key=lambda k: (counts[k], k)) if counts else None
+        smallest = f"; the smallest class, {c} (first listed at {first[c]}), has {counts[c]} image(s)" if c else ""
+        raise DataError(f"{what}: found {len(counts)} classes, expected {n_classes}{smallest} ({hint})")
+    wrong = [(c, n) for c, n in counts.items() if per_class is not None and n != per_class]
     if wrong:
         c, n = wrong[0]
         raise DataError(
-            f"{what}: class {c} ({sources.get(c, '?')}) has {n} images, expected {per_class}"
-            f" ({len(wrong)} classes differ; pass check_sizes=False to accept them)"
+            f"{what}: class {c} ({index.sources.get(c, first[c])}) has {n} images, expected {per_class}"
+            f" ({len(wrong)} classes differ; {hint})"
         )
 
 

@@ -279,14 +279,5 @@ def build_miniimagenet(
     else:
         index = _mamlpp_index(root, split, None if class_maps is None else Path(class_maps))
     if check_sizes:
-        counts: dict[str, int] = {}
-        for c in index.classes:
-            counts[c] = counts.get(c, 0) + 1
-        check_class_sizes(
-            counts,
-            MINI_SPLIT_CLASSES[split],
-            MINI_PER_CLASS,
-            f"miniimagenet {split} ({layout} layout, --data-root {root})",
-            index.sources,
-        )
+        check_class_sizes(index, MINI_SPLIT_CLASSES[split], MINI_PER_CLASS, f"miniimagenet {split} ({layout} layout, --data-root {root})")
     return rgb_dataset(index, name="miniimagenet", split=split, image_size=image_size, augment=augment, seed=seed)

@@ -291,6 +291,12 @@ def load_otb_folders(root: str | os.PathLike[str], names: Iterable[str] | None =
                     f"{img_dir}: frame {missing[0]} of {name} is missing ({len(missing)} of frames "
                     f"{start}-{numbers[-1]} missing; the folder has {len(index)} numbered images)"
                 )
+            if name not in FRAME_RANGES and len(index) != len(boxes):
+                # One box per image from frame 1: a lost line would shift every later box by a frame.
+                raise OTBDataError(
+                    f"{gt_file}: {len(boxes)} boxes, but {img_dir} holds {len(index)} numbered frames "
+                    f"({min(index)}-{max(index)}); {name} needs one box per frame"
+                )
             sequences[name] = Sequence(
                 name, [index[k] for k in numbers], boxes, attrs, first_frame=start, source=str(gt_file)
             )

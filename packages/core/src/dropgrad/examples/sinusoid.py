@@ -27,7 +27,7 @@ from ..atomic import write_json
 from ..config import add_dataclass_arguments, namespace_values
 from ..inner import MAML, Task
 from ..metrics import MeanCI, summarize
-from ..noise import DropGrad, check_p
+from ..noise import DropGrad, check_p, check_schedule
 from ..rundir import run_config, start_run
 from ..runtime import seed_everything, select_device
 from ..training import MetaTrainer, TrainConfig, load_best_model, plot_metrics
@@ -92,6 +92,20 @@ class SinusoidConfig:
     seed: int = field(default=0, metadata={"help": "seed of the task streams, initialisation and noise"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda or cuda:N"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        at_least = {"k_shot": 1, "n_query": 1, "meta_batch": 1, "inner_steps": 1, "eval_steps": 0, "epochs": 1,
+                    "steps_per_epoch": 1, "val_tasks": 1, "test_tasks": 1, "eval_query": 1, "scratch_steps": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        for name in ("inner_lr", "outer_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"--patience must be >= 1 (or none), got {self.patience}")
+        check_p(self.p, "--p")
+        check_schedule(self.schedule, self.epochs, "--schedule", "--epochs")
 
 
 def make_learner(model: nn.Module, cfg: SinusoidConfig, steps: int, dropgrad: DropGrad | None) -> MAML:
@@ -238,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = namespace_values(args, SinusoidConfig)
     try:
         cfg = run_config(SinusoidConfig, args.out, given, resume=args.resume, config_file=args.config)
+        select_device(cfg.device)  # a bad --device is an error before the run directory exists
         if not args.resume:
-            check_p(cfg.p, "--p")
             start_run(args.out, cfg)
     except ValueError as err:
         parser.error(str(err))
