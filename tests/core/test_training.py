@@ -297,8 +297,9 @@ def test_a_linear_dropgrad_schedule_over_one_epoch_is_refused(tmp_path):
 
 def test_a_run_without_any_finite_validation_value_says_so_when_its_best_model_is_loaded(tmp_path):
     cfg = TrainConfig(epochs=2, steps_per_epoch=2, progress=False)
-    trainer, model, _ = _trainer(tmp_path, cfg, validate_fn=lambda epoch: {"val_loss": float("nan")})
+    trainer, model, lines = _trainer(tmp_path, cfg, validate_fn=lambda epoch: {"val_loss": float("nan")})
     trainer.fit()
+    assert sum("warning: epoch" in line and "val_loss not finite; the run has diverged" in line for line in lines) == 2
     with pytest.raises(CheckpointError, match=r"best.pt was never written: no epoch of the run had a finite val_loss"):
         load_best_model(tmp_path, model)
     # A run that had a best model whose file is gone: the plain error.

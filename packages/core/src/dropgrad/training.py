@@ -604,6 +604,13 @@ class MetaTrainer:
             f"epoch {self.epoch} ({self.epoch + 1}/{cfg.epochs}) | {_fmt(values)} | "
             f"best {cfg.monitor}={best}{' (new best)' if improved else ''} | {self._elapsed():.1f}s"
         )
+        diverged = sorted(k for k, v in values.items() if not math.isfinite(v))
+        if diverged:
+            # Otherwise visible only in metrics.jsonl: a NaN epoch neither improves nor stops a run.
+            self.log(
+                f"warning: epoch {self.epoch}: {', '.join(diverged)} not finite; the run has diverged "
+                "(a smaller learning rate or bf16 off may help)"
+            )
         if stop:
             self.stopped_early = True
             self.log(
