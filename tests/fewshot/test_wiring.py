@@ -1,0 +1,140 @@
+"""How the few-shot app wires its options into the learner, the pre-training and the data: each
+test pins one option that a one-line slip could drop while every run still trains (found by
+hand-made mutations that the rest of the suite let pass)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import dropgrad
+from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
+from dropgrad_fewshot.data.glyphs import GlyphDataset, render_glyph_class
+from dropgrad_fewshot.methods import build_learner
+from dropgrad_fewshot.models import build_model, dropgrad_groups
+
+
+def tiny(**changes):
+    base = dict(way=3, shot=1, query=2, test_query=2, inner_steps=2, meta_batch=2, epochs=2,
+                episodes_per_epoch=4, val_episodes=4, test_episodes=6, progress=False)
+    base.update(changes)
+    return resolve_defaults(FewShotConfig(**base))
+
+
+@pytest.mark.parametrize("regularizer", ["dropout", "spatialdropout"])
+def test_regularizer_and_its_rate_reach_the_learner(regularizer):
+    learner = build_learner(tiny(regularizer=regularizer, dropout_p=0.2))
+    drops = [m for m in learner.modules() if isinstance(m, dropgrad.ConsistentDropout)]
+    assert len(drops) == 4 and all(d.p == 0.2 and d.spatial == (regularizer == "spatialdropout") for d in drops)
+
+
+def test_mamlpp_options_reach_the_learner():
+    cfg = tiny(method="mamlpp", epochs=20, msl_epochs=7, first_order_epochs=3)
+    learner = build_learner(cfg)
+    assert (learner.msl_epochs, learner.first_order_epochs) == (7, 3)
+    assert build_learner(tiny(method="mamlpp", epochs=20)).msl_epochs == 3  # 15 % of 20
+
+
+def test_mamlpp_msl_share_is_15_percent_of_the_real_schedule():
+    assert resolve_defaults(FewShotConfig(dataset="cub", data_root="x", shot=1)).msl_epochs == 360
+
+
+def test_metasgd_star_pretrains_the_base_classes_with_the_pretrain_options(tmp_path, monkeypatch):
+    from dropgrad_fewshot import run
+
+    cfg = tiny(method="metasgd-star", pretrain_epochs=3, pretrain_lr=5e-4, pretrain_batch=17)
+    seen = {}
+
+    def fake_split(cfg_, split, **kw):
+        seen["split"] = split
+        return "data"
+
+    def fake_pretrain(model, data, **kw):
+        seen.update(kw)
+        return {}
+
+    monkeypatch.setattr(run, "load_split", fake_split)
+    monkeypatch.setattr(run, "pretrain_feature_extractor", fake_pretrain)
+    run._pretrain(cfg, build_learner(cfg), tmp_path, torch.device("cpu"), lambda line: None)
+    assert seen["split"] == "train"
+    assert (seen["epochs"], seen["lr"], seen["batch_size"]) == (3, 5e-4, 17)
+
+
+def test_pretraining_draws_a_dropout_mask_per_batch_in_train_mode():
+    from dropgrad_fewshot.models import pretrain_feature_extractor
+
+    class Tiny(torch.utils.data.Dataset):
+        channels, image_size = 1, 16
+        labels = np.array([0, 1] * 8)
+        def __len__(self): return 16
+        def __getitem__(self, i): return torch.rand(1, 16, 16), int(self.labels[i])
+
+    net = build_model("conv4", 5, in_channels=1, image_size=16, regularizer="dropout", dropout_p=0.5)
+    recs = []  # the hook is deep-copied with the model into the pre-training copy
+    net.block1.drop.register_forward_hook(lambda m, i, o: recs.append((m.training, m.mask.clone())))
+    pretrain_feature_extractor(net, Tiny(), epochs=1, batch_size=4, lr=1e-3, device="cpu", seed=0, progress=False)
+    assert len(recs) == 4 and all(training for training, _ in recs)
+    assert not all(torch.equal(recs[0][1], r[1]) for r in recs[1:])
+
+
+def test_glyph_test_classes_are_not_the_train_classes():
+    for c in range(5):
+        assert not np.array_equal(render_glyph_class(0, "train", c, 2), render_glyph_class(0, "test", c, 2))
+
+
+def test_glyph_dataset_follows_its_seed():
+    a, b = GlyphDataset("val", n_classes=2, seed=2), GlyphDataset("val", n_classes=2, seed=3)
+    assert np.array_equal(a.character(1), render_glyph_class(2, "val", 1, 20))
+    assert not np.array_equal(a.character(1), b.character(1))
+
+
+def test_conv4_groups_name_their_block():
+    groups = dropgrad_groups("conv4")
+    assert all(groups[f"conv{i}"] == (f"block{i}.*",) for i in range(1, 5))
+
+
+def test_resnet_regulariser_acts_on_the_block_output():
+    torch.manual_seed(0)
+    net = build_model("resnet10", 5, image_size=32, regularizer="spatialdropout", dropout_p=0.5)
+    dropgrad.resample_dropout_masks(net)
+    x = net.maxpool(net.relu(net.bn1(net.conv1(torch.randn(4, 3, 32, 32)))))
+    block = net.layer1[0]
+    out = block(x)
+    dropped = block.drop.mask.flatten() == 0
+    assert dropped.any() and (out[:, dropped] == 0).all()
+
+
+def test_resnet_conv_init_is_closerlooks_fan_out():
+    torch.manual_seed(0)
+    w = build_model("resnet18", 5).layer4[0].conv1.weight  # 256 -> 512, 3x3
+    assert w.std().item() == pytest.approx(math.sqrt(2 / (9 * 512)), rel=0.02)
+
+
+def test_each_torchrun_rank_builds_only_its_share_of_the_meta_batch(tmp_path, monkeypatch):
+    from dropgrad_fewshot import run
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_batches(dataset, **kw):
+        seen.update(kw)
+        raise Stop
+
+    ctx = dropgrad.DistributedContext(rank=1, world_size=2)
+    monkeypatch.setattr(ctx, "init", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(run, "episode_batches", fake_batches)
+    with pytest.raises(Stop):
+        run.train(tiny(meta_batch=4, episodes_per_epoch=8), tmp_path, dist=ctx)
+    assert seen["shard"] == slice(2, 4)
+
+
+def test_a_cache_file_longer_than_its_sidecar_is_refused(tmp_path):
+    from dropgrad_fewshot.data.cache import CachedDataset, build_cache
+    from dropgrad_fewshot.data.errors import DataError
+
+    p = build_cache("glyphs", "val", None, 28, tmp_path, n_classes=2, images_per_class=2)
+    with open(p, "ab") as f:
+        f.write(b"\0" * 28 * 28)
+    with pytest.raises(DataError, match="too long"):
+        CachedDataset(p)
