@@ -517,3 +517,26 @@ def test_cuda_tracker_agrees_with_cpu(tmp_path):
     assert trackers[1].params["head.filter.weight"].device.type == "cuda"
     results = run_tracker(trackers[1], sequences, tmp_path / "out", dataset="Synthetic", progress=False)
     _report_is_valid(tmp_path / "out", results, sequences)
+
+
+def test_the_label_gaussian_follows_the_targets_aspect():
+    d = MetaCRESTDef(MetaCRESTConfig(patch_size=128, sigma_factor=0.3))
+    box = np.array([[40.0, 40.0, 40.0, 10.0]])  # wide and flat
+    c, side = d.patch_geometry(box[0])
+    label = d.labels_for(box, c[None], np.array([side]))[0, 0]
+    mid = label.shape[0] // 2
+    assert label[mid, mid + 2] > label[mid + 2, mid]  # wider along x (columns) than along y
+
+
+def test_online_updates_train_on_the_first_frame_too():
+    cfg = MetaCRESTConfig(patch_size=64, update_interval=2, update_steps=1)
+    learner, _ = build_learner(MetaCRESTDef(cfg), None)
+    tracker = MetaCRESTTracker(learner.eval(), cfg)
+    frame = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    tracker.init(frame, [20, 15, 20, 20])
+    seen = []
+    plain = tracker._train
+    tracker._train = lambda f, y, s: (seen.append(f), plain(f, y, s))
+    for _ in range(2):
+        tracker.update(frame)
+    assert len(seen[0]) == 3 and torch.equal(seen[0][0], tracker._first[0][0])  # the first frame, then two updates

@@ -317,3 +317,33 @@ def test_samples_follow_mdnets_overlap_ranges_at_init_and_update():
     for (lo, hi), boxes, box in drawn:
         iou = box_iou(boxes, np.broadcast_to(box, boxes.shape))
         assert len(boxes) and (iou >= lo - 1e-9).all() and (iou <= hi + 1e-9).all()
+
+
+def test_online_training_mines_the_hardest_negatives():
+    # MDNet's hard negative mining: of the candidate negatives, the highest-scoring ones.
+    tracker, _ = _tiny_tracker(options=dataclasses.replace(SMALL, n_candidates=16, update_iters=1, batch_pos=4,
+                                                           batch_neg=4, batch_neg_cand=32))
+    tracker.init(_moving_square(1)[0], np.array([20.0, 36, 24, 24]))
+    pos, neg = torch.cat(tracker._pos_memory), torch.cat(tracker._neg_memory)
+    with torch.no_grad():
+        scores = tracker.net.head_without_dropout(neg)[:, 1]
+    batches = []
+    head = tracker.net.head
+    tracker.net.head = lambda x: (batches.append(x.detach().clone()), head(x))[1]
+    tracker._train(pos, neg)
+    chosen = [int(torch.nonzero((neg == row).all(1))[0]) for row in batches[0][4:]]
+    assert len(chosen) == 4 and (scores[chosen] >= scores.median()).all()
+
+
+def test_online_update_keeps_mdnets_memories_and_fc6_rate():
+    o = dataclasses.replace(SMALL, success_threshold=-1e9, n_frames_long=4, n_frames_short=2, long_interval=100)
+    tracker, _ = _tiny_tracker(options=o)
+    frames = _moving_square(7)
+    tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+    for f in frames[1:]:
+        tracker.update(f)
+    assert (len(tracker._pos_memory), len(tracker._neg_memory)) == (4, 2)
+    rates = {n: g["lr"] for (n, _), g in zip(((n, p) for n, p in tracker.net.named_parameters() if n.startswith("fc.")),
+                                              tracker._optimizer.param_groups)}
+    assert rates and all(r == o.lr_update * (o.fc6_lr_mult if n.startswith("fc.fc6") else 1.0) for n, r in rates.items())
+    assert any(n.startswith("fc.fc6") for n in rates) and o.fc6_lr_mult == 10.0

@@ -242,6 +242,7 @@ def test_split_keeps_the_held_out_videos_out_of_training():
     # snippets of one video. Validation on a video trained on would flatter the validation loss.
     good = np.array([[0, 0, 5, 5.0]] * 4)
     for names, shared, train in ((["vot2014/tunnel", "vot2015/bag", "vot2016/tunnel"], "vot2014/tunnel", ["vot2015/bag"]),
+                                 (["vot2014/tunnel", "vot2015/bag", "vot2016/Tunnel"], "vot2014/tunnel", ["vot2015/bag"]),
                                  (["0001:vid_a", "0002:vid_b", "0003:vid_a"], "0001:vid_a", ["0002:vid_b"])):
         seqs = {n: Sequence(n, [], good) for n in names}
         with pytest.warns(UserWarning, match=rf"1 sequence\(s\) come from a video held out for validation .*: {shared}$"):

@@ -108,6 +108,20 @@ def test_tiger1_from_frame_6_is_left_out_of_the_got10k_layout(sequences, tmp_pat
     assert (tmp_path / "results" / "oracle" / "Tiger1.txt").is_file()
 
 
+def test_the_got10k_layout_uses_got10ks_names_for_two_target_videos(sequences, tmp_path):
+    # got10k's OTB reads Jogging.1.txt, Skating2.2.txt and Human4.txt, not our canonical names.
+    from dropgrad_tracking.data.sequence import Sequence
+
+    seq = next(iter(sequences.values()))
+    named = {n: Sequence(n, seq.frames, seq.boxes) for n in ("Jogging-1", "Skating2-2", "Human4-2")}
+    run_tracker(Oracle(named), named, tmp_path, dataset="OTB2015", progress=False)
+    got = tmp_path / "got10k" / "OTB2015" / "oracle"
+    assert sorted(p.name for p in got.glob("*.txt")) == ["Human4.txt", "Jogging.1.txt", "Skating2.2.txt"]
+    assert (got / "times" / "Jogging.1_time.txt").is_file()
+    assert sorted(p.name for p in (tmp_path / "results" / "oracle").glob("*.txt")) == [
+        "Human4-2.txt", "Jogging-1.txt", "Skating2-2.txt"]
+
+
 def test_got10k_track_loop_runs_our_tracker(sequences):
     seq = next(iter(sequences.values()))
     boxes, times = StaticTracker().track([str(f) for f in seq.frames], seq.boxes[0])

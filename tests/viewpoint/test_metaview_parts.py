@@ -1,0 +1,83 @@
+"""MetaView's parts one at a time: where DropGrad acts, the adaptation's step count, the loss
+weights and masks, and how a prediction is read off the heatmaps."""
+
+import torch
+from dropgrad_viewpoint.methods.metaview import MetaView
+from dropgrad_viewpoint.models import KeypointHead, build_trunk
+
+
+def _batch(n, k, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"images": torch.randn(n, 3, size, size, generator=g), "kp2d": torch.rand(n, k, 2, generator=g) - 0.5,
+            "visible": torch.ones(n, k, dtype=torch.bool), "depth": torch.randn(n, k, generator=g) * 0.2,
+            "canon": torch.randn(n, k, 3, generator=g) * 0.3, "canon_valid": torch.ones(n, k, dtype=torch.bool)}
+
+
+def _model(steps=1):
+    torch.manual_seed(0)
+    return MetaView(build_trunk("small"), KeypointHead(64, 4), inner_lr=0.05, inner_lr_3d=0.01, steps=steps)
+
+
+def test_dropgrad_acts_on_the_inner_gradient_only():
+    m = _model().train()
+    seen = []
+
+    class ZeroGrads(torch.nn.Module):
+        # DropGrad's place: it must see the inner gradients, and only them.
+        def forward(self, grads):
+            seen.append(grads)
+            return {n: torch.zeros_like(g) for n, g in grads.items()}
+
+    m.dropgrad = ZeroGrads()
+    b = _batch(4, 3)
+    out = m.adapt(m.trunk(b["images"]), b)
+    init = m.initial_params(3)
+    assert seen and all(torch.equal(out[n], init[n]) for n in init)  # zeroed gradients: no step
+
+
+def test_adapt_honours_the_steps_argument():
+    m = _model(steps=1).eval()
+    b = _batch(4, 3)
+    f = m.trunk(b["images"]).detach()
+    one, three = m.adapt(f, b, steps=1), m.adapt(f, b, steps=3)
+    assert any(not torch.allclose(one[n], three[n]) for n in one)
+
+
+def test_weight_3d_scales_depth_and_canon_terms():
+    m = _model().double()
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in _batch(4, 3).items()}
+    maps = torch.randn(3, 4, 5, 8, 8, dtype=torch.float64)
+    m.weight_3d = 0.0
+    base = m.keypoint_losses(maps, b)
+    m.weight_3d = 1.0
+    one = m.keypoint_losses(maps, b)
+    m.weight_3d = 10.0
+    ten = m.keypoint_losses(maps, b)
+    assert torch.allclose(ten - base, 10 * (one - base))
+    # Weight 0: the 3D targets do not matter at all.
+    m.weight_3d = 0.0
+    far = {**b, "depth": b["depth"] + 5.0, "canon": b["canon"] + 5.0}
+    assert torch.equal(m.keypoint_losses(maps, far), base)
+
+
+def test_hidden_keypoints_do_not_train_the_canonical_output():
+    m = _model().double()
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in _batch(4, 3).items()}
+    b["visible"][:, 0] = False
+    maps = torch.randn(3, 4, 5, 8, 8, dtype=torch.float64)
+    wild = {**b, "canon": b["canon"].clone()}
+    wild["canon"][:, 0] = 100.0
+    assert torch.equal(m.keypoint_losses(maps, b), m.keypoint_losses(maps, wild))
+
+
+def test_predict_reads_depth_and_canon_at_the_heatmap_peak():
+    m = _model().eval()
+    maps = torch.randn(2, 3, 5, 8, 8)
+    m.head_forward = lambda p, f: maps
+    p = m.predict(torch.zeros(3, 3, 32, 32), {})
+    for k in range(2):
+        for i in range(3):
+            r, c = divmod(int(maps[k, i, 0].flatten().argmax()), 8)
+            assert torch.allclose(p.depth[i, k], maps[k, i, 1, r, c])
+            assert torch.allclose(p.canon[i, k], maps[k, i, 2:, r, c])
+            assert torch.allclose(p.kp2d[i, k], torch.tensor([(c + 0.5) / 8 - 0.5, (r + 0.5) / 8 - 0.5]))
