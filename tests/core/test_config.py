@@ -327,7 +327,7 @@ def test_resume_compares_folders_as_stored_and_refuses_other_options(tmp_path, m
 
     monkeypatch.chdir(tmp_path)
     run = start_run(tmp_path / "run", run_config(Opt, "unused", {"root": "data"}))
-    # The same folder spelled relative to the working directory, and lr=1 given as an int.
+    # The same folder spelled relative to the working directory; an option given again, equal.
     assert run_config(Opt, run, {"root": "data", "device": "cpu"}, resume=True) == Opt(str(tmp_path / "data"), 0.1, "cpu")
     assert resume_run(run, Opt, {"lr": 0.1}).lr == 0.1
     with pytest.raises(ConfigError, match=r"--resume: option root=.*other.* differs from root=.*data"):
@@ -344,8 +344,8 @@ def test_a_new_run_may_reuse_only_a_directory_without_progress(tmp_path):
         lr: float = field(default=0.1, metadata={"help": "step size"})
 
     run = start_run(tmp_path / "run", Opt(0.5))
-    (run / "log.txt").write_text("the failed attempt's lines\\n")
-    (run / "metrics.jsonl").write_text('{"kind": "train"}\\n')
+    (run / "log.txt").write_text("the failed attempt's lines\n")
+    (run / "metrics.jsonl").write_text('{"kind": "train"}\n')
     # A start that stopped before its first checkpoint (e.g. on a bad data folder): a corrected
     # rerun takes the directory over, without the attempt's log and metrics.
     assert start_run(run, Opt(0.2)) == run

@@ -1,6 +1,7 @@
 """How the few-shot app wires its options into the learner, the pre-training and the data: each
 test pins one option that a one-line slip could drop while every run still trains (found by
 hand-made mutations that the rest of the suite let pass)."""
+
 import math
 
 import numpy as np
