@@ -343,6 +343,12 @@ def test_online_update_keeps_mdnets_memories_and_fc6_rate():
     for f in frames[1:]:
         tracker.update(f)
     assert (len(tracker._pos_memory), len(tracker._neg_memory)) == (4, 2)
+    # A failed frame trains at once on the short-term memory: the last n_frames_short frames.
+    tracker.options = dataclasses.replace(o, success_threshold=1e9)
+    seen = []
+    tracker._train = lambda pos, neg: seen.append((len(pos), len(neg)))
+    tracker.update(frames[-1])
+    assert seen == [(2 * o.n_pos_update, 2 * o.n_neg_update)]
     rates = {n: g["lr"] for (n, _), g in zip(((n, p) for n, p in tracker.net.named_parameters() if n.startswith("fc.")),
                                               tracker._optimizer.param_groups)}
     assert rates and all(r == o.lr_update * (o.fc6_lr_mult if n.startswith("fc.fc6") else 1.0) for n, r in rates.items())
