@@ -540,3 +540,22 @@ def test_online_updates_train_on_the_first_frame_too():
     for _ in range(2):
         tracker.update(frame)
     assert len(seen[0]) == 3 and torch.equal(seen[0][0], tracker._first[0][0])  # the first frame, then two updates
+
+
+def test_online_updates_cache_the_winning_scales_patch(monkeypatch):
+    from dropgrad_tracking.trackers import metacrest
+
+    cfg = MetaCRESTConfig(patch_size=64, update_interval=5, update_steps=1)
+    learner, _ = build_learner(MetaCRESTDef(cfg), None)
+    tracker = MetaCRESTTracker(learner.eval(), cfg)
+    frame = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    tracker.init(frame, [20, 15, 20, 20])
+    n, last = cfg.response_size, len(cfg.scales) - 1
+    assert last > 0
+    # The peak in the last scale's map (not scale 0's): that scale's patch is the one to keep.
+    monkeypatch.setattr(metacrest, "windowed_peak", lambda response, window, penalty: last * n * n + n * n // 2)
+    seen = []
+    plain = tracker._features
+    tracker._features = lambda *args: seen.append(plain(*args)) or seen[-1]
+    tracker.update(frame)
+    assert torch.equal(tracker._recent[-1][0], seen[-1][last:last + 1])
