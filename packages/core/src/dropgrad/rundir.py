@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import ConfigError, build_config, load_config_file, save_config
+from .training import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 T = TypeVar("T")
 
@@ -48,7 +49,7 @@ def start_run(out: str | os.PathLike[str], config: Any) -> Path:
 def is_unstarted_run(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a run directory (it has ``config.json``) without a checkpoint yet."""
     path = Path(path)
-    return (path / "config.json").is_file() and not (path / "checkpoints" / "last.pt").exists()
+    return (path / "config.json").is_file() and not (path / CHECKPOINT_DIR / LAST_CHECKPOINT).exists()
 
 
 def check_new_run_dir(path: str | os.PathLike[str]) -> bool:
