@@ -18,6 +18,7 @@ from dropgrad_tracking.meta import meta_tracker
 from dropgrad_tracking.training import (
     TaskSampler,
     TrackTrainConfig,
+    discard_stale_synthetic,
     load_sources,
     split_sequences,
     stack_tasks,
@@ -27,6 +28,10 @@ from dropgrad_tracking.training import tasks as tasks_module
 
 SMALL = ["--synthetic-sequences", "4", "--synthetic-frames", "12", "--synthetic-height", "64", "--synthetic-width", "96",
          "--val-sequences", "1", "--val-tasks", "4", "--tasks-per-batch", "4", "--outer-lr", "0.01", "--no-progress"]
+
+
+SMALL_CFG = {"tracker": "toy", "synthetic_sequences": 4, "synthetic_frames": 12, "synthetic_height": 64,
+             "synthetic_width": 96}
 
 
 def _train(out, *extra, capsys=None):
@@ -160,6 +165,35 @@ def test_a_corrected_rerun_starts_where_a_failed_start_left_its_directory(tmp_pa
     code, captured = _train(out, "--epochs", "1", "--steps-per-epoch", "2", capsys=capsys)
     assert code == 0, captured.err
     assert json.loads((out / "config.json").read_text())["val_sequences"] == 1
+
+
+def test_a_rerun_with_other_synthetic_options_replaces_the_failed_starts_set(tmp_path, capsys):
+    out = tmp_path / "run"
+    # The first start makes its 4-sequence set inside the run directory, then fails on --val-sequences.
+    assert main(["--tracker", "toy", "--out", str(out), *SMALL, "--val-sequences", "4"]) == 2
+    first = json.loads((out / "synthetic-data" / "synthetic.json").read_text())
+    assert first["n_sequences"] == 4
+    capsys.readouterr()
+    code, captured = _train(out, "--synthetic-sequences", "3", "--epochs", "1", "--steps-per-epoch", "2", capsys=capsys)
+    assert code == 0, captured.err
+    assert json.loads((out / "synthetic-data" / "synthetic.json").read_text())["n_sequences"] == 3
+    assert sorted(p.name for p in (out / "synthetic-data").iterdir() if p.is_dir()) == [
+        "Synthetic-01", "Synthetic-02", "Synthetic-03"]
+
+
+def test_taking_over_keeps_a_matching_set_and_never_touches_a_given_root(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--tracker", "toy", "--out", str(out), *SMALL, "--val-sequences", "4"]) == 2
+    frame = out / "synthetic-data" / "Synthetic-01" / "img" / "0001.jpg"
+    marker = frame.stat().st_mtime_ns
+    assert discard_stale_synthetic(TrackTrainConfig(**SMALL_CFG), out) is False  # the same set: kept
+    assert frame.stat().st_mtime_ns == marker
+    assert discard_stale_synthetic(TrackTrainConfig(**{**SMALL_CFG, "root": str(out / "synthetic-data"),
+                                                        "synthetic_frames": 13}), out) is False
+    assert frame.is_file()  # the user's own folder (--root) is never removed
+    (out / "synthetic-data" / "synthetic.json").unlink()  # as if stopped while writing the set
+    assert discard_stale_synthetic(TrackTrainConfig(**SMALL_CFG), out) is True
+    assert not (out / "synthetic-data").exists()
 
 
 def test_run_directory_errors(toy_run, tmp_path, capsys):

@@ -30,9 +30,11 @@ from dropgrad import atomic_write, write_json
 from .otb import load_otb_folders
 from .sequence import Sequence
 
-__all__ = ["GENERATOR_VERSION", "SyntheticConfig", "ensure_synthetic", "render_sequence", "write_synthetic"]
+__all__ = [
+    "GENERATOR_VERSION", "SyntheticConfig", "ensure_synthetic", "is_synthetic_set", "render_sequence", "write_synthetic",
+]
 
-#: Bumped whenever the rendering changes, so a stale folder is regenerated rather than reused.
+#: Bumped whenever the rendering changes, so a stale folder is refused rather than reused.
 GENERATOR_VERSION = 1
 
 
@@ -196,8 +198,21 @@ def write_synthetic(root: str | os.PathLike[str], config: SyntheticConfig) -> Pa
         atomic_write(folder / "groundtruth_rect.txt", lambda f, t=text: f.write(t), binary=False)
         atomic_write(folder / "attrs.txt", lambda f, t=attr_line: f.write(t), binary=False)
     # The manifest goes last: a folder with a manifest is a complete set.
-    write_json(base / "synthetic.json", {"generator_version": GENERATOR_VERSION, **asdict(config)}, sort_keys=True)
+    write_json(base / "synthetic.json", _manifest(config), sort_keys=True)
     return base
+
+
+def _manifest(config: SyntheticConfig) -> dict[str, object]:
+    return {"generator_version": GENERATOR_VERSION, **asdict(config)}
+
+
+def is_synthetic_set(root: str | os.PathLike[str], config: SyntheticConfig) -> bool:
+    """Whether ``root`` holds the complete set of ``config`` (its manifest, written last, matches)."""
+    manifest = Path(root) / "synthetic.json"
+    try:
+        return manifest.is_file() and json.loads(manifest.read_text()) == _manifest(config)
+    except (OSError, ValueError):
+        return False
 
 
 def ensure_synthetic(root: str | os.PathLike[str], config: SyntheticConfig) -> dict[str, Sequence]:
@@ -210,7 +225,7 @@ def ensure_synthetic(root: str | os.PathLike[str], config: SyntheticConfig) -> d
     config.validate()
     base = Path(root)
     manifest = base / "synthetic.json"
-    wanted = {"generator_version": GENERATOR_VERSION, **asdict(config)}
+    wanted = _manifest(config)
     if manifest.is_file():
         found = json.loads(manifest.read_text())
         if found != wanted:

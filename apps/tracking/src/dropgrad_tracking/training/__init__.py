@@ -2,7 +2,7 @@
 
 from .config import SOURCES, TrackTrainConfig
 from .loop import evaluate_tasks, make_dropgrad, train
-from .sources import SequenceSplit, load_sources, split_sequences, support_frames
+from .sources import SequenceSplit, discard_stale_synthetic, load_sources, split_sequences, support_frames
 from .tasks import VAL_STREAM, TaskSampler, stack_tasks
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "SequenceSplit",
     "TaskSampler",
     "TrackTrainConfig",
+    "discard_stale_synthetic",
     "evaluate_tasks",
     "load_sources",
     "make_dropgrad",

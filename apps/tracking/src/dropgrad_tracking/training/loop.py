@@ -41,7 +41,7 @@ from dropgrad import (
 
 from ..meta import BACKBONE_RANDOM, MetaTrackerDef, build_learner, meta_tracker
 from .config import TrackTrainConfig
-from .sources import load_sources, split_sequences
+from .sources import discard_stale_synthetic, load_sources, split_sequences
 from .tasks import VAL_STREAM, TaskSampler
 
 __all__ = ["evaluate_tasks", "make_dropgrad", "train"]
@@ -82,12 +82,13 @@ def evaluate_tasks(
     return {"val_loss": torch.cat(adapted).mean().item(), "val_loss_unadapted": torch.cat(unadapted).mean().item()}
 
 
-def _check_run_dir(out: Path, resume: bool) -> None:
+def _check_run_dir(out: Path, resume: bool) -> bool:
+    """Refuse a wrong ``out``; True when a new run takes over an unstarted one there."""
     if resume:
         if not (out / "config.json").is_file():
             raise ValueError(f"--resume: {out / 'config.json'} not found; {out} is not a track-train run directory")
-    else:
-        check_new_run_dir(out)
+        return False
+    return check_new_run_dir(out)
 
 
 def _random_backbone_warning(definition: MetaTrackerDef) -> str:
@@ -111,7 +112,8 @@ def train(cfg: TrackTrainConfig, out: str | Path, resume: bool = False) -> dict[
     definition = meta_tracker(cfg.tracker)
     horizon = cfg.horizon or definition.default_horizon
     device = select_device(cfg.device)
-    _check_run_dir(out, resume)
+    if _check_run_dir(out, resume):
+        discard_stale_synthetic(cfg, out)
     # The default synthetic set lives inside the run directory, so it is made after start_run.
     inside = cfg.source == "synthetic" and cfg.root is None
     sequences = None if inside else load_sources(cfg, out)

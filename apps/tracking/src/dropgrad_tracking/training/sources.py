@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,12 +30,20 @@ import numpy as np
 from ..data.names import OTB100_NAMES
 from ..data.otb import OTBDataError, check_frames, load_otb, select_sequences
 from ..data.sequence import Sequence
-from ..data.synthetic import SyntheticConfig, ensure_synthetic
+from ..data.synthetic import SyntheticConfig, ensure_synthetic, is_synthetic_set
 from ..data.vid import vid_sequences
 from ..data.vot import load_vot
 from .config import TrackTrainConfig
 
-__all__ = ["SequenceSplit", "load_sources", "split_sequences", "support_frames", "synthetic_root", "video_key"]
+__all__ = [
+    "SequenceSplit",
+    "discard_stale_synthetic",
+    "load_sources",
+    "split_sequences",
+    "support_frames",
+    "synthetic_root",
+    "video_key",
+]
 
 
 def synthetic_root(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> Path:
@@ -51,6 +60,29 @@ def _names(cfg: TrackTrainConfig) -> list[str] | None:
     return names
 
 
+def _synthetic_config(cfg: TrackTrainConfig) -> SyntheticConfig:
+    return SyntheticConfig(
+        cfg.synthetic_sequences, cfg.synthetic_frames, cfg.synthetic_height, cfg.synthetic_width, cfg.synthetic_seed
+    )
+
+
+def discard_stale_synthetic(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> bool:
+    """Remove ``<out>/synthetic-data`` unless it is the complete set ``cfg`` asks for; True if removed.
+
+    Only for a run directory being taken over (a start that stopped before its first
+    checkpoint): that attempt may have made its default set with other ``--synthetic-*``
+    options, or been stopped while writing it, and the set is the run's own, regenerated from
+    its seed. A set given with ``--root`` is the user's and is never touched.
+    """
+    root = Path(out) / "synthetic-data"
+    if cfg.source != "synthetic" or cfg.root is not None or not root.exists():
+        return False
+    if is_synthetic_set(root, _synthetic_config(cfg)):
+        return False
+    shutil.rmtree(root)
+    return True
+
+
 def load_sources(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> dict[str, Sequence]:
     """All sequences of the configured source, ``{name: Sequence}`` sorted by name.
 
@@ -63,11 +95,8 @@ def load_sources(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> dict[str
     """
     names = _names(cfg)
     if cfg.source == "synthetic":
-        config = SyntheticConfig(
-            cfg.synthetic_sequences, cfg.synthetic_frames, cfg.synthetic_height, cfg.synthetic_width, cfg.synthetic_seed
-        )
         root = synthetic_root(cfg, out)
-        found = ensure_synthetic(root, config)
+        found = ensure_synthetic(root, _synthetic_config(cfg))
         found = select_sequences(found, names, f"--root {root}")
     elif cfg.source == "otb":
         found = load_otb(cfg.root, cfg.annotations, names)
