@@ -1,8 +1,9 @@
 """Episode cache: cached pixels equal the normal path's, device augmentation against torchvision, errors, CLI."""
 
 import doctest
-import os
 import functools
+import hashlib
+import os
 import json
 import runpy
 import sys
@@ -23,6 +24,7 @@ from dropgrad_fewshot.data import (
     cached_episodes,
     device_augment,
     open_cache,
+    verify_cache,
 )
 from dropgrad_fewshot.data import cache as cache_mod
 from dropgrad_fewshot.data.device_augment import (
@@ -320,6 +322,51 @@ def test_errors_name_the_file(tmp_path):
     path.unlink()
     with pytest.raises(DataError, match=f"episode cache file not found: {path}"):
         CachedDataset(path)
+
+
+def test_verify_finds_a_changed_pixel_and_names_the_file(tmp_path, capsys):
+    opts = ["--option", "n_classes=4", "--option", "images_per_class=3", "--no-progress"]
+    assert cache_cli.main(["--dataset", "glyphs", "--splits", "val", "test", "--out", str(tmp_path), *opts]) == 0
+    capsys.readouterr()
+    val, test = tmp_path / "glyphs-val-28.u8", tmp_path / "glyphs-test-28.u8"
+    # The recorded digest is the file's SHA-256 (hashlib over the whole file, independently).
+    meta = json.loads(val.with_suffix(".json").read_text())
+    assert meta["pixels_sha256"] == hashlib.sha256(val.read_bytes()).hexdigest()
+    assert cache_cli.main(["--verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == [str(test), str(val)] and all(": ok (12 x 28 x 28 x 1" in x for x in out)
+
+    data = bytearray(val.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit, same size: the sidecar's own checks cannot see it
+    val.write_bytes(bytes(data))
+    CachedDataset(val)  # opening does not read every byte
+    with pytest.raises(SystemExit) as exc:
+        cache_cli.main(["--verify", str(test), str(val.with_suffix(".json"))])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and captured.out.startswith(f"{test}: ok")
+    assert f"error: episode cache {val}: its pixels differ" in captured.err and "Traceback" not in captured.err
+
+    side = test.with_suffix(".json")
+    side.write_text(json.dumps({k: v for k, v in json.loads(side.read_text()).items() if k != "pixels_sha256"}))
+    with pytest.raises(DataError, match=f"{side} records no pixel checksum"):
+        verify_cache(test)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--verify", "{tmp}", "--dataset", "glyphs"], "--verify checks built caches; it takes no --dataset"),
+        (["--dataset", "glyphs"], "required: --dataset, --out (or --verify PATH"),
+        (["--verify", "{tmp}"], "no episode cache (*.u8) in that folder"),
+        (["--verify", "{tmp}/a.txt"], "expected a cache folder or a .u8/.json file"),
+        (["--verify", "{tmp}/a.u8"], "episode cache file not found"),
+    ],
+)
+def test_verify_option_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        cache_cli.main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
 
 
 def test_a_failed_build_leaves_nothing_behind(tmp_path, shared_data):

@@ -9,7 +9,7 @@
 
 from .base import FewShotDataset, ImageFileDataset, open_image
 from .build import DATASETS, build_dataset, dataset_options
-from .cache import CachedDataset, build_cache, cache_path, open_cache
+from .cache import CachedDataset, build_cache, cache_path, open_cache, verify_cache
 from .cached_episodes import CachedEpisodeBatches, episode_batches
 from .episodes import EpisodeBatches, check_episodes
 from .errors import DataError
@@ -37,4 +37,5 @@ __all__ = [
     "episode_batches",
     "open_cache",
     "open_image",
+    "verify_cache",
 ]

@@ -7,7 +7,8 @@ has 105 images, so at hundreds of tasks per second the file path cannot keep up 
 
     <out>/<dataset>-<split>-<size>.u8     raw uint8, N x H x W x C, row i = item i of the split
     <out>/<dataset>-<split>-<size>.json   the sidecar: format version, shape, labels, class names,
-                                          source, image size, resize method, pixel format, checksum
+                                          source, image size, resize method, pixel format, checksums
+                                          (labels and shape; the pixels' SHA-256, see verify_cache)
 
 Each row holds exactly the pixels the data set's deterministic (non-augmented) transform has
 just before it converts to floats: the resize and centre crop of RGB sets, the Lanczos resize of
@@ -51,6 +52,7 @@ __all__ = [
     "cache_path",
     "content_options",
     "open_cache",
+    "verify_cache",
     "write_cache",
 ]
 
@@ -157,6 +159,14 @@ def _labels_checksum(labels: np.ndarray, shape: Sequence[int]) -> str:
     return h.hexdigest()
 
 
+def _file_sha256(path: Path, block: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_cache(
     ds: FewShotDataset,
     path: str | os.PathLike[str],
@@ -218,6 +228,9 @@ def write_cache(
         else:
             tmp.write_bytes(b"")
         labels = np.asarray(ds.labels, dtype=np.int64)
+        # Read back once (from the page cache): about a second per GiB, so --verify can find a
+        # file changed or damaged after the build, which the size and label checks cannot.
+        pixels_sha256 = _file_sha256(tmp)
         meta = {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
@@ -233,6 +246,7 @@ def write_cache(
             "pixels": src.format.to_dict(),
             "source": source or {},
             "checksum": _labels_checksum(labels, shape),
+            "pixels_sha256": pixels_sha256,
             "class_names": list(ds.class_names),
             "class_sources": [ds.class_source(k) for k in range(ds.n_classes)],
             "labels": labels.tolist(),
@@ -368,6 +382,35 @@ class CachedDataset(FewShotDataset):
         state = self.__dict__.copy()
         state["_mm"] = None  # each worker maps the file itself
         return state
+
+
+def verify_cache(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check the pixels of cache ``path`` (``.u8`` or ``.json``) against the SHA-256 its build
+    recorded; returns the sidecar.
+
+    Opening a cache checks its sidecar and the data file's size, not every byte: reading a
+    whole training split at each start would cost seconds. This reads it all.
+
+    Raises:
+        DataError naming the file: what :class:`CachedDataset` refuses, a sidecar written
+        before pixel checksums were recorded, or pixels that differ from the build's.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".u8")
+    meta = read_sidecar(path)
+    recorded = meta.get("pixels_sha256")
+    if not isinstance(recorded, str):
+        raise DataError(
+            f"episode cache {path.with_suffix('.json')} records no pixel checksum (built by an earlier "
+            f"version); rebuild it with {BUILD_COMMAND} to verify it"
+        )
+    if _file_sha256(path) != recorded:
+        raise DataError(
+            f"episode cache {path}: its pixels differ from the ones its build recorded (changed or damaged "
+            f"since); rebuild it with {BUILD_COMMAND}"
+        )
+    return meta
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
