@@ -228,7 +228,7 @@ def write_cache(
         else:
             tmp.write_bytes(b"")
         labels = np.asarray(ds.labels, dtype=np.int64)
-        # Read back once (from the page cache): about a second per GiB, so --verify can find a
+        # Read back once (from the page cache; under a second per GB), so --verify can find a
         # file changed or damaged after the build, which the size and label checks cannot.
         pixels_sha256 = _file_sha256(tmp)
         meta = {
