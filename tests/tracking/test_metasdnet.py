@@ -353,3 +353,52 @@ def test_online_update_keeps_mdnets_memories_and_fc6_rate():
                                               tracker._optimizer.param_groups)}
     assert rates and all(r == o.lr_update * (o.fc6_lr_mult if n.startswith("fc.fc6") else 1.0) for n, r in rates.items())
     assert any(n.startswith("fc.fc6") for n in rates) and o.fc6_lr_mult == 10.0
+
+
+def test_update_schedule_is_mdnets_long_term_every_10_frames_short_term_on_failure():
+    # MDNet / Meta-Tracker (py-MDNet's run_tracker, frames indexed from 0 = the initial frame):
+    # a failed frame (mean top-5 target score <= 0) trains at once on the short-term memory and
+    # nothing else; a successful frame whose index is a multiple of 10 trains on all of the
+    # memory (after collecting its own samples); every other frame trains not at all. The frame
+    # index is the test's own, and the scores' sign is forced per frame at the network's output.
+    o = dataclasses.replace(SMALL, n_candidates=16, n_bbreg=0, long_interval=10, n_frames_short=2,
+                            update_iters=1, batch_neg_cand=16)
+    assert METASDNET.options.long_interval == o.long_interval and o.success_threshold == 0.0
+    tracker, _ = _tiny_tracker(options=o)
+    square = _moving_square(7)
+    frames = [square[i % 7] for i in range(22)]  # frame 0 initialises, frames 1 .. 21 are tracked
+    failures = {4, 20}  # a plain frame, and one that is also a long-term frame
+    state = {"i": 0}
+    head = tracker.net.head_without_dropout
+
+    def forced(x):  # the target score's sign per frame; the candidates' ranking is the network's
+        scores = head(x)
+        return scores + scores.new_tensor([0.0, -1e3 if state["i"] in failures else 1e3])
+
+    tracker.net.head_without_dropout = forced
+    train, updates = tracker._train, []
+
+    def spy(pos, neg):
+        pos_mem, neg_mem = tracker._pos_memory, tracker._neg_memory
+        if torch.equal(pos, torch.cat(pos_mem)) and torch.equal(neg, torch.cat(neg_mem)):
+            kind = "long"
+        elif torch.equal(pos, torch.cat(pos_mem[-o.n_frames_short:])) and torch.equal(neg, torch.cat(neg_mem)):
+            kind = "short"
+        else:
+            kind = "other"
+        updates.append((state["i"], kind, len(pos_mem)))
+        train(pos, neg)
+
+    tracker._train = spy
+    for run in range(2):  # init restarts the frame count
+        updates.clear()
+        state["i"] = 0
+        tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+        scores = []
+        for i, frame in enumerate(frames[1:], start=1):
+            state["i"] = i
+            tracker.update(frame)
+            scores.append(tracker.last_score)
+        assert [i for i, s in enumerate(scores, start=1) if s <= 0] == sorted(failures)
+        # (frame, update, frames in the positive memory: the initial one + each success so far)
+        assert updates == [(4, "short", 4), (10, "long", 10), (20, "short", 19)], f"run {run}"
