@@ -57,6 +57,9 @@ def test_pascal3d_cad_anchors(shared_data, name, n_models, n_kp, missing):
 def test_cad_v73_reads_like_v5(shared_data, tmp_path):
     v5 = load_cad(shared_data / "pascal3d" / "CAD" / "tvmonitor.mat")
     raw = load_mat(shared_data / "pascal3d" / "CAD" / "tvmonitor.mat")
+    # Without the per-view `visibility` cells (1 x 5256 per model, which load_cad does not read,
+    # one HDF5 dataset per element: about a minute to write); everything load_cad reads stays.
+    raw = {k: [{f: v for f, v in m.items() if f != "visibility"} for m in models] for k, models in raw.items()}
     save_mat(tmp_path / "tvmonitor.mat", raw, version="7.3")
     with open(tmp_path / "tvmonitor.mat", "rb") as f:
         assert f.read(10) == b"MATLAB 7.3"
@@ -121,3 +124,86 @@ def test_unreadable_and_missing_files(tmp_path):
     save_mat(tmp_path / "cup.mat", {"other": {"a": 1.0}})
     with pytest.raises(MatError, match="no variable 'cup'"):
         load_cad(tmp_path / "cup.mat")
+
+
+def test_cad_keypoints_missing_from_an_instance_are_nan_rows_in_place(tmp_path):
+    from .conftest import write_matlab_cad
+
+    tri = {"vertices": np.eye(3), "faces": np.array([[1.0, 2, 3]])}
+    path = write_matlab_cad(tmp_path / "cup.mat", "cup", [
+        {**tri, "keypoints": {"rim": [0.1, 0.2, 0.3], "handle": [0.4, 0.5, 0.6], "base": [0.7, 0.8, 0.9]}},
+        {**tri, "keypoints": {"rim": None, "handle": [-0.4, -0.5, -0.6], "base": None}},
+        {**tri, "keypoints": {"rim": [1.0, 2.0, 3.0], "handle": None, "base": [7.0, 8.0, 9.0]}},
+    ])
+    raw = scipy.io.loadmat(str(path))["cup"]  # independent read
+    assert raw[0, 1]["rim"].shape == (0, 0) and raw[0, 2]["base"].tolist() == [[7.0, 8.0, 9.0]]
+    models = load_cad(path)
+    assert [m.names for m in models] == [["rim", "handle", "base"]] * 3
+    nan = [np.nan] * 3
+    # Row k is keypoint pnames{k} of that instance: a missing one is NaN in its own row (not
+    # zero-filled, not closed up so that the next keypoint slides into its place).
+    assert np.array_equal(models[0].keypoints, [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]], equal_nan=True)
+    assert np.array_equal(models[1].keypoints, [nan, [-0.4, -0.5, -0.6], nan], equal_nan=True)
+    assert np.array_equal(models[2].keypoints, [[1.0, 2.0, 3.0], nan, [7.0, 8.0, 9.0]], equal_nan=True)
+    assert all(np.array_equal(m.faces, [[0, 1, 2]]) for m in models)
+
+
+def _cell_2x3():
+    cell = np.empty((2, 3), dtype=object)
+    for r in range(2):
+        for c in range(3):
+            cell[r, c] = f"r{r}c{c}" if (r + c) % 2 else np.array([[10.0 * r + c, -1.0]])  # strings and arrays
+    return cell
+
+
+def _check_cell(got, ref):
+    # The normal form's list is MATLAB's linear order c{:}: element (r, c) at r + c * rows.
+    rows, cols = ref.shape
+    assert isinstance(got, list) and len(got) == rows * cols
+    for r in range(rows):
+        for c in range(cols):
+            want = ref[r, c]
+            item = got[r + c * rows]
+            if isinstance(want, str):
+                assert isinstance(item, str) and item == want, (r, c, item)
+            else:
+                assert isinstance(item, np.ndarray) and np.array_equal(item, np.squeeze(want)), (r, c, item)
+
+
+def test_v5_2d_cell_array_elements_keep_their_matlab_row_and_column(tmp_path):
+    scipy.io.savemat(str(tmp_path / "c.mat"), {"c": _cell_2x3()})
+    ref = scipy.io.loadmat(str(tmp_path / "c.mat"), chars_as_strings=True)["c"]  # the independent read
+    assert ref.shape == (2, 3)
+    ref = np.vectorize(lambda v: str(v[0]) if v.dtype.kind == "U" else v, otypes=[object])(ref)
+    _check_cell(load_mat(tmp_path / "c.mat")["c"], ref)
+
+
+def test_v73_2d_cell_array_reads_in_the_same_order_as_v5(tmp_path):
+    import h5py
+
+    # MATLAB's v7.3 layout, written by hand: HDF5 dimensions are MATLAB's reversed, so the
+    # 2 x 3 cell is a 3 x 2 dataset of references whose element [c, r] is cell (r, c).
+    cell = _cell_2x3()
+    path = tmp_path / "c.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        table = np.empty((3, 2), dtype=h5py.ref_dtype)
+        for r in range(2):
+            for c in range(3):
+                v = cell[r, c]
+                if isinstance(v, str):
+                    d = refs.create_dataset(f"e{r}{c}", data=np.array([[ord(ch)] for ch in v], dtype=np.uint16))
+                    d.attrs["MATLAB_class"] = np.bytes_("char")
+                else:
+                    d = refs.create_dataset(f"e{r}{c}", data=v.T)
+                    d.attrs["MATLAB_class"] = np.bytes_("double")
+                table[c, r] = d.ref
+        d = f.create_dataset("c", data=table)
+        d.attrs["MATLAB_class"] = np.bytes_("cell")
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file".ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02IM")
+    _check_cell(load_mat(path)["c"], cell)
+    scipy.io.savemat(str(tmp_path / "v5.mat"), {"c": cell})
+    v5 = load_mat(tmp_path / "v5.mat")["c"]
+    v73 = load_mat(path)["c"]
+    assert all(a == b if isinstance(a, str) else np.array_equal(a, b) for a, b in zip(v5, v73))

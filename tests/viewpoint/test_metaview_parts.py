@@ -81,3 +81,28 @@ def test_predict_reads_depth_and_canon_at_the_heatmap_peak():
             assert torch.allclose(p.depth[i, k], maps[k, i, 1, r, c])
             assert torch.allclose(p.canon[i, k], maps[k, i, 2:, r, c])
             assert torch.allclose(p.kp2d[i, k], torch.tensor([(c + 0.5) / 8 - 0.5, (r + 0.5) / 8 - 0.5]))
+
+
+def test_adaptation_outside_meta_training_returns_params_cut_from_the_meta_parameters():
+    # At evaluation (eval mode, or under no_grad) adapt's result is plain data: no graph kept
+    # alive per adapted category, and nothing a later backward could push into theta, the trunk
+    # or the (learned) step sizes.
+    torch.manual_seed(0)
+    m = MetaView(build_trunk("small"), KeypointHead(64, 4), inner_lr=0.05, inner_lr_3d=0.01, steps=1, learn_inner_lr=True)
+    b = _batch(4, 3)
+    for mode, context in (("eval", torch.enable_grad), ("train", torch.no_grad)):
+        m.train(mode == "train")
+        with context():
+            feats = m.trunk(b["images"])
+            adapted = m.adapt(feats, b, steps=2)
+        plain = [not p.requires_grad and p.grad_fn is None for p in adapted.values()]
+        m.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            # A caller's loss on the adapted copies' output (e.g. a training loop's meta-step that
+            # also scores an evaluation): with cut params it has nothing to backpropagate into.
+            out = m.head_forward(adapted, feats.detach())
+            if out.requires_grad:
+                out.square().sum().backward()
+        leaked = [n for n, p in m.named_parameters() if p.grad is not None]
+        assert leaked == [], (mode, leaked)  # theta, trunk and step sizes untouched
+        assert all(plain), mode  # and no graph is kept alive with the result

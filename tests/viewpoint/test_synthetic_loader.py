@@ -263,3 +263,114 @@ def test_novel_categories_stay_out_of_training_when_the_base_image_sets_hold_the
     split = make_split(base, novel, SMALL.novel_names(), 1, 5, 0)
     assert set(split.train + split.val).isdisjoint(SMALL.novel_names())
     assert split.test == SMALL.novel_names() and sorted(split.train + split.val) == SMALL.category_names()[:4]
+
+
+def test_crop_puts_a_marked_pixel_exactly_where_its_keypoint_maps():
+    # Box 80 x 40 -> side 120, crop size 60: 2 image pixels per crop pixel, and the crop's
+    # pixel centres fall on whole image pixels, so the bilinear read copies pixels exactly.
+    img = np.zeros((100, 120, 3), np.uint8)
+    img[30, 40] = (10, 20, 250)  # annotation pixel (41, 31), 1-based
+    crop, center, side = crop_object(img, np.array([20.0, 30, 100, 70]), 60)
+    assert center.tolist() == [60.0, 50.0] and side == 120.0
+    q = (np.array([41.0, 31.0]) - center) / side  # the documented keypoint mapping
+    assert q.tolist() == [-19 / 120, -19 / 120]
+    col, row = (q + 0.5) * 60 - 0.5  # crop pixel (i) has its centre at (i + 0.5) / size - 0.5
+    assert (col, row) == (20.0, 20.0)
+    assert crop[20, 20].tolist() == [10, 20, 250]
+    assert np.count_nonzero(crop.any(-1)) == 1  # and nowhere else: no one-pixel smear or shift
+
+
+def test_crop_samples_the_image_where_the_keypoint_mapping_says_at_any_scale():
+    # Float image whose channels hold each pixel's own 0-based (x, y): bilinear reads of it are
+    # exact, so every crop pixel says which image point it was read from.
+    y, x = np.mgrid[0:120, 0:140].astype(np.float32)
+    ramp = np.dstack([x, y, np.zeros_like(x)])
+    bbox = np.array([43.3, 51.7, 81.9, 78.2])
+    crop, center, side = crop_object(ramp, bbox, 37)
+    assert np.allclose(center, [62.6, 64.95]) and np.isclose(side, 1.5 * 38.6)
+    # Crop pixel i's centre is normalised (i + 0.5) / 37 - 0.5, i.e. 1-based image point
+    # centre + side * that, i.e. array position (1-based) - 1; in float64, by hand.
+    i = np.arange(37, dtype=np.float64)
+    expect_x = 62.6 + side * ((i + 0.5) / 37 - 0.5) - 1.0
+    expect_y = 64.95 + side * ((i + 0.5) / 37 - 0.5) - 1.0
+    assert np.abs(crop[..., 0] - expect_x[None, :]).max() < 0.02
+    assert np.abs(crop[..., 1] - expect_y[:, None]).max() < 0.02
+
+
+def test_category_crops_hold_each_keypoints_pixel_at_its_kp2d(tmp_path):
+    import cv2
+
+    anchors = {"a": {"location": np.array([41.0, 31.0]), "status": 1.0}, "b": {"location": np.array([81.0, 61.0]), "status": 1.0}}
+    root = _folder(tmp_path, [_obj(bbox=np.array([20.0, 30, 100, 70]), anchors=anchors)])
+    img = np.zeros((100, 120, 3), np.uint8)
+    img[30, 40] = (0, 0, 255)  # keypoint a, BGR
+    img[60, 80] = (0, 255, 0)  # keypoint b
+    cv2.imwrite(str(root / "Images" / "im0.png"), img)
+    ds = ObjectNet3D(root, ["train"])
+    data = CategoryData.build(ds, "mug", ds.items, 60)
+    # (location - box centre (60, 50)) / side 120, by hand.
+    assert data.kp2d[0].tolist() == [[np.float32(-19 / 120)] * 2, [np.float32(21 / 120), np.float32(11 / 120)]]
+    assert data.visible[0].tolist() == [True, True]
+    crop = data.raw_crops[0]
+    for (u, v), color in zip(data.kp2d[0].double().numpy(), [(0, 0, 255), (0, 255, 0)]):
+        col, row = (u + 0.5) * 60 - 0.5, (v + 0.5) * 60 - 0.5  # a whole crop pixel (to float32 rounding)
+        assert abs(col - round(col)) < 1e-5 and abs(row - round(row)) < 1e-5
+        assert crop[round(row), round(col)].tolist() == list(color)
+    assert np.count_nonzero(crop.any(-1)) == 2
+
+
+def test_renderer_fills_exactly_the_projected_polygon():
+    from dropgrad_viewpoint.data.render import keypoint_visibility, render_mesh
+    from dropgrad_viewpoint.data.shapes import Mesh
+
+    # A 2 x 2 square in z = 0, seen straight down (R = I), 10 pixels per unit: its corners project,
+    # by hand, to 1-based pixels x = 32 -+ 10, y = 30 -+ 10, i.e. array columns 21..41, rows 19..39.
+    square = Mesh(np.array([[-1.0, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]]), np.array([[0, 1, 2], [0, 2, 3]]),
+                  np.zeros(2, np.int64), ["k"], np.array([[0.3, -0.4, 0.0]]))
+    cam = {"azimuth": 0.0, "elevation": 90.0, "theta": 0.0, "distance": 5.0, "focal": 1.0, "px": 32.0, "py": 30.0, "viewport": 50.0}
+    _, mask = render_mesh(np.zeros((64, 64, 3), np.uint8), square, np.array([[200.0, 200, 200]]), cam, np.random.default_rng(0))
+    expected = np.zeros((64, 64), bool)
+    expected[19:40, 21:42] = True
+    assert np.array_equal(mask > 0, expected)
+    # Keypoints count as in the image between its outer pixel edges, 1-based 0.5 .. size + 0.5.
+    # 8 pixels per unit: x = -3.94, -3.9375, 4.0625, 4.07 project to u = 0.48, 0.5, 64.5, 64.56.
+    edge = Mesh(square.vertices, square.faces, square.face_part, list("abcd"),
+                np.array([[-3.94, 0, 0], [-3.9375, 0, 0], [4.0625, 0, 0], [4.07, 0, 0]]))
+    assert keypoint_visibility(edge, {**cam, "viewport": 40.0}, 64).tolist() == [False, True, True, False]
+
+
+def test_synthetic_boxes_enclose_the_rendered_object_to_half_a_pixel(small_synthetic):
+    # The box is the rendered mask's extent in 1-based pixels; the mask fills the projected
+    # mesh, so each box side is the projected vertices' extreme, rounded to a pixel centre.
+    ds = ObjectNet3D(small_synthetic, ["train", "val"])
+    errors = []
+    for it in ds.items:
+        vp = it.ann.viewpoint
+        cad = ds.cad(it.ann.cls)[it.ann.cad_index - 1]
+        uv, _ = project_points(cad.vertices, vp.azimuth, vp.elevation, vp.theta, vp.distance, vp.focal, vp.px, vp.py, vp.viewport)
+        extreme = np.clip([uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()], 1, SMALL.image_size)
+        errors.append(it.ann.bbox - extreme)
+    errors = np.array(errors)
+    assert np.abs(errors).max() < 0.75 and np.abs(errors.mean(0)).max() < 0.15, (errors.min(0), errors.max(0))
+
+
+def test_keypoints_missing_from_the_objects_cad_model_are_masked_not_zero_targets(tmp_path):
+    from .conftest import write_matlab_cad
+
+    anchors = {n: {"location": np.array(loc), "status": 1.0} for n, loc in (("a", [10.0, 12]), ("b", [20.0, 18]), ("c", [15.0, 25]))}
+    root = _folder(tmp_path, [_obj(anchors=anchors, cad_index=2.0), _obj(anchors=anchors, cad_index=1.0)])
+    tri = {"vertices": np.eye(3), "faces": np.array([[1.0, 2, 3]])}
+    write_matlab_cad(root / "CAD" / "mug.mat", "mug", [
+        {**tri, "keypoints": {"a": [0.1, 0.0, 0.0], "b": [0.0, 0.1, 0.0], "c": [0.0, 0.0, 0.1]}},
+        {**tri, "keypoints": {"a": [0.2, 0.0, 0.0], "b": None, "c": [0.0, 0.0, 0.3]}},
+    ])
+    _with_images(root)
+    ds = ObjectNet3D(root, ["train"])
+    data = CategoryData.build(ds, "mug", ds.items, 32)
+    assert data.names == ["a", "b", "c"]
+    # Object 0 uses CAD model 2, which lacks b: b is no target at all (annotated visible or not).
+    assert data.canon_valid.tolist() == [[True, False, True], [True, True, True]]
+    assert data.visible.tolist() == [[True, False, True], [True, True, True]]
+    assert torch.equal(data.canon[0], torch.tensor([[0.2, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.3]]))
+    assert torch.equal(data.canon[1], torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.1]]))
+    assert torch.isfinite(data.canon).all() and torch.isfinite(data.depth).all()

@@ -78,7 +78,8 @@ def _h5_value(f: Any, node: Any) -> Any:
         return "" if mclass == "char" else np.zeros((0,))
     data = node[()]
     if mclass == "cell":
-        return [_h5_value(f, f[r]) for r in np.asarray(data).T.reshape(-1)]
+        # MATLAB orientation, then its linear (column-major) order, as the v5 reader lists cells.
+        return [_h5_value(f, f[r]) for r in np.asarray(data).T.reshape(-1, order="F")]
     if mclass == "char":
         codes = np.asarray(data).T  # MATLAB column-major -> rows of characters
         rows = ["".join(chr(c) for c in row) for row in np.atleast_2d(codes)]

@@ -173,7 +173,7 @@ class CategoryData:
     Attributes:
         images: of shape ``(N, 3, S, S)``, ImageNet-normalised.
         kp2d: of shape ``(N, K, 2)``: keypoints in normalised crop coordinates (x right, y down).
-        visible: of shape ``(N, K)``: annotated visible and inside the crop.
+        visible: of shape ``(N, K)``: annotated visible, inside the crop and defined on the object's CAD model.
         depth: of shape ``(N, K)``: ``(R X)_z`` in the crop's units (weak perspective scale).
         depth_valid: of shape ``(N, K)``: the depth is known (false for all of an object whose
             annotation has no distance and too few keypoints to fit the scale).
