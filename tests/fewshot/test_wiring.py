@@ -88,6 +88,31 @@ def test_glyph_dataset_follows_its_seed():
     assert not np.array_equal(a.character(1), b.character(1))
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_glyph_rotations_and_shifts_reach_the_data(cached, tmp_path):
+    from dropgrad_fewshot import run
+    from dropgrad_fewshot.data.cache import build_cache
+
+    def split(rotations=None, augment=False):
+        cache = None
+        if cached:
+            cache = tmp_path / str(bool(rotations))
+            if not cache.exists():
+                build_cache("glyphs", "val", None, 28, cache, rotations=bool(rotations))
+        return run.load_split(tiny(rotations=rotations, augment=augment, cache=cache and str(cache)), "val",
+                              augment=augment)
+
+    def first(ds, c):
+        return int(np.flatnonzero(ds.labels == c)[0])
+
+    plain, rotated = split(), split(rotations=True)
+    assert (plain.n_classes, rotated.n_classes) == (400, 1600)
+    k, r = 7, 3  # class 4k + r is character k turned by r quarter turns
+    assert torch.equal(rotated.load(first(rotated, 4 * k + r)), torch.rot90(plain.load(first(plain, k)), r, dims=(1, 2)))
+    shifted, i = split(augment=True), first(plain, k)
+    assert any(not torch.equal(shifted.load(i, (j,)), plain.load(i)) for j in range(8))  # shifts of up to 2 px
+
+
 def test_conv4_groups_name_their_block():
     groups = dropgrad_groups("conv4")
     assert all(groups[f"conv{i}"] == (f"block{i}.*",) for i in range(1, 5))

@@ -57,9 +57,9 @@ class FewShotConfig:
     first_order: bool = field(default=False, metadata={"help": "first-order approximation (no second derivatives)"})
     backbone: Literal["conv4", "conv4-48", "resnet10", "resnet18"] = field(default="conv4", metadata={"help": "network (ResNets: CloserLook variant; conv4-48: MAML++'s 48-filter Conv4)"})
     image_size: int | None = field(default=None, metadata={"help": "input size in pixels (default: 28 for glyphs/omniglot, 84 for Conv4 and 224 for ResNets on RGB sets)"})
-    augment: bool = field(default=False, metadata={"help": "training-time augmentation (random resized crop, colour jitter, flip) on RGB sets"})
+    augment: bool = field(default=False, metadata={"help": "training-time augmentation: random resized crop, colour jitter and flip on RGB sets; shifts of up to 2 px on glyphs/omniglot"})
     omniglot_protocol: Literal["maml", "background"] = field(default="maml", metadata={"help": "omniglot split: maml (1200/423 characters, as Finn et al.) or background (images_background / images_evaluation)"})
-    rotations: bool | None = field(default=None, metadata={"help": "omniglot: rotations by 90 degrees are new classes (default: on for the maml protocol, off for background)"})
+    rotations: bool | None = field(default=None, metadata={"help": "glyphs, omniglot: rotations by 90 degrees are new classes (default: on for omniglot's maml protocol, off otherwise)"})
     way: int = field(default=5, metadata={"help": "classes per task (N-way)"})
     shot: int = field(default=1, metadata={"help": "support images per class (K-shot)"})
     query: int = field(default=16, metadata={"help": "query images per class in training tasks"})
@@ -165,8 +165,6 @@ class FewShotConfig:
                 "--compile applies to first-order steps unless --compile-second-order is given: add --first-order, "
                 "--compile-second-order, or with --method mamlpp --first-order-epochs N; or drop --compile"
             )
-        if self.dataset in ("glyphs", "omniglot") and self.augment:
-            raise ValueError("--augment applies to the RGB data sets (miniimagenet, cub); glyphs/omniglot use rotations")
         if self.dataset != "glyphs" and self.data_root is None and self.cache is None:
             raise ValueError(f"--dataset {self.dataset} needs --data-root (the folder holding the data set) or --cache (a folder of episode caches)")
         other = self.test_dataset not in (None, self.dataset, "glyphs")

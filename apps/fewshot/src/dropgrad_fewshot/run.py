@@ -87,6 +87,8 @@ def _dataset(cfg: FewShotConfig, name: str, root: str | None, split: str, augmen
     options: dict[str, Any] = {}
     if name == "omniglot":
         options = {"protocol": cfg.omniglot_protocol, "rotations": cfg.rotations}
+    elif name == "glyphs":
+        options = {"rotations": bool(cfg.rotations)}
     channels = 1 if name in ("glyphs", "omniglot") else 3
     if channels != cfg.channels:
         raise ValueError(
