@@ -118,7 +118,7 @@ def test_user_errors_exit_2_with_one_message(tmp_path, capsys, args, message):
 
 def test_missing_otb_message_points_to_synthetic(tmp_path, capsys):
     code, _, err = _run(["--dataset", "OTB2015", "--root", str(tmp_path / "nowhere"), "--results", "x", "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "groundtruth_rect.txt" in err and "--dataset synthetic runs without any data" in err
+    assert code == 2 and "groundtruth_rect.txt" in err and "track-eval --dataset synthetic, track-train --source synthetic" in err
 
 
 def test_console_script_help():

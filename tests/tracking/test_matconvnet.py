@@ -129,6 +129,11 @@ def test_wrong_stride_missing_weights_and_bad_files(tmp_path):
     junk.write_bytes(b"not a mat file at all" * 20)
     with pytest.raises(MatConvNetError, match="junk.mat"):
         read_matconvnet_convs(junk)
+    for size in (0, 3):  # what a failed download leaves: scipy raises MatReadError, not ValueError
+        short = tmp_path / f"short{size}.mat"
+        short.write_bytes(b"abc"[:size])
+        with pytest.raises(MatConvNetError, match=f"short{size}.mat: not a readable MATLAB .mat file"):
+            read_matconvnet_convs(short)
     with pytest.raises(MatConvNetError, match="no such file"):
         read_matconvnet_convs(tmp_path / "absent.mat")
 

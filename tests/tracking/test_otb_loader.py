@@ -14,7 +14,7 @@ from dropgrad_tracking.data import (
     load_otb_json,
     read_box_file,
 )
-from dropgrad_tracking.data.otb import FRAME_RANGES, attribute_code, parse_attributes, read_attr_list
+from dropgrad_tracking.data.otb import FRAME_RANGES, attribute_code, parse_attributes, read_attr_list, select_sequences
 
 # Frame ranges of OTB2015 (the OTB toolkit's sequence configuration).
 RANGES = {
@@ -134,6 +134,14 @@ def test_any_spelling_selects_folders_outside_otb_too(tmp_path):
     assert list(load_otb_folders(tmp_path, iter(["synthetic_02"]))) == ["Synthetic-02"]
     with pytest.raises(OTBDataError, match=r"no sequence named 'Synthetic-99'; it has 2 sequences"):
         load_otb_folders(tmp_path, ["Synthetic-99"])
+
+
+def test_an_unknown_name_is_answered_with_how_the_names_are_spelled():
+    found = {f"Synthetic-{i:02d}": None for i in range(1, 9)}
+    with pytest.raises(OTBDataError, match=r"no sequence named 'synthetic-1'; it has 8 sequences \(did you mean 'Synthetic-01'\?\)"):
+        select_sequences(found, ["synthetic-1"], "synthetic set")
+    with pytest.raises(OTBDataError, match=r"no sequence named 'Basketball'; it has 8 sequences, e.g. Synthetic-01, Synthetic-02, Synthetic-03$"):
+        select_sequences(found, ["Basketball"], "synthetic set")
 
 
 def test_wrong_box_count_and_missing_frames_are_errors_naming_the_file(tmp_path):

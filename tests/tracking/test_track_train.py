@@ -144,6 +144,7 @@ def test_config_file_and_options(tmp_path, capsys):
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--epochs", "1", "--dropgrad-schedule", "linear"], "--dropgrad-schedule linear needs --epochs >= 2"),
         (["--sequences", "Synthetic-99"], "no sequence named 'Synthetic-99'"),
+        (["--source", "otb", "--root", "no-such-folder"], "track-train --source synthetic"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, args, message):

@@ -23,6 +23,7 @@ image names relative to the data root and attributes as full names ("Scale Varia
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -78,6 +79,8 @@ FRAME_RANGES: dict[str, tuple[int, int]] = {
     "Diving": (1, 215),
 }
 
+# Both console scripts read OTB through here; each names its own option for the synthetic set.
+NO_DATA_HINT = "the synthetic set needs no data (track-eval --dataset synthetic, track-train --source synthetic)"
 _FULL_NAMES = {re.sub(r"[^a-z]", "", v.lower()): k for k, v in ATTRIBUTES.items()}
 _FRAME_FILE = re.compile(r"^(\d+)\.(jpe?g|png|bmp)$", re.IGNORECASE)
 _GT_FILE = re.compile(r"^groundtruth_rect(?:\.(\d+))?\.txt$")
@@ -147,7 +150,12 @@ def select_sequences(
             selected[key] = found[key]
     if missing:
         count = len(found) if total is None else total
-        raise OTBDataError(f"{source}: no sequence named {', '.join(map(repr, missing))}; it has {count} sequences")
+        hint = ""
+        if total is None and found:  # found is the whole source: show how its names are spelled
+            lower = {k.lower(): k for k in found}
+            close = difflib.get_close_matches(missing[0].lower(), list(lower), n=1, cutoff=0.6)
+            hint = f" (did you mean {lower[close[0]]!r}?)" if close else f", e.g. {', '.join(list(found)[:3])}"
+        raise OTBDataError(f"{source}: no sequence named {', '.join(map(repr, missing))}; it has {count} sequences{hint}")
     return selected
 
 
@@ -303,8 +311,7 @@ def load_otb_folders(root: str | os.PathLike[str], names: Iterable[str] | None =
     if not total:
         raise OTBDataError(
             f"--root {base}: no OTB sequence folders found (expected <root>/<Video>/img/0001.jpg and "
-            f"<root>/<Video>/groundtruth_rect.txt, or give --annotations OTB100.json); --dataset synthetic runs "
-            f"without any data"
+            f"<root>/<Video>/groundtruth_rect.txt, or give --annotations OTB100.json); {NO_DATA_HINT}"
         )
     return select_sequences(dict(sorted(sequences.items())), names, str(base), total)
 
@@ -331,7 +338,7 @@ def load_otb(
 
     Raises:
         OTBDataError: neither source is usable; the message says where OTB2015 was looked for,
-            the layout expected, and that ``--dataset synthetic`` needs no data.
+            the layout expected, and how to run on the synthetic set, which needs no data.
     """
     if annotations is not None:
         return load_otb_json(annotations, root, names)
@@ -341,6 +348,6 @@ def load_otb(
     raise OTBDataError(
         f"OTB2015 not found: {where}. Expected --root DIR holding the raw OTB folders "
         f"(DIR/<Video>/img/0001.jpg and DIR/<Video>/groundtruth_rect.txt), or --annotations OTB100.json "
-        f"(pysot format; images under --root). --dataset synthetic runs without any data."
+        f"(pysot format; images under --root). {NO_DATA_HINT}."
     )
 

@@ -54,7 +54,7 @@ def _load_layers(path: Path) -> list[Any]:
             f"{path}: a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it in MATLAB with "
             f"save(..., '-v7') or use MatConvNet's own imagenet-vgg-m.mat"
         ) from err
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, scipy.io.matlab.MatReadError) as err:  # MatReadError: empty or truncated
         raise MatConvNetError(f"{path}: not a readable MATLAB .mat file ({err})") from err
     layers = mat.get("layers")
     if layers is None and "net" in mat:
