@@ -43,11 +43,19 @@ def test_train_writes_a_complete_run(tiny_run):
     assert split["test"] == ["shape04", "shape05"] and len(split["val"]) == 1 and len(split["train"]) == 3
 
 
-def test_eval_reproduces_the_training_run_evaluation(tiny_run, small_synthetic):
-    before = json.loads((tiny_run / "results.json").read_text())
+def test_eval_reproduces_the_training_run_evaluation_without_overwriting_it(tiny_run, small_synthetic):
+    before = (tiny_run / "results.json").read_text()
     assert main_eval([str(tiny_run), "--draws", "3"]) == 0
-    after = json.loads((tiny_run / "results.json").read_text())
+    assert (tiny_run / "results.json").read_text() == before  # best_epoch and all
+    shots = json.loads(before)["shots"]
+    after = json.loads((tiny_run / f"eval_best_{shots}shot_{json.loads(before)['eval_steps']}step_3draw.json").read_text())
+    before = json.loads(before)
     assert after["pooled"] == before["pooled"] and after["categories"] == before["categories"]
+    assert main_eval([str(tiny_run), "--draws", "1", "--shots", "2", "--checkpoint", "last"]) == 0
+    other = tiny_run / f"eval_last_2shot_{before['eval_steps']}step_1draw"
+    assert json.loads(other.with_suffix(".json").read_text())["shots"] == 2
+    assert other.with_name(other.name + "_examples.png").is_file()
+    assert json.loads((tiny_run / "results.json").read_text()) == before
 
 
 def test_resume_of_a_finished_run_keeps_its_results(tiny_run, tmp_path):

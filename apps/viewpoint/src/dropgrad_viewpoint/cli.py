@@ -68,8 +68,9 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="viewpoint-eval",
         description="For each test category, adapt the run's model on K-shot support draws and score the other "
-        "objects; writes RUN_DIR/results.json (per-category and pooled Acc30/MedErr, mean ± std over draws) "
-        "and RUN_DIR/examples.png.",
+        "objects; writes RUN_DIR/eval_<checkpoint>_<K>shot_<N>step_<D>draw.json (per-category and pooled "
+        "Acc30/MedErr, mean ± std over draws) and the same name with _examples.png; the training run's "
+        "results.json is left as it is.",
     )
     parser.add_argument("run_dir", type=Path, help="a run directory written by viewpoint-train")
     parser.add_argument("--draws", type=int, default=10, help="random K-shot support draws per category (default: 10)")
@@ -80,7 +81,7 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the run's --threads)")
     args = parser.parse_args(argv)
-    from .pipeline import apply_threads, build_model, load_data, run_evaluation
+    from .pipeline import apply_threads, build_model, evaluation_name, load_data, run_evaluation
 
     try:
         changes = {k: v for k, v in (("shots", args.shots), ("eval_steps", args.steps), ("data_root", args.data_root),
@@ -96,8 +97,10 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         apply_threads(cfg.threads)
         data = load_data(cfg, log=lambda line: print(line, file=sys.stderr))
         model = build_model(cfg).to(device)
+        name = evaluation_name(cfg, args.draws, args.checkpoint)
         results = run_evaluation(model, cfg, args.run_dir, data, device, args.draws, args.checkpoint,
-                                 log=lambda line: print(line, file=sys.stderr))
+                                 log=lambda line: print(line, file=sys.stderr), name=name)
+        print(f"wrote {args.run_dir / (name + '.json')}", file=sys.stderr)
     except _USER_ERRORS as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(json.dumps(results["pooled"], sort_keys=True))

@@ -164,9 +164,21 @@ def run(
     return results
 
 
+def evaluation_name(cfg: ViewpointConfig, draws: int, checkpoint: str) -> str:
+    """The stem of ``viewpoint-eval``'s files: every setting that changes its numbers, so one
+    evaluation never overwrites another or the training run's ``results.json``.
+
+    >>> evaluation_name(ViewpointConfig(shots=10, eval_steps=5), 10, "best")
+    'eval_best_10shot_5step_10draw'
+    """
+    return f"eval_{checkpoint}_{cfg.shots}shot_{cfg.eval_steps}step_{draws}draw"
+
+
 def run_evaluation(model: MetaView, cfg: ViewpointConfig, out: Path, data: ViewpointData, device: torch.device,
-                   draws: int, checkpoint: str = "best", log: Callable[[str], object] = print) -> dict:
-    """Load the run's checkpoint, evaluate on the test categories, write results.json and examples.png."""
+                   draws: int, checkpoint: str = "best", log: Callable[[str], object] = print,
+                   name: str = "results") -> dict:
+    """Load the run's checkpoint, evaluate on the test categories, write ``<name>.json`` and the
+    example crops (``examples.png`` for the training run's ``results``, else ``<name>_examples.png``)."""
     if checkpoint == "best":
         info = load_best_model(out, model, map_location=device)
     else:
@@ -188,8 +200,9 @@ def run_evaluation(model: MetaView, cfg: ViewpointConfig, out: Path, data: Viewp
         "checkpoint": checkpoint, "checkpoint_epoch": info.get("epoch"), "device": str(device),
         "test_categories": list(data.test),
     }
-    write_json(out / "results.json", results, sort_keys=True)
-    plot_examples(model, data.test, cfg.shots, cfg.eval_steps, seed, device, out / "examples.png")
+    write_json(out / f"{name}.json", results, sort_keys=True)
+    examples = "examples.png" if name == "results" else f"{name}_examples.png"
+    plot_examples(model, data.test, cfg.shots, cfg.eval_steps, seed, device, out / examples)
     p = adapted["pooled"]
     log(f"test ({len(data.test)} categories, {cfg.shots}-shot, {draws} draws): Acc30 {p['acc30']:.2f} ± {p['acc30_std']:.2f}% "
         f"MedErr {p['mederr']:.2f} ± {p['mederr_std']:.2f} deg; unadapted Acc30 {unadapted['pooled']['acc30']:.2f}%")
