@@ -50,6 +50,23 @@ def reduce(ctx: DistributedContext, out: str) -> None:
     metrics = ctx.all_reduce_gradients(
         [*model.parameters(), unused], metrics={"loss": float(ctx.rank + 1)}, buffers=list(model.buffers())
     )
+    # A module each rank initialised differently (its seed, a buffer): broadcast_module gives
+    # every rank rank 0's parameters and buffers.
+    torch.manual_seed(ctx.rank_seed(0))
+    other = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    other[1].running_mean.add_(ctx.rank + 1)
+    ctx.broadcast_module(other)
+    # No meta_batch_shard since the last reduction: weight 1 / world_size. float64 gradients
+    # that float32 would round to 1, and no integer buffer to make the buffer float64 anyway.
+    fine = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    fine.grad = torch.full((3,), 1 + 1e-10 * (ctx.rank + 1), dtype=torch.float64)
+    plain = ctx.all_reduce_gradients([fine], metrics={"m": float(ctx.rank)})
+    # Explicit weights; a rank with weight 0 (no tasks) may hold NaN metrics, which count as 0.
+    explicit = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    explicit.grad = torch.full((2,), float(ctx.rank + 1), dtype=torch.float64)
+    weighted = ctx.all_reduce_gradients(
+        [explicit], metrics={"loss": float("nan") if ctx.rank else 2.0}, weight=0.0 if ctx.rank else 1.0
+    )
     votes = ctx.all_gather_object(ctx.rank * 10)
     value = ctx.broadcast_object({"v": ctx.rank})
     ctx.barrier()
@@ -69,6 +86,11 @@ def reduce(ctx: DistributedContext, out: str) -> None:
             "votes": votes,
             "value": value,
             "agreed": agreed,
+            "broadcast": {**dict(other.named_parameters()), **dict(other.named_buffers())},
+            "fine": fine.grad,
+            "plain": plain,
+            "explicit": explicit.grad,
+            "weighted": weighted,
         },
         f"{out}.rank{ctx.rank}.pt",
     )

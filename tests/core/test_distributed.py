@@ -129,6 +129,27 @@ def test_all_reduce_of_two_gloo_processes_equals_the_single_process_mean(two_ran
     assert other["agreed"] == "own: bad input on rank 1"
 
 
+def test_broadcasts_and_reductions_without_a_shard_or_with_explicit_weights(two_ranks):
+    got = [torch.load(two_ranks / f"reduce.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # broadcast_module: rank 0's module (seed rank_seed(0) = 0, running_mean + 1) on both ranks.
+    torch.manual_seed(0)
+    want = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    want[1].running_mean.add_(1)
+    expected = {**dict(want.named_parameters()), **dict(want.named_buffers())}
+    for rank in (0, 1):
+        assert set(got[rank]["broadcast"]) == set(expected)
+        for name, value in expected.items():
+            assert torch.equal(got[rank]["broadcast"][name], value.detach()), (rank, name)
+    for rank in (0, 1):
+        # Default weight 1/2: the mean, in float64 (float32 would give exactly 1.0).
+        mean = 0.5 * (1 + 1e-10) + 0.5 * (1 + 2e-10)
+        assert float((got[rank]["fine"] - mean).abs().max()) < 1e-14
+        assert got[rank]["plain"] == {"m": pytest.approx(0.5)}
+        # Explicit weights 1 and 0: rank 0's values alone; rank 1's NaN metric does not count.
+        assert torch.equal(got[rank]["explicit"], torch.ones(2, dtype=torch.float64))
+        assert got[rank]["weighted"] == {"loss": 2.0}
+
+
 def _records(run: Path, event: str) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["event"] == event]

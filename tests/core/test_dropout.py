@@ -116,6 +116,10 @@ def test_mask_not_in_state_dict_and_dtype_follows_input():
     assert set(net.state_dict()) == {"0.weight", "0.bias"}
     out = net[1](torch.ones(2, 4, dtype=torch.float64))
     assert out.dtype == torch.float64
+    # A float32 mask on half-precision activations keeps them half (a .bfloat16() model's next
+    # layer would refuse float32 inputs).
+    out = net[1](torch.ones(2, 4, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.equal(out.float(), net[1].mask.expand(2, 4))
     copy.deepcopy(net)  # generator and mask survive copying (used to clone models)
 
 

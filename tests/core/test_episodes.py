@@ -62,6 +62,17 @@ def test_different_index_or_seed_gives_different_episodes():
     assert s.sample(0) != EpisodeSampler(labels, 5, 1, 5, seed=1).sample(0)
 
 
+def test_neighbouring_seeds_are_unrelated_streams():
+    # Apps give their train/val/test samplers nearby seeds: seed s + 1's episode i must not be
+    # seed s's episode i + 1 (as keying one generator on seed + index would make it).
+    labels = _labels(n_classes=20, per_class=10)
+    for seed in (0, 1, 7):
+        a = EpisodeSampler(labels, 5, 1, 5, seed=seed)
+        b = EpisodeSampler(labels, 5, 1, 5, seed=seed + 1)
+        for i in range(5):
+            assert a.sample(i + 1) != b.sample(i), (seed, i)
+
+
 def test_layout_disjointness_and_local_labels():
     labels = _labels(n_classes=12, per_class=20)
     s = EpisodeSampler(labels, n_way=5, n_shot=5, n_query=15)

@@ -548,3 +548,21 @@ def test_compiled_few_channel_convolutions_get_zero_channels_up_to_eight(monkeyp
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
     monkeypatch.setattr(folded, "_PAD_DEVICES", ())
     assert "pad" not in graphs_of(f, x, w)[1]
+
+
+@pytest.mark.parametrize(("channels", "padded"), [(3, 8), (10, 16), (17, 24), (16, 16)])
+def test_channel_padding_rounds_up_to_the_next_multiple_and_keeps_every_channel(monkeypatch, channels, padded):
+    # The padding rule itself, eagerly (the compiled test above sees 3 -> 8 only): channels past
+    # a multiple go up to the next one, never cut down (a negative pad would drop real channels).
+    from dropgrad import folded
+
+    monkeypatch.setattr(folded, "_PAD_DEVICES", ("cpu",))
+    monkeypatch.setattr(folded, "_compiling", lambda: True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T * N, channels, 5, 5, generator=g).bfloat16()
+    w = torch.randn(T, 4, channels, 3, 3, generator=g).bfloat16()
+    with compiled_forms(channel_multiple=8):
+        px, pw = folded._padded_channels(x, w, groups=1)
+    assert px.shape[1] == pw.shape[2] == padded
+    assert torch.equal(px[:, :channels], x) and torch.equal(pw[:, :, :channels], w)
+    assert not px[:, channels:].any() and not pw[:, :, channels:].any()

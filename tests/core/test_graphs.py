@@ -15,6 +15,7 @@ from dropgrad import (
     DropGrad,
     MAMLPlusPlus,
     MetaSGD,
+    Task,
 )
 from torch import nn
 
@@ -72,6 +73,7 @@ def eager_and_replayed_evaluation(learner, evaluation, tasks, tol):
     eager = learner.meta_loss(tasks, batched=evaluation.batched)
     out = evaluation(tasks)
     assert not out.loss.requires_grad and out.task_losses.shape == (tasks.n_tasks,)
+    assert not out.task_losses.requires_grad and not out.query_output.requires_grad  # no graph kept
     torch.testing.assert_close(out.task_losses, eager.task_losses.detach(), rtol=tol, atol=tol)
     torch.testing.assert_close(out.query_output, eager.query_output.detach(), rtol=tol, atol=tol)
     assert all(p.grad is None for p in learner.parameters())
@@ -105,6 +107,42 @@ def test_graph_state_changes_exactly_when_the_step_it_builds_does():
     plain = MAML(tiny_net(), steps=2, first_order=True)
     assert plain.graph_state() != plain.eval().graph_state()
     assert MAML(tiny_net(), steps=2).eval().graph_state() == plain.graph_state(), "order: training only"
+
+
+def test_the_graph_key_holds_what_the_recorded_step_reads_in_python():
+    # The key is plain Python and checked here on the CPU: a graph is reused only while the
+    # inputs' shapes and layouts, DropGrad's drawn strength, the learner's graph_state(), the
+    # batching and the meta-parameters stay the same (the GPU tests replay against it).
+    learner = MAMLPlusPlus(tiny_net(), steps=2, msl_epochs=2, dropgrad=DropGrad(0.2))
+    step = CapturedMetaStep(learner)
+    tasks = make_tasks(0, "cpu")
+    key = step._key(tasks)
+    assert step._key(make_tasks(1, "cpu")) == key, "new values in the same tensors: same graph"
+    cl = Task(tasks.support_x.contiguous(memory_format=torch.channels_last_3d), *tasks[1:])
+    assert cl.support_x.shape == tasks.support_x.shape and step._key(cl) != key, "layout"
+    assert step._key(make_tasks(0, "cpu", query=3)) != key, "shape"
+    learner.set_epoch(1)
+    assert step._key(tasks) != key, "multi-step loss weights (graph_state)"
+    learner.set_epoch(0)
+    learner.dropgrad.p = 0.3
+    assert step._key(tasks) != key, "DropGrad's constant strength"
+    learner.dropgrad.p = 0.2
+    assert step._key(tasks) == key
+    assert CapturedMetaStep(learner, batched=True)._key(tasks) != key, "batching"
+
+
+@pytest.mark.parametrize("cls", [CapturedMetaStep, CapturedEvaluation])
+def test_cpu_fallback_keeps_the_batched_setting(cls, monkeypatch):
+    learner = MAML(tiny_net().double(), steps=1)
+    if cls is CapturedEvaluation:
+        learner.eval()
+    seen = []
+    name = "meta_loss" if cls is CapturedEvaluation else "meta_backward"
+    real = getattr(learner, name)
+    monkeypatch.setattr(learner, name, lambda tasks, batched=False: seen.append(batched) or real(tasks, batched=batched))
+    for batched in (True, False):
+        cls(learner, batched=batched)(make_tasks(0, "cpu"))
+    assert seen == [True, False]
 
 
 def test_warmup_must_be_positive():

@@ -283,6 +283,12 @@ def test_eval_adaptation_keeps_no_graph_to_theta():
         out = learner(batch.query_x[0], params)
     assert out.grad_fn is None
     assert all(not torch.equal(params[k], v) for k, v in learner.initial_params().items())
+    # Gradients enabled (as adapt enables them itself): each step still starts from detached
+    # tensors, so nothing an evaluation keeps reaches theta (no graph held across the steps).
+    params = learner.adapt(batch.support_x[0], batch.support_y[0])[-1]
+    theta = list(learner.initial_params().values())
+    reach = torch.autograd.grad(sum(p.sum() for p in params.values()), theta, allow_unused=True)
+    assert all(g is None for g in reach)
 
 
 def test_adapt_selection():
@@ -414,6 +420,52 @@ def test_mamlpp_per_step_batchnorm():
     out = learner.functional_forward(learner.initial_params(), x, step=2)
     head = learner.model[3]
     assert torch.allclose(out, head(torch.zeros(4, 5)))
+
+
+@pytest.mark.parametrize("cls", [MAML, MetaSGD, MAMLPlusPlus])
+def test_the_first_inner_step_is_theta_minus_inner_lr_times_the_support_gradient(cls):
+    # MetaSGD's per-element and MAML++'s per-step rates start at inner_lr: the first step of
+    # each learner is plain SGD with it, checked against autograd on the model itself.
+    batch = tasks(n_tasks=1)
+    learner = cls(mlp(), inner_lr=0.05, steps=2)
+    x, y = batch.support_x[0], batch.support_y[0]
+    theta = dict(learner.model.named_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(learner.model(x), y), list(theta.values()))
+    first = learner.adapt(x, y)[0]
+    for (name, p), g in zip(theta.items(), grads):
+        torch.testing.assert_close(first[name], p - 0.05 * g, rtol=0, atol=1e-14)
+
+
+def test_mamlpp_after_the_multi_step_loss_scores_the_query_with_the_last_steps_batchnorm_row():
+    # Past msl_epochs only the final step's query loss counts, and it runs with step 2's row
+    # (weights, biases, running statistics), not step 0's: the rows are made to differ.
+    batch = tasks(n_tasks=2)
+    learner = MAMLPlusPlus(mlp("bn-tracked"), steps=3, msl_epochs=1)
+    _distinct_bn_rows(learner)
+    learner.set_epoch(1)
+    assert not learner._use_msl()
+    traj = learner.adapt(batch.support_x[0], batch.support_y[0])
+    last = F.cross_entropy(learner.functional_forward(traj[-1], batch.query_x[0], 2), batch.query_y[0])
+    first_row = F.cross_entropy(learner.functional_forward(traj[-1], batch.query_x[0], 0), batch.query_y[0])
+    loss, _ = learner.query_loss(traj, batch.query_x[0], batch.query_y[0])
+    torch.testing.assert_close(loss, last, rtol=0, atol=1e-14)
+    assert not torch.allclose(loss, first_row)
+
+
+@pytest.mark.parametrize("options", [{"vmap_norms": "native"}, {"vmap_norms": "decomposed"}, {"batch_with": "fold"}])
+def test_batched_evaluation_with_running_statistics_equals_the_loop(options):
+    # In eval mode BatchNorm reads its running statistics (no update): batched evaluation is
+    # allowed and normalises with them, mean and variance each in its place.
+    batch = tasks(n_tasks=3)
+    learner = MAML(mlp("bn-tracked"), inner_lr=0.3, steps=2, **options)
+    bn = learner.model[1]
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5]))
+        bn.running_var.copy_(torch.tensor([0.3, 2.0, 0.8, 1.2, 4.0]))
+    learner.eval()
+    loop, together = learner.meta_loss(batch), learner.meta_loss(batch, batched=True)
+    torch.testing.assert_close(together.query_output, loop.query_output, rtol=0, atol=1e-12)
+    torch.testing.assert_close(together.task_losses, loop.task_losses, rtol=0, atol=1e-12)
 
 
 def test_meta_output_accuracy_is_per_task():

@@ -48,6 +48,9 @@ def test_accepts_list_array_tensor():
     got = mean_ci95(t)
     assert got == pytest.approx(expected)
     assert all(type(x) is float for x in got)
+    # A float64 tensor keeps its precision (values float32 would round).
+    exact = [0.1, 0.2, 1 / 3, 2 / 3 + 1e-9]
+    assert mean_ci95(torch.tensor(exact, dtype=torch.float64)) == mean_ci95(exact)
 
 
 def test_single_value_has_zero_ci():

@@ -143,7 +143,16 @@ def layer_norm(
         y = y * weight
     if bias is not None:
         y = y + bias
+    if xf is not x and not _autocast_enabled(x.device.type):
+        y = y.to(x.dtype)  # as F.layer_norm outside autocast (under CUDA autocast it returns float32)
     return y
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
 
 
 class _DecomposedNorms(TorchFunctionMode):
