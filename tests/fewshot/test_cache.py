@@ -26,6 +26,7 @@ from dropgrad_fewshot.data import (
     open_cache,
     verify_cache,
 )
+from dropgrad_fewshot.data import build as build_mod
 from dropgrad_fewshot.data import cache as cache_mod
 from dropgrad_fewshot.data.device_augment import (
     PixelFormat,
@@ -60,7 +61,7 @@ def assert_same_items(cached, source, items):
         assert torch.equal(x, y), i
 
 
-@pytest.mark.parametrize("module", [cache_mod, cached_episodes, device_augment, cache_cli])
+@pytest.mark.parametrize("module", [cache_mod, cached_episodes, device_augment, build_mod])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -413,13 +414,13 @@ def test_tool_script_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------- fewshot-train --cache
 def test_train_with_cache_gives_the_same_run_as_without(tmp_path, capsys, monkeypatch, mini_cub):
     # CUB's 300 sample images as the data set; the file path needs check_sizes off for that.
-    monkeypatch.setattr(run, "build_dataset", functools.partial(build_dataset, check_sizes=False))
     tiny = ["--dataset", "cub", "--image-size", "32", "--way", "3", "--shot", "1", "--query", "2", "--test-query", "2",
             "--inner-steps", "1", "--meta-batch", "2", "--epochs", "2", "--episodes-per-epoch", "4",
             "--val-episodes", "4", "--test-episodes", "4", "--no-progress", "--device", "cpu"]
     assert cache_cli.main(["--dataset", "cub", "--data-root", str(mini_cub), "--image-size", "32", "--out",
                            str(tmp_path / "cache"), "--option", "check_sizes=false", "--no-progress"]) == 0
-    assert cli.train_main(["--out", str(tmp_path / "plain"), "--data-root", str(mini_cub), *tiny]) == 0
+    assert cli.train_main(["--out", str(tmp_path / "plain"), "--data-root", str(mini_cub), *tiny,
+                           "--data-options", "check_sizes=false"]) == 0
     # no --data-root: the cache is all the run needs
     assert cli.train_main(["--out", str(tmp_path / "cached"), "--cache", str(tmp_path / "cache"), *tiny]) == 0
 

@@ -113,6 +113,40 @@ def test_glyph_rotations_and_shifts_reach_the_data(cached, tmp_path):
     assert any(not torch.equal(shifted.load(i, (j,)), plain.load(i)) for j in range(8))  # shifts of up to 2 px
 
 
+def test_data_options_are_checked_and_their_paths_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = FewShotConfig(dataset="miniimagenet", data_root="m", data_options=["filelist_dir=lists", "check_sizes=False"],
+                        test_dataset="cub", test_data_root="c", test_data_options=["check_files=no"])
+    assert cfg.data_options == [f"filelist_dir={tmp_path / 'lists'}", "check_sizes=false"]
+    assert cfg.loader_options("miniimagenet") == {"filelist_dir": str(tmp_path / "lists"), "check_sizes": False}
+    assert cfg.loader_options("cub") == {"check_files": False}
+    assert FewShotConfig(dataset="miniimagenet", data_root="m", data_options=cfg.data_options[:1]).data_options == cfg.data_options[:1]
+    bad = [
+        (dict(data_options=["colour=red"]), "--data-options 'colour=red': expected KEY=VALUE with KEY one of"),
+        (dict(dataset="omniglot", data_root="o", data_options=["protocol=background"]), "protocol has its own option, --omniglot-protocol"),
+        (dict(dataset="cub", data_root="c", data_options=["check_sizes=false", "check_sizes=true"]), "check_sizes is given twice"),
+        (dict(dataset="cub", data_root="c", data_options=["check_sizes=maybe"]), "check_sizes must be true or false"),
+        (dict(test_data_options=["n_classes=3"]), "--test-data-options applies to a --test-dataset other than"),
+    ]
+    for changes, message in bad:
+        with pytest.raises(ValueError, match=message):
+            FewShotConfig(**changes)
+
+
+def test_data_options_reach_the_loader(monkeypatch):
+    from dropgrad_fewshot import run
+
+    seen = []
+    monkeypatch.setattr(run, "build_dataset", lambda name, split, **kw: seen.append((name, kw)))
+    cfg = tiny(dataset="miniimagenet", data_root="m", data_options=["layout=csv", "check_sizes=false"],
+               test_dataset="cub", test_data_root="c", test_data_options=["check_files=false"])
+    run.load_split(cfg, "train")
+    run.load_split(cfg, "test", test=True)
+    (train_name, train_kw), (test_name, test_kw) = seen
+    assert train_name == "miniimagenet" and train_kw["layout"] == "csv" and train_kw["check_sizes"] is False
+    assert test_name == "cub" and test_kw["check_files"] is False and "layout" not in test_kw
+
+
 def test_conv4_groups_name_their_block():
     groups = dropgrad_groups("conv4")
     assert all(groups[f"conv{i}"] == (f"block{i}.*",) for i in range(1, 5))

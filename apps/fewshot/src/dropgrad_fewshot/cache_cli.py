@@ -15,38 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS, DataError, build_cache, dataset_options, verify_cache
+from .data import DATASETS, DataError, build_cache, verify_cache
+from .data.build import parse_data_option as parse_option
 
 __all__ = ["cache_parser", "main", "parse_option"]
-
-
-def parse_option(dataset: str, text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` of a data-set option, typed by the option's default.
-
-    >>> parse_option("omniglot", "protocol=background")
-    ('protocol', 'background')
-    >>> parse_option("glyphs", "rotations=true"), parse_option("glyphs", "n_classes=50")
-    (('rotations', True), ('n_classes', 50))
-    """
-    key, sep, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    allowed = dataset_options(dataset)
-    if not sep or key not in allowed:
-        raise DataError(
-            f"--option {text!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed)) or '(none)'} for {dataset}"
-        )
-    default = allowed[key]
-    low = value.strip().lower()
-    if isinstance(default, bool) or (default is None and low in ("true", "false")):
-        if low not in ("true", "false", "1", "0", "yes", "no"):
-            raise DataError(f"--option {text!r}: {key} must be true or false")
-        return key, low in ("true", "1", "yes")
-    if isinstance(default, int) or (default is None and key in ("n_classes",)):
-        try:
-            return key, int(value)
-        except ValueError:
-            raise DataError(f"--option {text!r}: {key} must be an integer") from None
-    return key, value
 
 
 def cache_parser() -> argparse.ArgumentParser:

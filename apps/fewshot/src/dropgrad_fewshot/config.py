@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from dropgrad import check_p, check_schedule
+
+from .data.build import PATH_OPTIONS, parse_data_option
 
 __all__ = ["COMPILE_FORMS", "DATASET_DEFAULTS", "FewShotConfig", "resolve_defaults"]
 
@@ -50,6 +53,8 @@ class FewShotConfig:
     data_root: str | None = field(default=None, metadata={"path": True, "help": "folder of the data set (omniglot: the folder holding images_background/; miniimagenet: the image folder, or the ILSVRC folder for CloserLook filelists; cub: CUB_200_2011/)"})
     test_dataset: Dataset | None = field(default=None, metadata={"help": "data set of the final test (default: --dataset; cub after miniimagenet is the cross-domain protocol)"})
     test_data_root: str | None = field(default=None, metadata={"path": True, "help": "folder of --test-dataset (default: --data-root when --test-dataset is --dataset)"})
+    data_options: list[str] = field(default_factory=list, metadata={"help": "loader options of --dataset, comma-separated KEY=VALUE as fewshot-cache --option takes them, e.g. filelist_dir=DIR (CloserLook's base/val/novel.json outside --data-root), csv_dir=DIR, class_maps=FILE, layout=csv, check_sizes=false (a partial copy); see DATA.md"})
+    test_data_options: list[str] = field(default_factory=list, metadata={"help": "the same for a --test-dataset other than --dataset"})
     val_dataset: Dataset | None = field(default=None, metadata={"help": "data set whose val split selects the best model: --dataset (the default) or --test-dataset (CloserLook's cross-domain protocol validates on CUB's val classes)"})
     train_classes: Literal["base", "all"] = field(default="base", metadata={"help": "classes of --dataset meta-trained on: base (its train split) or all (train, val and test splits together: CloserLook's cross-domain protocol, all.json; needs --test-dataset and --val-dataset of another data set)"})
     cache: str | None = field(default=None, metadata={"path": True, "help": "folder of episode caches built by fewshot-cache / tools/build_episode_cache.py: train/val/test read decoded uint8 images from memory-mapped files and augment on the device (--data-root is then not needed)"})
@@ -108,6 +113,11 @@ class FewShotConfig:
                 value = getattr(self, option.replace("-", "_"))
                 raise ValueError(f"--{option} must be {expected}, got {value!r}")
 
+        self.data_options = self._checked_options(self.dataset, self.data_options, "--data-options")
+        if self.test_data_options:
+            if self.test_dataset in (None, self.dataset):
+                raise ValueError("--test-data-options applies to a --test-dataset other than --dataset; use --data-options")
+            self.test_data_options = self._checked_options(self.test_dataset, self.test_data_options, "--test-data-options")
         need(self.way >= 2, "way", ">= 2")
         need(self.shot >= 1, "shot", ">= 1")
         need(self.query >= 1, "query", ">= 1")
@@ -182,6 +192,29 @@ class FewShotConfig:
                                  "--val-dataset cub --test-dataset cub)")
             if self.cache is not None:
                 raise ValueError("--train-classes all reads the data set's files; it does not combine with --cache")
+
+    @staticmethod
+    def _checked_options(dataset: str, entries: list[str], option: str) -> list[str]:
+        """``entries`` checked against ``dataset``'s loader; folder and file options made absolute,
+        so ``fewshot-test`` and ``--config`` find them from any working directory."""
+        own = {"protocol": "--omniglot-protocol", "rotations": "--rotations"}
+        out, seen = [], set()
+        for text in entries:
+            key, value = parse_data_option(dataset, text, option)
+            if key in own:
+                raise ValueError(f"{option} {text!r}: {key} has its own option, {own[key]}")
+            if key in seen:
+                raise ValueError(f"{option}: {key} is given twice")
+            seen.add(key)
+            if key in PATH_OPTIONS:
+                value = str(Path(value).expanduser().resolve())
+            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+        return out
+
+    def loader_options(self, dataset: str) -> dict[str, object]:
+        """The parsed ``--data-options`` of ``dataset`` (``--test-data-options`` for another data set)."""
+        entries = self.data_options if dataset == self.dataset else self.test_data_options
+        return dict(parse_data_option(dataset, text) for text in entries)
 
     @property
     def folded_forms(self) -> dict[str, bool | int]:

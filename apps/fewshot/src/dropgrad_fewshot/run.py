@@ -89,6 +89,7 @@ def _dataset(cfg: FewShotConfig, name: str, root: str | None, split: str, augmen
         options = {"protocol": cfg.omniglot_protocol, "rotations": cfg.rotations}
     elif name == "glyphs":
         options = {"rotations": bool(cfg.rotations)}
+    options.update(cfg.loader_options(name))
     channels = 1 if name in ("glyphs", "omniglot") else 3
     if channels != cfg.channels:
         raise ValueError(

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from .base import FewShotDataset
 from .errors import DataError
 
-__all__ = ["DATASETS", "build_dataset", "dataset_options"]
+__all__ = ["DATASETS", "PATH_OPTIONS", "build_dataset", "dataset_options", "parse_data_option"]
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet", "cub")
 SPLITS = ("train", "val", "test")
@@ -54,6 +54,35 @@ def dataset_options(name: str) -> dict[str, Any]:
         for k, p in sig.parameters.items()
         if k not in _COMMON and p.kind == inspect.Parameter.KEYWORD_ONLY
     }
+
+
+def parse_data_option(dataset: str, text: str, option: str = "--option") -> tuple[str, Any]:
+    """``KEY=VALUE`` of a data-set option, typed by the option's default; errors name ``option``.
+
+    >>> parse_data_option("omniglot", "protocol=background")
+    ('protocol', 'background')
+    >>> parse_data_option("glyphs", "rotations=true"), parse_data_option("glyphs", "n_classes=50")
+    (('rotations', True), ('n_classes', 50))
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    allowed = dataset_options(dataset)
+    if not sep or key not in allowed:
+        raise DataError(
+            f"{option} {text!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed)) or '(none)'} for {dataset}"
+        )
+    default = allowed[key]
+    low = value.strip().lower()
+    if isinstance(default, bool) or (default is None and low in ("true", "false")):
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise DataError(f"{option} {text!r}: {key} must be true or false")
+        return key, low in ("true", "1", "yes")
+    if isinstance(default, int) or (default is None and key in ("n_classes",)):
+        try:
+            return key, int(value)
+        except ValueError:
+            raise DataError(f"{option} {text!r}: {key} must be an integer") from None
+    return key, value
 
 
 def build_dataset(
@@ -127,6 +156,9 @@ def build_dataset(
         Path(data_root).expanduser(), split, image_size=image_size, augment=bool(augment), seed=seed, **options
     )
 
+
+#: Options naming a folder or file.
+PATH_OPTIONS = ("csv_dir", "filelist_dir", "class_maps")
 
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "n_classes": (int,),

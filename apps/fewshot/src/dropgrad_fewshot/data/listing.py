@@ -77,7 +77,7 @@ def check_class_sizes(index: ImageIndex, n_classes: int, per_class: int | None, 
     for c, origin in zip(index.classes, index.origins):
         counts[c] = counts.get(c, 0) + 1
         first.setdefault(c, origin)
-    hint = "build_dataset(..., check_sizes=False) accepts a different split"
+    hint = "check_sizes=false accepts a different split: fewshot-train --data-options, fewshot-cache --option"
     if len(counts) != n_classes:
         c = min(counts, key=lambda k: (counts[k], k)) if counts else None
         smallest = f"; the smallest class, {c} (first listed at {first[c]}), has {counts[c]} image(s)" if c else ""

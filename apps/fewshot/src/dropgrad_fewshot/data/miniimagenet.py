@@ -49,8 +49,8 @@ LAYOUTS = ("auto", "csv", "closerlook", "mamlpp")
 _EXPECTED = (
     "expected one of: an image folder with Ravi's train.csv/val.csv/test.csv (layout csv); "
     "MAML++'s folder with train/, val/, test/ of <wnid>/ image folders (layout mamlpp); "
-    "your ILSVRC folder plus CloserLook's base.json/val.json/novel.json via filelist_dir "
-    "(layout closerlook)"
+    "your ILSVRC folder plus CloserLook's base.json/val.json/novel.json in it or in filelist_dir=DIR "
+    "(layout closerlook; fewshot-train --data-options, fewshot-cache --option)"
 )
 
 
@@ -102,7 +102,7 @@ def _load_filelist(path: Path) -> tuple[list[str], list[str], list[int]]:
     if not path.is_file():
         raise DataError(
             f"miniimagenet (closerlook layout): {path} not found; expected CloserLook's "
-            f"{', '.join(FILELIST_NAMES.values())} in filelist_dir"
+            f"{', '.join(FILELIST_NAMES.values())} in filelist_dir=DIR (fewshot-train --data-options) or --data-root"
         )
     try:
         with open(path, encoding="utf-8") as f:
