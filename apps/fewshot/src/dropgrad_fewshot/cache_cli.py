@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .data import DATASETS, DataError, build_cache, verify_cache
 from .data.build import parse_data_option as parse_option
