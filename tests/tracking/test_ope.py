@@ -90,6 +90,10 @@ def test_evaluate_tracker_averages_per_sequence_then_across():
     assert ev.overall.success[0] == pytest.approx((1 + 1 / 8) / 2)
     assert ev.attributes["SV"].success_auc == pytest.approx(20 / 21)
     assert summarize(ev.scores, ["b"]).precision_20 == pytest.approx(1 / 8)
+    # Mean IoU the same way: a tracks exactly (1.0), b overlaps only on its first frame (1/8).
+    overall = ev.overall.to_dict()
+    assert overall["mean_iou"] == pytest.approx((1 + 1 / 8) / 2)
+    assert (overall["n_frames"], overall["n_scored"], overall["n_sequences"]) == (12, 12, 2)
 
 
 def test_timing_fps_with_and_without_first_frame():

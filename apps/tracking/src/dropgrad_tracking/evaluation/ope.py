@@ -232,13 +232,19 @@ class Summary(_CurveScores):
     success: np.ndarray
     precision: np.ndarray
     timing: dict[str, float]
+    mean_iou: float = float("nan")  # the sequences' mean IoUs averaged, as the curves are
+    n_frames: int = 0
+    n_scored: int = 0
 
     def to_dict(self, curves: bool = True) -> dict:
         out: dict = {
             "success_auc": self.success_auc,
             "precision_20": self.precision_20,
             "success_50": float(self.success[10]),
+            "mean_iou": self.mean_iou,
             "n_sequences": len(self.names),
+            "n_frames": self.n_frames,
+            "n_scored": self.n_scored,
             **self.timing,
         }
         if curves:
@@ -261,4 +267,8 @@ def summarize(scores: Mapping[str, SequenceScore], names: Iterable[str] | None =
         raise ValueError("no sequences to summarize")
     success = np.mean([scores[n].success for n in chosen], axis=0)
     precision = np.mean([scores[n].precision for n in chosen], axis=0)
-    return Summary(chosen, success, precision, timing(scores[n] for n in chosen))
+    return Summary(
+        chosen, success, precision, timing(scores[n] for n in chosen),
+        mean_iou=float(np.mean([scores[n].mean_iou for n in chosen])),
+        n_frames=sum(scores[n].n_frames for n in chosen), n_scored=sum(scores[n].n_scored for n in chosen),
+    )
