@@ -370,6 +370,20 @@ def test_verify_option_errors(tmp_path, capsys, args, message):
     assert exc.value.code == 2 and message in err and "Traceback" not in err
 
 
+def test_the_rebuild_command_of_an_options_mismatch_builds_the_runs_cache(tmp_path, capsys):
+    opts = dict(n_classes=4, images_per_class=3)
+    build_cache("glyphs", "val", None, 28, tmp_path / "a", **opts)
+    with pytest.raises(DataError) as err:
+        open_cache(tmp_path / "a", "glyphs", "val", 28, options={**opts, "rotations": True}, seed=1)
+    command = str(err.value).split("build this run's with ")[1].split(" (one cache")[0]
+    assert command == (f"fewshot-cache --dataset glyphs --splits val --image-size 28 --seed 1 --option images_per_class=3 "
+                       f"--option n_classes=4 --option rotations=true --out {tmp_path / 'a'}")
+    argv = command.split()[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path / "b")  # as the message says: another folder keeps the old one
+    assert cache_cli.main([*argv, "--no-progress"]) == 0
+    assert open_cache(tmp_path / "b", "glyphs", "val", 28, options={**opts, "rotations": True}, seed=1).n_classes == 16
+
+
 def test_a_failed_build_leaves_nothing_behind(tmp_path, shared_data):
     out = tmp_path / "out"
     # The sample holds 300 of CUB's 11,788 images: without the up-front check, the first missing one stops the build.

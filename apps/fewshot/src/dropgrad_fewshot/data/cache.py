@@ -509,5 +509,25 @@ def open_cache(
     wanted = content_options(dataset, split, options, seed)
     if built is not None and built != wanted:
         diff = ", ".join(f"{k}: cache {built.get(k)!r}, run {wanted.get(k)!r}" for k in sorted(set(built) | set(wanted)) if built.get(k) != wanted.get(k))
-        raise DataError(f"episode cache {path} was built with other data-set options than this run's ({diff}); rebuild it")
+        raise DataError(
+            f"episode cache {path} was built with other data-set options than this run's ({diff}); build this "
+            f"run's with {_build_command(ds, wanted, seed)} (one cache per data set, split and size fits "
+            f"in a folder: give another --out to keep this one)"
+        )
     return ds
+
+
+def _build_command(ds: CachedDataset, wanted: dict[str, Any], seed: int) -> str:
+    """The ``fewshot-cache`` command line that builds ``ds``'s split with the content options ``wanted``."""
+    defaults = content_options(ds.name, ds.split, None, seed)
+    parts = [BUILD_COMMAND, "--dataset", ds.name, "--splits", ds.split, "--image-size", str(ds.image_size)]
+    root = (ds.meta.get("source") or {}).get("data_root")
+    if root:
+        parts += ["--data-root", str(root)]
+    if ds.name == "glyphs":
+        parts += ["--seed", str(seed)]
+    for key in sorted(wanted):
+        if key != "seed" and wanted[key] != defaults.get(key):
+            value = wanted[key]
+            parts += ["--option", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    return " ".join(parts + ["--out", str(ds.path.parent)])
