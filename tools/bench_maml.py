@@ -684,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         device = dropgrad.select_device(args.device)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.suite == "gpu" and device.type != "cuda":
+        print(f"note: --suite gpu on {device.type}: the GPU suite's full shapes on this device; rows take "
+              f"minutes each here (--quick: small CPU shapes)", file=sys.stderr, flush=True)
 
     sizes = SIZES[mode]
     rows = []

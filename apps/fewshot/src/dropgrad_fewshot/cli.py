@@ -102,7 +102,7 @@ def test_parser() -> argparse.ArgumentParser:
         prog="fewshot-test",
         description=(
             "Test a trained run's best model on few-shot episodes of its own test split or of another data set "
-            "(--test-dataset cub for the cross-domain protocol): mean accuracy and 95%% confidence interval."
+            "(--test-dataset cub for the cross-domain protocol): mean accuracy and 95% confidence interval."
         ),
     )
     parser.add_argument("run_dir", type=Path, help="run directory written by fewshot-train")

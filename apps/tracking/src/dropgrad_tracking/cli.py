@@ -9,9 +9,9 @@ Examples::
 
     track-eval --dataset OTB2015 --annotations OTB100.json --results STRUCK=res/STRUCK --out runs/eval
     track-eval --dataset synthetic --tracker static --out runs/static
-    track-eval --dataset OTB2015 --root OTB2015 --tracker metasdnet --checkpoint runs/metasdnet \
+    track-eval --dataset OTB2015 --root OTB2015 --tracker metasdnet --checkpoint runs/metasdnet \\
                --backbone-weights imagenet-vgg-m.mat --out runs/eval-metasdnet
-    track-eval --dataset OTB2015 --root OTB2015 --results dropgrad=runs/eval-a/results/metasdnet \
+    track-eval --dataset OTB2015 --root OTB2015 --results dropgrad=runs/eval-a/results/metasdnet \\
                --results baseline=runs/eval-b/results/metasdnet --out runs/compare
 
 A meta-learned tracker (metasdnet, metacrest) without --checkpoint runs its untrained
