@@ -559,3 +559,127 @@ def test_online_updates_cache_the_winning_scales_patch(monkeypatch):
     tracker._features = lambda *args: seen.append(plain(*args)) or seen[-1]
     tracker.update(frame)
     assert torch.equal(tracker._recent[-1][0], seen[-1][last:last + 1])
+
+
+# ------------------------------------------------ tracking step, pinned by hand
+
+
+def _tracker_on(frame, box, **overrides):
+    cfg = MetaCRESTConfig(patch_size=64, **overrides)
+    learner, _ = build_learner(MetaCRESTDef(cfg), None)
+    tracker = MetaCRESTTracker(learner.eval(), cfg)
+    tracker.init(frame, box)
+    return tracker, cfg
+
+
+def _fake_responses(tracker, maps):
+    """Make the head answer ``maps`` (k, n, n) whatever the features (the real window, penalty and peak follow)."""
+    fixed = torch.as_tensor(maps, dtype=torch.float32)[:, None]
+    tracker.learner.functional_forward = lambda params, feats: fixed.clone()
+
+
+def test_equal_responses_keep_the_unit_scale_and_a_winning_scale_is_damped():
+    frame = np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    box = np.array([80.0, 40.0, 20.0, 20.0])
+    tracker, cfg = _tracker_on(frame, box, update_interval=0)
+    n, c = cfg.response_size, cfg.response_size // 2
+    assert cfg.scales == (0.95, 1.0, 1.05) and cfg.scale_penalty < 1 and cfg.scale_damping == 0.6
+    maps = np.zeros((3, n, n))
+    maps[:, c, c] = 1.0  # the same peak at every scale: the penalty of the other scales decides
+    _fake_responses(tracker, maps)
+    np.testing.assert_allclose(tracker.update(frame), box)
+    maps[:2] = 0.0  # only the 1.05 map peaks: the size moves 60% of the way, 20 -> 20 * 1.03
+    _fake_responses(tracker, maps)
+    np.testing.assert_allclose(tracker.update(frame), [80.0 - 0.3, 40.0 - 0.3, 20.6, 20.6])
+
+
+def test_a_wide_frame_bounds_the_centre_by_its_width_and_height():
+    frame = np.random.default_rng(1).integers(0, 255, (60, 240, 3), dtype=np.uint8)  # H 60, W 240
+    box = np.array([180.0, 36.0, 16.0, 16.0])  # centre (188, 44)
+    tracker, cfg = _tracker_on(frame, box, update_interval=0, scales=(1.0,))
+    n = cfg.response_size
+    maps = np.zeros((1, n, n))
+    maps[0, n // 2, n // 2] = 1.0
+    _fake_responses(tracker, maps)
+    np.testing.assert_allclose(tracker.update(frame), box)  # x = 180 lies beyond the height (60), inside the width
+    maps[0, n // 2, n // 2] = 0.0
+    maps[0, n // 2 + 5, n // 2] = 1.0  # 5 cells down: 5 * 4 * 64 / 64 = 20 px, to y = 64, past the bottom edge
+    _fake_responses(tracker, maps)
+    out = tracker.update(frame)
+    assert out[1] + out[3] / 2 == pytest.approx(60.0) and out[0] + out[2] / 2 == pytest.approx(188.0)
+
+
+def test_the_cached_label_peaks_where_the_target_was_found(monkeypatch):
+    frame = np.random.default_rng(2).integers(0, 255, (160, 200, 3), dtype=np.uint8)
+    box = np.array([90.0, 70.0, 20.0, 20.0])  # centre (100, 80); patch side 4 * 20 = 80 px
+    tracker, cfg = _tracker_on(frame, box, update_interval=100, update_steps=1)
+    n, c = cfg.response_size, cfg.response_size // 2
+    r, k = c - 3, c + 5  # 3 cells up, 5 right, in the 1.05 map (side 84 px)
+    monkeypatch.setattr(metacrest, "windowed_peak", lambda response, window, penalty: torch.tensor(2 * n * n + r * n + k))
+    out = tracker.update(frame)
+    # 5 * 4 * 84 / 64 = 26.25 px right, 3 * 4 * 84 / 64 = 15.75 px up; size 20 * 1.03.
+    np.testing.assert_allclose(out, [100 + 26.25 - 10.3, 80 - 15.75 - 10.3, 20.6, 20.6])
+    label = tracker._recent[-1][1][0, 0]
+    assert divmod(int(label.argmax()), n) == (r, k) and label[r, k].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_online_updates_use_the_first_frame_and_the_last_memory_frames():
+    frame = np.random.default_rng(3).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    tracker, _ = _tracker_on(frame, [20, 15, 20, 20], update_interval=1, update_steps=1, memory=2)
+    seen = []
+    plain = tracker._train
+    tracker._train = lambda f, y, s: (seen.append(f), plain(f, y, s))
+    for _ in range(4):
+        tracker.update(frame)
+    assert [len(f) for f in seen] == [2, 3, 3, 3]
+    assert torch.equal(seen[-1][0], tracker._first[0][0]) and torch.equal(seen[-1][2], tracker._recent[-1][0][0])
+
+
+def test_online_update_is_one_step_with_the_meta_learned_step_sizes():
+    # d/db mean((r + b - y)^2) = 2 mean(r - y): the filter bias's step, by hand, with per-element step sizes.
+    frame = np.random.default_rng(4).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    tracker, _ = _tracker_on(frame, [20, 15, 20, 20])
+    with torch.no_grad():
+        for p in tracker.learner.lrs.values():
+            p.uniform_(0.1, 1.0, generator=torch.Generator().manual_seed(0))
+    feats, labels = tracker._first
+    before = dict(tracker.params)
+    with torch.no_grad():
+        residual = (tracker.learner.functional_forward(before, feats) - labels).double()
+    tracker._train(feats, labels, 1)
+    lr = tracker.learner.step_size(0)["head.filter.bias"].double()
+    expected = before["head.filter.bias"].double() - lr * 2 * residual.mean()
+    torch.testing.assert_close(tracker.params["head.filter.bias"].double(), expected, rtol=1e-5, atol=1e-7)
+    assert not tracker.params["head.filter.bias"].requires_grad
+
+
+def test_features_are_centred_per_channel_and_scaled_by_the_patch_rms():
+    net = MetaCRESTNet(PixelUnshuffle(), MetaCRESTConfig(patch_size=64))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=g) * torch.tensor([1.0, 5.0, 20.0]).view(1, 3, 1, 1) + 3.0
+    raw = torch.nn.functional.pixel_unshuffle(x, 8).double().numpy()  # the stand-in backbone, in float64
+    centred = raw - raw.mean(axis=(2, 3), keepdims=True)
+    expected = centred / np.sqrt((centred**2).mean(axis=(1, 2, 3), keepdims=True))
+    got = net.extract(x).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # Channels keep their relative scale (here 1 : 5 : 20 for the three colours' sub-pixels).
+    rms = np.sqrt((got**2).mean(axis=(0, 2, 3)))
+    assert rms[128:].mean() / rms[:64].mean() == pytest.approx(20, rel=0.1)
+
+
+def test_frames_are_imagenet_normalised_rgb():
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[0, 1] = (255, 0, 51)  # R, G, B
+    x = metacrest._normalise_frame(image, torch.device("cpu"))
+    assert x.shape == (1, 3, 2, 3) and x.dtype == torch.float32
+    want = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]
+    torch.testing.assert_close(x[0, :, 0, 1], torch.tensor(want), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x[0, :, 1, 1], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+
+
+@pytest.mark.parametrize("patch_size, context, kernel", [(64, 4.0, 5), (80, 4.0, 5), (96, 4.0, 7), (112, 4.0, 7),
+                                                         (224, 4.0, 15), (224, 3.0, 19), (224, 5.0, 11)])
+def test_filter_size_is_the_targets_size_in_cells_made_odd(patch_size, context, kernel):
+    cfg = MetaCRESTConfig(patch_size=patch_size, context=context)
+    # target cells: 4, 5, 6, 7, 14, 18.7, 11.2
+    assert cfg.kernel_size == kernel and CorrelationHead(8, 4, cfg.kernel_size).filter.kernel_size == (kernel, kernel)

@@ -10,10 +10,12 @@ from dropgrad_tracking.evaluation import (
     LengthMismatchError,
     TrackerResult,
     align_lengths,
+    attribute_table,
     evaluate_tracker,
     score_sequence,
     summarize,
 )
+from dropgrad_tracking.evaluation.ope import timing
 
 
 def _gt(n=10):
@@ -112,3 +114,47 @@ def test_lost_target_nan_boxes_count_as_misses(tmp_path):
     gt = np.array([[10.0, 20, 30, 40]] * 3)
     s = score_sequence(boxes, gt)
     assert s.success[0] == pytest.approx(1 / 3) and s.precision[-1] == pytest.approx(1 / 3)
+
+
+def test_success_50_is_the_share_of_frames_with_iou_above_one_half():
+    gt = np.array([[0.0, 0, 10, 10]] * 4)
+    # IoU 1 (frame 0 is the ground truth), 0.52, 0.5, 0.4: above 0.5 are 2 of 4 (above 0.45: 3, above 0.55: 1).
+    boxes = np.array([[9.0, 9, 9, 9], [0, 0, 5.2, 10], [0, 0, 5, 10], [0, 0, 4, 10]])
+    s = score_sequence(boxes, gt, name="a")
+    np.testing.assert_allclose(s.success[9:12], [3 / 4, 2 / 4, 1 / 4])
+    assert s.to_dict()["success_50"] == 0.5
+    far = score_sequence(np.vstack([gt[:1], gt[1:] + 100]), gt, name="b")  # only frame 0 overlaps
+    summary = summarize({"a": s, "b": far})
+    assert summary.to_dict()["success_50"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert summary.to_dict(curves=False)["success_50"] == pytest.approx(3 / 8)
+
+
+def test_speed_is_reported_only_when_every_sequence_was_timed():
+    gt = _gt(3)
+    timed = score_sequence(gt, gt, name="a", times=np.array([1.0, 0.5, 0.5]))
+    untimed = score_sequence(gt, gt, name="b")
+    assert timing([timed, untimed]) == {}  # not the speed of a subset presented as the tracker's
+    timed.fps, untimed.fps = 2.0, 4.0  # the toolkit's reported fps: the mean of those
+    assert timing([timed, untimed]) == {"fps": 3.0}
+
+
+def test_times_of_surplus_result_frames_are_left_out_of_the_speed():
+    gt = _gt(3)
+    boxes = np.vstack([gt, gt[-1:]])  # one box too many: scored on the 3 common frames
+    with pytest.warns(UserWarning, match="4 boxes for 3 ground-truth frames"):
+        ev = evaluate_tracker("t", {"a": TrackerResult(boxes, "a.txt", times=np.array([1.0, 0.5, 0.5, 100.0]))},
+                              {"a": Sequence("a", [], gt)})
+    assert ev.overall.timing["fps"] == pytest.approx(3 / 2) and ev.scores["a"].n_frames == 3
+
+
+def test_attribute_table_rows_hold_each_attributes_own_scores():
+    a = Sequence("a", [], _gt(4), ("SV",))
+    b = Sequence("b", [], _gt(8), ("SV", "OCC"))
+    miss = b.boxes.copy()
+    miss[1:] += 500
+    ev = evaluate_tracker("t", {"a": TrackerResult(a.boxes.copy(), "a"), "b": TrackerResult(miss, "b")}, {"a": a, "b": b})
+    rows = {r["attribute"]: r for r in attribute_table([ev])}
+    assert list(rows) == ["ALL", "SV", "OCC"] and rows["OCC"]["name"] == "Occlusion"
+    assert (rows["ALL"]["n_sequences"], rows["SV"]["n_sequences"], rows["OCC"]["n_sequences"]) == (2, 2, 1)
+    assert rows["OCC"]["t P@20"] == pytest.approx(1 / 8) and rows["OCC"]["t AUC"] == pytest.approx(1 / 8 * 20 / 21)
+    assert rows["SV"]["t P@20"] == pytest.approx((1 + 1 / 8) / 2) == rows["ALL"]["t P@20"]

@@ -209,3 +209,35 @@ def test_no_usable_source_gives_one_clear_message(tmp_path):
     assert "--root" in text and "groundtruth_rect.txt" in text and "--dataset synthetic" in text
     with pytest.raises(OTBDataError, match="no OTB sequence folders found"):
         load_otb(tmp_path, None)
+
+
+def test_human4_is_selected_by_got10ks_name_from_json_and_folders(tmp_path):
+    path = tmp_path / "otb.json"
+    path.write_text(json.dumps({
+        "Human4": {"img_names": ["Human4/img/0001.jpg"], "gt_rect": [[1, 2, 3, 4]], "attr": []},
+        "Couple": {"img_names": ["Couple/img/0001.jpg"], "gt_rect": [[1, 2, 3, 4]], "attr": []},
+    }))
+    assert list(load_otb_json(path, names=["human4"])) == ["Human4-2"]
+    _touch_frames(tmp_path / "raw" / "Human4", range(1, 4))
+    (tmp_path / "raw" / "Human4" / "groundtruth_rect.1.txt").write_text("")
+    _write(tmp_path / "raw" / "Human4" / "groundtruth_rect.2.txt", _boxes(3))
+    assert list(load_otb_folders(tmp_path / "raw", ["Human4"])) == ["Human4-2"]
+
+
+def test_a_blank_second_target_file_is_no_target(tmp_path):
+    _touch_frames(tmp_path / "Human4", range(1, 4))
+    (tmp_path / "Human4" / "groundtruth_rect.1.txt").write_text("\n \n")  # blank, not empty
+    _write(tmp_path / "Human4" / "groundtruth_rect.2.txt", _boxes(3))
+    assert list(load_otb_folders(tmp_path)) == ["Human4-2"]
+
+
+def test_check_frames_finds_a_missing_last_frame(tmp_path):
+    from dropgrad_tracking.data.otb import check_frames
+
+    _touch_frames(tmp_path / "Couple", range(1, 5))
+    _write(tmp_path / "Couple" / "groundtruth_rect.txt", _boxes(4))
+    seqs = load_otb_folders(tmp_path)
+    check_frames(seqs)
+    seqs["Couple"].frames[-1].unlink()  # a truncated download
+    with pytest.raises(OTBDataError, match=r"Couple: frame file .*0004.jpg not found"):
+        check_frames(seqs)

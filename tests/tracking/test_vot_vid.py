@@ -55,3 +55,44 @@ def test_malformed_vid_entries_are_named(tmp_path):
     path.write_text(json.dumps([{"seq_name": "a", "start_frame": 1, "end_frame": 3, "gt": [[1, 2, 3, 4]], "im_width": 9, "im_height": 9}]))
     with pytest.raises(OTBDataError, match=r"entry 0 \(a\): 1 boxes for frames 1-3"):
         read_vid_list(path)
+
+
+def test_vot_frames_are_ordered_by_number_whatever_the_listing(tmp_path, monkeypatch):
+    import pathlib
+    import random
+
+    folder = tmp_path / "vot2013" / "cup"
+    folder.mkdir(parents=True)
+    for k in range(1, 13):  # unpadded: "10.jpg" sorts before "2.jpg" as text
+        (folder / f"{k}.jpg").touch()
+    (folder / "groundtruth.txt").write_text("".join(f"{k},2,3,4\n" for k in range(1, 13)))
+    listing = pathlib.Path.iterdir
+
+    def shuffled(self):
+        items = list(listing(self))
+        random.Random(0).shuffle(items)
+        return iter(items)
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", shuffled)
+    seq = load_vot(tmp_path, ["vot2013/cup"])["vot2013/cup"]
+    assert [f.name for f in seq.frames] == [f"{k}.jpg" for k in range(1, 13)]
+    np.testing.assert_array_equal(seq.boxes[:, 0], np.arange(1, 13))
+
+
+def test_vot_frame_and_region_counts_must_agree(tmp_path):
+    _vot_sequence(tmp_path / "ball", [[5, 6, 7, 8]] * 3)
+    (tmp_path / "ball" / "00000004.jpg").touch()  # one frame more than regions
+    with pytest.raises(OTBDataError, match=r"4 frames in .* but 3 regions"):
+        load_vot(tmp_path, ["ball"])
+
+
+def test_vid_frames_are_one_based_and_recorded(tmp_path):
+    entry = {"seq_name": "a", "start_frame": 0, "end_frame": 1, "gt": [[1, 2, 3, 4]] * 2, "im_width": 9, "im_height": 9}
+    path = tmp_path / "vid.json"
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(OTBDataError, match=r"entry 0 \(a\): 2 boxes for frames 0-1"):  # a 0-based list is refused
+        read_vid_list(path)
+    path.write_text(json.dumps([dict(entry, start_frame=5, end_frame=6)]))
+    (tmp_path / "a").mkdir()
+    seq = vid_sequences(path, tmp_path)["0000:a"]
+    assert seq.first_frame == 5 and [f.name for f in seq.frames] == ["000004.JPEG", "000005.JPEG"]
