@@ -442,3 +442,32 @@ def test_backbones_compile_without_graph_breaks(backbone, method):
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == 2  # support and query shapes
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_heads_start_with_a_zero_bias(backbone):
+    # MAML's and CloserLook's classifiers start from a zero bias (nn.Linear's default is uniform).
+    torch.manual_seed(0)
+    net = build_model(backbone, 5, in_channels=1, image_size=28)
+    assert (net.fc.bias == 0).all()
+
+
+def test_conv4_dropout_masks_the_pooled_block_output():
+    # conv -> BN -> ReLU -> max-pool -> dropout: the mask has the pooled map's shape and multiplies it.
+    torch.manual_seed(0)
+    net = build_model("conv4", 5, in_channels=1, image_size=28, regularizer="dropout", dropout_p=0.5)
+    dropgrad.resample_dropout_masks(net)
+    block, x = net.block1, _images(4, 1, 28)
+    out = block(x)
+    pooled = nn.functional.max_pool2d(torch.relu(block.bn(block.conv(x))), 2)
+    mask = block.drop.mask
+    assert mask.shape == pooled.shape[1:] and (mask == 0).any()
+    torch.testing.assert_close(out, pooled * mask, rtol=0, atol=0)
+
+
+def test_reset_classifier_draws_nn_linears_default_range():
+    net = build_model("conv4", 5, in_channels=1, image_size=28)  # feature_dim 64: bound 1/8
+    net.reset_classifier(200, generator=torch.Generator().manual_seed(0))
+    w = net.fc.weight.detach()
+    assert 0.95 / 8 < w.abs().max() <= 1 / 8
+    assert w.std().item() == pytest.approx(1 / 8 / 3**0.5, rel=0.03)  # std of U(-b, b) is b / sqrt(3)

@@ -163,3 +163,12 @@ def test_cam_through_a_learners_forward_mamlpp():
     torch.testing.assert_close(raw.mean(dim=(1, 2)), score, rtol=1e-4, atol=1e-4)
     plain = class_activation_maps(net, params, xq, classes, normalize=False)
     assert not torch.allclose(raw, plain)  # the model's own BN tensors give other maps
+
+
+def test_cam_grid_shows_the_images_with_the_normalisation_undone():
+    from dropgrad_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from dropgrad_fewshot.models.cam import _display
+
+    x = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(_display((x - mean) / std, IMAGENET_MEAN, IMAGENET_STD), x.permute(1, 2, 0), rtol=0, atol=1e-6)

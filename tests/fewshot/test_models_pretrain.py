@@ -169,3 +169,44 @@ def test_bad_options_fail_before_training(change, match):
     with pytest.raises(ValueError, match=match):
         pretrain_feature_extractor(net, Quadrants(), **args)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+class Blank(torch.utils.data.Dataset):
+    """8 blank 16 px images, classes 0 and 1 alternating."""
+
+    channels, image_size = 1, 16
+    labels = np.array([0, 1] * 4)
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        return torch.zeros(1, 16, 16), int(self.labels[i])
+
+
+def test_pretraining_history_is_the_per_image_mean_loss():
+    # A trunk of all-zero convolutions gives all-zero features (BatchNorm of a zero map is its zero
+    # shift; ReLU's zero gradient at 0 keeps the trunk at zero), so the fresh head's logits are its
+    # zero bias: each image's loss is log 2. An lr of 1e-9 keeps that at every step; batches of 3
+    # (3 + 3 + 2 images) make a sum of batch means differ from the per-image mean.
+    net = build_model("conv4", 5, in_channels=1, image_size=16)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.zero_()
+                m.bias.zero_()
+    out = pretrain_feature_extractor(net, Blank(), epochs=2, batch_size=3, lr=1e-9, device="cpu", seed=0, progress=False)
+    for h in out["history"]:
+        assert h["train_loss"] == pytest.approx(np.log(2), abs=1e-6)
+
+
+def test_pretraining_dropout_masks_follow_the_seed_not_the_models_generator():
+    data = Quadrants()
+    runs = []
+    for gen_seed in (1, 2):
+        torch.manual_seed(0)
+        net = build_model("conv4", 5, in_channels=1, image_size=16, regularizer="dropout",
+                          generator=torch.Generator().manual_seed(gen_seed))
+        pretrain_feature_extractor(net, data, epochs=1, batch_size=16, lr=1e-3, device="cpu", seed=3, progress=False)
+        runs.append(net.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

@@ -257,6 +257,13 @@ def test_sweep_runs_the_grid_once_per_distinct_run_and_reuses_finished_runs(tmp_
         sweep.main([str(path), "--no-progress"])
     assert exc.value.code == 2
     assert "holds a run with other options than this sweep's" in capsys.readouterr().err
+    # Another seed is another run too, not a place a run may be resumed from.
+    path.write_text(json.dumps({**spec, "base": {**spec["base"], "seed": 7}}))
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(path), "--no-progress"])
+    assert exc.value.code == 2
+    assert "holds a run with other options than this sweep's" in capsys.readouterr().err
+    path.write_text(json.dumps({**spec, "base": {**spec["base"], "test_episodes": 6}}))
     # A cell whose start failed (no checkpoint yet; here: the first cell's run files removed)
     # starts afresh with the sweep's options instead.
     for cell in (tmp_path / "sweep").iterdir():
@@ -291,6 +298,46 @@ def test_sweep_grid_of_dropgrad_kinds_keeps_every_p():
     assert [(cfg.dropgrad, cfg.p) for _, cfg in runs][1:] == [("gaussian", 0.1), ("gaussian", 0.2)]
     runs = sweep.expand_grid({"epochs": 1}, {"dropgrad": ["none"], "p": [0.1, 0.2]})
     assert [label for label, _ in runs] == [{"dropgrad": "none"}]  # p changes nothing without DropGrad
+
+
+def test_sweep_grid_runs_default_dropgrad_at_every_p_and_labels_set_their_regulariser():
+    # FewShotConfig's default DropGrad is Gaussian: a p grid without a dropgrad option is p runs.
+    runs = sweep.expand_grid({"epochs": 1}, {"p": [0.1, 0.2]})
+    assert [(label, cfg.dropgrad, cfg.p) for label, cfg in runs] == [({"p": 0.1}, "gaussian", 0.1), ({"p": 0.2}, "gaussian", 0.2)]
+    # A DropGrad column is DropGrad alone, whatever regulariser the base names.
+    runs = sweep.expand_grid({"epochs": 1, "regularizer": "dropout"}, {"regularizer": ["gaussian", "dropout"]})
+    assert [(cfg.dropgrad, cfg.regularizer) for _, cfg in runs] == [("gaussian", "none"), ("none", "dropout")]
+    # The DropGrad schedule only varies DropGrad runs.
+    runs = sweep.expand_grid({"epochs": 2}, {"regularizer": ["none", "gaussian"], "dropgrad_schedule": ["constant", "linear"]})
+    assert [label for label, _ in runs] == [{"regularizer": "none"}, {"regularizer": "gaussian", "dropgrad_schedule": "constant"},
+                                            {"regularizer": "gaussian", "dropgrad_schedule": "linear"}]
+
+
+def _fig2_records(**vary):
+    (key, values), = vary.items()
+    return [{"method": "maml", "shot": 1, key: v, "regularizer": kind, "dropgrad": kind, "p": p,
+             "test_acc_mean": 40.0 + 10 * i + 2 * (kind == "gaussian") + 100 * p, "test_acc_ci95": 0.5}
+            for i, v in enumerate(values) for kind in ("binary", "gaussian") for p in (0.1, 0.2)]
+
+
+def test_sweep_fig2_table_puts_each_kind_in_its_column_and_keeps_every_layer_choice():
+    lines = sweep.format_tables(_fig2_records(dropgrad_layers=["all", "block4,fc"]), rows=["dropgrad_layers"]).splitlines()
+    fig2 = lines[lines.index("## Binary vs Gaussian DropGrad over p (the paper's Fig. 2)") + 2:]
+    assert fig2 == [
+        "| method | shot | dropgrad_layers | p | binary | gaussian |", "|---|---|---|---|---|---|",
+        "| maml | 1 | all | 0.1 | 50.00 ± 0.50 | 52.00 ± 0.50 |", "| maml | 1 | all | 0.2 | 60.00 ± 0.50 | 62.00 ± 0.50 |",
+        "| maml | 1 | block4,fc | 0.1 | 60.00 ± 0.50 | 62.00 ± 0.50 |", "| maml | 1 | block4,fc | 0.2 | 70.00 ± 0.50 | 72.00 ± 0.50 |",
+    ]
+
+
+def test_sweep_p_plot_draws_one_line_per_kind_and_setting(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    lines, draw = [], matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, **kw: lines.append((list(x), list(y))) or draw(self, x, y, **kw))
+    sweep.plot_p_sweep(_fig2_records(shot=[1, 5]), tmp_path / "p.png")
+    assert sorted(lines) == [([0.1, 0.2], [50.0, 60.0]), ([0.1, 0.2], [52.0, 62.0]), ([0.1, 0.2], [60.0, 70.0]),
+                             ([0.1, 0.2], [62.0, 72.0])]
 
 
 def test_sweep_tables_give_each_varied_option_a_row():
@@ -604,3 +651,58 @@ def test_compile_combo_reaches_inductor_options(monkeypatch):
     seen.clear()
     build_learner(tiny_config(compile=True, first_order=True))
     assert seen == [True]
+
+
+# --------------------------------------------------------------------------- fewshot-test's scoring
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run whose training and test query sizes differ (1 and 3)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    args = list(TINY)
+    args[args.index("--query") + 1], args[args.index("--test-query") + 1] = "1", "3"
+    assert cli.train_main(["--out", str(out), *args]) == 0
+    return out
+
+
+def test_fewshot_test_scores_the_runs_test_protocol_with_a_1_96_std_over_sqrt_n_interval(tiny_run, monkeypatch):
+    from dropgrad_fewshot import testing
+    from dropgrad_fewshot.run import TEST_STREAM
+
+    calls = []
+    accs = np.array([40.0, 60.0, 70.0, 90.0, 50.0])
+
+    def fake_evaluate(learner, dataset, **kw):
+        calls.append((learner.training, kw))
+        return {"acc": accs.copy(), "loss": np.zeros(5)}
+
+    monkeypatch.setattr(testing, "evaluate", fake_evaluate)
+    res = testing.test_run(tiny_run, episodes=5, progress=False)
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    (training, kw), = calls
+    assert not training  # the best model in eval mode: no DropGrad, no dropout
+    assert (kw["way"], kw["shot"], kw["query"], kw["episodes"]) == (3, 1, 3, 5)  # the test query, not the training one
+    assert kw["seed"] == cfg["seed"] + TEST_STREAM
+    # mean 62, population std sqrt(296): 1.96 * sqrt(296 / 5) = 15.08054 (CloserLook's np.std)
+    assert res["test_acc_mean"] == pytest.approx(62.0) and res["test_acc_ci95"] == pytest.approx(15.08054, abs=1e-5)
+    assert res["query"] == 3 and res["test_episodes"] == 5
+
+
+def test_cams_are_the_adapted_models_on_each_classs_first_queries(tiny_run, monkeypatch):
+    from dropgrad_fewshot import testing
+    from dropgrad_fewshot.models import class_activation_maps
+
+    cfg, learner, dev = testing.load_run(tiny_run, "cpu")
+    dataset = load_split(testing.test_config(cfg, None, None), "test", test=True)
+    got = {}
+    monkeypatch.setattr(testing, "save_cam_grid", lambda path, images, cams, labels, preds, **kw: got.update(
+        images=images, cams=cams, labels=labels, preds=preds))
+    testing.write_cams(learner, dataset, 3, 1, 3, 11, dev, tiny_run / "cam.png")
+    pick = [0, 1, 3, 4, 6, 7]  # two of each class's three query images
+    assert got["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    task = EpisodeBatches(dataset, n_way=3, n_shot=1, n_query=3, tasks_per_batch=1, seed=11).batch(0).task(0)
+    params = learner.adapt(task.support_x, task.support_y)[-1]  # after the last inner step
+    with torch.no_grad():
+        pred = learner(task.query_x, params).argmax(-1)
+    maps = class_activation_maps(learner.model, params, task.query_x, pred, forward=lambda x: learner(x, params))
+    assert torch.equal(got["images"], task.query_x[pick]) and torch.equal(got["preds"], pred[pick])
+    torch.testing.assert_close(got["cams"], maps[pick], rtol=0, atol=1e-6)

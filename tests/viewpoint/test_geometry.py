@@ -139,3 +139,33 @@ def test_acc30_mederr_and_runs():
     assert np.isclose(s.acc30, 80.0) and np.isclose(s.acc30_std, 20.0)
     assert np.isclose(s.mederr, (29.9 + 2.0) / 2) and s.runs == 2
     assert np.isclose(s.mederr_std, (29.9 - 2.0) / 2)  # population std over runs, as acc30_std
+
+
+def test_procrustes_treats_a_negative_weight_as_zero():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(12, 3))
+    r0 = Rotation.random(random_state=5).as_matrix()
+    dst = 0.7 * src @ r0.T + [1.0, -2.0, 0.5]
+    dst[:3] += rng.normal(size=(3, 3)) * 5
+    w = np.ones(12)
+    w[:3] = -2.0  # documented non-negative; clipped to 0, not a reward for the corrupted points
+    r, s, t = weighted_procrustes(src, dst, w)
+    assert np.allclose(r, r0, atol=1e-10) and np.isclose(s, 0.7) and np.allclose(t, [1.0, -2.0, 0.5])
+
+
+def test_procrustes_on_reflected_data_is_the_best_proper_similarity():
+    # A mirrored, noisy target: the best proper rotation (scipy's weighted Wahba solution on the
+    # centred points), then the best scale for it, sum w d.(R s) / sum w |s|^2, and t = mu_d - s R mu_s.
+    rng = np.random.default_rng(7)
+    src = rng.normal(size=(15, 3)) * [3.0, 2.0, 1.0]
+    dst = 0.8 * (src * [1.0, 1.0, -1.0]) @ Rotation.random(random_state=2).as_matrix().T + [0.5, 1.0, -1.0]
+    dst += 0.05 * rng.normal(size=dst.shape)
+    w = rng.uniform(0.2, 1.0, size=15)
+    r, s, t = weighted_procrustes(src, dst, w)
+    wn = w / w.sum()
+    mu_s, mu_d = wn @ src, wn @ dst
+    s0, d0 = src - mu_s, dst - mu_d
+    r_ref = Rotation.align_vectors(d0, s0, weights=w)[0].as_matrix()
+    s_ref = float(np.sum(w * np.einsum("ij,ij->i", d0, s0 @ r_ref.T)) / np.sum(w * (s0**2).sum(1)))
+    assert np.isclose(np.linalg.det(r), 1.0) and np.allclose(r, r_ref, atol=1e-8)
+    assert np.isclose(s, s_ref, rtol=1e-8) and np.allclose(t, mu_d - s_ref * r_ref @ mu_s, atol=1e-8)

@@ -155,7 +155,7 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
     tables = format_tables(records, rows=[k for label, _ in runs for k in label])
     atomic_write(out / "tables.md", lambda f: f.write(tables), binary=False)
     if len({r.get("p") for r in records if r.get("dropgrad") != "none"}) > 1:
-        plot_p_sweep(records, out / "p_sweep.png")
+        plot_p_sweep(records, out / "p_sweep.png", rows=[k for label, _ in runs for k in label])
     return records
 
 
@@ -204,9 +204,9 @@ def format_tables(records: Sequence[Mapping[str, Any]], rows: Sequence[str] = ()
         groups: dict[tuple, dict[tuple, str]] = {}
         for r in records:
             if r.get("dropgrad") in ("binary", "gaussian"):
-                k = tuple(r.get(x, "") for x in row_keys if x != "dropgrad_layers")
+                k = tuple(r.get(x, "") for x in row_keys)
                 groups.setdefault(k, {})[(r["p"], r["dropgrad"])] = _cell(r)
-        head = [x for x in row_keys if x != "dropgrad_layers"]
+        head = list(row_keys)
         lines += ["| " + " | ".join(head + ["p", "binary", "gaussian"]) + " |", "|" + "---|" * (len(head) + 3)]
         for k, cells in groups.items():
             for p in ps:
@@ -214,19 +214,26 @@ def format_tables(records: Sequence[Mapping[str, Any]], rows: Sequence[str] = ()
     return "\n".join(lines) + "\n"
 
 
-def plot_p_sweep(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Accuracy over p for binary and Gaussian DropGrad with 95% CI bars (Fig. 2)."""
+def plot_p_sweep(records: Sequence[Mapping[str, Any]], path: Path, rows: Sequence[str] = ()) -> Path:
+    """Accuracy over p for binary and Gaussian DropGrad with 95% CI bars (Fig. 2): one line per
+    kind and per setting of the other options that vary (method, shot, ``rows``, ...)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for kind in ("binary", "gaussian"):
-        pts = sorted((r["p"], r["test_acc_mean"], r["test_acc_ci95"]) for r in records if r.get("dropgrad") == kind)
-        if pts:
-            p, m, c = zip(*pts)
-            ax.errorbar(p, m, yerr=c, marker="o", capsize=3, label=kind)
+    runs = [r for r in records if r.get("dropgrad") in ("binary", "gaussian")]
+    named = ("method", "backbone", "dataset", "test_dataset", "shot", "dropgrad_layers", *rows)
+    keys = [k for k in dict.fromkeys(named) if k not in ("regularizer", "dropgrad", "p")
+            and len({json.dumps(r.get(k), sort_keys=True) for r in runs}) > 1]
+    lines: dict[str, list[tuple]] = {}
+    for r in runs:
+        label = ", ".join([r["dropgrad"], *(f"{k}={r.get(k)}" for k in keys)])
+        lines.setdefault(label, []).append((r["p"], r["test_acc_mean"], r["test_acc_ci95"]))
+    for label, pts in lines.items():
+        p, m, c = zip(*sorted(pts))
+        ax.errorbar(p, m, yerr=c, marker="o", capsize=3, label=label)
     ax.set_xlabel("p")
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
