@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -530,4 +531,4 @@ def _build_command(ds: CachedDataset, wanted: dict[str, Any], seed: int) -> str:
         if key != "seed" and wanted[key] != defaults.get(key):
             value = wanted[key]
             parts += ["--option", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
-    return " ".join(parts + ["--out", str(ds.path.parent)])
+    return shlex.join(parts + ["--out", str(ds.path.parent)])
