@@ -204,6 +204,7 @@ def test_defaults_match_the_papers_sources():
         (["--way", "5000"], "5000"),
         (["--task-streams", "2", "--device", "cpu"], "--task-streams needs a CUDA device"),
         (["--compile"], "--first-order"),
+        (["--batched", "off", "--task-chunk", "2"], "--task-chunk applies to batched meta-training"),
         (["--dropgrad-schedule", "linear", "--epochs", "1"], "--dropgrad-schedule linear needs --epochs >= 2"),
         (["--dropgrad-layers", "block9"], "params entry 'block9' matches no parameter"),
         (["--dataset", "miniimagenet", "--data-root", "m", "--test-dataset", "cub"], "--test-dataset cub needs --test-data-root"),

@@ -98,7 +98,7 @@ class FewShotConfig:
     compile_forms: str = field(default="none", metadata={"help": "with --compile and --batched fold: other forms of layers where the folded steps are compiled, comma-separated: unfold (convolutions of at most 27 values per output pixel, e.g. 3x3 over RGB, as one matmul over their unfolded input; folded Conv4 first order on an H200 with --compile-combo: 366 against 313 tasks/s, same run), grouped (experimental: the other per-task convolutions as one grouped convolution per layer; not timed on a GPU yet), pad8 (input channels padded with zeros to a multiple of 8, on a GPU in half precision; 339 against 325), pwpool (max pooling over non-overlapping windows as pointwise operators; slower on an H200: 116 against 325), idxpool (experimental: that pooling's backward as a pointwise select at the saved indices; not timed on a GPU yet; not with pwpool); the same sums up to rounding; none: off (docs/performance.md)"})
     cudnn_benchmark: bool = field(default=True, metadata={"help": "on a GPU, let cuDNN time its convolution algorithms once per input shape and keep the fastest (the shapes are fixed within a run)"})
     channels_last: bool = field(default=False, metadata={"help": "store conv weights channels_last (NHWC; faster convolutions on recent GPUs, above all with --bf16)"})
-    task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch)"})
+    task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch; the per-task loop, --batched off, already holds one task at a time)"})
     task_streams: int | None = field(default=None, metadata={"help": "per-task meta-training on a GPU: run the meta-batch's tasks on this many concurrent CUDA streams, so a step replayed from a CUDA graph (--cuda-graph) runs their small kernels side by side (same meta-gradients up to summation order; memory of that many tasks at once; not with mamlpp, whose BatchNorm running statistics the tasks share)"})
     checkpoint: bool = field(default=False, metadata={"help": "second order: recompute each inner step during the backward pass instead of keeping its activations (less memory, about one more forward+backward per step)"})
     verify_images: bool = field(default=False, metadata={"help": "decode every image of the three splits before training, so an unreadable file stops the run before it starts (default: it stops the run, naming the file, when first loaded)"})
@@ -126,6 +126,9 @@ class FewShotConfig:
         need(self.inner_lr > 0, "inner-lr", "> 0")
         need(self.meta_batch >= 1, "meta-batch", ">= 1")
         need(self.task_chunk is None or self.task_chunk >= 1, "task-chunk", ">= 1")
+        if self.task_chunk is not None and self.batched == "off":
+            raise ValueError("--task-chunk applies to batched meta-training (--batched auto, on or fold); "
+                             "the per-task loop of --batched off already back-propagates one task at a time")
         need(self.task_streams is None or self.task_streams >= 2, "task-streams", ">= 2")
         if self.task_streams is not None and self.method == "mamlpp":
             raise ValueError("--task-streams does not support --method mamlpp (concurrent tasks would update its shared BatchNorm running statistics)")
