@@ -127,6 +127,9 @@ def test_config_file_and_options(tmp_path, capsys):
     assert (saved["dropgrad"], saved["dropgrad_p"], saved["epochs"]) == ("binary", 0.1, 1)
     assert json.loads(captured.out.strip().splitlines()[-1])["dropgrad"] == "binary:0.1"
     assert "track-train: warning:" in captured.err and "RANDOMLY INITIALISED" in captured.err
+    # Once on the terminal (stderr, not also the log echo on stdout), once in the run's log.
+    assert (captured.out + captured.err).count("RANDOMLY INITIALISED") == 1
+    assert (tmp_path / "run" / "log.txt").read_text().count("RANDOMLY INITIALISED") == 1
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """viewpoint-train / viewpoint-eval end to end on a small synthetic set, and their error handling."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,24 @@ def test_eval_reproduces_the_training_run_evaluation_without_overwriting_it(tiny
     assert json.loads(other.with_suffix(".json").read_text())["shots"] == 2
     assert other.with_name(other.name + "_examples.png").is_file()
     assert json.loads((tiny_run / "results.json").read_text()) == before
+
+
+def test_eval_on_another_data_folder_gets_its_own_file(tiny_run, small_synthetic, tmp_path):
+    stem = f"eval_best_5shot_{json.loads((tiny_run / 'results.json').read_text())['eval_steps']}step_1draw"
+    # The run's own folder, spelled another way, is the run's data: the plain name.
+    spelled = small_synthetic.parent / ".." / small_synthetic.parent.name / small_synthetic.name
+    assert main_eval([str(tiny_run), "--draws", "1", "--data-root", str(spelled)]) == 0
+    plain = json.loads((tiny_run / f"{stem}.json").read_text())
+    copy = tmp_path / "copy"
+    shutil.copytree(small_synthetic, copy)
+    assert main_eval([str(tiny_run), "--draws", "1", "--data-root", str(copy)]) == 0
+    tagged = sorted(tiny_run.glob(f"{stem}_data-*.json"))
+    assert [t.name for t in tagged] == [f"{stem}_data-{hashlib.sha256(str(copy.resolve()).encode()).hexdigest()[:8]}.json"]
+    assert tagged[0].with_name(tagged[0].stem + "_examples.png").is_file()
+    other = json.loads(tagged[0].read_text())
+    assert other["data_root"] == str(copy.resolve()) and plain["data_root"] == str(small_synthetic.resolve())
+    assert other["pooled"] == plain["pooled"]  # same files, same draws: the file name alone differs
+    assert json.loads((tiny_run / f"{stem}.json").read_text()) == plain  # not overwritten
 
 
 def test_resume_of_a_finished_run_keeps_its_results(tiny_run, tmp_path):

@@ -69,7 +69,8 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         prog="viewpoint-eval",
         description="For each test category, adapt the run's model on K-shot support draws and score the other "
         "objects; writes RUN_DIR/eval_<checkpoint>_<K>shot_<N>step_<D>draw.json (per-category and pooled "
-        "Acc30/MedErr, mean ± std over draws) and the same name with _examples.png; the training run's "
+        "Acc30/MedErr, mean ± std over draws) and the same name with _examples.png; with --data-root other than "
+        "the run's, the name ends in _data-<8 hex digits of the folder's path hash>; the training run's "
         "results.json is left as it is.",
     )
     parser.add_argument("run_dir", type=Path, help="a run directory written by viewpoint-train")
@@ -89,7 +90,8 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         path = args.run_dir / "config.json"
         if not path.is_file():
             raise ValueError(f"{path} not found: {args.run_dir} is not a viewpoint-train run directory")
-        cfg = build_config(ViewpointConfig, load_config_file(path), changes)
+        saved = load_config_file(path)
+        cfg = build_config(ViewpointConfig, saved, changes)
         cfg.check()
         if args.draws < 1:
             raise ValueError(f"--draws must be >= 1, got {args.draws}")
@@ -97,7 +99,10 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         apply_threads(cfg.threads)
         data = load_data(cfg, log=lambda line: print(line, file=sys.stderr))
         model = build_model(cfg).to(device)
-        name = evaluation_name(cfg, args.draws, args.checkpoint)
+        other_data = args.data_root is not None and (
+            saved.get("data_root") is None or Path(args.data_root).resolve() != Path(saved["data_root"]).resolve()
+        )
+        name = evaluation_name(cfg, args.draws, args.checkpoint, other_data)
         results = run_evaluation(model, cfg, args.run_dir, data, device, args.draws, args.checkpoint,
                                  log=lambda line: print(line, file=sys.stderr), name=name)
         print(f"wrote {args.run_dir / (name + '.json')}", file=sys.stderr)

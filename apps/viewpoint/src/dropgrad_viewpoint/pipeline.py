@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,14 +165,24 @@ def run(
     return results
 
 
-def evaluation_name(cfg: ViewpointConfig, draws: int, checkpoint: str) -> str:
+def evaluation_name(cfg: ViewpointConfig, draws: int, checkpoint: str, other_data: bool = False) -> str:
     """The stem of ``viewpoint-eval``'s files: every setting that changes its numbers, so one
     evaluation never overwrites another or the training run's ``results.json``.
 
+    ``other_data``: the evaluation reads another data folder than the run's; the stem then ends
+    in ``_data-`` and 8 hex digits of the SHA-256 of that folder's absolute path (the JSON file
+    records the path itself).
+
     >>> evaluation_name(ViewpointConfig(shots=10, eval_steps=5), 10, "best")
     'eval_best_10shot_5step_10draw'
+    >>> evaluation_name(ViewpointConfig(shots=10, eval_steps=5, data_root="/data/a"), 10, "best", True)
+    'eval_best_10shot_5step_10draw_data-46d2cd93'
     """
-    return f"eval_{checkpoint}_{cfg.shots}shot_{cfg.eval_steps}step_{draws}draw"
+    name = f"eval_{checkpoint}_{cfg.shots}shot_{cfg.eval_steps}step_{draws}draw"
+    if other_data:
+        root = str(Path(cfg.data_root or "").resolve())
+        name += "_data-" + hashlib.sha256(root.encode("utf-8")).hexdigest()[:8]
+    return name
 
 
 def run_evaluation(model: MetaView, cfg: ViewpointConfig, out: Path, data: ViewpointData, device: torch.device,
@@ -199,6 +210,7 @@ def run_evaluation(model: MetaView, cfg: ViewpointConfig, out: Path, data: Viewp
         "shots": cfg.shots, "draws": draws, "eval_steps": cfg.eval_steps, "dropgrad": cfg.dropgrad, "p": cfg.p,
         "checkpoint": checkpoint, "checkpoint_epoch": info.get("epoch"), "device": str(device),
         "test_categories": list(data.test),
+        "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None,
     }
     write_json(out / f"{name}.json", results, sort_keys=True)
     examples = "examples.png" if name == "results" else f"{name}_examples.png"

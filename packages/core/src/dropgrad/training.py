@@ -349,12 +349,18 @@ class MetaTrainer:
         return self.run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
 
     # ---------------------------------------------------------------- logging
-    def log(self, line: str) -> None:
-        """Print ``line`` (or hand it to the logger) and append it to ``log.txt`` (rank 0 only)."""
+    def log(self, line: str, *, echo: bool = True) -> None:
+        """Append ``line`` to ``log.txt`` and print it (or hand it to the logger); rank 0 only.
+
+        ``echo=False`` only appends: for a line the caller also raises as a warning, which the
+        user already sees once.
+        """
         if not self.distributed.is_main:
             return
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
+        if not echo:
+            return
         if self._emit is not None:
             self._emit(line)
         elif self._bar is not None and not self._bar.disable:

@@ -165,11 +165,11 @@ def train(cfg: TrackTrainConfig, out: str | Path, resume: bool = False) -> dict[
         dropgrad=learner.dropgrad, device=device,
     )
     for w in caught:
-        trainer.log(f"warning: {w.message}")
+        trainer.log(f"warning: {w.message}", echo=False)  # warnings.warn shows it
         warnings.warn(str(w.message), stacklevel=2)
     if source == BACKBONE_RANDOM:
         message = _random_backbone_warning(definition)
-        trainer.log("WARNING: " + message)
+        trainer.log("WARNING: " + message, echo=False)
         warnings.warn(message, stacklevel=2)
     frames = sum(len(s) for s in split.train.values())
     trainer.log(
