@@ -6,6 +6,7 @@ import hashlib
 import os
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from dropgrad_fewshot import cache_cli, cli, run
+from dropgrad import folder_tag
+from dropgrad_fewshot import cache_cli, cli, run, testing
 from dropgrad_fewshot.data import (
     CachedDataset,
     CachedEpisodeBatches,
@@ -447,6 +449,15 @@ def test_train_with_cache_gives_the_same_run_as_without(tmp_path, capsys, monkey
     cached = json.loads((tmp_path / "cached" / "results.json").read_text())
     assert plain["test_acc_mean"] == cached["test_acc_mean"]
     assert "(cached)" in (tmp_path / "cached" / "log.txt").read_text()
+    # fewshot-test from the run's own folder, and from a copy: the copy's file is its own.
+    copy = tmp_path / "cub_copy"
+    shutil.copytree(mini_cub, copy, symlinks=True)
+    own = testing.test_run(tmp_path / "plain", data_root=str(mini_cub), episodes=4, progress=False)
+    other = testing.test_run(tmp_path / "plain", data_root=str(copy), episodes=4, progress=False)
+    assert Path(own["written"]).name == "test_cub_test_3w1s.json"
+    assert Path(other["written"]).name == f"test_cub_test_3w1s_data-{folder_tag(copy)}.json"
+    assert (own["test_data_root"], other["test_data_root"]) == (str(mini_cub.resolve()), str(copy.resolve()))
+    assert own["test_acc_mean"] == other["test_acc_mean"]  # same files, same episodes
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         cli.train_main(["--out", str(tmp_path / "bad"), "--cache", str(tmp_path / "cache"), *tiny, "--image-size", "48"])

@@ -707,3 +707,16 @@ def test_cams_are_the_adapted_models_on_each_classs_first_queries(tiny_run, monk
     maps = class_activation_maps(learner.model, params, task.query_x, pred, forward=lambda x: learner(x, params))
     assert torch.equal(got["images"], task.query_x[pick]) and torch.equal(got["preds"], pred[pick])
     torch.testing.assert_close(got["cams"], maps[pick], rtol=0, atol=1e-6)
+
+
+def test_fewshot_test_tags_only_a_folder_other_than_the_runs_own(tmp_path, monkeypatch):
+    from dropgrad_fewshot.config import FewShotConfig
+    from dropgrad_fewshot.testing import _other_folder
+
+    monkeypatch.chdir(tmp_path)
+    cfg = FewShotConfig(dataset="miniimagenet", data_root="mini", test_dataset="cub", test_data_root="CUB")
+    assert not _other_folder(cfg, None, None)
+    assert not _other_folder(cfg, "cub", "CUB") and not _other_folder(cfg, None, str(tmp_path / "x" / ".." / "CUB"))
+    assert not _other_folder(cfg, "miniimagenet", "./mini")
+    assert _other_folder(cfg, "cub", "CUB2") and _other_folder(cfg, None, "mini")  # None: the run's test set, CUB
+    assert _other_folder(cfg, "omniglot", "omni")  # a data set the run never read

@@ -11,6 +11,7 @@ from dropgrad import (
     CapturedEvaluation,
     CheckpointError,
     build_config,
+    folder_tag,
     load_best_model,
     load_config_file,
     seed_everything,
@@ -68,6 +69,17 @@ def test_config(cfg: FewShotConfig, test_dataset: str | None, data_root: str | N
     return dataclasses.replace(cfg, test_dataset=test_dataset, test_data_root=root)
 
 
+def _other_folder(cfg: FewShotConfig, test_dataset: str | None, data_root: str | None) -> bool:
+    """Whether ``data_root`` is a folder other than the run's own for that data set."""
+    if data_root is None:
+        return False
+    try:
+        own = test_config(cfg, test_dataset, None).test_data_root
+    except ValueError:  # a data set the run never read
+        return True
+    return own is None or Path(own).resolve() != Path(data_root).resolve()
+
+
 def test_run(
     run_dir: str | Path,
     *,
@@ -83,8 +95,9 @@ def test_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Test the run's best model; writes ``test_<dataset>_<split>_<way>w<shot>s[...].json`` into
-    the run (with ``_<query>q``, ``_<episodes>ep`` and ``_seed<seed>`` where those differ from
-    the run's test, so tests with other settings do not overwrite each other).
+    the run (with ``_<query>q``, ``_<episodes>ep``, ``_seed<seed>`` and ``_data-<folder_tag>``
+    where those differ from the run's test, so tests with other settings do not overwrite each
+    other).
 
     DropGrad and dropout are off (the learner is in eval mode); the episodes are a pure
     function of ``seed`` (default: the run's own test stream, the one ``fewshot-train`` used).
@@ -135,7 +148,11 @@ def test_run(
         "dropgrad": cfg.dropgrad,
         "p": cfg.p,
     }
+    if test_cfg.test_data_root is not None:
+        results["test_data_root"] = str(Path(test_cfg.test_data_root).resolve())
     extra = (f"_{query}q" if query != cfg.test_query else "") + (f"_{episodes}ep" if episodes != cfg.test_episodes else "")
+    if _other_folder(cfg, test_dataset, data_root):
+        extra += f"_data-{folder_tag(data_root)}"
     name = f"test_{test_cfg.test_dataset}_{split}_{cfg.way}w{shot}s{extra}" + (f"_seed{seed}" if seed is not None else "") + ".json"
     write_json(run / name, results, sort_keys=True)
     results["written"] = str(run / name)

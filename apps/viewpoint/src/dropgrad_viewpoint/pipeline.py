@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from dropgrad import (
     EpisodeSampler,
     MetaTrainer,
     TrainConfig,
+    folder_tag,
     load_best_model,
     plot_metrics,
     seed_everything,
@@ -170,8 +170,7 @@ def evaluation_name(cfg: ViewpointConfig, draws: int, checkpoint: str, other_dat
     evaluation never overwrites another or the training run's ``results.json``.
 
     ``other_data``: the evaluation reads another data folder than the run's; the stem then ends
-    in ``_data-`` and 8 hex digits of the SHA-256 of that folder's absolute path (the JSON file
-    records the path itself).
+    in ``_data-<folder_tag>`` (the JSON file records the folder itself).
 
     >>> evaluation_name(ViewpointConfig(shots=10, eval_steps=5), 10, "best")
     'eval_best_10shot_5step_10draw'
@@ -180,8 +179,7 @@ def evaluation_name(cfg: ViewpointConfig, draws: int, checkpoint: str, other_dat
     """
     name = f"eval_{checkpoint}_{cfg.shots}shot_{cfg.eval_steps}step_{draws}draw"
     if other_data:
-        root = str(Path(cfg.data_root or "").resolve())
-        name += "_data-" + hashlib.sha256(root.encode("utf-8")).hexdigest()[:8]
+        name += "_data-" + folder_tag(cfg.data_root or "")
     return name
 
 

@@ -28,7 +28,7 @@ from .graphs import CapturedEvaluation, CapturedMetaStep
 from .inner import MAML, MAMLPlusPlus, MetaOutput, MetaSGD, Task, msl_weights, sgd_step
 from .metrics import MeanCI, mean_ci95, summarize
 from .noise import RESNET_GROUPS, DropGrad, check_p, check_schedule
-from .rundir import check_new_run_dir, is_unstarted_run, resume_run, run_config, start_run
+from .rundir import check_new_run_dir, folder_tag, is_unstarted_run, resume_run, run_config, start_run
 from .runtime import (
     autocast,
     capture_rng_state,
@@ -76,6 +76,7 @@ __all__ = [
     "check_p",
     "check_schedule",
     "config_to_dict",
+    "folder_tag",
     "has_consistent_dropout",
     "is_unstarted_run",
     "load_best_model",

@@ -8,6 +8,7 @@ holds files; a resumed run keeps the options it was started with.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from .training import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 T = TypeVar("T")
 
-__all__ = ["check_new_run_dir", "is_unstarted_run", "resume_run", "run_config", "start_run"]
+__all__ = ["check_new_run_dir", "folder_tag", "is_unstarted_run", "resume_run", "run_config", "start_run"]
 
 
 def start_run(out: str | os.PathLike[str], config: Any) -> Path:
@@ -129,3 +130,13 @@ def run_config(
         return resume_run(out, cls, cli_values, mutable=mutable)
     file_values = load_config_file(config_file) if config_file is not None else None
     return build_config(cls, file_values, cli_values)
+
+
+def folder_tag(path: str | os.PathLike[str]) -> str:
+    """8 hex digits of the SHA-256 of ``path``'s absolute, resolved form: a short, stable name part
+    for results computed from another data folder than the run's, so they get their own file.
+
+    >>> folder_tag("/data/a")
+    '46d2cd93'
+    """
+    return hashlib.sha256(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:8]
