@@ -300,6 +300,27 @@ def test_adapt_selection():
         MAML(mlp(), steps=0)
 
 
+@pytest.mark.parametrize("batch_with", ["vmap", "fold"])
+def test_a_subclass_overriding_the_loop_only_is_refused_batched(batch_with):
+    # The batched path never calls adapt(): batching would silently train plain MAML instead.
+    class HeadOnly(MAML):
+        def adapt(self, support_x, support_y):
+            return super().adapt(support_x, support_y)
+
+    learner = HeadOnly(mlp(), steps=1, batch_with=batch_with)
+    with pytest.raises(ValueError, match="HeadOnly overrides adapt, which only the per-task loop calls"):
+        learner.meta_backward(tasks(), batched=True)
+    learner.meta_backward(tasks(), batched=False)  # the loop runs it
+
+    class Scaled(MAML):  # a logit temperature: vmap and fold call the model themselves
+        def functional_forward(self, params, x, step=None):
+            return 10.0 * super().functional_forward(params, x, step)
+
+    with pytest.raises(ValueError, match="Scaled overrides functional_forward"):
+        Scaled(mlp(), steps=1, batch_with=batch_with).meta_backward(tasks(), batched=True)
+    MetaSGD(mlp(), steps=1, batch_with=batch_with).meta_backward(tasks(), batched=True)  # core's own variants pass
+
+
 def test_consistent_dropout_mask_is_per_task():
     model = nn.Sequential(nn.Linear(3, 64), ConsistentDropout(0.5), nn.Tanh(), nn.Linear(64, 4))
     learner = MAML(model, steps=2)

@@ -280,3 +280,20 @@ def test_global_rng_is_used_without_generator():
     a = _noise(dg, 100)
     torch.manual_seed(5)
     assert torch.equal(a, _noise(dg, 100))
+
+
+def test_a_group_matching_nothing_names_its_patterns():
+    # "block1" against a parameter named "block1.conv.weight" must say that the group stands for layer1.*.
+    with pytest.raises(ValueError, match=r"group 'block1' \(patterns layer1\.\*\) matches no parameter"):
+        DropGrad(0.2, params="block1")({"block1.conv.weight": torch.ones(2)})
+
+
+def test_a_kind_without_a_draw_is_refused_not_drawn_as_gaussian(monkeypatch):
+    from dropgrad import noise
+
+    monkeypatch.setattr(noise, "KINDS", (*noise.KINDS, "uniform"))
+    for schedule in ("constant", "linear"):
+        dg = DropGrad(0.2, "uniform", schedule=schedule)
+        dg.set_progress(1.0)
+        with pytest.raises(NotImplementedError, match="'uniform' has no noise draw"):
+            dg([torch.ones(3)])

@@ -198,3 +198,31 @@ def test_a_cache_file_longer_than_its_sidecar_is_refused(tmp_path):
         f.write(b"\0" * 28 * 28)
     with pytest.raises(DataError, match="too long"):
         CachedDataset(p)
+
+
+def test_every_registry_is_what_the_command_lines_offer():
+    # A backbone, data set or noise kind added to its registry (BACKBONES, DATASETS,
+    # dropgrad.noise.KINDS) must also be a choice of fewshot-train and fewshot-test, and back.
+    import typing
+
+    from dropgrad.noise import KINDS
+    from dropgrad_fewshot.cli import test_parser
+    from dropgrad_fewshot.config import Dataset
+    from dropgrad_fewshot.data import DATASETS
+    from dropgrad_fewshot.models import BACKBONES
+
+    hints = typing.get_type_hints(FewShotConfig)
+    assert set(typing.get_args(hints["backbone"])) == set(BACKBONES)
+    assert set(typing.get_args(Dataset)) == set(DATASETS)
+    assert set(typing.get_args(hints["dropgrad"])) == set(KINDS)
+    choices = {a.dest: a.choices for a in test_parser()._actions}
+    assert set(choices["test_dataset"]) == set(DATASETS)
+
+
+def test_a_data_set_without_a_builder_is_not_read_as_cub(monkeypatch):
+    from dropgrad_fewshot.data import DataError, build
+
+    monkeypatch.setattr(build, "DATASETS", (*build.DATASETS, "folder"))
+    monkeypatch.setitem(build.DEFAULT_IMAGE_SIZE, "folder", 84)
+    with pytest.raises(DataError, match="'folder' is in DATASETS but has no builder"):
+        build.build_dataset("folder", "train", data_root=".")

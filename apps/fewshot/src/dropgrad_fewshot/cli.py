@@ -24,7 +24,7 @@ from dropgrad import (
 )
 
 from .config import FewShotConfig, resolve_defaults
-from .data import DataError
+from .data import DATASETS, DataError
 
 __all__ = ["test_main", "train_main"]
 
@@ -106,7 +106,7 @@ def test_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("run_dir", type=Path, help="run directory written by fewshot-train")
-    parser.add_argument("--test-dataset", choices=("glyphs", "omniglot", "miniimagenet", "cub"), help="data set to test on (default: the run's test data set)")
+    parser.add_argument("--test-dataset", choices=DATASETS, help="data set to test on (default: the run's test data set)")
     parser.add_argument("--data-root", help="folder of --test-dataset (default: the run's)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="split of the test data set (default: test)")
     parser.add_argument("--episodes", type=int, default=600, help="test episodes (default: 600)")

@@ -306,6 +306,11 @@ def _escape(name: str) -> str:
     return name.replace(".", "__")
 
 
+# Methods of MAML that only the per-task loop calls, and the batched paths' counterparts.
+_LOOP_ONLY = ("adapt", "task_loss", "_loop_step", "_support_loss", "_query_step", "functional_forward", "_run_model")
+_BATCHED_ONLY = ("_meta_loss_vmap", "_vmap_step", "_vmapped")
+
+
 class MAML(nn.Module):
     """Model-agnostic meta-learning (Finn et al. 2017) over any ``nn.Module``, with DropGrad.
 
@@ -803,6 +808,9 @@ class MAML(nn.Module):
 
         vmap cannot update shared running statistics from per-task batches, nor keep a
         per-task dropout mask in module state; such models use the per-task loop (same numbers).
+        A subclass that overrides a method only the per-task loop calls (:meth:`adapt`,
+        :meth:`task_loss`, :meth:`functional_forward`, ...: ``_LOOP_ONLY``) but none of the
+        batched path's own (``_BATCHED_ONLY``) is refused too.
 
         Second order through BatchNorm/LayerNorm is exact here: only the forward is vmapped
         and the inner gradients come from plain autograd over the batched kernels. (Nesting
@@ -810,6 +818,15 @@ class MAML(nn.Module):
         ``batch_norm``/``layer_norm`` that are off by ~1e-3 in float64; see
         tests/core/test_batched_equivalence.py.)
         """
+        cls = type(self)
+        loop_only = [m for m in _LOOP_ONLY if getattr(cls, m) is not getattr(MAML, m)]
+        if loop_only and all(getattr(cls, m) is getattr(MAML, m) for m in _BATCHED_ONLY):
+            # The batched paths call the model through functional_call themselves and never
+            # call these: batching would silently train the plain learner instead of the subclass.
+            raise ValueError(
+                f"batched adaptation ({self.batch_with}): {cls.__name__} overrides {', '.join(loop_only)}, which only "
+                "the per-task loop calls; use batched=False, or override _vmapped / _vmap_step too"
+            )
         for name, module in self.model.named_modules():
             is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
             if is_bn and module.training and module.track_running_stats:

@@ -306,8 +306,12 @@ class DropGrad(nn.Module):
                             flags[i] = matched = True
                 if not matched:
                     sample = ", ".join(key[:8]) + (", ..." if len(key) > 8 else "")
+                    # A group name stands for its patterns: say which, or "block1" failing
+                    # next to a parameter named "block1.conv.weight" reads as a bug.
+                    what = (f"group {entry!r} (patterns {', '.join(self._patterns(entry))})"
+                            if entry.lower() in self.groups else f"params entry {entry!r}")
                     raise ValueError(
-                        f"DropGrad: params entry {entry!r} matches no parameter "
+                        f"DropGrad: {what} matches no parameter "
                         f"(groups: {', '.join(self.groups)}; names: {sample})"
                     )
             hit = tuple(flags)
@@ -317,6 +321,9 @@ class DropGrad(nn.Module):
     # -------------------------------------------------------------------- noise
     def _draw(self, numel: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """One flat noise vector of ``numel`` elements (the fused draw)."""
+        if self.kind not in ("binary", "gaussian"):
+            # A kind added to KINDS without a draw here must not fall through to Gaussian noise.
+            raise NotImplementedError(f"DropGrad: kind {self.kind!r} has no noise draw; add one to DropGrad._draw")
         gen = self.generator
         draw_device = gen.device if gen is not None else device
         draw_dtype = _DRAW_DTYPE.get(dtype, dtype)

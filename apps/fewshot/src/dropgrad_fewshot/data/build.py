@@ -30,9 +30,12 @@ def _builder(name: str):
         from .miniimagenet import build_miniimagenet
 
         return build_miniimagenet
-    from .cub import build_cub
+    if name == "cub":
+        from .cub import build_cub
 
-    return build_cub
+        return build_cub
+    # A name added to DATASETS without a builder here must not be read as CUB.
+    raise DataError(f"data set {name!r} is in DATASETS but has no builder; add one to data/build.py _builder")
 
 
 _COMMON = {"split", "root", "image_size", "augment", "seed"}
