@@ -471,3 +471,20 @@ def test_reset_classifier_draws_nn_linears_default_range():
     w = net.fc.weight.detach()
     assert 0.95 / 8 < w.abs().max() <= 1 / 8
     assert w.std().item() == pytest.approx(1 / 8 / 3**0.5, rel=0.03)  # std of U(-b, b) is b / sqrt(3)
+
+
+def test_each_backbone_entry_gives_the_papers_input_size_and_its_fixed_head():
+    # CloserLook / MAML: Conv4 at 84 px, the ResNets at 224 px on RGB sets; 28 px for Omniglot.
+    import typing
+
+    from dropgrad_fewshot.config import FewShotConfig
+    from dropgrad_fewshot.models.build import Backbone
+
+    assert set(typing.get_args(Backbone)) == set(BACKBONES)
+    expected = {"conv4": (84, True), "conv4-48": (84, True), "resnet10": (224, False), "resnet18": (224, False)}
+    assert set(expected) == set(BACKBONES)
+    for name, (size, fixed) in expected.items():
+        assert FewShotConfig(dataset="cub", data_root="x", backbone=name).image_size_resolved == size
+        assert FewShotConfig(dataset="glyphs", backbone=name).image_size_resolved == 28
+        net = build_model(name, 5, image_size=32)
+        assert net.backbone == name and net.fixed_input_size is fixed

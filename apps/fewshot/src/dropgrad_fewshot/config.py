@@ -15,7 +15,8 @@ from typing import Literal
 
 from dropgrad import check_p, check_schedule
 
-from .data.build import PATH_OPTIONS, parse_data_option
+from .data.build import DEFAULT_IMAGE_SIZE, GRAYSCALE, PATH_OPTIONS, parse_data_option
+from .models.build import BACKBONE_SPECS
 
 __all__ = ["COMPILE_FORMS", "DATASET_DEFAULTS", "FewShotConfig", "resolve_defaults"]
 
@@ -240,13 +241,13 @@ class FewShotConfig:
         """The input size the data sets are built with."""
         if self.image_size is not None:
             return self.image_size
-        if self.dataset in ("glyphs", "omniglot"):
-            return 28
-        return 84 if self.backbone.startswith("conv4") else 224
+        if self.dataset in GRAYSCALE:
+            return DEFAULT_IMAGE_SIZE[self.dataset]
+        return BACKBONE_SPECS[self.backbone].rgb_image_size
 
     @property
     def channels(self) -> int:
-        return 1 if self.dataset in ("glyphs", "omniglot") else 3
+        return 1 if self.dataset in GRAYSCALE else 3
 
 
 # MAML++'s multi-step loss runs for this share of training: Antoniou et al. train 100 epochs and

@@ -58,6 +58,7 @@ from .data import (
     episode_batches,
     open_cache,
 )
+from .data.build import GRAYSCALE
 from .methods import build_learner, check_task_streams, use_batched, use_cuda_graph
 from .models import pretrain_feature_extractor
 
@@ -90,7 +91,7 @@ def _dataset(cfg: FewShotConfig, name: str, root: str | None, split: str, augmen
     elif name == "glyphs":
         options = {"rotations": bool(cfg.rotations)}
     options.update(cfg.loader_options(name))
-    channels = 1 if name in ("glyphs", "omniglot") else 3
+    channels = 1 if name in GRAYSCALE else 3
     if channels != cfg.channels:
         raise ValueError(
             f"--test-dataset {name} has {channels}-channel images but the model was trained on "

@@ -9,9 +9,11 @@ from typing import Any, Literal
 from .base import FewShotDataset
 from .errors import DataError
 
-__all__ = ["DATASETS", "PATH_OPTIONS", "build_dataset", "dataset_options", "parse_data_option"]
+__all__ = ["DATASETS", "GRAYSCALE", "PATH_OPTIONS", "build_dataset", "dataset_options", "parse_data_option"]
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet", "cub")
+# The single-channel data sets; every other one is RGB.
+GRAYSCALE = frozenset({"glyphs", "omniglot"})
 SPLITS = ("train", "val", "test")
 # The data sets' own default image sizes; the RGB sets follow the backbone (84 Conv4, 224 ResNet).
 DEFAULT_IMAGE_SIZE = {"glyphs": 28, "omniglot": 28, "miniimagenet": 84, "cub": 84}

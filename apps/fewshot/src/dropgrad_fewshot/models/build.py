@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -13,14 +16,15 @@ from .resnet import ResNet
 
 __all__ = [
     "BACKBONES",
+    "BACKBONE_SPECS",
     "CONV4_GROUPS",
+    "BackboneSpec",
     "build_model",
     "count_parameters",
     "dropgrad_groups",
 ]
 
 Backbone = Literal["conv4", "conv4-48", "resnet10", "resnet18"]
-BACKBONES: tuple[str, ...] = ("conv4", "conv4-48", "resnet10", "resnet18")
 
 #: Conv4's layer groups for ``--dropgrad-layers``: one per conv block, and the head.
 CONV4_GROUPS: dict[str, tuple[str, ...]] = {
@@ -30,6 +34,32 @@ CONV4_GROUPS: dict[str, tuple[str, ...]] = {
     "conv4": ("block4.*",),
     "fc": ("fc.*",),
 }
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the app needs to know about one backbone name (one entry per name, so a new
+    backbone is one :data:`BACKBONE_SPECS` entry and its name in ``FewShotConfig.backbone``).
+
+    Attributes:
+        build: ``build(n_way, *, in_channels, image_size, regularizer, dropout_p,
+            bn_running_stats, generator)`` -> the network.
+        groups: its ``--dropgrad-layers`` groups (name -> parameter-name patterns).
+        rgb_image_size: the input side on RGB data sets when ``--image-size`` is not given.
+    """
+
+    build: Callable[..., FewShotNet]
+    groups: Mapping[str, tuple[str, ...]]
+    rgb_image_size: int
+
+
+BACKBONE_SPECS: dict[str, BackboneSpec] = {
+    "conv4": BackboneSpec(functools.partial(Conv4, width=64), CONV4_GROUPS, 84),
+    "conv4-48": BackboneSpec(functools.partial(Conv4, width=48), CONV4_GROUPS, 84),
+    "resnet10": BackboneSpec(functools.partial(ResNet, "resnet10"), RESNET_GROUPS, 224),
+    "resnet18": BackboneSpec(functools.partial(ResNet, "resnet18"), RESNET_GROUPS, 224),
+}
+BACKBONES: tuple[str, ...] = tuple(BACKBONE_SPECS)
 
 
 def _check_backbone(backbone: str) -> None:
@@ -110,9 +140,7 @@ def build_model(
         "bn_running_stats": bool(bn_running_stats),
         "generator": generator,
     }
-    if backbone.startswith("conv4"):
-        return Conv4(n_way, width=48 if backbone == "conv4-48" else 64, **common)
-    return ResNet(backbone, n_way, **common)
+    return BACKBONE_SPECS[backbone].build(n_way, **common)
 
 
 def dropgrad_groups(backbone: Backbone) -> dict[str, tuple[str, ...]]:
@@ -128,7 +156,7 @@ def dropgrad_groups(backbone: Backbone) -> dict[str, tuple[str, ...]]:
     ('layer4.*',)
     """
     _check_backbone(backbone)
-    return dict(CONV4_GROUPS if backbone.startswith("conv4") else RESNET_GROUPS)
+    return dict(BACKBONE_SPECS[backbone].groups)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -62,6 +62,8 @@ class Conv4(FewShotNet):
     (torch.Size([2, 5]), 64)
     """
 
+    fixed_input_size = True  # the head reads the flattened map
+
     def __init__(
         self,
         n_way: int,

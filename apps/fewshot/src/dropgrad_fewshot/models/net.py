@@ -57,8 +57,11 @@ class FewShotNet(nn.Module):
         n_way: number of output classes.
         feature_dim: length of the pooled feature vector, ``fc.in_features``.
         fc: the final ``nn.Linear(feature_dim, n_way)`` (``classifier`` is an alias).
+        fixed_input_size: True where the head's size depends on ``image_size`` (Conv4's
+            flattened map), so only images of that side fit; False for global pooling.
     """
 
+    fixed_input_size: bool = False
     backbone: str
     in_channels: int
     image_size: int

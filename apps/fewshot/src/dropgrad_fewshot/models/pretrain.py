@@ -122,7 +122,7 @@ def pretrain_feature_extractor(
             f"pretraining: the dataset has {dataset.channels} channel(s) but the model was built "
             f"for in_channels={model.in_channels}"
         )
-    if model.backbone.startswith("conv4") and dataset.image_size != model.image_size:
+    if model.fixed_input_size and dataset.image_size != model.image_size:
         raise ValueError(
             f"pretraining: the dataset's images are {dataset.image_size} px but the {model.backbone} "
             f"model was built for image_size={model.image_size}"
