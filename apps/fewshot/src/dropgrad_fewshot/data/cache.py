@@ -447,11 +447,29 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise DataError(f"episode cache sidecar {side}: shape {shape!r} is not N x S x S x C uint8 with C 1 or 3")
     if shape[1] != meta["image_size"]:
         raise DataError(f"episode cache sidecar {side}: shape {shape} does not match image_size {meta['image_size']}")
-    labels = np.asarray(meta["labels"], dtype=np.int64)
-    if len(labels) != shape[0] or _labels_checksum(labels, shape) != meta["checksum"]:
+    names, sources = meta["class_names"], meta.get("class_sources")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"episode cache sidecar {side}: class_names must be a list of names; rebuild it with {BUILD_COMMAND}")
+    try:
+        labels = np.asarray(meta["labels"], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise DataError(f"episode cache sidecar {side}: labels must be a list of class indices; rebuild it with {BUILD_COMMAND}") from None
+    if labels.ndim != 1 or len(labels) != shape[0] or _labels_checksum(labels, shape) != meta["checksum"]:
         raise DataError(f"episode cache sidecar {side}: labels or shape do not match its checksum (edited or corrupt); rebuild it")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["class_names"])):
         raise DataError(f"episode cache sidecar {side}: labels outside 0..{len(meta['class_names']) - 1}")
+    if sources is not None and (not isinstance(sources, list) or len(sources) != len(names)):
+        raise DataError(f"episode cache sidecar {side}: class_sources must list one entry per class name; rebuild it with {BUILD_COMMAND}")
+    if not isinstance(meta.get("source", {}), dict):
+        raise DataError(f"episode cache sidecar {side}: source must be an object; rebuild it with {BUILD_COMMAND}")
+    try:
+        pixels = PixelFormat.from_dict(meta["pixels"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"episode cache sidecar {side}: pixels {meta['pixels']!r} is not a pixel format ({exc}); rebuild it with {BUILD_COMMAND}") from None
+    for key in ("mean", "std"):
+        value = getattr(pixels, key)
+        if value is not None and len(value) != shape[3]:
+            raise DataError(f"episode cache sidecar {side}: pixels.{key} has {len(value)} values for {shape[3]} channel(s); rebuild it with {BUILD_COMMAND}")
     expected = int(np.prod(shape, dtype=np.int64))
     actual = path.stat().st_size
     if actual != expected:

@@ -56,15 +56,22 @@ def _cub_root(root: Path) -> Path:
 def _read_pairs(path: Path) -> list[tuple[int, str, str]]:
     """Lines "<int id> <value>" of a CUB metadata file as (line number, id, value)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2 or not parts[0].isdigit():
-                raise DataError(f"{path} line {line_no}: expected '<id> <value>', got {line!r}")
-            out.append((line_no, parts[0], parts[1]))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: byte {err.start} is not UTF-8; expected UTF-8 lines '<id> <value>'") from None
+    seen: dict[str, int] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DataError(f"{path} line {line_no}: expected '<id> <value>', got {line!r}")
+        first = seen.setdefault(parts[0], line_no)
+        if first != line_no:
+            raise DataError(f"{path} line {line_no}: id {parts[0]} again (already on line {first}); expected each id once")
+        out.append((line_no, parts[0], parts[1]))
     return out
 
 

@@ -41,6 +41,21 @@ class ImageIndex:
         self.classes.append(cls)
         self.origins.append(origin)
 
+    def check_unique(self, what: str) -> None:
+        """Raise :class:`DataError` naming both places where one image is listed twice.
+
+        A repeated list line would put the same image twice in its class, so one episode could
+        hold it in both its support and its query set.
+        """
+        seen: dict[Path, int] = {}
+        for i, p in enumerate(self.paths):
+            j = seen.setdefault(p, i)
+            if j != i:
+                raise DataError(
+                    f"{what}: {self.origins[i]} lists {p} again (already listed at {self.origins[j]}); "
+                    "expected every image once"
+                )
+
     def check_files(self, what: str) -> None:
         """Raise :class:`DataError` naming the first listed file that does not exist.
 
@@ -97,6 +112,7 @@ def rgb_dataset(
     """An RGB :class:`ImageFileDataset` over ``index``; classes sorted by name, labels 0..k-1."""
     if not index.paths:
         raise DataError(f"{name} {split}: the split lists no images")
+    index.check_unique(f"{name} {split}")
     names = sorted(set(index.classes))
     lookup = {c: k for k, c in enumerate(names)}
     return ImageFileDataset(

@@ -80,19 +80,22 @@ def _csv_index(root: Path, csv_dir: Path, split: str) -> ImageIndex:
         raise DataError(f"miniimagenet (csv layout): {csv_path} not found; expected Ravi's {CSV_NAMES[split]} there")
     image_dir = root / "images" if (root / "images").is_dir() else root
     index = ImageIndex()
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if header is None or [h.strip() for h in header] != ["filename", "label"]:
-            raise DataError(f"{csv_path} line 1: expected the header 'filename,label', got {header!r}")
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue  # a trailing blank line
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise DataError(f"{csv_path} line {line}: expected 'filename,label', got {','.join(row)!r}")
-            name, label = row[0].strip(), row[1].strip()
-            index.add(image_dir / name, label, f"{csv_path} line {line}")
-            index.sources.setdefault(label, f"{csv_path}, label {label}")
+    try:
+        text = csv_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{csv_path}: byte {err.start} is not UTF-8; expected a UTF-8 text file of 'filename,label' rows") from None
+    rows = csv.reader(text.splitlines())
+    header = next(rows, None)
+    if header is None or [h.strip() for h in header] != ["filename", "label"]:
+        raise DataError(f"{csv_path} line 1: expected the header 'filename,label', got {header!r}")
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue  # a trailing blank line
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{csv_path} line {line}: expected 'filename,label', got {','.join(row)!r}")
+        name, label = row[0].strip(), row[1].strip()
+        index.add(image_dir / name, label, f"{csv_path} line {line}")
+        index.sources.setdefault(label, f"{csv_path}, label {label}")
     index.check_files(f"miniimagenet (csv layout, images in {image_dir})")
     return index
 
@@ -113,6 +116,14 @@ def _load_filelist(path: Path) -> tuple[list[str], list[str], list[int]]:
     if not isinstance(meta, dict) or any(k not in meta for k in keys):
         raise DataError(f"{path}: expected a JSON object with keys {', '.join(keys)}")
     names, labels, label_names = meta["image_names"], meta["image_labels"], meta["label_names"]
+    for key, value in (("label_names", label_names), ("image_names", names), ("image_labels", labels)):
+        if not isinstance(value, list):
+            raise DataError(f"{path}: {key} must be a JSON list, got {type(value).__name__}")
+    if not all(isinstance(n, str) for n in names + label_names):
+        raise DataError(f"{path}: label_names and image_names must hold strings")
+    if len(set(label_names)) != len(label_names):
+        dup = next(n for i, n in enumerate(label_names) if n in label_names[:i])
+        raise DataError(f"{path}: label_names lists {dup!r} twice (at {label_names.index(dup)} and later); expected one entry per class")
     if len(names) != len(labels):
         raise DataError(f"{path}: image_names has {len(names)} entries but image_labels has {len(labels)}")
     for i, lab in enumerate(labels):

@@ -200,6 +200,9 @@ def load_otb_json(
         if not isinstance(img_names, list) or len(img_names) != len(boxes):
             n = len(img_names) if isinstance(img_names, list) else "no"
             raise OTBDataError(f"{where}: {n} img_names for {len(boxes)} gt_rect boxes")
+        bad = next((i for i, n in enumerate(img_names) if not isinstance(n, str) or not n), None)
+        if bad is not None:
+            raise OTBDataError(f"{where}: img_names[{bad}] is {img_names[bad]!r}; expected an image path relative to --root")
         attrs = tuple(attribute_code(a, where) for a in entry.get("attr", []))
         first = _number_of(img_names[0]) or 1
         name = canonical_name(key)
@@ -320,12 +323,29 @@ def check_frames(sequences: Mapping[str, Sequence]) -> None:
     """Raise :class:`OTBDataError` naming the first sequence whose frame files are missing.
 
     Running a tracker needs the images; scoring results does not, so loaders do not check this.
+    Every frame is checked (one directory listing per folder), so a missing frame in the middle
+    of the last sequence stops the run before the first one starts; so does a first box a
+    tracker cannot start from.
     """
+    listings: dict[Path, set[str] | None] = {}
     for name, seq in sequences.items():
         if not seq.frames:
             raise OTBDataError(f"{name}: no frame files known; give --root, the folder the image names are relative to")
-        for frame in (seq.frames[0], seq.frames[-1]):
-            if not frame.is_file():
+        box = seq.boxes[0]
+        if not (np.isfinite(box).all() and box[2] > 0 and box[3] > 0):
+            raise OTBDataError(
+                f"{seq.source or name}: the first box of {name} (frame {seq.first_frame}) is {box.tolist()}; "
+                "expected finite x, y and a positive width and height to start a tracker from"
+            )
+        for frame in seq.frames:
+            folder = frame.parent
+            if folder not in listings:
+                try:
+                    listings[folder] = set(os.listdir(folder))
+                except OSError:
+                    listings[folder] = None
+            names = listings[folder]
+            if names is None or frame.name not in names:
                 raise OTBDataError(f"{name}: frame file {frame} not found; is --root the folder holding the sequence folders?")
 
 

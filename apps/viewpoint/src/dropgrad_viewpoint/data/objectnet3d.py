@@ -54,12 +54,28 @@ def read_image_set(root: str | os.PathLike[str], name: str) -> list[str]:
 
     Raises:
         FileNotFoundError: the file is missing (names it and the sets present).
+        ValueError: the file is not UTF-8 text or lists an image id twice (names the file and line).
     """
     path = Path(root) / "Image_sets" / f"{name}.txt"
     if not path.is_file():
         present = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
         raise FileNotFoundError(f"image set {path} not found (present: {', '.join(present) or 'none'})")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"image set {path}: byte {err.start} is not UTF-8; expected one image id per line") from None
+    ids: list[str] = []
+    first: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if image_id in first:
+            # The same image twice would put one object in a task's support and its query.
+            raise ValueError(f"image set {path}, line {number}: {image_id} again (already on line {first[image_id]}); expected each image id once")
+        first[image_id] = number
+        ids.append(image_id)
+    return ids
 
 
 @dataclass

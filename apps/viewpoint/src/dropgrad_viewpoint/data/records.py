@@ -257,8 +257,14 @@ def load_cad(path: str | os.PathLike[str], cls: str | None = None) -> list[CadMo
     models = []
     for i, inst in enumerate(instances):
         where = f"{name}({i + 1})"
-        vertices = np.asarray(_get(inst, "vertices", where, path), dtype=np.float64).reshape(-1, 3)
-        faces = np.asarray(_get(inst, "faces", where, path), dtype=np.int64).reshape(-1, 3) - 1
+        arrays = {}
+        for key, dtype in (("vertices", np.float64), ("faces", np.int64)):
+            value = np.asarray(_get(inst, key, where, path), dtype=dtype)
+            # One row (a single face) arrives squeezed to shape (3,).
+            if value.ndim > 2 or value.size % 3 or (value.ndim == 2 and value.shape[1] != 3):
+                raise MatError(f"{path}: field {where}.{key} must be an N x 3 array, got shape {value.shape}")
+            arrays[key] = value.reshape(-1, 3)
+        vertices, faces = arrays["vertices"], arrays["faces"] - 1
         pnames = _get(inst, "pnames", where, path)
         names = [pnames] if isinstance(pnames, str) else list(pnames)
         if not all(isinstance(n, str) for n in names):

@@ -1,0 +1,97 @@
+"""Bad list and cache files: one DataError naming the file and line, never a silent duplicate."""
+
+import json
+
+import numpy as np
+import pytest
+from dropgrad_fewshot.data import DataError, build_cache, build_dataset, open_cache
+from PIL import Image
+
+
+def _mini_csv(root, rows_per_class=3):
+    (root / "images").mkdir(parents=True)
+    for split, first in (("train", 0), ("val", 5), ("test", 10)):
+        lines = ["filename,label"]
+        for c in range(first, first + 5):
+            for k in range(rows_per_class):
+                name = f"n{c:08d}{k:08d}.jpg"
+                Image.new("RGB", (10, 8), (c * 10, k * 40, 90)).save(root / "images" / name)
+                lines.append(f"{name},n{c:08d}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_csv_duplicate_row_is_refused(tmp_path):
+    root = _mini_csv(tmp_path / "mini")
+    csv = root / "train.csv"
+    csv.write_text(csv.read_text() + csv.read_text().splitlines()[1] + "\n")
+    with pytest.raises(DataError, match=r"train\.csv line 17 lists .* again \(already listed at .*train\.csv line 2\)"):
+        build_dataset("miniimagenet", "train", data_root=root, check_sizes=False)
+
+
+def test_csv_not_utf8_names_the_file(tmp_path):
+    root = _mini_csv(tmp_path / "mini")
+    with open(root / "train.csv", "ab") as f:
+        f.write(b"caf\xe9.jpg,n00000000\n")
+    with pytest.raises(DataError, match=r"train\.csv: byte \d+ is not UTF-8"):
+        build_dataset("miniimagenet", "train", data_root=root, check_sizes=False)
+
+
+def test_closerlook_duplicate_label_name_is_refused(tmp_path):
+    (tmp_path / "base.json").write_text(json.dumps(
+        {"label_names": ["n1", "n1"], "image_names": ["/x/n1/a.jpg", "/x/n1/b.jpg"], "image_labels": [0, 1]}))
+    with pytest.raises(DataError, match=r"base\.json: label_names lists 'n1' twice"):
+        build_dataset("miniimagenet", "train", data_root=tmp_path, filelist_dir=tmp_path, check_sizes=False)
+
+
+def _cub(root):
+    cub = root / "CUB_200_2011"
+    (cub / "images" / "001.A").mkdir(parents=True)
+    Image.new("RGB", (10, 8)).save(cub / "images" / "001.A" / "a.jpg")
+    (cub / "classes.txt").write_text("1 001.A\n")
+    (cub / "images.txt").write_text("1 001.A/a.jpg\n")
+    (cub / "image_class_labels.txt").write_text("1 1\n")
+    return cub
+
+
+@pytest.mark.parametrize("name", ["images.txt", "classes.txt", "image_class_labels.txt"])
+def test_cub_repeated_id_is_refused(tmp_path, name):
+    cub = _cub(tmp_path)
+    path = cub / name
+    path.write_text(path.read_text() * 2)
+    with pytest.raises(DataError, match=rf"{name} line 2: id 1 again \(already on line 1\)"):
+        build_dataset("cub", "train", data_root=cub, check_sizes=False)
+
+
+def test_cub_not_utf8_names_the_file(tmp_path):
+    cub = _cub(tmp_path)
+    (cub / "images.txt").write_bytes(b"1 001.A/caf\xe9.jpg\n")
+    with pytest.raises(DataError, match=r"images\.txt: byte \d+ is not UTF-8"):
+        build_dataset("cub", "train", data_root=cub, check_sizes=False)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(pixels={}), "pixels {} is not a pixel format"),
+        (lambda m: m["pixels"].update(mean=[0.5, 0.5, 0.5], std=[1.0, 1.0, 1.0]), r"pixels\.mean has 3 values for 1 channel"),
+        (lambda m: m.update(class_sources=m["class_sources"] + ["extra"]), "class_sources must list one entry per class"),
+        (lambda m: m.update(class_names=7), "class_names must be a list"),
+        (lambda m: m.update(source="x"), "source must be an object"),
+        (lambda m: m.update(labels=["a"] * len(m["labels"])), "labels must be a list of class indices"),
+    ],
+)
+def test_cache_sidecar_fields_are_checked(tmp_path, edit, message):
+    path = build_cache("glyphs", "val", None, 28, tmp_path, n_classes=2, images_per_class=2)
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    edit(meta)
+    side.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"sidecar .*glyphs-val-28\.json: {message}"):
+        open_cache(tmp_path, "glyphs", "val", 28, options={"n_classes": 2, "images_per_class": 2})
+
+
+def test_cache_sidecar_intact_still_opens(tmp_path):
+    build_cache("glyphs", "val", None, 28, tmp_path, n_classes=2, images_per_class=2)
+    ds = open_cache(tmp_path, "glyphs", "val", 28, options={"n_classes": 2, "images_per_class": 2})
+    assert ds.n_classes == 2 and np.isfinite(ds.load(0).numpy()).all()

@@ -1,0 +1,36 @@
+"""Bad ObjectNet3D image sets and CAD files: one error naming the file (and line or field)."""
+
+import numpy as np
+import pytest
+from dropgrad_viewpoint.data.mat import MatError, save_mat
+from dropgrad_viewpoint.data.objectnet3d import read_image_set
+from dropgrad_viewpoint.data.records import load_cad
+
+
+def test_image_set_lists_an_id_twice(tmp_path):
+    (tmp_path / "Image_sets").mkdir()
+    (tmp_path / "Image_sets" / "train.txt").write_text("a_0001\na_0002\n\na_0001\n")
+    with pytest.raises(ValueError, match=r"train\.txt, line 4: a_0001 again \(already on line 1\)"):
+        read_image_set(tmp_path, "train")
+
+
+def test_image_set_not_utf8(tmp_path):
+    (tmp_path / "Image_sets").mkdir()
+    (tmp_path / "Image_sets" / "train.txt").write_bytes(b"a_0001\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"image set .*train\.txt: byte 10 is not UTF-8"):
+        read_image_set(tmp_path, "train")
+
+
+def test_image_set_good(tmp_path):
+    (tmp_path / "Image_sets").mkdir()
+    (tmp_path / "Image_sets" / "val.txt").write_text("b_1\n\nb_2\n")
+    assert read_image_set(tmp_path, "val") == ["b_1", "b_2"]
+
+
+@pytest.mark.parametrize("field", ["vertices", "faces"])
+def test_cad_arrays_must_be_n_by_3(tmp_path, field):
+    model = {"vertices": np.zeros((4, 3)), "faces": np.array([[1.0, 2, 3]]), "pnames": ["tip"], "tip": np.array([0.0, 0, 1])}
+    model[field] = np.zeros((5, 2))
+    path = save_mat(tmp_path / "mug.mat", {"mug": [model]})
+    with pytest.raises(MatError, match=rf"mug\.mat: field mug\(1\)\.{field} must be an N x 3 array, got shape \(5, 2\)"):
+        load_cad(path)
