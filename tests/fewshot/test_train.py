@@ -208,6 +208,8 @@ def test_defaults_match_the_papers_sources():
         (["--dropgrad-schedule", "linear", "--epochs", "1"], "--dropgrad-schedule linear needs --epochs >= 2"),
         (["--dropgrad-layers", "block9"], "params entry 'block9' matches no parameter"),
         (["--dataset", "miniimagenet", "--data-root", "m", "--test-dataset", "cub"], "--test-dataset cub needs --test-data-root"),
+        (["--patience", "0"], "--patience must be >= 1"),
+        (["--seed", "-1"], "--seed must be >= 0"),
     ],
 )
 def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
@@ -219,7 +221,8 @@ def test_user_errors_are_one_line_before_training(argv, expected, tmp_path):
     assert "Traceback" not in proc.stderr
     assert expected in proc.stderr, proc.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
-    if "--dropgrad" in argv[0]:  # checked with the options, before the run directory is written
+    if argv[0] in ("--dropgrad-schedule", "--dropgrad-layers", "--patience", "--seed"):
+        # checked with the options, before the run directory is written
         assert not (tmp_path / "r").exists()
 
 

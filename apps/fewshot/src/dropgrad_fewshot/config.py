@@ -145,6 +145,8 @@ class FewShotConfig:
             raise ValueError(
                 f"--episodes-per-epoch {self.episodes_per_epoch} must be a multiple of --meta-batch {self.meta_batch}"
             )
+        need(self.patience is None or self.patience >= 1, "patience", ">= 1")
+        need(self.seed >= 0, "seed", ">= 0")
         need(self.val_episodes >= 1, "val-episodes", ">= 1")
         need(self.test_episodes >= 1, "test-episodes", ">= 1")
         need(self.image_size is None or self.image_size >= 8, "image-size", ">= 8")
