@@ -96,6 +96,9 @@ def test_foreign_payloads_are_refused(tmp_path):
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION + 1}, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match="version"):
         load_checkpoint(tmp_path / "new.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": True}, tmp_path / "bool.pt")  # True == 1, but not a version
+    with pytest.raises(CheckpointError, match="version True"):
+        load_checkpoint(tmp_path / "bool.pt")
 
 
 def test_failure_while_writing_leaves_old_file_intact(tmp_path, monkeypatch):

@@ -33,6 +33,30 @@ def test_seed_everything_reproduces_all_rngs():
     _assert_same(first, _draws())
     with pytest.raises(ValueError, match="seed"):
         seed_everything(-1)
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(True)
+
+
+def test_seed_everything_gives_numpy_all_32_bits():
+    seed_everything(2**31 + 5)
+    high = np.random.rand(3)
+    seed_everything(5)
+    assert not np.array_equal(high, np.random.rand(3))  # 2**31 + 5 is not folded onto 5
+    seed_everything(2**32 + 5)  # seed % 2**32, as documented
+    wrapped = np.random.rand(3)
+    np.random.seed(5)
+    assert np.array_equal(wrapped, np.random.rand(3))
+
+
+def test_restore_sets_every_cuda_devices_state(monkeypatch):
+    state = capture_rng_state()
+    state["torch_cuda"] = [torch.full((8,), i, dtype=torch.uint8) for i in range(3)]
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: calls.append((device, int(s[0]))))
+    restore_rng_state(state)
+    assert calls == [(0, 0), (1, 1)]  # both devices present here, each its own state; the third is not here
 
 
 def test_restore_reproduces_next_draws_including_cached_gaussians():
@@ -92,6 +116,8 @@ def test_select_device_cuda_index_out_of_range(monkeypatch):
     assert select_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match=r"cuda:3.*available: cpu, cuda:0"):
         select_device("cuda:3")
+    with pytest.raises(ValueError, match=r"cuda:1.*does not exist"):
+        select_device("cuda:1")  # one device: cuda:0 only
 
 
 def test_autocast():

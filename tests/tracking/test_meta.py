@@ -15,6 +15,7 @@ from dropgrad_tracking.meta import (
     available_meta_trackers,
     build_learner,
     load_learner,
+    load_seeded_learner,
     meta_tracker,
     register_meta_tracker,
 )
@@ -52,6 +53,7 @@ def test_build_learner_is_one_step_metasgd_over_the_adapted_parameters(toy):
     assert learner.fast_names == ["3.weight", "3.bias"] and set(learner.lrs) == {"3__weight", "3__bias"}
     assert all(torch.all(a == toy.ToyDef.inner_lr) for a in learner.lrs.values())
     assert learner.lrs["3__weight"].shape == learner.model[3].weight.shape  # one step size per element
+    assert not build_learner(meta_tracker("toy"), None)[0].first_order  # second order unless asked
 
 
 def test_one_inner_step_is_theta_minus_alpha_times_the_gradient():
@@ -143,3 +145,31 @@ def test_broken_run_directories_are_refused(run_dir, tmp_path):
     (broken / "checkpoints" / "best.pt").unlink()
     with pytest.raises(CheckpointError, match="best.pt does not exist"):
         load_learner("toy", broken, None, CPU)
+
+
+def test_seeded_untrained_learner_depends_on_the_seed_only_and_leaves_the_global_stream(toy):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random-backbone warning
+        torch.manual_seed(1)
+        a, _ = load_seeded_learner("toy", None, None, CPU, 5)
+        torch.manual_seed(2)
+        before = torch.get_rng_state()
+        b, _ = load_seeded_learner("toy", None, None, CPU, 5)
+        assert torch.equal(torch.get_rng_state(), before)
+        c, _ = load_seeded_learner("toy", None, None, CPU, 6)
+    sa, sb, sc = ({k: v for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)} for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_a_checkpoints_backbone_source_is_reported_without_the_random_backbone_warning(run_dir, tmp_path):
+    # The checkpoint holds the backbone it was trained from; no --backbone-weights are needed at eval.
+    trained = tmp_path / "trained"
+    shutil.copytree(run_dir, trained)
+    config = json.loads((trained / "config.json").read_text())
+    config["backbone_source"] = "imagenet-vgg-m.mat"
+    (trained / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, metadata = load_learner("toy", trained, None, CPU)
+    assert metadata["backbone"] == "imagenet-vgg-m.mat"

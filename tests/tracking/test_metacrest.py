@@ -201,6 +201,12 @@ def test_windowed_peak_prefers_the_centre_and_handles_negative_maps():
     best = max(((responses[m, y, x] - responses.min()) * window[y, x] * penalties[m], m * n * n + y * n + x)
                for m in range(3) for y in range(n) for x in range(n))
     assert int(windowed_peak(responses, window, penalties)) == best[1]
+    # One shift for all maps (scales stay comparable): map 0 peaks at 1.2, map 1 at 0.5 over a floor of -10.
+    # Shifted by the common minimum -10 the centres score 11.2 and 10.5, so map 0 wins; a per-map
+    # shift would score them 0.2 and 10.5 and pick map 1.
+    two = torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), -10.0)])
+    two[0, 2, 2], two[1, 2, 2] = 1.2, 0.5
+    assert int(windowed_peak(two, correlation.hann_window(5), torch.ones(2))) == 2 * 5 + 2
 
 
 def test_interpolation_is_stride_4_and_commutes_with_the_reduction():

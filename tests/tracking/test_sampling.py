@@ -19,6 +19,7 @@ from dropgrad_tracking.trackers.sampling import (
     crop_regions,
     draw_samples,
     frame_tensor,
+    inside_frame,
     overlap,
 )
 
@@ -181,3 +182,73 @@ def test_bbox_regressor_learns_and_keeps_safeguards():
     wild = feats[:1].clone()
     wild[0, 2:4] = 5.0
     np.testing.assert_allclose(reg.predict(wild, boxes[:1]), boxes[:1])
+
+
+def test_uniform_and_whole_scale_exponents_span_minus_one_to_one():
+    # size *= scale ** U(-1, 1): the exponent is symmetric, so boxes shrink as often as they grow
+    rng = np.random.default_rng(0)
+    box = np.array([250.0, 200.0, 40.0, 30.0])
+    for kind in ("uniform", "whole"):
+        s = SampleGenerator(kind, (640, 480), trans=0.5, scale=1.5)(box, 4000, rng)
+        e = np.log(s[:, 2] / box[2]) / np.log(1.5)
+        np.testing.assert_allclose(np.log(s[:, 3] / box[3]) / np.log(1.5), e, atol=1e-12)
+        assert e.min() < -0.95 and e.max() > 0.95 and abs(e.mean()) < 0.05, kind
+
+
+def test_whole_sampler_centres_lie_on_mdnets_grid():
+    # MDNet: centre = wh / 2 + g * (image - wh / 2 - 1), g on an m x m grid of linspace(0, 1, m), m = int(2 sqrt n)
+    box = np.array([7.0, 3.0, 40.0, 30.0])
+    s = SampleGenerator("whole", (200, 100), trans=0.0, scale=1.0)(box, 16, np.random.default_rng(0))
+    g = np.linspace(0, 1, 8)
+    xs, ys = 20 + g * (200 - 20 - 1), 15 + g * (100 - 15 - 1)
+    c = s[:, :2] + s[:, 2:] / 2
+    assert np.abs(c[:, :1] - xs[None, :]).min(1).max() < 1e-9
+    assert np.abs(c[:, 1:] - ys[None, :]).min(1).max() < 1e-9
+    assert len({tuple(p) for p in c.round(6)}) == 16  # distinct grid points
+
+
+def test_sample_sizes_are_clamped_to_ten_pixels_inside_the_image_border():
+    rng = np.random.default_rng(0)
+    big = SampleGenerator("uniform", (100, 80), trans=0.0, scale=1.5)(np.array([5.0, 5, 85, 75]), 2000, rng)
+    assert big[:, 2].max() == 90 and big[:, 3].max() == 70  # image - 10, reached
+    small = SampleGenerator("uniform", (100, 80), trans=0.0, scale=1.5)(np.array([40.0, 40, 6, 5]), 2000, rng)
+    assert small[:, 2].max() == 10 and small[:, 3].max() == 10  # at least 10
+
+
+def test_inside_frame_clips_x_to_the_width_and_y_to_the_height():
+    # a tall image: the width (100) bounds x, the height (300) bounds y
+    np.testing.assert_array_equal(inside_frame(np.array([-20.0, 250, 300, 80]), (100, 300)), [0, 250, 100, 50])
+    np.testing.assert_array_equal(inside_frame(np.array([50.0, -5, 10, 20]), (100, 300)), [50, 0, 10, 15])
+
+
+def test_clamp_box_keeps_the_centre_of_the_unclamped_box():
+    # a 4 x 6 box at centre (42, 53) grows to 10 x 10 about the same centre, by hand
+    np.testing.assert_allclose(clamp_box(np.array([40.0, 50, 4, 6]), (200, 100)), [37, 48, 10, 10])
+    # a 1000 x 2 box centred at (450, 11): size (190, 10), centre clipped to (200, 11)
+    np.testing.assert_allclose(clamp_box(np.array([-50.0, 10, 1000, 2]), (200, 100)), [105, 6, 190, 10])
+
+
+def test_bbox_regressor_uses_its_intercept():
+    # features = targets - 0.05: W = I and intercept 0.05 reproduce the targets exactly
+    rng = np.random.default_rng(2)
+    gt = np.array([60.0, 50.0, 40.0, 30.0])
+    boxes = draw_samples(SampleGenerator("uniform", (320, 240), 0.3, 1.5, 1.1), gt, 200, rng, (0.6, 1.0), (1.0, 2.0))
+    feats = torch.from_numpy(box_targets(boxes, gt) - 0.05).float()
+    reg = BBoxRegressor((320, 240), lam=1e-6).fit(feats, boxes, gt)
+    np.testing.assert_allclose(reg.predict(feats[:20], boxes[:20]), np.tile(gt, (20, 1)), atol=5e-3)
+
+
+def test_bbox_regressor_fits_only_boxes_in_range_and_keeps_predictions_in_the_image():
+    rng = np.random.default_rng(3)
+    gt = np.array([60.0, 50.0, 40.0, 30.0])
+    good = draw_samples(SampleGenerator("uniform", (320, 240), 0.3, 1.5, 1.1), gt, 100, rng, (0.6, 1.0), (1.0, 2.0))
+    bad = draw_samples(SampleGenerator("uniform", (320, 240), 2.0, 1.5), gt, 40, rng, (0.0, 0.3))
+    feats = torch.from_numpy(rng.normal(size=(140, 6))).float()
+    both = BBoxRegressor((320, 240), lam=1.0).fit(feats, np.vstack([good, bad]), gt)
+    only = BBoxRegressor((320, 240), lam=1.0).fit(feats[:100], good, gt)
+    torch.testing.assert_close(both.weight, only.weight)
+    torch.testing.assert_close(both.bias, only.bias)
+    # a zero regression returns the box; a box over the right edge is cut at the edge (w = 320 - 300)
+    only.weight.zero_()
+    only.bias.zero_()
+    np.testing.assert_allclose(only.predict(feats[:1], np.array([[300.0, 200, 40, 30]])), [[300, 200, 20, 30]])

@@ -288,6 +288,9 @@ def test_split_keeps_the_held_out_videos_out_of_training():
         assert list(split.val) == [names[-1]] and list(split.train) == train
     with pytest.raises(ValueError, match="no sequence left to train on"), pytest.warns(UserWarning, match="Jogging-1"):
         split_sequences({n: Sequence(n, [], good) for n in ("Jogging-1", "Jogging-2")}, 1, horizon=1)
+    # Only OTB's own multi-target videos share a key; any other "-N" name is a video of its own.
+    split = split_sequences({n: Sequence(n, [], good) for n in ("car-1", "car-2")}, 1, horizon=1)
+    assert list(split.train) == ["car-1"] and list(split.val) == ["car-2"]
 
 
 def test_stack_tasks_refuses_shapes_that_differ():

@@ -54,7 +54,8 @@ def test_eval_reproduces_the_training_run_evaluation_without_overwriting_it(tiny
     assert after["pooled"] == before["pooled"] and after["categories"] == before["categories"]
     assert main_eval([str(tiny_run), "--draws", "1", "--shots", "2", "--checkpoint", "last"]) == 0
     other = tiny_run / f"eval_last_2shot_{before['eval_steps']}step_1draw"
-    assert json.loads(other.with_suffix(".json").read_text())["shots"] == 2
+    last = json.loads(other.with_suffix(".json").read_text())
+    assert last["shots"] == 2 and last["draws"] == 1 and last["pooled"]["runs"] == 1  # --draws, not the run's 3
     assert other.with_name(other.name + "_examples.png").is_file()
     assert json.loads((tiny_run / "results.json").read_text()) == before
 

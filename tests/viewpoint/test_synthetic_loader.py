@@ -374,3 +374,56 @@ def test_keypoints_missing_from_the_objects_cad_model_are_masked_not_zero_target
     assert torch.equal(data.canon[0], torch.tensor([[0.2, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.3]]))
     assert torch.equal(data.canon[1], torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.1]]))
     assert torch.isfinite(data.canon).all() and torch.isfinite(data.depth).all()
+
+
+def test_images_are_rgb_imagenet_normalised_and_keypoints_outside_the_crop_are_not_targets(tmp_path):
+    # bbox 1..30: crop centre 15.5, side 1.5 * 29 = 43.5; keypoint b at x = 55 is (55 - 15.5) / 43.5 > 0.5 out
+    anchors = {"a": {"location": np.array([5.0, 5.0]), "status": 1.0}, "b": {"location": np.array([55.0, 15.0]), "status": 1.0}}
+    root = _folder(tmp_path, [_obj(anchors=anchors)])
+    _with_images(root)
+    ds = ObjectNet3D(root, ["train"])
+    data = CategoryData.build(ds, "mug", ds.items, 32)
+    assert data.visible[0].tolist() == [True, False] and data.kp2d[0, 1].tolist() == [0.0, 0.0]
+    bgr = data.raw_crops[0].astype(np.float64) / 255
+    for channel, (mean, std) in enumerate([(0.485, 0.229), (0.456, 0.224), (0.406, 0.225)]):  # R, G, B
+        np.testing.assert_allclose(data.images[0, channel].numpy(), (bgr[..., 2 - channel] - mean) / std, atol=1e-5)
+
+
+def test_coarse_annotation_scale_is_the_least_squares_fit_of_x_and_flipped_y():
+    from dropgrad_viewpoint.data.objectnet3d import _pixel_scale
+    from dropgrad_viewpoint.data.records import Viewpoint
+
+    rng = np.random.default_rng(0)
+    rotated = rng.normal(size=(5, 3))
+    # crop coordinates: x right, y down; CAD y up. A scale 0.37 and a shift, one keypoint masked out (garbage).
+    kp2d = 0.37 * rotated[:, :2] * [1.0, -1.0] + [0.1, -0.05]
+    kp2d[4] = [9.0, 9.0]
+    mask = np.array([True, True, True, True, False])
+    coarse = Viewpoint(azimuth=0, elevation=0, theta=0, distance=0, focal=1, px=0, py=0, viewport=2000)
+    assert _pixel_scale(coarse, rotated, kp2d, mask, 40.0) == pytest.approx(0.37, rel=1e-12)
+    fine = Viewpoint(azimuth=0, elevation=0, theta=0, distance=8, focal=1, px=0, py=0, viewport=2000)
+    assert _pixel_scale(fine, rotated, kp2d, mask, 40.0) == pytest.approx(2000 / 8 / 40)
+
+
+class _Counts:
+    """A stand-in data set for make_split: ``usable`` objects per category."""
+
+    def __init__(self, counts):
+        self.counts, self.root = counts, "fake"
+
+    @property
+    def categories(self):
+        return sorted(self.counts)
+
+    def usable(self, cls, mode):
+        return [None] * self.counts[cls]
+
+
+def test_split_needs_shots_plus_one_objects_and_draws_validation_from_the_seed():
+    base = _Counts({"a": 5, "b": 6, "c": 9, "d": 7, "e": 8, "f": 6})
+    split = make_split(base, _Counts({"n": 6}), ["n"], 2, 5, seed=0)
+    assert split.excluded.keys() == {"a"} and sorted(split.train + split.val) == ["b", "c", "d", "e", "f"]
+    with pytest.raises(ValueError, match="novel category 'n' has 5 usable"):
+        make_split(base, _Counts({"n": 5}), ["n"], 2, 5, seed=0)
+    vals = {tuple(make_split(base, _Counts({"n": 6}), ["n"], 2, 5, seed=s).val) for s in range(10)}
+    assert len(vals) > 1 and make_split(base, _Counts({"n": 6}), ["n"], 2, 5, seed=0).val == split.val
