@@ -175,6 +175,51 @@ def test_shifts_equal_the_file_path_shift():
     assert torch.equal(apply_shifts(x, Shifts(np.zeros(30, int), np.zeros(30, int))), x)
 
 
+def test_crop_sizes_follow_the_file_paths_rule_at_the_image_edge():
+    # At 4 px the (height, width) pairs are few and the crops as wide or as high as the image
+    # (w == S, h < S) are common: torchvision's accept rule is 0 < w <= S and 0 < h <= S.
+    n, size = 20000, 4
+    p = sample_crop_jitter_flip(n, size, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    ref = np.array([random_resized_crop_params(size, size, rng) for _ in range(n)])
+    ours, theirs = p.height * 10 + p.width, ref[:, 2] * 10 + ref[:, 3]
+    for hw in np.union1d(ours, theirs):
+        assert abs(np.mean(ours == hw) - np.mean(theirs == hw)) < 0.012, hw
+    assert np.mean((p.width == size) & (p.height < size)) > 0.1
+
+
+def test_jitter_factors_are_drawn_independently():
+    # CloserLook's ImageJitter draws one factor per enhancement (brightness, contrast, colour).
+    p = sample_crop_jitter_flip(20000, 16, np.random.default_rng(4))
+    f = np.stack([p.brightness, p.contrast, p.saturation])
+    assert np.abs(np.corrcoef(f)[np.triu_indices(3, 1)]).max() < 0.05
+    assert np.allclose(f.mean(axis=1), 1.0, atol=0.01) and f.min() >= 0.6 and f.max() <= 1.4
+
+
+def test_shifts_along_one_axis_equal_the_file_path_shift():
+    # Only dx moves: the zero padding must still cover the largest |dx|.
+    x = torch.rand(4, 1, 7, 7)
+    s = Shifts(np.zeros(4, dtype=np.int64), np.array([2, -2, 1, 0]))
+    out = apply_shifts(x, s)
+    for i in range(4):
+        assert torch.equal(out[i], shift(x[i], 0, int(s.dx[i])))
+    t = Shifts(np.array([-2, 0, 1, 2]), np.zeros(4, dtype=np.int64))
+    assert all(torch.equal(o, shift(xi, int(dy), 0)) for o, xi, dy in zip(apply_shifts(x, t), x, t.dy))
+
+
+def test_grayscale_batch_augmentation_shifts_up_to_2_pixels_like_the_file_path():
+    # The file path (glyphs, Omniglot) shifts by rng.integers(-2, 3) in each direction: a single
+    # bright pixel lands uniformly on the 5 x 5 offsets around its place.
+    x = torch.zeros(1000, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0
+    y = device_augment.augment_batch(x, np.random.default_rng(0))
+    where = y[:, 0].flatten(1).argmax(1)
+    assert torch.equal(y.flatten(1).sum(1), torch.ones(1000))
+    for d in (where // 9 - 4, where % 9 - 4):
+        counts = torch.bincount(d + 2, minlength=5)
+        assert counts.numel() == 5 and (counts > 150).all(), counts.tolist()
+
+
 def test_augmented_batches_are_seed_deterministic_and_only_change_the_images(tmp_path, mini_cub):
     build_cache("cub", "train", mini_cub, 32, tmp_path, check_sizes=False)
     plain = open_cache(tmp_path, "cub", "train", 32)

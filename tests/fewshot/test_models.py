@@ -372,6 +372,31 @@ def test_channels_last_and_bf16_autocast(backbone):
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+@pytest.mark.parametrize("backbone", ["conv4", "resnet10"])
+def test_dropout_masks_come_from_the_given_generator(backbone):
+    """``generator`` draws every regulariser's masks: nets built with equally seeded generators
+    drop the same units whatever torch's global RNG holds (the documented reproducible masks)."""
+    masks = []
+    for global_seed in (0, 1):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(7)
+        net = build_model(backbone, 5, in_channels=1, image_size=28, regularizer="dropout", dropout_p=0.5, generator=g)
+        assert all(d.generator is g for d in _drops(net))
+        torch.manual_seed(global_seed)
+        dropgrad.resample_dropout_masks(net)
+        net(_images(2, 1, 28))
+        masks.append([d.mask.clone() for d in _drops(net)])
+    assert all(torch.equal(a, b) for a, b in zip(*masks))
+
+
+def test_count_parameters_counts_only_trainable_elements():
+    net = build_model("conv4", 5, in_channels=1, image_size=28)
+    total = count_parameters(net)
+    assert total == sum(p.numel() for p in net.parameters())
+    net.fc.requires_grad_(False)
+    assert count_parameters(net) == total - net.fc.weight.numel() - net.fc.bias.numel()
+
+
 # ------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "kwargs,match",
@@ -387,6 +412,7 @@ def test_channels_last_and_bf16_autocast(backbone):
         ({"dropout_p": 1.0}, "0 <= p < 1"),
         ({"n_way": 0}, "n_way must be an integer >= 1"),
         ({"image_size": 12}, "image_size must be at least 16"),
+        ({"in_channels": 0}, "in_channels must be an integer >= 1"),
     ],
 )
 def test_bad_options_are_named(kwargs, match):

@@ -210,3 +210,92 @@ def test_pretraining_dropout_masks_follow_the_seed_not_the_models_generator():
         pretrain_feature_extractor(net, data, epochs=1, batch_size=16, lr=1e-3, device="cpu", seed=3, progress=False)
         runs.append(net.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+class Recording(Quadrants):
+    """Quadrants that records the order its items are read in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[int] = []
+
+    def __getitem__(self, i: int):
+        self.order.append(int(i))
+        return super().__getitem__(i)
+
+
+def test_pretraining_shuffles_by_the_seed():
+    orders = []
+    for seed in (3, 3, 4):
+        data = Recording()
+        net = build_model("conv4", 5, in_channels=1, image_size=16)
+        pretrain_feature_extractor(net, data, epochs=1, batch_size=16, lr=1e-3, device="cpu", seed=seed, progress=False)
+        assert sorted(data.order) == list(range(len(data)))
+        orders.append(data.order)
+    assert orders[0] == orders[1] and orders[0] != orders[2]
+
+
+def test_pretraining_applies_the_weight_decay():
+    trunks = []
+    for weight_decay in (0.0, 0.0, 10.0):
+        torch.manual_seed(0)
+        net = build_model("conv4", 5, in_channels=1, image_size=16)
+        pretrain_feature_extractor(net, Quadrants(), epochs=1, batch_size=16, lr=1e-3, device="cpu", seed=0,
+                                   progress=False, weight_decay=weight_decay)
+        trunks.append(net.block1.conv.weight.detach().clone())
+    assert torch.equal(trunks[0], trunks[1]) and not torch.allclose(trunks[0], trunks[2])
+
+
+def test_pretraining_history_is_each_epochs_own_mean(monkeypatch):
+    # The reference: every batch's loss and correct count, recorded as cross-entropy is called,
+    # averaged per image over the batches of each epoch (48 images in batches of 20: 3 per epoch).
+    import torch.nn.functional as F
+
+    batches = []
+    cross_entropy = F.cross_entropy
+
+    def recording(logits, y, *args, **kwargs):
+        loss = cross_entropy(logits, y, *args, **kwargs)
+        batches.append((loss.item(), int((logits.argmax(-1) == y).sum()), y.numel()))
+        return loss
+
+    monkeypatch.setattr(F, "cross_entropy", recording)
+    torch.manual_seed(0)
+    net = build_model("conv4", 5, in_channels=1, image_size=16)
+    out = pretrain_feature_extractor(net, Quadrants(), epochs=3, batch_size=20, lr=3e-3, device="cpu", seed=0,
+                                     progress=False)
+    assert len(batches) == 9 and out["steps"] == 9
+    for e, h in enumerate(out["history"]):
+        epoch = batches[3 * e : 3 * e + 3]
+        n = sum(b[2] for b in epoch)
+        assert n == 48
+        assert h["train_loss"] == pytest.approx(sum(b[0] * b[2] for b in epoch) / n, rel=1e-9)
+        assert h["train_accuracy"] == pytest.approx(sum(b[1] for b in epoch) / n)
+    losses = [h["train_loss"] for h in out["history"]]
+    assert losses[0] != pytest.approx(losses[2], rel=1e-3)  # the epochs differ, so a running mean would show
+    assert out["final_train_loss"] == losses[-1]
+
+
+def test_pretraining_head_covers_the_largest_label():
+    class Gapped(Blank):
+        labels = np.array([0, 2] * 4)  # class 1 has no images: the head still needs index 2
+
+        def __getitem__(self, i: int):
+            return torch.rand(1, 16, 16), int(self.labels[i])
+
+    net = build_model("conv4", 5, in_channels=1, image_size=16)
+    out = pretrain_feature_extractor(net, Gapped(), epochs=1, batch_size=4, lr=1e-3, device="cpu", seed=0, progress=False)
+    assert out["n_classes"] == 3
+
+
+def test_pretraining_does_not_depend_on_the_global_rng():
+    # The temporary head and the dropout masks come from ``seed``, not from whatever state torch's
+    # global RNG is in when pre-training starts.
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(0)
+        net = build_model("conv4", 5, in_channels=1, image_size=16, regularizer="dropout")
+        torch.manual_seed(global_seed)
+        pretrain_feature_extractor(net, Quadrants(), epochs=1, batch_size=16, lr=1e-3, device="cpu", seed=3, progress=False)
+        runs.append(net.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -723,3 +724,45 @@ def test_fewshot_test_tags_only_a_folder_other_than_the_runs_own(tmp_path, monke
     assert not _other_folder(cfg, "miniimagenet", "./mini")
     assert _other_folder(cfg, "cub", "CUB2") and _other_folder(cfg, None, "mini")  # None: the run's test set, CUB
     assert _other_folder(cfg, "omniglot", "omni")  # a data set the run never read
+
+
+def test_fewshot_test_honours_shot_and_names_the_file_by_what_differs(tiny_run, monkeypatch):
+    from dropgrad_fewshot import testing
+    from dropgrad_fewshot.data import DataError
+
+    calls = []
+    monkeypatch.setattr(testing, "evaluate", lambda learner, dataset, **kw: calls.append(kw) or {"acc": np.full(4, 50.0)})
+    # The run's own test query (3, not the training query 1) needs no "_3q"; 4 episodes is not the run's 6.
+    res = testing.test_run(tiny_run, episodes=4, progress=False)
+    assert Path(res["written"]).name == "test_glyphs_test_3w1s_4ep.json" and calls[-1]["query"] == 3
+    res = testing.test_run(tiny_run, episodes=6, shot=2, query=1, progress=False)
+    assert (calls[-1]["shot"], calls[-1]["query"], res["shot"]) == (2, 1, 2)
+    assert Path(res["written"]).name == "test_glyphs_test_3w2s_1q.json"
+    # Tasks the split cannot give are refused before any evaluation.
+    with pytest.raises(DataError, match="--shot|images"):
+        testing.test_run(tiny_run, episodes=4, shot=10_000, progress=False)
+    assert len(calls) == 2
+
+
+def test_cams_of_a_one_query_test_take_each_classs_only_query(tiny_run, monkeypatch):
+    from dropgrad_fewshot import testing
+
+    cfg, learner, dev = testing.load_run(tiny_run, "cpu")
+    dataset = load_split(testing.test_config(cfg, None, None), "test", test=True)
+    got = {}
+    monkeypatch.setattr(testing, "save_cam_grid", lambda path, images, cams, labels, preds, **kw: got.update(labels=labels))
+    testing.write_cams(learner, dataset, 3, 1, 1, 11, dev, tiny_run / "cam.png")
+    assert got["labels"].tolist() == [0, 1, 2]
+
+
+def test_use_batched_leaves_the_learners_mode_as_it_was():
+    # fewshot-train asks for evaluation's batching after training's, then trains: a learner left
+    # in eval mode would meta-train with DropGrad and dropout off.
+    learner = build_learner(tiny_config(regularizer="dropout"))
+    assert learner.training
+    assert use_batched(learner, "on", training=False)
+    assert learner.training and learner.dropgrad.training
+    learner.eval()
+    with pytest.raises(ValueError, match="--batched on"):
+        use_batched(learner, "on", training=True)  # consistent dropout while training: not batchable
+    assert not learner.training and not learner.dropgrad.training

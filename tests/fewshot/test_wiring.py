@@ -35,6 +35,22 @@ def test_mamlpp_options_reach_the_learner():
     assert build_learner(tiny(method="mamlpp", epochs=20)).msl_epochs == 3  # 15 % of 20
 
 
+def test_memory_options_and_the_head_size_reach_the_learner():
+    learner = build_learner(tiny(task_chunk=3, checkpoint=True))
+    assert learner.task_chunk == 3 and learner.checkpoint
+    plain = build_learner(tiny())
+    assert plain.task_chunk is None and not plain.checkpoint
+    assert build_learner(tiny(), n_way=7).model.fc.out_features == 7  # e.g. a head for other tasks
+
+
+@pytest.mark.parametrize("layers", ["all", "ALL", " Full ", ""])
+def test_dropgrad_layers_all_in_any_case_selects_every_parameter(layers):
+    from dropgrad_fewshot.methods import make_dropgrad
+
+    names = ["block1.conv.weight", "block4.bn.bias", "fc.weight"]
+    assert make_dropgrad(tiny(dropgrad_layers=layers)).selected(names) == (True, True, True)
+
+
 def test_mamlpp_msl_share_is_15_percent_of_the_real_schedule():
     assert resolve_defaults(FewShotConfig(dataset="cub", data_root="x", shot=1)).msl_epochs == 360
 
