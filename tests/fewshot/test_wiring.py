@@ -58,7 +58,7 @@ def test_mamlpp_msl_share_is_15_percent_of_the_real_schedule():
 def test_metasgd_star_pretrains_the_base_classes_with_the_pretrain_options(tmp_path, monkeypatch):
     from dropgrad_fewshot import run
 
-    cfg = tiny(method="metasgd-star", pretrain_epochs=3, pretrain_lr=5e-4, pretrain_batch=17)
+    cfg = tiny(method="metasgd-star", pretrain_epochs=3, pretrain_lr=5e-4, pretrain_batch=17, bf16=True, num_workers=2)
     seen = {}
 
     def fake_split(cfg_, split, **kw):
@@ -74,6 +74,7 @@ def test_metasgd_star_pretrains_the_base_classes_with_the_pretrain_options(tmp_p
     run._pretrain(cfg, build_learner(cfg), tmp_path, torch.device("cpu"), lambda line: None)
     assert seen["split"] == "train"
     assert (seen["epochs"], seen["lr"], seen["batch_size"]) == (3, 5e-4, 17)
+    assert (seen["amp"], seen["num_workers"]) == (True, 2)  # --bf16 and --num-workers hold for pre-training too
 
 
 def test_pretraining_draws_a_dropout_mask_per_batch_in_train_mode():

@@ -208,6 +208,9 @@ def _pretrain(cfg: FewShotConfig, learner: MAML, out: Path, device: torch.device
             device=device,
             seed=cfg.seed,
             progress=cfg.progress,
+            # The run's speed options hold for its pre-training too.
+            amp=cfg.bf16,
+            num_workers=cfg.num_workers,
         )
         log(f"metasgd-star: pre-trained the backbone with cross-entropy: {summary}")
         # The classifier is the meta-learned N-way head; only the trunk is carried over.
