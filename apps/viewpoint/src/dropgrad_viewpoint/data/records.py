@@ -261,7 +261,7 @@ def load_cad(path: str | os.PathLike[str], cls: str | None = None) -> list[CadMo
         for key, dtype in (("vertices", np.float64), ("faces", np.int64)):
             value = np.asarray(_get(inst, key, where, path), dtype=dtype)
             # One row (a single face) arrives squeezed to shape (3,).
-            if value.ndim > 2 or value.size % 3 or (value.ndim == 2 and value.shape[1] != 3):
+            if value.shape != (3,) and (value.ndim != 2 or value.shape[1] != 3):
                 raise MatError(f"{path}: field {where}.{key} must be an N x 3 array, got shape {value.shape}")
             arrays[key] = value.reshape(-1, 3)
         vertices, faces = arrays["vertices"], arrays["faces"] - 1
