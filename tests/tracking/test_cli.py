@@ -138,3 +138,35 @@ def test_scoring_is_deterministic(static_run, tmp_path, capsys):
     a.pop("scoring_seconds"), b.pop("scoring_seconds")
     assert np.allclose(a["trackers"]["static"]["overall"]["success_curve"], b["trackers"]["static"]["overall"]["success_curve"])
     assert a["trackers"]["static"]["sequences"] == b["trackers"]["static"]["sequences"]
+
+
+class _Broken:
+    """A new tracker with a bug in ``update`` (a numpy shape error is a ValueError)."""
+
+    def __new__(cls):
+        from dropgrad_tracking.trackers import Tracker
+
+        class Broken(Tracker):
+            def __init__(self):
+                super().__init__("broken")
+
+            def init(self, image, box):
+                self.box = np.asarray(box, dtype=float)
+
+            def update(self, image):
+                return self.box + np.zeros(3)
+
+        return Broken()
+
+
+def test_a_bug_in_a_tracker_shows_its_traceback_and_where_it_ran(tmp_path, capsys, monkeypatch):
+    # It used to print one "track-eval: error: operands could not be broadcast ..." line and exit 2,
+    # as if it were a user error: no tracker, sequence, frame, file or line.
+    from dropgrad_tracking.trackers import register_tracker, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_tracker("broken", lambda options: _Broken(), "test")
+    code, out, err = _run(["--tracker", "broken", "--out", str(tmp_path), "--no-plots", *FAST], capsys)
+    assert code == 1, err
+    assert "Traceback" in err and "in update" in err and "test_cli.py" in err
+    assert "track-eval: error: broken.update failed on Synthetic-01, frame 2: ValueError: operands" in err

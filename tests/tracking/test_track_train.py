@@ -384,3 +384,21 @@ def test_a_given_synthetic_root_is_shared_between_runs(tmp_path, capsys):
     assert not (tmp_path / "a" / "synthetic-data").exists() and (root / "synthetic.json").is_file()
     code, captured = _train(tmp_path / "c", "--root", str(root), "--synthetic-frames", "13", capsys=capsys)
     assert code == 2 and "holds a synthetic set made with other settings" in captured.err
+
+
+def test_sources_are_listed_once_and_a_source_without_a_loader_says_so(capsys):
+    import typing
+
+    from dropgrad_tracking.cli_train import build_parser
+    from dropgrad_tracking.training import SOURCES
+    from dropgrad_tracking.training import config as config_module
+
+    assert SOURCES == typing.get_args(config_module.Source)
+    choices = next(a.choices for a in build_parser()._actions if a.dest == "source")
+    assert tuple(choices) == SOURCES
+    # A name added to Source without its branch in load_sources: a programming error that names
+    # the place to edit, not a user error saying the name is "not one of" the listed choices.
+    cfg = TrackTrainConfig(tracker="toy", source="otb", root=".")
+    cfg.source = "folder"
+    with pytest.raises(NotImplementedError, match="load_sources .* has no branch"):
+        load_sources(cfg, ".")

@@ -133,3 +133,22 @@ def test_as_array_accepts_pil_and_arrays():
 
     pil = Image.fromarray(np.zeros((4, 5), dtype=np.uint8))
     assert as_array(pil).shape == (4, 5, 3) and as_array(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
+
+
+def test_a_tracker_returning_a_bad_box_is_named_and_a_raising_one_is_wrapped(sequences, tmp_path):
+    from dropgrad_tracking.trackers import TrackerFailure
+
+    class Bad(StaticTracker):
+        def update(self, image):
+            return [1, 2, 3]
+
+    with pytest.raises(ValueError, match="static on Synthetic-01, frame 2: a tracker must return 4 numbers"):
+        run_tracker(Bad(), sequences, tmp_path, progress=False)
+
+    class Raising(StaticTracker):
+        def init(self, image, box):
+            raise KeyError("oops")
+
+    with pytest.raises(TrackerFailure, match="static.init failed on Synthetic-01, frame 1: KeyError") as info:
+        run_tracker(Raising(), sequences, tmp_path, progress=False)
+    assert isinstance(info.value.__cause__, KeyError)

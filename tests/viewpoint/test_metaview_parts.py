@@ -106,3 +106,21 @@ def test_adaptation_outside_meta_training_returns_params_cut_from_the_meta_param
         leaked = [n for n, p in m.named_parameters() if p.grad is not None]
         assert leaked == [], (mode, leaked)  # theta, trunk and step sizes untouched
         assert all(plain), mode  # and no graph is kept alive with the result
+
+
+def test_every_trunk_choice_builds_and_reports_its_channels():
+    import typing
+
+    import pytest
+
+    from dropgrad_viewpoint.config import ViewpointConfig
+    from dropgrad_viewpoint.models import TRUNKS
+
+    assert typing.get_args(typing.get_type_hints(ViewpointConfig)["trunk"]) == TRUNKS
+    for name in TRUNKS:
+        trunk = build_trunk(name).eval()
+        with torch.no_grad():
+            out = trunk(torch.zeros(1, 3, 32, 32))
+        assert out.ndim == 4 and out.shape[1] == trunk.out_channels, name
+    with pytest.raises(ValueError, match="trunk must be one of small, resnet18, got 'big'"):
+        build_trunk("big")

@@ -26,6 +26,7 @@ import json
 import shutil
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -52,6 +53,7 @@ from .evaluation.results import (
     read_results,
 )
 from .trackers import (
+    TrackerFailure,
     TrackerOptions,
     available_trackers,
     make_tracker,
@@ -223,6 +225,13 @@ def main(argv: Seq[str] | None = None) -> int:
         warnings.simplefilter("always")
         try:
             summary = _run(args, parser)
+        except TrackerFailure as err:
+            # A tracker raised while running: show where (its traceback), not just one line.
+            for w in caught:
+                print(f"track-eval: warning: {w.message}", file=sys.stderr)
+            traceback.print_exception(err.__cause__ or err, file=sys.stderr)
+            print(f"track-eval: error: {err}", file=sys.stderr)
+            return 1
         except _USER_ERRORS as err:
             for w in caught:
                 print(f"track-eval: warning: {w.message}", file=sys.stderr)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from dropgrad import check_p, check_schedule
 
+from .models.trunk import Trunk
+
 __all__ = ["DEFAULT_SYNTHETIC_ROOT", "ViewpointConfig"]
 
 DEFAULT_SYNTHETIC_ROOT = "runs/viewpoint-data"  # under runs/, which git ignores
@@ -38,7 +40,7 @@ class ViewpointConfig:
     first_order: bool = field(
         default=True, metadata={"help": "first-order meta-gradient (second order through conv layers is ~25x slower on CPU)"}
     )
-    trunk: Literal["small", "resnet18"] = field(default="small", metadata={"help": "feature extractor (resnet18: the paper's, for real data on a GPU)"})
+    trunk: Trunk = field(default="small", metadata={"help": "feature extractor (resnet18: the paper's, for real data on a GPU)"})
     image_size: int = field(default=64, metadata={"help": "crop side in pixels fed to the trunk (224 with resnet18)"})
     head_kernel: int = field(default=1, metadata={"help": "first conv kernel of the per-keypoint module: 1 (per-position MLP, fast) or 3"})
     learn_inner_lr: bool = field(default=True, metadata={"help": "meta-learn one inner step size per parameter tensor (MAML++-style)"})

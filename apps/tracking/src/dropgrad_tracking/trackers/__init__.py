@@ -9,7 +9,7 @@ from .registry import (
     register_tracker,
     tracker_spec,
 )
-from .runner import TrackingRun, run_tracker, track_sequence
+from .runner import TrackerFailure, TrackingRun, run_tracker, track_sequence
 from .static import StaticTracker
 
 register_tracker("static", lambda options: StaticTracker(), "baseline: the first box, held still")
@@ -19,6 +19,7 @@ from . import metacrest, metasdnet  # noqa: F401
 __all__ = [
     "StaticTracker",
     "Tracker",
+    "TrackerFailure",
     "TrackerOptions",
     "TrackerSpec",
     "TrackingRun",

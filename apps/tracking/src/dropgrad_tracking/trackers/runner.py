@@ -33,7 +33,14 @@ from ..data.sequence import Sequence
 from ..evaluation.results import METADATA_FILE, TrackerResult
 from .base import Tracker, as_box
 
-__all__ = ["TrackingRun", "run_tracker", "track_sequence"]
+__all__ = ["TrackerFailure", "TrackingRun", "run_tracker", "track_sequence"]
+
+
+class TrackerFailure(RuntimeError):
+    """A tracker's ``init`` or ``update`` raised: names the tracker, sequence and frame, and
+    chains the original exception (so its traceback is shown). Deliberately not a
+    ``ValueError``: ``track-eval`` prints those as one-line user errors, which would hide the
+    file and line of a bug in a new tracker."""
 
 
 @dataclass
@@ -62,12 +69,19 @@ def track_sequence(tracker: Tracker, sequence: Sequence, bar: tqdm | None = None
     for i in range(n):
         image = sequence.image(i)
         start = time.perf_counter()
-        if i == 0:
-            tracker.init(image, sequence.init_box)
-            box = sequence.init_box
-        else:
-            box = as_box(tracker.update(image), f"{tracker.name} on {sequence.name}, frame {i + 1}")
+        try:
+            if i == 0:
+                tracker.init(image, sequence.init_box)
+                raw = sequence.init_box
+            else:
+                raw = tracker.update(image)
+        except Exception as err:
+            call = "init" if i == 0 else "update"
+            raise TrackerFailure(
+                f"{tracker.name}.{call} failed on {sequence.name}, frame {i + 1}: {type(err).__name__}: {err}"
+            ) from err
         times[i] = time.perf_counter() - start
+        box = raw if i == 0 else as_box(raw, f"{tracker.name} on {sequence.name}, frame {i + 1}")
         boxes[i] = box
         if bar is not None:
             bar.update(1)

@@ -8,14 +8,16 @@ theta and the per-element step sizes, Gaussian DropGrad with p = 0.2.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from dropgrad import check_p, check_schedule
 
 __all__ = ["SOURCES", "TrackTrainConfig"]
 
+#: The ``--source`` choices, listed once: the parser's choices and the check below both read it.
+#: A new source is a name here plus its branch in ``training/sources.py``'s ``load_sources``.
 Source = Literal["synthetic", "otb", "vot", "vid"]
-SOURCES: tuple[str, ...] = ("synthetic", "otb", "vot", "vid")
+SOURCES: tuple[str, ...] = get_args(Source)
 
 
 @dataclass

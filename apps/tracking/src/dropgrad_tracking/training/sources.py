@@ -112,8 +112,13 @@ def load_sources(cfg: TrackTrainConfig, out: str | os.PathLike[str]) -> dict[str
         found = vid_sequences(list_path, root)
         if names is not None:
             found = select_sequences(found, names, str(list_path))
-    else:  # pragma: no cover - the config refuses other values
-        raise ValueError(f"--source {cfg.source!r} is not one of synthetic, otb, vot, vid")
+    else:
+        # A name in config.Source without a branch here: a programming error, not a user's
+        # (a ValueError would print as a one-line "not one of" that --help contradicts).
+        raise NotImplementedError(
+            f"--source {cfg.source!r} is a choice of TrackTrainConfig.source but load_sources "
+            "(dropgrad_tracking/training/sources.py) has no branch that loads it"
+        )
     check_frames(found)
     return dict(sorted(found.items()))
 

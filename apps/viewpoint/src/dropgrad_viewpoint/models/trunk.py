@@ -10,11 +10,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal, get_args
+
 from torch import nn
 
-__all__ = ["TRUNKS", "build_trunk"]
+__all__ = ["TRUNKS", "Trunk", "build_trunk"]
 
-TRUNKS = ("small", "resnet18")
+#: The ``--trunk`` choices, listed once (``ViewpointConfig.trunk`` is typed with it). A new trunk
+#: is a name here and its class in ``_BUILDERS`` below; the class sets ``out_channels``.
+Trunk = Literal["small", "resnet18"]
+TRUNKS: tuple[str, ...] = get_args(Trunk)
 
 
 class _Small(nn.Sequential):
@@ -51,8 +57,11 @@ def build_trunk(name: str) -> nn.Module:
     >>> build_trunk("small")(torch.zeros(2, 3, 64, 64)).shape
     torch.Size([2, 64, 16, 16])
     """
-    if name == "small":
-        return _Small()
-    if name == "resnet18":
-        return _ResNet18()
-    raise ValueError(f"trunk must be one of {', '.join(TRUNKS)}, got {name!r}")
+    if name not in _BUILDERS:
+        raise ValueError(f"trunk must be one of {', '.join(TRUNKS)}, got {name!r}")
+    return _BUILDERS[name]()
+
+
+_BUILDERS: dict[str, Callable[[], nn.Module]] = {"small": _Small, "resnet18": _ResNet18}
+if set(_BUILDERS) != set(TRUNKS):  # a name in one list only: the option or the network would be missing
+    raise ImportError(f"models/trunk.py: Trunk lists {sorted(TRUNKS)} but _BUILDERS has {sorted(_BUILDERS)}")
