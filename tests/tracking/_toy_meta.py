@@ -13,21 +13,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dropgrad import Task, select_device
-from dropgrad_tracking.meta import (
-    BACKBONE_RANDOM,
-    MetaTrackerDef,
-    available_meta_trackers,
-    load_learner,
-    meta_tracker,
-    register_meta_tracker,
-)
-from dropgrad_tracking.trackers import (
-    Tracker,
-    TrackerOptions,
-    as_array,
-    register_tracker,
-)
+from dropgrad import Task
+from dropgrad_tracking.meta import BACKBONE_RANDOM, MetaTrackerDef, available_meta_trackers, register_meta
+from dropgrad_tracking.trackers import Tracker, as_array
 from torch import nn
 
 NAME = "toy"
@@ -115,12 +103,5 @@ class ToyTracker(Tracker):
         return self.box.copy()
 
 
-def _factory(options: TrackerOptions) -> Tracker:
-    definition = meta_tracker(NAME)
-    learner, metadata = load_learner(NAME, options.checkpoint, options.backbone_weights, select_device(options.device))
-    return definition.make_tracker(learner, metadata, seed=options.seed)
-
-
 if NAME not in available_meta_trackers():
-    register_meta_tracker(ToyDef())
-    register_tracker(NAME, _factory, "test-only toy meta-learned tracker", accepts=("checkpoint", "backbone_weights"))
+    register_meta(ToyDef(), "test-only toy meta-learned tracker")

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from dropgrad import DropGrad, MetaSGD, Task, load_best_model
+from dropgrad import DropGrad, MetaSGD, Task, load_best_model, select_device
 from torch import Tensor, nn
 
 from .data.sequence import Sequence
 from .trackers.base import Tracker
+from .trackers.registry import TrackerOptions, register_tracker
 
 __all__ = [
     "BACKBONE_RANDOM",
@@ -38,6 +39,7 @@ __all__ = [
     "build_learner",
     "load_learner",
     "meta_tracker",
+    "register_meta",
     "register_meta_tracker",
 ]
 
@@ -133,6 +135,23 @@ def build_learner(
         adapt=list(definition.adapt),
     )
     return learner, source
+
+
+def register_meta(definition: MetaTrackerDef, help: str) -> MetaTrackerDef:
+    """Register ``definition`` for ``track-train`` (:func:`register_meta_tracker`) and, under the
+    same name, as a ``track-eval`` tracker: its learner from ``--checkpoint`` (a track-train run)
+    or else the seeded untrained initialisation (:func:`load_seeded_learner`), wrapped by
+    ``definition.make_tracker``. Returns ``definition``."""
+    register_meta_tracker(definition)
+
+    def factory(options: TrackerOptions) -> Tracker:
+        learner, metadata = load_seeded_learner(
+            definition.name, options.checkpoint, options.backbone_weights, select_device(options.device), options.seed
+        )
+        return definition.make_tracker(learner, metadata, seed=options.seed)
+
+    register_tracker(definition.name, factory, help, accepts=("checkpoint", "backbone_weights"))
+    return definition
 
 
 def load_seeded_learner(

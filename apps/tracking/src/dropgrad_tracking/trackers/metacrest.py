@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dropgrad import MetaSGD, Task, select_device, sgd_step
+from dropgrad import MetaSGD, Task, sgd_step
 from torch import Tensor, nn
 
 from ..data.sequence import Sequence
-from ..meta import BACKBONE_RANDOM, MetaTrackerDef, load_seeded_learner, register_meta_tracker
+from ..meta import BACKBONE_RANDOM, MetaTrackerDef, register_meta
 from ..models.vgg16 import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,7 +59,6 @@ from .correlation import (
     peak_displacement,
     windowed_peak,
 )
-from .registry import TrackerOptions, register_tracker
 
 __all__ = [
     "CELL",
@@ -434,19 +433,6 @@ class MetaCRESTTracker(Tracker):
         return self._box.copy()
 
 
-DEFINITION = register_meta_tracker(MetaCRESTDef())
-
-
-def _factory(options: TrackerOptions) -> Tracker:
-    learner, metadata = load_seeded_learner(
-        DEFINITION.name, options.checkpoint, options.backbone_weights, select_device(options.device), options.seed
-    )
-    return DEFINITION.make_tracker(learner, metadata, seed=options.seed)
-
-
-register_tracker(
-    "metacrest",
-    _factory,
-    "MetaCREST: VGG-16 conv4_3 + meta-learned correlation-filter head (Meta-Tracker)",
-    accepts=("checkpoint", "backbone_weights"),
+DEFINITION = register_meta(
+    MetaCRESTDef(), "MetaCREST: VGG-16 conv4_3 + meta-learned correlation-filter head (Meta-Tracker)"
 )

@@ -45,24 +45,22 @@ import contextlib
 import copy
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dropgrad import MetaSGD, Task, select_device
+from dropgrad import MetaSGD, Task
 from torch import Tensor, nn
 
 from ..data.sequence import Sequence
 from ..evaluation.iou import is_empty_box
-from ..meta import BACKBONE_RANDOM, MetaTrackerDef, load_seeded_learner, register_meta_tracker
+from ..meta import BACKBONE_RANDOM, MetaTrackerDef, register_meta
 from ..models.matconvnet import load_vggm_mat
 from ..models.vggm import CROP_SIZE, VGGM, build_vggm
 from .base import Tracker, as_array, first_box
 from .bbreg import BBoxRegressor
-from .registry import TrackerOptions, register_tracker
 from .sampling import (
     SampleGenerator,
     clamp_box,
@@ -513,23 +511,9 @@ class MetaSDNetDef(MetaTrackerDef):
         return MetaSDNetTracker(learner, metadata, seed=seed, options=self.options, name=self.name)
 
 
-def _factory(name: str, options: TrackerOptions) -> Tracker:
-    learner, metadata = load_seeded_learner(
-        name, options.checkpoint, options.backbone_weights, select_device(options.device), options.seed
-    )
-    return _DEFINITIONS[name].make_tracker(learner, metadata, seed=options.seed)
-
-
-_DEFINITIONS: dict[str, MetaSDNetDef] = {}
-
-
 def register_metasdnet(definition: MetaSDNetDef, help: str | None = None) -> MetaSDNetDef:
     """Register ``definition`` for ``track-train`` (meta trackers) and ``track-eval`` (trackers)."""
-    register_meta_tracker(definition)
-    _DEFINITIONS[definition.name] = definition
-    register_tracker(definition.name, partial(_factory, definition.name),
-                     help or f"MetaSDNet variant {definition.name}", accepts=("checkpoint", "backbone_weights"))
-    return definition
+    return register_meta(definition, help or f"MetaSDNet variant {definition.name}")
 
 
 METASDNET = register_metasdnet(
