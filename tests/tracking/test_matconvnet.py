@@ -159,3 +159,46 @@ def test_vggm_shapes_and_feature_path():
         assert net.conv[:4](x).shape == (2, 96, 25, 25) and net.conv[:8](x).shape == (2, 256, 5, 5)
     with pytest.raises(ValueError, match="expected crops of shape"):
         net.features(torch.zeros(1, 3, 64, 64))
+
+
+def _lrn_loop(x):
+    out = torch.empty_like(x)
+    for c in range(x.shape[1]):
+        window = (x[:, max(0, c - 2):c + 3] ** 2).sum(1)
+        out[:, c] = x[:, c] / (2 + 1e-4 * window) ** 0.75
+    return out
+
+
+def test_vggm_matches_mdnets_layers_spelled_out_in_float64():
+    # MDNet's VGG-M, written out with plain functional ops: conv1 7x7/2, ReLU, LRN, max-pool 3/2,
+    # conv2 5x5/2, ReLU, LRN, max-pool 3/2, conv3 3x3/1, ReLU, no padding; fc4, ReLU, fc5, ReLU, fc6.
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = build_vggm(tiny=True).double().eval()
+    p = {n: v.detach() for n, v in net.named_parameters()}
+    x = torch.randn(2, 3, 107, 107, dtype=torch.float64) * 60
+    y = F.max_pool2d(_lrn_loop(F.relu(F.conv2d(x, p["conv.conv1.weight"], p["conv.conv1.bias"], stride=2))), 3, 2)
+    y = F.max_pool2d(_lrn_loop(F.relu(F.conv2d(y, p["conv.conv2.weight"], p["conv.conv2.bias"], stride=2))), 3, 2)
+    y = F.relu(F.conv2d(y, p["conv.conv3.weight"], p["conv.conv3.bias"])).flatten(1)
+    z = F.relu(F.linear(y, p["fc.fc4.weight"], p["fc.fc4.bias"]))
+    z = F.relu(F.linear(z, p["fc.fc5.weight"], p["fc.fc5.bias"]))
+    z = F.linear(z, p["fc.fc6.weight"], p["fc.fc6.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(net.features(x), y, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(net(x), z, rtol=1e-10, atol=1e-10)
+        # the dropout-free head is the eval-mode head, whatever the module's mode
+        net.train()
+        torch.testing.assert_close(net.head_without_dropout(y), z, rtol=1e-10, atol=1e-10)
+
+
+def test_vggm_initialisation_and_dropout_rate():
+    torch.manual_seed(0)
+    for tiny in (True, False):
+        net = build_vggm(tiny=tiny, dropout=0.3)
+        assert net.fc.drop5.p == net.fc.drop6.p == 0.3
+        fc = dict(net.fc.named_children())
+        # MDNet: fc4/fc5 N(0, 0.01) with bias 0.1; fc6 N(0, 0.001) with bias 0 (scores start near 0)
+        assert 0.008 < float(fc["fc4"].weight.detach().std()) < 0.012 and 0.008 < float(fc["fc5"].weight.detach().std()) < 0.012
+        assert 0.0007 < float(fc["fc6"].weight.detach().std()) < 0.0013 and torch.all(fc["fc6"].bias == 0)
+        assert torch.all(fc["fc4"].bias == 0.1) and torch.all(net.conv.conv1.bias == 0.1)

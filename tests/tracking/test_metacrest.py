@@ -689,3 +689,24 @@ def test_filter_size_is_the_targets_size_in_cells_made_odd(patch_size, context, 
     cfg = MetaCRESTConfig(patch_size=patch_size, context=context)
     # target cells: 4, 5, 6, 7, 14, 18.7, 11.2
     assert cfg.kernel_size == kernel and CorrelationHead(8, 4, cfg.kernel_size).filter.kernel_size == (kernel, kernel)
+
+
+def test_backbone_reads_a_checkpoint_that_wraps_the_state_dict(tv_features, tmp_path):
+    # Training checkpoints often store {"state_dict": {...}, "epoch": ...}; the weights inside are used.
+    torch.save({"state_dict": {f"features.{k}": v for k, v in tv_features.state_dict().items()}, "epoch": 3},
+               tmp_path / "ckpt.pth")
+    net, _ = build_vgg16_conv4(tmp_path / "ckpt.pth")
+    x = torch.randn(1, 3, 32, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), tv_features[:23](x), rtol=1e-5, atol=1e-5)
+
+
+def test_random_backbone_uses_torchvisions_vgg_initialisation():
+    # torchvision's VGG: kaiming_normal_(mode="fan_out", relu), bias 0; the random-init baseline uses it.
+    torch.manual_seed(0)
+    net, _ = build_vgg16_conv4(None)
+    for index in vgg16_module.CONV_INDICES:
+        conv = net.features[index]
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert float(conv.weight.std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.1), index
+        assert torch.all(conv.bias == 0)

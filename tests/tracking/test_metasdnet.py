@@ -402,3 +402,123 @@ def test_update_schedule_is_mdnets_long_term_every_10_frames_short_term_on_failu
         assert [i for i, s in enumerate(scores, start=1) if s <= 0] == sorted(failures)
         # (frame, update, frames in the positive memory: the initial one + each success so far)
         assert updates == [(4, "short", 4), (10, "long", 10), (20, "short", 19)], f"run {run}"
+
+
+def _forced(tracker, success):
+    """Force the sign of every candidate's target score (the ranking stays the network's)."""
+    head = tracker.net.head_without_dropout
+    tracker.net.head_without_dropout = lambda x: head(x) + head(x).new_tensor([0.0, 1e3 if success() else -1e3])
+
+
+def test_search_widens_after_a_failure_and_narrows_after_a_success():
+    o = dataclasses.replace(SMALL, n_bbreg=0, update_iters=0)
+    tracker, _ = _tiny_tracker(options=o)
+    state = {"ok": False}
+    frames = _moving_square(4)
+    tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+    _forced(tracker, lambda: state["ok"])
+    assert tracker._candidates.trans == o.trans
+    tracker.update(frames[1])
+    assert tracker.last_score < 0 and tracker._candidates.trans == o.trans_expand == 1.5
+    state["ok"] = True
+    tracker.update(frames[2])
+    assert tracker._candidates.trans == o.trans == 0.6
+
+
+def test_box_regression_gives_the_result_on_success_only():
+    tracker, _ = _tiny_tracker(options=dataclasses.replace(SMALL, update_iters=0))
+    state = {"ok": True}
+    frames = _moving_square(3)
+    tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+    _forced(tracker, lambda: state["ok"])
+    assert tracker._bbreg is not None
+    tracker._bbreg.predict = lambda feats, boxes: np.tile([50.0, 30, 20, 22], (len(boxes), 1))
+    np.testing.assert_allclose(tracker.update(frames[1]), [50.0, 30, 20, 22])
+    state["ok"] = False
+    out = tracker.update(frames[2])
+    assert not np.allclose(out, [50.0, 30, 20, 22])
+    np.testing.assert_allclose(out, tracker._target)  # a failure keeps the candidates' mean
+
+
+def test_sampling_indices_cover_every_sample_in_whole_passes():
+    tracker, _ = _tiny_tracker()
+    tracker._rng = np.random.default_rng(0)
+    idx = tracker._indices(10, 64)  # 6 full passes and 4 of a 7th: never a short batch
+    assert len(idx) == 64 and set(np.bincount(idx, minlength=10)) <= {6, 7}
+    for k in range(6):
+        assert sorted(idx[10 * k:10 * (k + 1)]) == list(range(10))
+
+
+def test_dropout_stream_is_seeded_from_the_trackers_seed_and_continues():
+    tracker, _ = _tiny_tracker(seed=7)
+    tracker._torch_rng = None  # as after init
+    expected = torch.rand(6, generator=torch.Generator().manual_seed(7))
+    with tracker._own_dropout_stream():
+        first = torch.rand(3)
+    torch.rand(5)  # the global stream moving in between changes nothing
+    with tracker._own_dropout_stream():
+        second = torch.rand(3)
+    torch.testing.assert_close(torch.cat([first, second]), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("clip", [1e9, 0.05])
+def test_online_update_is_one_sgd_step_on_mdnets_summed_loss(clip):
+    # One iteration on exactly batch_pos positives and batch_neg negatives (all of them chosen,
+    # no dropout): the step is lr * (grad of the SUMMED cross-entropy, clipped in norm, + wd * p),
+    # with fc6 at 10x the rate; momentum only acts from the second step.
+    o = dataclasses.replace(SMALL, update_iters=1, batch_pos=6, batch_neg=10, batch_neg_cand=10, grad_clip=clip)
+    tracker, _ = _tiny_tracker(options=o)
+    tracker.init(_moving_square(1)[0], np.array([20.0, 36, 24, 24]))
+    tracker.net.fc.drop5.p = tracker.net.fc.drop6.p = 0.0
+    torch.manual_seed(1)
+    pos, neg = torch.randn(6, 288).abs(), torch.randn(10, 288).abs()
+    fc = {n: p for n, p in tracker.net.named_parameters() if n.startswith("fc.")}
+    before = {n: p.detach().clone().double().requires_grad_() for n, p in fc.items()}
+    scores = torch.func.functional_call(tracker.net.fc, {n[3:]: v for n, v in before.items()},
+                                        (torch.cat([pos, neg]).double(),))
+    labels = torch.cat([torch.ones(6), torch.zeros(10)]).long()
+    loss = torch.nn.functional.cross_entropy(scores, labels, reduction="sum")
+    grads = dict(zip(before, torch.autograd.grad(loss, list(before.values()))))
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+    scale = min(1.0, clip / (float(norm) + 1e-6))
+    assert (scale < 1) == (clip < 1)
+    tracker._train(pos, neg)
+    for n, p in fc.items():
+        lr = o.lr_update * (o.fc6_lr_mult if n.startswith("fc.fc6") else 1.0)
+        want = before[n].detach() - lr * (grads[n] * scale + o.weight_decay * before[n].detach())
+        torch.testing.assert_close(p.detach().double(), want, rtol=1e-4, atol=1e-7)
+
+
+def test_query_frames_come_from_the_next_horizon_frames_only():
+    frames = np.random.default_rng(0).integers(0, 255, (8, 48, 64, 3), dtype=np.uint8)
+    seq = Sequence("toy", [], np.array([[10.0, 10, 20, 16]] * 8))
+    seen = []
+    seq.image = lambda i: (seen.append(int(i)), frames[i])[1]
+    d = MetaSDNetDef("t", tiny=True, adapt_conv=False, n_support_pos=2, n_support_neg=2, n_query_pos=2, n_query_neg=2)
+    model, _ = d.build_model(None)
+    queried = set()
+    for r in range(12):
+        seen.clear()
+        d.sample_task(model, seq, 1, 2, np.random.default_rng(r))
+        assert seen[0] == 1 and len(seen) == 2
+        queried.add(seen[1])
+    assert queried == {2, 3}  # t+1 .. t+horizon, both drawn over 12 seeds, never t+3
+
+
+def test_first_frame_step_labels_positives_1_and_raises_their_margin():
+    tracker, learner = _tiny_tracker()
+    captured = {}
+    adapt = learner.adapt
+    learner.adapt = lambda x, y: (captured.update(x=x, y=y), adapt(x, y))[1]
+    first = tracker.adapt_first_frame
+    tracker.adapt_first_frame = lambda frame, box: captured.setdefault("boxes", first(frame, box))
+    frame = _moving_square(1)[0]
+    tracker.init(frame, np.array([20.0, 36, 24, 24]))
+    pos, neg = captured["boxes"]
+    assert captured["y"].tolist() == [1] * len(pos) + [0] * len(neg)
+    x = captured["x"]  # conv3 features of the positives first, then the negatives
+    with torch.no_grad():
+        before = learner.model.head_without_dropout(x)
+        after = tracker.net.head_without_dropout(x)
+    margin = lambda s: (s[: len(pos), 1] - s[: len(pos), 0]).mean() - (s[len(pos):, 1] - s[len(pos):, 0]).mean()
+    assert margin(after) > margin(before)  # the step moved the target score up on positives, down on negatives

@@ -158,3 +158,51 @@ def test_attribute_table_rows_hold_each_attributes_own_scores():
     assert (rows["ALL"]["n_sequences"], rows["SV"]["n_sequences"], rows["OCC"]["n_sequences"]) == (2, 2, 1)
     assert rows["OCC"]["t P@20"] == pytest.approx(1 / 8) and rows["OCC"]["t AUC"] == pytest.approx(1 / 8 * 20 / 21)
     assert rows["SV"]["t P@20"] == pytest.approx((1 + 1 / 8) / 2) == rows["ALL"]["t P@20"]
+
+
+def test_mean_iou_leaves_out_the_frames_that_do_not_count():
+    # Toolkit mode: a box at x = 0 is tracked exactly but is "invalid", so it is not among the
+    # frames that count (n_scored) and must not add its IoU to their mean (which would exceed 1).
+    gt = _gt(3)
+    gt[1, 0] = 0
+    s = score_sequence(gt.copy(), gt, empty_gt="toolkit")
+    assert s.n_scored == 2 and s.mean_iou == 1.0
+    boxes = gt.copy()
+    boxes[2] += 500  # a miss on a valid frame: (1 + 0) / 2
+    assert score_sequence(boxes, gt, empty_gt="toolkit").mean_iou == pytest.approx(0.5)
+
+
+def test_summary_counts_scored_frames_not_all_frames():
+    gt = _gt(5)
+    gt[2] = 0  # not visible: excluded
+    ev = evaluate_tracker("t", {"a": TrackerResult(gt.copy(), "a"), "b": TrackerResult(_gt(3), "b")},
+                          {"a": Sequence("a", [], gt), "b": Sequence("b", [], _gt(3))})
+    assert (ev.overall.n_frames, ev.overall.n_scored) == (8, 7)
+    assert ev.overall.to_dict(curves=False)["n_scored"] == 7
+
+
+def test_attributes_outside_the_toolkits_list_get_their_own_group_after_its_own():
+    from dropgrad_tracking.evaluation.report import attribute_groups
+
+    seqs = {"a": Sequence("a", [], _gt(3), ("SV", "ZZ")), "b": Sequence("b", [], _gt(3), ("CM", "OCC"))}
+    groups = attribute_groups(seqs)
+    assert list(groups) == ["SV", "OCC", "CM", "ZZ"]  # the toolkit's order, then the others sorted
+    assert groups["ZZ"] == ["a"] and groups["CM"] == ["b"] and groups["SV"] == ["a"]
+
+
+def test_attribute_tables_keep_the_scores_precision(tmp_path):
+    import csv
+
+    from dropgrad_tracking.evaluation.report import build_report, write_report
+
+    gt = _gt(7)
+    boxes = gt.copy()
+    boxes[1:4] += 500  # 4 of 7 frames tracked: AUC 4/7 * 20/21 = 0.5442176...
+    ev = evaluate_tracker("t", {"a": TrackerResult(boxes, "a")}, {"a": Sequence("a", [], gt, ("SV",))})
+    write_report(tmp_path, build_report([ev], "toy", "exclude"), [ev])
+    auc = 4 / 7 * 20 / 21
+    rows = list(csv.DictReader((tmp_path / "attributes.csv").read_text().splitlines()))
+    assert [r["attribute"] for r in rows] == ["ALL", "SV"]
+    assert float(rows[0]["t AUC"]) == pytest.approx(auc, abs=1e-6) and float(rows[0]["t P@20"]) == pytest.approx(4 / 7, abs=1e-6)
+    md = (tmp_path / "attributes.md").read_text()
+    assert f"| {auc:.4f} | {4 / 7:.4f} |" in md

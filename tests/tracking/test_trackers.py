@@ -152,3 +152,54 @@ def test_a_tracker_returning_a_bad_box_is_named_and_a_raising_one_is_wrapped(seq
     with pytest.raises(TrackerFailure, match="static.init failed on Synthetic-01, frame 1: KeyError") as info:
         run_tracker(Raising(), sequences, tmp_path, progress=False)
     assert isinstance(info.value.__cause__, KeyError)
+
+
+class Jitter(Tracker):
+    """A stochastic tracker: draws from the global numpy and torch streams in init and update."""
+
+    def __init__(self):
+        super().__init__("jitter", is_deterministic=False)
+        self.draws = []
+
+    def init(self, image, box):
+        import torch
+
+        self.box = np.asarray(box, float)
+        self.draws.append((float(np.random.rand()), float(torch.rand(1))))
+
+    def update(self, image):
+        return self.box + [np.random.rand(), np.random.rand(), 0, 0]
+
+
+def test_runner_reseeds_every_sequence_and_records_the_seed(sequences, tmp_path):
+    import json
+
+    import torch
+
+    tracker = Jitter()
+    np.random.seed(99)
+    torch.manual_seed(99)  # whatever the process ran before must not matter
+    results = run_tracker(tracker, sequences, tmp_path, seed=5, progress=False)
+    first, second = tracker.draws
+    assert first == second  # each sequence starts from the same seeded state
+    np.random.seed(5)
+    torch.manual_seed(5)
+    assert first == (float(np.random.rand()), float(torch.rand(1)))  # ... that of seed_everything(seed)
+    again = run_tracker(Jitter(), sequences, tmp_path / "again", seed=5, progress=False)
+    for name in sequences:
+        np.testing.assert_array_equal(again[name].boxes, results[name].boxes)
+    meta = json.loads((tmp_path / "results" / "jitter" / "tracker.json").read_text())
+    assert meta["seed"] == 5 and meta["tracker"] == "jitter"
+
+
+def test_runner_times_the_first_frames_init(sequences, tmp_path):
+    import time as _time
+
+    class SlowInit(StaticTracker):
+        def init(self, image, box):
+            _time.sleep(0.05)
+            super().init(image, box)
+
+    results = run_tracker(SlowInit(), sequences, tmp_path, progress=False)
+    for run in results.values():
+        assert run.times[0] >= 0.05 and run.times.shape == (len(sequences[next(iter(sequences))]),)

@@ -124,3 +124,59 @@ def test_every_trunk_choice_builds_and_reports_its_channels():
         assert out.ndim == 4 and out.shape[1] == trunk.out_channels, name
     with pytest.raises(ValueError, match="trunk must be one of small, resnet18, got 'big'"):
         build_trunk("big")
+
+
+def _naive_keypoint_losses(maps, b, sigma, w3, wh):
+    """keypoint_losses written as a loop over keypoints and objects, 3D values read with grid_sample."""
+    import math
+
+    import torch.nn.functional as F
+
+    k_, n_, _, h, w = maps.shape
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5) / w - 0.5
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5) / h - 0.5
+    out = []
+    for k in range(k_):
+        ce, nv, dep, nd, can, nc, hid, nh = 0.0, 0, 0.0, 0, 0.0, 0, 0.0, 0
+        for i in range(n_):
+            x, y = (float(v) for v in b["kp2d"][i, k])
+            d2 = ((xs[None, :] - x) * w) ** 2 + ((ys[:, None] - y) * h) ** 2  # in feature-map cells
+            target = torch.exp(-d2 / (2 * sigma**2))
+            target = (target / target.sum()).flatten()
+            logp = torch.log_softmax(maps[k, i, 0].flatten(), 0)
+            grid = torch.tensor([[[[2 * x, 2 * y]]]], dtype=torch.float64)
+            at = F.grid_sample(maps[k, i, 1:][None], grid, align_corners=False).flatten()
+            if b["visible"][i, k]:
+                ce, nv = ce - float((target * logp).sum()), nv + 1
+                if b["depth_valid"][i, k]:
+                    dep, nd = dep + float(at[0] - b["depth"][i, k]) ** 2, nd + 1
+                if b["canon_valid"][i, k]:
+                    can, nc = can + float(((at[1:] - b["canon"][i, k]) ** 2).sum()), nc + 1
+            else:
+                hid, nh = hid + float(-logp.mean() - math.log(h * w)), nh + 1
+        out.append(ce / max(nv, 1) + w3 * dep / max(nd, 1) + w3 * can / max(nc, 1) + wh * hid / max(nh, 1))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_keypoint_losses_match_a_per_object_loop():
+    torch.manual_seed(3)
+    m = MetaView(build_trunk("small"), KeypointHead(64, 4), sigma=1.5, weight_3d=2.0, weight_hidden=0.3).double()
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in _batch(5, 4, seed=3).items()}
+    g = torch.Generator().manual_seed(4)
+    b["visible"] = torch.rand(5, 4, generator=g) < 0.7
+    b["visible"][:, 3] = False  # a keypoint hidden everywhere: 0 in its visible terms
+    b["canon_valid"] = torch.rand(5, 4, generator=g) < 0.7
+    b["depth_valid"] = torch.rand(5, 4, generator=g) < 0.7
+    maps = torch.randn(4, 5, 5, 6, 8, dtype=torch.float64)  # a non-square map: rows h=6, columns w=8
+    torch.testing.assert_close(m.keypoint_losses(maps, b), _naive_keypoint_losses(maps, b, 1.5, 2.0, 0.3))
+
+
+def test_task_loss_is_the_mean_over_keypoints_of_the_adapted_query_loss():
+    m = _model().eval()
+    s, q = _batch(4, 3, seed=1), _batch(3, 3, seed=2)
+    with torch.no_grad():
+        loss = m.task_loss(s, q)
+    params = m.adapt(m.trunk(s["images"]), s)
+    per_kp = m.keypoint_losses(m.head_forward(params, m.trunk(q["images"])), q)
+    assert per_kp.shape == (3,)
+    torch.testing.assert_close(loss, per_kp.mean().detach())

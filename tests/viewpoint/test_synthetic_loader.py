@@ -427,3 +427,102 @@ def test_split_needs_shots_plus_one_objects_and_draws_validation_from_the_seed()
         make_split(base, _Counts({"n": 5}), ["n"], 2, 5, seed=0)
     vals = {tuple(make_split(base, _Counts({"n": 6}), ["n"], 2, 5, seed=s).val) for s in range(10)}
     assert len(vals) > 1 and make_split(base, _Counts({"n": 6}), ["n"], 2, 5, seed=0).val == split.val
+
+
+def test_annotations_mark_hidden_keypoints_truncation_and_coarse_angles(small_synthetic):
+    # Each record holds what the generator knew: keypoint status 1 (visible) or 2 (hidden) from
+    # the renderer's visibility test, truncated where the box touches the image border, and the
+    # coarse angles rounded from the fine ones.
+    from dropgrad_viewpoint.data.mat import load_mat
+    from dropgrad_viewpoint.data.render import keypoint_visibility
+    from dropgrad_viewpoint.data.shapes import make_instance, make_template
+
+    ds = ObjectNet3D(small_synthetic, ["train", "val"])
+    n_hidden = 0
+    for it in ds.items:
+        c = SMALL.category_names().index(it.ann.cls)
+        i = int(it.record_path.stem.split("_")[1])
+        template = make_template(np.random.default_rng([SMALL.seed, c]), it.ann.cls)
+        mesh = make_instance(template, np.random.default_rng([SMALL.seed, c, 1000 + it.ann.cad_index - 1]))
+        rng = np.random.default_rng([SMALL.seed, c, 3000 + i])
+        rng.integers(SMALL.cad_per_category)
+        visible = keypoint_visibility(mesh, _camera(rng, SMALL.image_size), SMALL.image_size)
+        status = [it.ann.anchors[n][1] for n in mesh.names]
+        assert status == [1 if v else 2 for v in visible]
+        n_hidden += int((~np.asarray(visible)).sum())
+        x1, y1, x2, y2 = it.ann.bbox
+        touches = x1 <= 1 or y1 <= 1 or x2 >= SMALL.image_size or y2 >= SMALL.image_size
+        assert it.ann.truncated == touches
+        vp = load_mat(it.record_path)["record"]["objects"]
+        vp = (vp[0] if isinstance(vp, list) else vp)["viewpoint"]
+        assert float(vp["azimuth_coarse"]) == round(float(vp["azimuth"]))
+        assert float(vp["elevation_coarse"]) == round(float(vp["elevation"]))
+    assert n_hidden > 0
+
+
+def test_objects_crossing_the_image_border_are_marked_truncated(tmp_path, monkeypatch):
+    from dropgrad_viewpoint.data import synthetic
+
+    camera = synthetic._camera
+    # the principal point moved to the left border: every object crosses it
+    monkeypatch.setattr(synthetic, "_camera", lambda rng, size: {**camera(rng, size), "px": 1.0})
+    spec = synthetic.SyntheticSpec(n_train=1, n_val=0, n_novel=1, cad_per_category=1, images_per_category=2, image_size=48)
+    ds = ObjectNet3D(synthetic.generate_synthetic(tmp_path / "s", spec), ["train", "val"])
+    assert len(ds.items) == 4 and all(it.ann.truncated and it.ann.bbox[0] == 1 for it in ds.items)
+
+
+def test_categories_get_their_own_colours(tmp_path, monkeypatch):
+    from dropgrad_viewpoint.data import synthetic
+
+    seen = {}
+    render = synthetic.render_mesh
+
+    def spy(image, mesh, colors, camera, rng):
+        seen.setdefault(len(seen), colors.copy())
+        return render(image, mesh, colors, camera, rng)
+
+    monkeypatch.setattr(synthetic, "render_mesh", spy)
+    spec = synthetic.SyntheticSpec(n_train=2, n_val=0, n_novel=1, cad_per_category=1, images_per_category=1, image_size=32)
+    synthetic.generate_synthetic(tmp_path / "s", spec)
+    ratio = seen[0] / seen[1]  # each image jitters its palette by at most 20%
+    assert len(seen) == 3 and ((ratio < 0.8 / 1.2) | (ratio > 1.2 / 0.8)).any()
+
+
+def test_instances_are_centred_and_keypoints_sit_on_their_parts():
+    from dropgrad_viewpoint.data.shapes import N_PARTS, ShapeTemplate, make_instance
+
+    for body, legs, wheels in (("box", 4, 0), ("cylinder", 0, 4), ("box", 0, 4), ("cylinder", 4, 0)):
+        t = ShapeTemplate("c", body, np.array([0.8, 0.6, 0.5]), legs, 0.5, True, wheels, True, N_PARTS)
+        m = make_instance(t, np.random.default_rng(1))
+        v, kp = m.vertices, dict(zip(m.names, m.keypoints))
+        lo, hi = v.min(0), v.max(0)
+        np.testing.assert_allclose((lo + hi) / 2, 0, atol=1e-12)  # the bounding box's centre at 0
+        assert np.linalg.norm(v, axis=1).max() == pytest.approx(0.5)
+        assert ((m.keypoints >= lo - 1e-9) & (m.keypoints <= hi + 1e-9)).all()
+        # box corners body_<l|r><f|b><b|t>, cylinder points body_<bottom|top>_<side>
+        top = [p[2] for n, p in kp.items() if n.startswith("body_top_") or (len(n) == 8 and n.endswith("t"))]
+        bottom = [p[2] for n, p in kp.items() if n.startswith("body_bottom_") or (len(n) == 8 and n.endswith("b"))]
+        assert len(top) == len(bottom) == 4 and min(top) > max(bottom)
+        if body == "box":  # the body's corners are mesh vertices
+            for n in (n for n in kp if n.startswith("body_")):
+                assert np.min(np.linalg.norm(v - kp[n], axis=1)) < 1e-12, n
+        if legs:  # feet on the ground
+            assert all(kp[f"leg{i}_foot"][2] == pytest.approx(lo[2]) for i in range(4))
+        if wheels:  # hubs at the wheels' outer faces, all at one height
+            hubs = np.array([kp[f"wheel{i}_hub"] for i in range(4)])
+            body_x = np.mean([p[0] for n, p in kp.items() if n.startswith("body_")])
+            assert hubs[0, 0] == pytest.approx(lo[0]) and hubs[2, 0] == pytest.approx(lo[0])  # the handle is at +x
+            np.testing.assert_allclose(hubs[[1, 3], 0] - body_x, body_x - hubs[[0, 2], 0])
+            assert np.ptp(hubs[:, 2]) < 1e-12
+        assert kp["top_tip"][2] == pytest.approx(hi[2]) and kp["handle_tip"][0] == pytest.approx(hi[0])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_part_meshes_face_outwards(axis):
+    from dropgrad_viewpoint.data.shapes import _box, _cylinder
+
+    centre = np.array([0.3, -0.2, 0.5])
+    for v, f in (_cylinder(centre, 0.2, 0.3, axis=axis), _box(centre, np.array([0.4, 0.3, 0.2]))):
+        tri = v[f]
+        normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        assert ((normal * (tri.mean(1) - centre)).sum(1) > 0).all()  # counter-clockwise seen from outside
