@@ -105,3 +105,38 @@ def test_complete_small_copy_and_inconsistent_metadata(cub_root, tmp_path):
     with pytest.raises(DataError, match="classes.txt line 2: expected '<id> <value>'"):
         build_dataset("cub", "train", data_root=root, check_sizes=False)
     shutil.rmtree(tmp_path / "CUB_200_2011")
+
+
+def test_augmented_loads_vary_with_the_key_and_the_seed(cub_root):
+    ds = build_dataset("cub", "train", data_root=cub_root, check_files=False, augment=True, seed=1)
+    i = ds.paths.index(cub_root / "images" / GRAYSCALE[0])
+    a = ds.load(i, (0,))
+    assert a.shape == (3, 84, 84) and torch.equal(a, ds.load(i, (0,)))
+    assert not torch.equal(a, ds.load(i, (1,)))
+    other = build_dataset("cub", "train", data_root=cub_root, check_files=False, augment=True, seed=2)
+    assert not torch.equal(a, other.load(i, (0,)))
+
+
+def test_split_follows_sorted_folder_names_whatever_the_classes_txt_order(cub_root, tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    root.mkdir()
+    for name in ("images.txt", "image_class_labels.txt"):
+        (root / name).symlink_to(cub_root / name)
+    (root / "classes.txt").write_text("\n".join((cub_root / "classes.txt").read_text().splitlines()[::-1]) + "\n")
+    ours, ref = cub_split(root), cub_split(cub_root)
+    assert {s: [(c, r) for c, r, _ in v] for s, v in ours.items()} == {s: [(c, r) for c, r, _ in v] for s, v in ref.items()}
+
+
+def test_metadata_gaps_are_named_errors_and_blank_lines_are_skipped(tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    root.mkdir()
+    (root / "classes.txt").write_text("1 001.A\n2 002.B\n")
+    (root / "images.txt").write_text("1 001.A/a.jpg\n\n2 002.B/b.jpg\n3 001.A/c.jpg\n")
+    (root / "image_class_labels.txt").write_text("1 1\n2 2\n3 1\n")
+    assert [(c, r) for c, r, _ in cub_split(root)["train"]] == [("001.A", "images/001.A/a.jpg"), ("001.A", "images/001.A/c.jpg")]
+    (root / "image_class_labels.txt").write_text("1 1\n3 1\n")
+    with pytest.raises(DataError, match=r"images.txt line 3: image id 2 has no line in image_class_labels.txt"):
+        cub_split(root)
+    (root / "image_class_labels.txt").write_text("1 1\n2 7\n3 1\n")
+    with pytest.raises(DataError, match=r"image_class_labels.txt line 2: class id 7 is not in classes.txt"):
+        cub_split(root)

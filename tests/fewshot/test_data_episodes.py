@@ -163,3 +163,11 @@ def test_every_image_of_a_batch_gets_its_own_augmentation_key(glyphs, monkeypatc
     make(glyphs).batch(2)
     assert len(keys) == 3 * 25 and len(set(keys)) == len(keys)
     assert {k[0] for k in keys} == {11} and {k[1] for k in keys} == {6, 7, 8}
+
+
+def test_open_ended_shards_run_to_the_end_of_the_meta_batch():
+    from dropgrad_fewshot.data.episodes import task_shard
+
+    assert task_shard(slice(1, None), 4) == range(1, 4)
+    assert task_shard(slice(None, 2), 4) == range(0, 2)
+    assert task_shard(slice(None), 4) == range(0, 4)

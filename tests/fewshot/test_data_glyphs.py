@@ -97,3 +97,46 @@ def test_options_are_validated():
         build_dataset("mnist", "train")
     with pytest.raises(DataError, match="--data-root is required"):
         build_dataset("omniglot", "train")
+
+
+def test_augmentation_shifts_reach_all_25_offsets():
+    from dropgrad_fewshot.data.transforms import shift
+
+    plain = GlyphDataset("train", n_classes=2, images_per_class=2, seed=1)
+    aug = GlyphDataset("train", n_classes=2, images_per_class=2, seed=1, augment=True)
+    x = plain.load(1)
+    shifts = {(dy, dx): shift(x, dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    seen = set()
+    for k in range(400):
+        a = aug.load(1, (k,))
+        match = [d for d, s in shifts.items() if torch.equal(a, s)]
+        assert match, k
+        seen.add(match[0])
+    assert seen == set(shifts)
+
+
+def test_render_equals_a_naive_distance_field():
+    """_render against a float64 per-pixel loop: coverage clip(w - d + 1/2, 0, 1), d the distance from
+    the pixel centre (j + 1/2, i + 1/2) to the polyline, max over strokes, rounded to uint8."""
+    from dropgrad_fewshot.data.glyphs import _render
+
+    rng = np.random.default_rng(0)
+    size, B, n, T = 12, 6, 2, 5
+    pts = rng.uniform(-0.1, 1.1, size=(B, n, T, 2))
+    widths = rng.uniform(0.02, 0.08, size=(B, n))
+    ours = _render(pts, widths, size).astype(int)
+    ref = np.zeros((B, size, size))
+    for b in range(B):
+        for i in range(size):
+            for j in range(size):
+                c = np.array([j + 0.5, i + 0.5])
+                for s in range(n):
+                    p = pts[b, s] * size
+                    d = min(
+                        np.linalg.norm(c - (a + np.clip((c - a) @ (e - a) / max((e - a) @ (e - a), 1e-12), 0, 1) * (e - a)))
+                        for a, e in zip(p[:-1], p[1:])
+                    )
+                    ref[b, i, j] = max(ref[b, i, j], np.clip(widths[b, s] * size - d + 0.5, 0, 1))
+    ref = np.floor(ref * 255 + 0.5).astype(int)
+    assert np.abs(ours - ref).max() <= 1
+    assert (ref > 0).mean() > 0.05  # the strokes do cover part of the canvas

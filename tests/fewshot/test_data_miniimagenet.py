@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from dropgrad_fewshot.data import DataError, build_dataset, check_episodes
@@ -202,3 +203,52 @@ def test_unreadable_image_and_short_class(tmp_path):
     ds = build_dataset("miniimagenet", "val", data_root=tmp_path, check_sizes=False)
     with pytest.raises(DataError, match=f"unreadable image {tmp_path / 'images' / 'n01_3.jpg'}"):
         ds[ds.paths.index(tmp_path / "images" / "n01_3.jpg")]
+
+
+def test_class_map_of_values_and_map_in_the_parent_folder_are_checked(tmp_path, mini_lists):
+    # MAML++ writes two maps; the second has "<split>/<wnid>" as values. A map beside the
+    # MAML++ folder is found without class_maps.
+    root = _mamlpp_root(tmp_path, mini_lists, per_class=1)
+    values_map = mini_lists / "mamlpp-class-maps" / "map_to_label_name_mini_imagenet_full_size.json"
+    assert build_dataset("miniimagenet", "val", data_root=root, class_maps=values_map, check_sizes=False).n_classes == 16
+    shutil.rmtree(root / "val" / "n01855672")
+    with pytest.raises(DataError, match=r"missing class folders \['n01855672'\]"):
+        build_dataset("miniimagenet", "val", data_root=root, class_maps=values_map, check_sizes=False)
+    shutil.copy(values_map, tmp_path / values_map.name)
+    with pytest.raises(DataError, match=r"missing class folders \['n01855672'\]"):
+        build_dataset("miniimagenet", "val", data_root=root, check_sizes=False)
+
+
+def test_mamlpp_folder_reads_upper_case_suffixes_and_skips_hidden_folders(tmp_path):
+    root = tmp_path / "mini"
+    src = _seed_image(tmp_path)
+    for split in SPLITS:
+        for c in range(2):
+            for k, suffix in enumerate((".JPEG", ".jpg", ".PNG")):
+                _link(src, root / split / f"n0{c}" / f"im{k}{suffix}")
+    (root / "val" / ".ipynb_checkpoints").mkdir()
+    ds = build_dataset("miniimagenet", "val", data_root=root, check_sizes=False)
+    assert ds.class_names == ["n00", "n01"] and ds.class_counts().tolist() == [3, 3]
+
+
+def _tiny_csv(folder, image_dir, src):
+    lines = ["filename,label"] + [f"n0{c}_{k}.jpg,n0{c}" for c in range(3) for k in range(2)]
+    for line in lines[1:]:
+        _link(src, image_dir / line.split(",")[0])
+    for s in SPLITS:
+        (folder / f"{s}.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_csv_images_may_lie_in_the_root_and_augmentation_follows_key_and_seed(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "noise.jpg"
+    Image.fromarray(rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)).save(src)
+    root = tmp_path / "flat"
+    root.mkdir()
+    _tiny_csv(root, root, src)  # no images/ folder: the images beside the CSVs
+    ds = build_dataset("miniimagenet", "train", data_root=root, check_sizes=False, augment=True, seed=1)
+    assert len(ds) == 6 and ds.paths[0] == root / "n00_0.jpg"
+    a = ds.load(0, (0,))
+    assert torch.equal(a, ds.load(0, (0,))) and not torch.equal(a, ds.load(0, (1,)))
+    other = build_dataset("miniimagenet", "train", data_root=root, check_sizes=False, augment=True, seed=2)
+    assert not torch.equal(a, other.load(0, (0,)))

@@ -115,3 +115,62 @@ def test_unreadable_image_names_the_path(tmp_path):
     ds = build_dataset("omniglot", "test", data_root=root, protocol="background")
     with pytest.raises(DataError, match=f"unreadable image {bad}"):
         ds[0]
+
+
+def _inked_omniglot(root, chars=(3, 2), drawings=4):
+    """Like _tiny_omniglot, with a black 30 x 30 square on every drawing (so shifts show)."""
+    for set_, n in zip(("images_background", "images_evaluation"), chars):
+        for c in range(n):
+            d = root / set_ / "Alpha" / f"character{c + 1:02d}"
+            d.mkdir(parents=True)
+            for k in range(drawings):
+                im = Image.new("L", (105, 105), 255)
+                im.paste(0, (30 + 5 * c, 40, 60 + 5 * c, 70))
+                im.save(d / f"{c:04d}_{k:02d}.png")
+    return root
+
+
+def test_augmented_loads_are_keyed_shifts_that_follow_the_seed(tmp_path):
+    from dropgrad_fewshot.data.transforms import shift
+
+    root = _inked_omniglot(tmp_path)
+    opts = dict(data_root=root, protocol="background", val_characters=0)
+    plain = build_dataset("omniglot", "train", **opts)
+    aug = build_dataset("omniglot", "train", augment=True, seed=1, **opts)
+    x = plain.load(5)
+    shifts = [shift(x, dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    loads = [aug.load(5, (k,)) for k in range(30)]
+    # every load is one of the 25 shifts, and they vary with the key (not one cached shift)
+    assert all(any(torch.equal(a, s) for s in shifts) for a in loads)
+    assert len({a.numpy().tobytes() for a in loads}) > 5
+    assert torch.equal(aug.load(5, (3,)), loads[3])
+    # the data set's seed is part of the augmentation stream
+    other = build_dataset("omniglot", "train", augment=True, seed=2, **opts)
+    assert any(not torch.equal(other.load(5, (k,)), loads[k]) for k in range(10))
+
+
+def test_hidden_folders_are_not_alphabets_or_characters(tmp_path):
+    root = _tiny_omniglot(tmp_path)
+    (root / "images_background" / ".ipynb_checkpoints").mkdir()
+    (root / "images_background" / "Alpha" / ".character99").mkdir()
+    assert len(omniglot_characters(root, "images_background")) == 3
+
+
+def test_maml_split_is_the_documented_permutation_of_the_sorted_characters(omniglot):
+    """Characters sorted by (set, alphabet, folder), permuted by PCG64(split_seed); test = after 1200."""
+    pool = [
+        f"{set_}/{alpha.name}/{char.name}"
+        for set_ in ("images_background", "images_evaluation")
+        for alpha in sorted((omniglot / set_).iterdir(), key=lambda p: p.name) if alpha.is_dir()
+        for char in sorted(alpha.iterdir(), key=lambda p: p.name) if char.is_dir()
+    ]
+    assert len(pool) == 1623
+    order = np.random.Generator(np.random.PCG64(1)).permutation(1623)
+    for split, positions in (("test", order[1200:]), ("val", order[1100:1200])):
+        assert [f"{c.set}/{c.name}" for c in split_characters(omniglot, split)] == [pool[i] for i in positions]
+
+
+def test_background_validation_characters_are_shuffled_across_alphabets(omniglot):
+    # The last 100 of a shuffle, not the last 100 folders (which would be 2-3 alphabets).
+    val = split_characters(omniglot, "val", protocol="background")
+    assert len(val) == 100 and len({c.alphabet for c in val}) >= 15

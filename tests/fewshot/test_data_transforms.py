@@ -80,3 +80,40 @@ def test_grayscale_transform_shift():
 def test_normalisation_constants_are_imagenets():
     # Written out here: the other tests import the constants, so they would agree with a typo.
     assert list(IMAGENET_STD) == [0.229, 0.224, 0.225] and list(IMAGENET_MEAN) == [0.485, 0.456, 0.406]
+
+
+def test_random_resized_crop_reaches_every_offset_and_keeps_the_aspect_range():
+    # A fixed 20 x 20 crop of a 40 x 40 image: top and left uniform over 0..20, both ends included.
+    rng = np.random.default_rng(2)
+    tops, lefts = set(), set()
+    for _ in range(3000):
+        top, left, h, w = random_resized_crop_params(40, 40, rng, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+        assert (h, w) == (20, 20)
+        tops.add(top)
+        lefts.add(left)
+    assert tops == lefts == set(range(21))
+    # Accepted crops have w / h in [3/4, 4/3] (log-uniform), up to rounding to whole pixels.
+    ratios = np.array([w / h for _, _, h, w in (random_resized_crop_params(200, 200, rng) for _ in range(3000))])
+    assert ratios.min() > 0.7 and ratios.max() < 1.43
+    assert np.mean(ratios < 0.9) > 0.2 and np.mean(ratios > 1.1) > 0.2
+
+
+@pytest.mark.parametrize("width, height", [(10, 1000), (1000, 10)])
+def test_random_resized_crop_fallback_equals_torchvisions(width, height):
+    # At scale 1 no random crop of either extreme shape fits: the central crop, ratio clamped.
+    # torchvision's fallback draws nothing random, so its answer is the reference.
+    ours = random_resized_crop_params(width, height, np.random.default_rng(0), scale=(1.0, 1.0))
+    theirs = T.RandomResizedCrop.get_params(torch.zeros(1, height, width), scale=[1.0, 1.0], ratio=[3 / 4, 4 / 3])
+    assert ours == tuple(theirs)
+
+
+def test_grayscale_shift_reaches_all_25_offsets_and_resizes_any_shape():
+    im = Image.new("L", (28, 28), 255)
+    im.putpixel((14, 14), 0)
+    t, rng = GrayscaleTransform(28, invert=True, augment=True), np.random.default_rng(7)
+    offsets = set()
+    for _ in range(400):
+        (y, x), = t(im, rng)[0].nonzero().tolist()
+        offsets.add((y - 14, x - 14))
+    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    assert GrayscaleTransform(28, invert=False)(Image.new("L", (28, 40)), None).shape == (1, 28, 28)

@@ -766,3 +766,30 @@ def test_use_batched_leaves_the_learners_mode_as_it_was():
     with pytest.raises(ValueError, match="--batched on"):
         use_batched(learner, "on", training=True)  # consistent dropout while training: not batchable
     assert not learner.training and not learner.dropgrad.training
+
+
+def test_sweep_tables_and_plot_of_a_grid_keep_every_varied_option_and_sort_p(tmp_path, monkeypatch):
+    """run_sweep end to end with a stub trainer: `way` varies, so tables.md gets a way column and
+    one row per way (not one cell overwritten); Fig. 2 rows and plot lines run over sorted p."""
+    import matplotlib.axes
+    from dropgrad_fewshot import run
+
+    def fake_train(cfg, run_dir, resume=False):
+        acc = 10.0 * cfg.way + (100 * cfg.p if cfg.dropgrad != "none" else 0.0)
+        return {"test_acc_mean": acc, "test_acc_ci95": 0.5, "way": cfg.way, "shot": cfg.shot, "method": cfg.method,
+                "dropgrad": cfg.dropgrad, "p": cfg.p, "regularizer": cfg.regularizer}
+
+    monkeypatch.setattr(run, "train", fake_train)
+    lines, draw = [], matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, **kw: lines.append((list(x), list(y))) or draw(self, x, y, **kw))
+    spec = {"out": str(tmp_path / "s"), "base": {"epochs": 1},
+            "grid": {"way": [3, 5], "regularizer": ["none", "gaussian"], "p": [0.3, 0.1, 0.2]}}
+    records = sweep.run_sweep(spec, progress=False)
+    assert len(records) == 8
+    table = (tmp_path / "s" / "tables.md").read_text().splitlines()
+    assert table[2] == "| method | shot | way | none | gaussian (p=0.3) | gaussian (p=0.1) | gaussian (p=0.2) |"
+    assert table[4:6] == ["| maml | 1 | 3 | 30.00 ± 0.50 | 60.00 ± 0.50 | 40.00 ± 0.50 | 50.00 ± 0.50 |",
+                          "| maml | 1 | 5 | 50.00 ± 0.50 | 80.00 ± 0.50 | 60.00 ± 0.50 | 70.00 ± 0.50 |"]
+    fig2 = [line.split(" | ")[2:4] for line in table if line.startswith("| maml | 1 | 3 | 0.")]
+    assert fig2 == [["3", "0.1"], ["3", "0.2"], ["3", "0.3"]]
+    assert sorted(lines) == [([0.1, 0.2, 0.3], [40.0, 50.0, 60.0]), ([0.1, 0.2, 0.3], [60.0, 70.0, 80.0])]
