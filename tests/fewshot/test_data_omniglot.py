@@ -87,13 +87,17 @@ def test_wrong_folder_messages(omniglot, tmp_path):
         build_dataset("omniglot", "train", data_root=omniglot, protocol="lake")
 
 
-def _tiny_omniglot(root, chars=(3, 2), drawings=4):
+def _tiny_omniglot(root, chars=(3, 2), drawings=4, ink=False):
+    """Blank drawings; with ``ink``, a black 30 x 30 square on each (so shifts show)."""
     for set_, n in zip(("images_background", "images_evaluation"), chars):
         for c in range(n):
             d = root / set_ / "Alpha" / f"character{c + 1:02d}"
             d.mkdir(parents=True)
             for k in range(drawings):
-                Image.new("1", (105, 105), 1).save(d / f"{c:04d}_{k:02d}.png")
+                im = Image.new("L", (105, 105), 255) if ink else Image.new("1", (105, 105), 1)
+                if ink:
+                    im.paste(0, (30 + 5 * c, 40, 60 + 5 * c, 70))
+                im.save(d / f"{c:04d}_{k:02d}.png")
     return root
 
 
@@ -117,23 +121,10 @@ def test_unreadable_image_names_the_path(tmp_path):
         ds[0]
 
 
-def _inked_omniglot(root, chars=(3, 2), drawings=4):
-    """Like _tiny_omniglot, with a black 30 x 30 square on every drawing (so shifts show)."""
-    for set_, n in zip(("images_background", "images_evaluation"), chars):
-        for c in range(n):
-            d = root / set_ / "Alpha" / f"character{c + 1:02d}"
-            d.mkdir(parents=True)
-            for k in range(drawings):
-                im = Image.new("L", (105, 105), 255)
-                im.paste(0, (30 + 5 * c, 40, 60 + 5 * c, 70))
-                im.save(d / f"{c:04d}_{k:02d}.png")
-    return root
-
-
 def test_augmented_loads_are_keyed_shifts_that_follow_the_seed(tmp_path):
     from dropgrad_fewshot.data.transforms import shift
 
-    root = _inked_omniglot(tmp_path)
+    root = _tiny_omniglot(tmp_path, ink=True)
     opts = dict(data_root=root, protocol="background", val_characters=0)
     plain = build_dataset("omniglot", "train", **opts)
     aug = build_dataset("omniglot", "train", augment=True, seed=1, **opts)

@@ -119,12 +119,16 @@ def test_backbone_weights_are_recorded_and_silence_the_warning(tmp_path):
     assert torch.equal(learner.model[1].weight, state["weight"])
 
 
+def _copy_with(run_dir, dest, **changes):
+    """A copy of the run directory with ``changes`` written into its config.json."""
+    shutil.copytree(run_dir, dest)
+    config = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**config, **changes}))
+    return dest
+
+
 def test_a_run_of_another_tracker_is_refused(run_dir, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(run_dir, other)
-    config = json.loads((other / "config.json").read_text())
-    config["tracker"] = "metasdnet"
-    (other / "config.json").write_text(json.dumps(config))
+    other = _copy_with(run_dir, tmp_path / "other", tracker="metasdnet")
     with pytest.raises(ValueError, match=r"a run of --tracker 'metasdnet', not 'toy'"):
         load_learner("toy", other, None, CPU)
 
@@ -164,11 +168,7 @@ def test_seeded_untrained_learner_depends_on_the_seed_only_and_leaves_the_global
 
 def test_a_checkpoints_backbone_source_is_reported_without_the_random_backbone_warning(run_dir, tmp_path):
     # The checkpoint holds the backbone it was trained from; no --backbone-weights are needed at eval.
-    trained = tmp_path / "trained"
-    shutil.copytree(run_dir, trained)
-    config = json.loads((trained / "config.json").read_text())
-    config["backbone_source"] = "imagenet-vgg-m.mat"
-    (trained / "config.json").write_text(json.dumps(config))
+    trained = _copy_with(run_dir, tmp_path / "trained", backbone_source="imagenet-vgg-m.mat")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _, metadata = load_learner("toy", trained, None, CPU)
