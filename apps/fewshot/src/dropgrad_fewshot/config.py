@@ -15,7 +15,7 @@ from typing import Literal
 
 from dropgrad import check_p, check_schedule
 
-from .data.build import DEFAULT_IMAGE_SIZE, GRAYSCALE, PATH_OPTIONS, parse_data_option
+from .data.build import DEFAULT_IMAGE_SIZE, GRAYSCALE, PATH_OPTIONS, format_data_option, parse_data_option
 from .models.build import BACKBONE_SPECS
 
 __all__ = ["COMPILE_FORMS", "DATASET_DEFAULTS", "FewShotConfig", "resolve_defaults"]
@@ -214,7 +214,7 @@ class FewShotConfig:
             seen.add(key)
             if key in PATH_OPTIONS:
                 value = str(Path(value).expanduser().resolve())
-            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+            out.append(format_data_option(key, value))
         return out
 
     def loader_options(self, dataset: str) -> dict[str, object]:

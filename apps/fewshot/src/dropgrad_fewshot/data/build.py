@@ -9,7 +9,7 @@ from typing import Any, Literal
 from .base import FewShotDataset
 from .errors import DataError
 
-__all__ = ["DATASETS", "GRAYSCALE", "PATH_OPTIONS", "build_dataset", "dataset_options", "parse_data_option"]
+__all__ = ["DATASETS", "GRAYSCALE", "PATH_OPTIONS", "build_dataset", "dataset_options", "format_data_option", "parse_data_option"]
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet", "cub")
 # The single-channel data sets; every other one is RGB.
@@ -88,6 +88,15 @@ def parse_data_option(dataset: str, text: str, option: str = "--option") -> tupl
         except ValueError:
             raise DataError(f"{option} {text!r}: {key} must be an integer") from None
     return key, value
+
+
+def format_data_option(key: str, value: Any) -> str:
+    """``KEY=VALUE`` as :func:`parse_data_option` reads it back.
+
+    >>> format_data_option("check_sizes", False), format_data_option("n_classes", 50)
+    ('check_sizes=false', 'n_classes=50')
+    """
+    return f"{key}={str(value).lower() if isinstance(value, bool) else value}"
 
 
 def build_dataset(

@@ -40,7 +40,7 @@ from PIL import Image
 from torch import Tensor
 
 from .base import FewShotDataset, ImageFileDataset, open_image
-from .build import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset, dataset_options
+from .build import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset, dataset_options, format_data_option
 from .device_augment import PixelFormat, augment_batch
 from .errors import DataError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, GrayscaleTransform, RGBTransform
@@ -547,6 +547,5 @@ def _build_command(ds: CachedDataset, wanted: dict[str, Any], seed: int) -> str:
         parts += ["--seed", str(seed)]
     for key in sorted(wanted):
         if key != "seed" and wanted[key] != defaults.get(key):
-            value = wanted[key]
-            parts += ["--option", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+            parts += ["--option", format_data_option(key, wanted[key])]
     return shlex.join(parts + ["--out", str(ds.path.parent)])

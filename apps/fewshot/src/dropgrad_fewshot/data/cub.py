@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .base import ImageFileDataset
 from .errors import DataError
-from .listing import ImageIndex, check_class_sizes, rgb_dataset
+from .listing import ImageIndex, check_class_sizes, read_list_file, rgb_dataset
 
 __all__ = ["CUB_SPLIT_CLASSES", "build_cub", "cub_split", "cub_split_of_class"]
 
@@ -56,10 +56,7 @@ def _cub_root(root: Path) -> Path:
 def _read_pairs(path: Path) -> list[tuple[int, str, str]]:
     """Lines "<int id> <value>" of a CUB metadata file as (line number, id, value)."""
     out = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: byte {err.start} is not UTF-8; expected UTF-8 lines '<id> <value>'") from None
+    text = read_list_file(path, "UTF-8 lines '<id> <value>'")
     seen: dict[str, int] = {}
     for line_no, line in enumerate(text.splitlines(), start=1):
         line = line.strip()

@@ -17,9 +17,17 @@ from .base import ImageFileDataset
 from .errors import DataError
 from .transforms import RGBTransform
 
-__all__ = ["IMAGE_SUFFIXES", "ImageIndex", "check_class_sizes", "rgb_dataset"]
+__all__ = ["IMAGE_SUFFIXES", "ImageIndex", "check_class_sizes", "read_list_file", "rgb_dataset"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_list_file(path: Path, expected: str) -> str:
+    """``path``'s text; a file that is not UTF-8 is one :class:`DataError` naming it and ``expected``."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: byte {err.start} is not UTF-8; expected {expected}") from None
 
 
 @dataclass

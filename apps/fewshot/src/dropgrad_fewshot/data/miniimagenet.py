@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from .base import ImageFileDataset
 from .errors import DataError
-from .listing import IMAGE_SUFFIXES, ImageIndex, check_class_sizes, rgb_dataset
+from .listing import IMAGE_SUFFIXES, ImageIndex, check_class_sizes, read_list_file, rgb_dataset
 
 __all__ = ["MINI_SPLIT_CLASSES", "build_miniimagenet", "closerlook_image_root", "detect_layout"]
 
@@ -80,10 +80,7 @@ def _csv_index(root: Path, csv_dir: Path, split: str) -> ImageIndex:
         raise DataError(f"miniimagenet (csv layout): {csv_path} not found; expected Ravi's {CSV_NAMES[split]} there")
     image_dir = root / "images" if (root / "images").is_dir() else root
     index = ImageIndex()
-    try:
-        text = csv_path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{csv_path}: byte {err.start} is not UTF-8; expected a UTF-8 text file of 'filename,label' rows") from None
+    text = read_list_file(csv_path, "a UTF-8 text file of 'filename,label' rows")
     rows = csv.reader(text.splitlines())
     header = next(rows, None)
     if header is None or [h.strip() for h in header] != ["filename", "label"]:
