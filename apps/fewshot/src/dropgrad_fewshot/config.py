@@ -74,6 +74,7 @@ class FewShotConfig:
     inner_lr: float = field(default=0.01, metadata={"help": "inner-loop step size (initial value for metasgd/mamlpp)"})
     meta_batch: int = field(default=4, metadata={"help": "tasks per meta-batch (one Adam step)"})
     outer_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the meta-update"})
+    outer_lr_schedule: Literal["constant", "cosine"] | None = field(default=None, metadata={"help": "the meta-update's learning rate over the epochs: constant, or cosine (annealed once per epoch from --outer-lr to 1e-5 over --epochs: MAML++'s cosine annealing of the meta-optimiser); default: cosine for --method mamlpp, constant otherwise"})
     dropgrad: Literal["none", "binary", "gaussian"] = field(default="gaussian", metadata={"help": "DropGrad noise on the inner-loop gradients (none: the baseline)"})
     p: float = field(default=0.1, metadata={"help": "DropGrad rate p, 0 <= p < 1 (noise variance p/(1-p))"})
     dropgrad_layers: str = field(default="all", metadata={"help": "which parameters get DropGrad: all, or comma-separated groups (ResNets: conv,block1..block4,fc; Conv4: conv1..conv4,fc) or name patterns"})
@@ -263,8 +264,8 @@ def resolve_defaults(cfg: FewShotConfig) -> FewShotConfig:
     multi-step-loss epochs) so config.json states them.
 
     >>> cfg = resolve_defaults(FewShotConfig())
-    >>> cfg.epochs, cfg.episodes_per_epoch, cfg.msl_epochs
-    (10, 80, 2)
+    >>> cfg.epochs, cfg.episodes_per_epoch, cfg.msl_epochs, cfg.outer_lr_schedule
+    (10, 80, 2, 'constant')
     >>> c = resolve_defaults(FewShotConfig(dataset="cub", data_root="CUB_200_2011", shot=5))
     >>> c.epochs, c.episodes_per_epoch
     (1600, 100)
@@ -279,6 +280,7 @@ def resolve_defaults(cfg: FewShotConfig) -> FewShotConfig:
         epochs=epochs,
         episodes_per_epoch=episodes,
         msl_epochs=cfg.msl_epochs if cfg.msl_epochs is not None else max(1, round(MSL_SHARE * epochs)),
+        outer_lr_schedule=cfg.outer_lr_schedule or ("cosine" if cfg.method == "mamlpp" else "constant"),
         test_dataset=cfg.test_dataset or cfg.dataset,
         # Another data set's folder is never --data-root (__post_init__ asks for its own).
         test_data_root=cfg.test_data_root if cfg.test_data_root is not None or cfg.test_dataset not in (None, cfg.dataset) else cfg.data_root,

@@ -6,7 +6,8 @@
 ``metasgd-star``   Meta-SGD started from a feature extractor pre-trained with cross-entropy
                    on all base classes (the paper's MetaSGD*)
 ``mamlpp``         MAML++: per-layer per-step step sizes, multi-step loss, per-step
-                   BatchNorm with running statistics, derivative-order annealing
+                   BatchNorm with running statistics, derivative-order annealing (and,
+                   in ``run.train``, cosine annealing of the meta-optimiser's rate)
 =================  =======================================================================
 
 DropGrad sits between each inner gradient and its update in all four (``dropgrad.DropGrad``);

@@ -250,6 +250,21 @@ class _Prefetched:
             self.batches.stage(index)
 
 
+#: MAML++'s floor of the cosine-annealed meta learning rate (Antoniou et al.'s ``min_learning_rate``).
+MIN_OUTER_LR = 1e-5
+
+
+def outer_lr_scheduler(cfg: FewShotConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """The meta-optimiser's schedule, stepped once per epoch: ``None`` (constant), or cosine
+    annealing from ``--outer-lr`` to :data:`MIN_OUTER_LR` over ``--epochs`` (MAML++'s CA).
+
+    A run resumed from a config written before the option existed (``None``) keeps its constant rate.
+    """
+    if cfg.outer_lr_schedule != "cosine":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=min(MIN_OUTER_LR, cfg.outer_lr))
+
+
 def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: DistributedContext | None = None) -> dict[str, Any]:
     """Meta-train, keep the best model on validation accuracy, test it; returns ``results.json``.
 
@@ -297,6 +312,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         if not dist.is_main:
             _pretrain(cfg, learner, out, device, messages.append)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
+    scheduler = outer_lr_scheduler(cfg, optimizer)
     # A cached split gives CachedEpisodeBatches: tasks built (and augmented) on the device.
     batches = episode_batches(
         train_set,
@@ -350,7 +366,7 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
         progress=cfg.progress,
     )
     trainer = MetaTrainer(
-        out, train_cfg, learner, optimizer, step_fn=step_fn, validate_fn=validate_fn,
+        out, train_cfg, learner, optimizer, step_fn=step_fn, validate_fn=validate_fn, scheduler=scheduler,
         dropgrad=learner.dropgrad, device=device, on_epoch_start=on_epoch_start, distributed=dist,
     )
     for line in messages:
