@@ -55,7 +55,8 @@ def reduce(ctx: DistributedContext, out: str) -> None:
     torch.manual_seed(ctx.rank_seed(0))
     other = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     other[1].running_mean.add_(ctx.rank + 1)
-    ctx.broadcast_module(other)
+    extra = torch.full((2,), float(ctx.rank))  # a tensor outside the module (e.g. a learned step size)
+    ctx.broadcast_module(other, extra=[extra])
     # No meta_batch_shard since the last reduction: weight 1 / world_size. float64 gradients
     # that float32 would round to 1, and no integer buffer to make the buffer float64 anyway.
     fine = nn.Parameter(torch.zeros(3, dtype=torch.float64))
@@ -63,10 +64,17 @@ def reduce(ctx: DistributedContext, out: str) -> None:
     plain = ctx.all_reduce_gradients([fine], metrics={"m": float(ctx.rank)})
     # Explicit weights; a rank with weight 0 (no tasks) may hold NaN metrics, which count as 0.
     explicit = nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    explicit.grad = torch.full((2,), float(ctx.rank + 1), dtype=torch.float64)
+    # Rank 1 (weight 0, no tasks) holds a NaN gradient: weight 0 means it adds nothing, not NaN * 0.
+    explicit.grad = torch.full((2,), float("nan") if ctx.rank else 1.0, dtype=torch.float64)
     weighted = ctx.all_reduce_gradients(
         [explicit], metrics={"loss": float("nan") if ctx.rank else 2.0}, weight=0.0 if ctx.rank else 1.0
     )
+    # float32 gradients beside an integer buffer: the buffer is reduced in float64, so a count
+    # past 2**24 stays exact, and a float32 parameter with a gradient on rank 0 only gets a float32 one.
+    single = nn.Parameter(torch.zeros(3))
+    single.grad = None if ctx.rank else torch.full((3,), 0.25)
+    count = torch.tensor(2**24 + 1 if ctx.rank == 0 else 7, dtype=torch.int64)
+    ctx.all_reduce_gradients([single], buffers=[count], weight=0.5)
     votes = ctx.all_gather_object(ctx.rank * 10)
     value = ctx.broadcast_object({"v": ctx.rank})
     ctx.barrier()
@@ -87,6 +95,9 @@ def reduce(ctx: DistributedContext, out: str) -> None:
             "value": value,
             "agreed": agreed,
             "broadcast": {**dict(other.named_parameters()), **dict(other.named_buffers())},
+            "extra": extra,
+            "single": single.grad,
+            "count": count,
             "fine": fine.grad,
             "plain": plain,
             "explicit": explicit.grad,

@@ -76,6 +76,26 @@ def test_env_parsing_and_single_process_context():
         single.agree(KeyError("mine"))
 
 
+def test_fail_votes_once_and_only_while_the_setup_phase_is_open(monkeypatch):
+    # A rank failing after agree(final=True) (training started) must not vote: the other ranks
+    # are in training collectives, not in agree, and a vote would hang them. Nor does it vote twice.
+    monkeypatch.setattr(dropgrad.distributed.dist, "is_initialized", lambda: True)
+    for final in (False, True):
+        ctx = DistributedContext(rank=0, world_size=2)
+        votes = []
+        monkeypatch.setattr(ctx, "all_gather_object", lambda obj, votes=votes: votes.append(obj) or [obj, None])
+        ctx.agree(final=final)
+        assert votes == [None]
+        assert ctx.fail(RuntimeError("late")) is (not final)
+        assert ctx.fail(RuntimeError("later")) is (not final)
+        assert votes == ([None] if final else [None, "late"])
+
+
+def test_local_rank_defaults_to_the_rank():
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    assert DistributedContext.from_env(env).local_rank == 1  # one node: rank r uses cuda:r
+
+
 # ----------------------------------------------------------------- 2 processes
 def _load_worker():
     import importlib.util
@@ -140,12 +160,16 @@ def test_broadcasts_and_reductions_without_a_shard_or_with_explicit_weights(two_
         assert set(got[rank]["broadcast"]) == set(expected)
         for name, value in expected.items():
             assert torch.equal(got[rank]["broadcast"][name], value.detach()), (rank, name)
+        assert torch.equal(got[rank]["extra"], torch.zeros(2))  # the extra tensors too
+        # float32 gradient of rank 0 only (weight 0.5), kept float32; the int64 count exactly rank 0's.
+        assert got[rank]["single"].dtype == torch.float32 and torch.equal(got[rank]["single"], torch.full((3,), 0.125))
+        assert int(got[rank]["count"]) == 2**24 + 1
     for rank in (0, 1):
         # Default weight 1/2: the mean, in float64 (float32 would give exactly 1.0).
         mean = 0.5 * (1 + 1e-10) + 0.5 * (1 + 2e-10)
         assert float((got[rank]["fine"] - mean).abs().max()) < 1e-14
         assert got[rank]["plain"] == {"m": pytest.approx(0.5)}
-        # Explicit weights 1 and 0: rank 0's values alone; rank 1's NaN metric does not count.
+        # Explicit weights 1 and 0: rank 0's values alone; rank 1's NaN gradient and metric do not count.
         assert torch.equal(got[rank]["explicit"], torch.ones(2, dtype=torch.float64))
         assert got[rank]["weighted"] == {"loss": 2.0}
 

@@ -29,7 +29,9 @@ def test_missing_middle_frame_is_found_before_running(tmp_path):
         check_frames(seqs)
 
 
-@pytest.mark.parametrize("box", [[1, 1, 0, 0], [1, 1, -3, 4], [float("nan")] * 4])
+@pytest.mark.parametrize(
+    "box", [[1, 1, 0, 0], [1, 1, -3, 4], [1, 1, 4, 0], [float("nan")] * 4, [float("nan"), 1, 4, 4]]
+)
 def test_unusable_first_box_names_the_ground_truth(tmp_path, box):
     names = _frames(tmp_path / "Seq" / "img", 3)
     path = _json(tmp_path, names, [box, [1, 1, 4, 4], [1, 1, 4, 4]])
@@ -46,4 +48,7 @@ def test_good_sequence_passes(tmp_path):
 def test_img_names_that_are_not_paths(tmp_path):
     path = _json(tmp_path, [5, "Seq/img/0002.jpg"], [[1, 1, 4, 4]] * 2)
     with pytest.raises(OTBDataError, match=r"sequence 'Seq': img_names\[0\] is 5"):
+        load_otb_json(path, tmp_path)
+    path = _json(tmp_path, ["Seq/img/0001.jpg", ""], [[1, 1, 4, 4]] * 2)  # an empty name would be the root itself
+    with pytest.raises(OTBDataError, match=r"sequence 'Seq': img_names\[1\] is ''"):
         load_otb_json(path, tmp_path)

@@ -217,6 +217,9 @@ def test_interpolation_is_stride_4_and_commutes_with_the_reduction():
     torch.testing.assert_close(up[..., ::2, ::2], x)
     torch.testing.assert_close(up[..., 1::2, ::2], (x[..., 1:, :] + x[..., :-1, :]) / 2)
     with torch.no_grad():
+        # A non-zero filter and bias: the initial zero filter would make both sides 0 whatever the interpolation.
+        head.filter.weight.normal_(generator=torch.Generator().manual_seed(0))
+        head.filter.bias.fill_(0.5)
         torch.testing.assert_close(head.correlate(head.reduce(up)), head(x))
 
 
@@ -334,6 +337,22 @@ def test_tasks_have_fixed_shapes_and_train_with_dropgrad(otb_sequences):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_box_without_height_is_no_visible_target_in_a_task():
+    # A box with a width but no height (w > 0, h = 0) is not a target: as a query frame its label,
+    # and as the box the next query's patch is placed on, it would make the task NaN.
+    cfg = MetaCRESTConfig(patch_size=64)
+    d = MetaCRESTDef(cfg)
+    net = MetaCRESTNet(PixelUnshuffle(), cfg)
+    frames = np.random.default_rng(0).integers(0, 255, (4, 60, 80, 3), dtype=np.uint8)
+    boxes = np.array([[20.0, 15, 20, 20], [22, 15, 20, 0], [24, 15, 20, 20], [26, 15, 20, 20]])
+    seq = Sequence("flat", [], boxes)
+    seq.image = lambda i: frames[i]
+    task = d.sample_task(net, seq, 0, 3, np.random.default_rng(0))
+    assert all(torch.isfinite(x).all() for x in task)
+    with pytest.raises(ValueError, match="flat: frame 2 has no visible target"):
+        d.sample_task(net, seq, 1, 3, np.random.default_rng(0))
+
+
 def test_dropgrad_is_off_while_tracking():
     cfg = MetaCRESTConfig(patch_size=64)
     d = MetaCRESTDef(cfg)
@@ -347,6 +366,7 @@ def test_dropgrad_is_off_while_tracking():
     tracker = MetaCRESTTracker(learner, cfg)
     tracker.init(frame, box)
     first = tracker.params
+    learner.train()  # back to meta-training between two runs: init itself must switch DropGrad off again
     tracker.init(frame, box)
     assert not learner.training and tracker.metadata["dropgrad_while_tracking"] == "off"
     # The same numbers twice, and exactly theta - alpha * grad without noise.

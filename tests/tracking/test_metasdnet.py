@@ -522,3 +522,77 @@ def test_first_frame_step_labels_positives_1_and_raises_their_margin():
         after = tracker.net.head_without_dropout(x)
     margin = lambda s: (s[: len(pos), 1] - s[: len(pos), 0]).mean() - (s[len(pos):, 1] - s[len(pos):, 0]).mean()
     assert margin(after) > margin(before)  # the step moved the target score up on positives, down on negatives
+
+
+def test_first_frame_memories_hold_the_features_of_every_support_sample():
+    # The initial memories are the first frame's positives and negatives (an odd count too):
+    # the long-term update's first frame, cached as conv3 features of exactly those boxes.
+    from dropgrad_tracking.trackers.sampling import frame_tensor
+
+    o = dataclasses.replace(SMALL, n_pos_init=9, n_neg_init=33)
+    tracker, _ = _tiny_tracker(options=o)
+    captured = {}
+    first = tracker.adapt_first_frame
+    tracker.adapt_first_frame = lambda frame, box: captured.setdefault("boxes", first(frame, box))
+    image = _moving_square(1)[0]
+    tracker.init(image, np.array([20.0, 36, 24, 24]))
+    pos, neg = captured["boxes"]
+    assert (len(pos), len(neg)) == (9, 33)
+    frame = frame_tensor(image, tracker.device)
+    torch.testing.assert_close(tracker._pos_memory[0], tracker._features(frame, pos))
+    torch.testing.assert_close(tracker._neg_memory[0], tracker._features(frame, neg))
+
+
+def test_box_regression_reads_the_top_candidates_boxes_and_their_own_features():
+    from dropgrad_tracking.trackers.sampling import frame_tensor
+
+    tracker, _ = _tiny_tracker(options=dataclasses.replace(SMALL, update_iters=0))
+    frames = _moving_square(2)
+    tracker.init(frames[0], np.array([20.0, 36, 24, 24]))
+    _forced(tracker, lambda: True)
+    seen = []
+    predict = tracker._bbreg.predict
+    tracker._bbreg.predict = lambda feats, boxes: (seen.append((feats.clone(), boxes.copy())), predict(feats, boxes))[1]
+    tracker.update(frames[1])
+    (feats, boxes), = seen
+    # The top-k candidates (their mean is the target) ...
+    assert boxes.shape == (SMALL.top_k, 4)
+    np.testing.assert_allclose(boxes.mean(axis=0), tracker._target)
+    # ... with each one's own conv3 features, in the same order.
+    torch.testing.assert_close(feats, tracker._features(frame_tensor(frames[1], tracker.device), boxes))
+
+
+def test_each_online_iteration_takes_the_next_minibatch():
+    # Positives and negative candidates are consumed in whole passes: 3 iterations of 4 of 12
+    # positives (and 8 of 24 candidates) see every sample once, not the first batch 3 times.
+    o = dataclasses.replace(SMALL, update_iters=3, batch_pos=4, batch_neg=4, batch_neg_cand=8)
+    tracker, _ = _tiny_tracker(options=o)
+    tracker.init(_moving_square(1)[0], np.array([20.0, 36, 24, 24]))
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(12, 288, generator=g), torch.randn(24, 288, generator=g)
+    batches, candidates = [], []
+    head, mine = tracker.net.head, tracker.net.head_without_dropout
+    tracker.net.head = lambda x: (batches.append(x.detach().clone()), head(x))[1]
+    tracker.net.head_without_dropout = lambda x: (candidates.append(x.detach().clone()), mine(x))[1]
+    tracker._train(pos, neg)
+    assert len(batches) == len(candidates) == 3
+
+    def rows(x, pool):
+        return sorted(int(torch.nonzero((pool == r).all(1))[0]) for r in x)
+
+    assert rows(torch.cat([b[:4] for b in batches]), pos) == list(range(12))
+    assert rows(torch.cat(candidates), neg) == list(range(24))
+
+
+def test_query_frames_are_distinct():
+    frames = np.random.default_rng(0).integers(0, 255, (8, 48, 64, 3), dtype=np.uint8)
+    seq = Sequence("toy", [], np.array([[10.0, 10, 20, 16]] * 8))
+    seen = []
+    seq.image = lambda i: (seen.append(int(i)), frames[i])[1]
+    d = MetaSDNetDef("t", tiny=True, adapt_conv=False, n_support_pos=2, n_support_neg=2, n_query_pos=2,
+                     n_query_neg=2, query_frames=2)
+    model, _ = d.build_model(None)
+    for r in range(8):
+        seen.clear()
+        d.sample_task(model, seq, 1, 2, np.random.default_rng(r))
+        assert seen == [1, 2, 3]  # both frames of the horizon, each once, in order

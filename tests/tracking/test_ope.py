@@ -66,6 +66,8 @@ def test_empty_ground_truth_frames():
     assert score_sequence(gt_edge.copy(), gt_edge).success[0] == 1.0
     with pytest.raises(ValueError, match="every ground-truth box is empty"):
         score_sequence(np.zeros((2, 4)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="do not match ground truth of shape"):
+        score_sequence(np.zeros((0, 4)), np.zeros((0, 4)))  # no frames at all: a clear error, not an IndexError
 
 
 def test_off_by_one_lengths_score_common_frames_and_warn():
@@ -78,6 +80,25 @@ def test_off_by_one_lengths_score_common_frames_and_warn():
     assert len(boxes) == 10
     with pytest.raises(LengthMismatchError, match="r/Couple.txt: 7 boxes, but the ground truth of Couple has 10 frames"):
         align_lengths(gt[:7], gt, "r/Couple.txt", "Couple")
+
+
+def test_length_mismatches_drop_the_trailing_frames_of_the_longer_one():
+    # The common frames are the first ones: a surplus box at the end is dropped, not the first
+    # box (which would shift every result against its ground truth by a frame).
+    gt = _gt(10)
+    longer = np.vstack([gt, gt[-1:] + 100, gt[-1:] + 200])
+    with pytest.warns(UserWarning, match="12 boxes for 10 ground-truth frames; scored the first 10"):
+        boxes, cut, _ = align_lengths(longer, gt, "r/Couple.txt", "Couple")
+    np.testing.assert_array_equal(boxes, gt)
+    np.testing.assert_array_equal(cut, gt)
+    with pytest.warns(UserWarning):
+        boxes, cut, _ = align_lengths(gt[:8], gt, "r/Couple.txt", "Couple")
+    np.testing.assert_array_equal(boxes, gt[:8])
+    np.testing.assert_array_equal(cut, gt[:8])
+    # ... so a tracker exact on the common frames scores as a perfect one.
+    with pytest.warns(UserWarning):
+        ev = evaluate_tracker("t", {"a": TrackerResult(longer, "a")}, {"a": Sequence("a", [], gt)})
+    assert ev.overall.success_auc == pytest.approx(20 / 21) and ev.overall.precision_20 == 1.0
 
 
 def test_evaluate_tracker_averages_per_sequence_then_across():
@@ -136,6 +157,17 @@ def test_speed_is_reported_only_when_every_sequence_was_timed():
     assert timing([timed, untimed]) == {}  # not the speed of a subset presented as the tracker's
     timed.fps, untimed.fps = 2.0, 4.0  # the toolkit's reported fps: the mean of those
     assert timing([timed, untimed]) == {"fps": 3.0}
+
+
+def test_reported_speed_is_the_mean_over_every_sequence_and_zero_times_are_infinitely_fast():
+    gt = _gt(3)
+    scores = [score_sequence(gt, gt, name=n) for n in "abc"]
+    scores[0].fps, scores[1].fps = 1.0, 2.0
+    assert timing(scores) == {}  # one sequence without a reported speed: no speed at all
+    scores[2].fps = 6.0
+    assert timing(scores) == {"fps": 3.0}  # the mean (not the median, 2.0)
+    instant = score_sequence(gt, gt, name="d", times=np.zeros(3))
+    assert timing([instant]) == {"fps": float("inf"), "fps_without_first": float("inf"), "first_frame_seconds": 0.0}
 
 
 def test_times_of_surplus_result_frames_are_left_out_of_the_speed():
