@@ -390,6 +390,9 @@ def test_compile_keywords_reach_torch_compile():
     # torch.compile refuses a mode together with options: the mode's own options are merged in.
     merged = _compile_kwargs({"mode": "max-autotune-no-cudagraphs", "options": {"combo_kernels": True}})
     assert "mode" not in merged and merged["options"]["max_autotune"] and merged["options"]["combo_kernels"]
+    # An option given explicitly wins over the same option of the mode.
+    mine = _compile_kwargs({"mode": "max-autotune-no-cudagraphs", "options": {"coordinate_descent_tuning": False}})
+    assert mine["options"] == {"max_autotune": True, "coordinate_descent_tuning": False}
     eager, comp = pair(MAML, compile_forward={"backend": "aot_eager"}, inner_lr=0.1, steps=2, first_order=True)
     tasks = make_tasks(4, "cpu")
     assert_equal_steps(meta_step(eager, tasks), meta_step(comp, tasks))

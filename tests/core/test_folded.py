@@ -69,12 +69,17 @@ def test_a_shared_convolution_with_per_task_biases():
     assert_rule(F.conv2d, x, w, b)
 
 
-@pytest.mark.parametrize("weight,bias", [("per-task", "per-task"), ("per-task", "none"), ("shared", "per-task")])
-def test_linear_layers(weight, bias):
+@pytest.mark.parametrize("weight,bias", [
+    ("per-task", "per-task"), ("per-task", "none"), ("shared", "per-task"), ("per-task", "shared"),
+])
+@pytest.mark.parametrize("out_features", [3, 2 * N])  # 2 * N: as many as a task's rows, N * 2
+def test_linear_layers(weight, bias, out_features):
+    # A shared bias with per-task weights (adapt="*.weight") was once broadcast as a column:
+    # an error, or silently wrong numbers where out_features equalled the rows per task.
     torch.manual_seed(0)
     x = torch.randn(T * N, 2, 6)  # extra dimensions between the rows and the features
-    w = torch.randn(T, 3, 6) if weight == "per-task" else shared(torch.randn(3, 6))
-    b = torch.randn(T, 3) if bias == "per-task" else None
+    w = torch.randn(T, out_features, 6) if weight == "per-task" else shared(torch.randn(out_features, 6))
+    b = {"per-task": torch.randn(T, out_features), "shared": shared(torch.randn(out_features)), "none": None}[bias]
     assert_rule(F.linear, x, w, b)
 
 
@@ -112,6 +117,25 @@ def test_batch_norm_in_bf16_is_as_exact_as_atens(offset, compiled):
     assert got.dtype == torch.bfloat16 and (compiled or got.is_contiguous(memory_format=torch.channels_last))
     bound = 2**-6 if compiled else 1.25 * float((aten.double() - want).abs().max())
     assert float((got.double() - want).abs().max()) <= bound
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_batch_norm_in_bf16_normalises_with_float32_running_statistics(offset):
+    # Evaluation reads the running statistics, float32 buffers, against bf16 activations (as
+    # under autocast). Rounded to bf16 first, a mean near 30 moves by up to 1/16 before it is
+    # subtracted: 6x ATen's error here, where the float32 statistics keep it within 2.5x.
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(T * N, 8, 5, 5, generator=g) * 2 + offset).bfloat16()
+    mean = torch.randn(8, generator=g, dtype=torch.float32) * 2 + offset + 0.123456
+    var = torch.rand(8, generator=g, dtype=torch.float32) * 3 + 0.5
+    w = torch.rand(T, 8, generator=g, dtype=torch.float32) + 0.5
+    b = torch.randn(T, 8, generator=g, dtype=torch.float32)
+    want = per_task(F.batch_norm, x.double(), shared(mean.double()), shared(var.double()), w.double(), b.double())
+    aten = per_task(F.batch_norm, x, shared(mean), shared(var), w, b)
+    with folded_tasks(T, [w, b]):
+        got = F.batch_norm(x, mean, var, w, b)
+    assert got.dtype == torch.bfloat16
+    assert float((got.double() - want).abs().max()) <= 2.5 * float((aten.double() - want).abs().max())
 
 
 def test_batch_norm_refuses_running_statistics_in_training():
@@ -189,7 +213,7 @@ def test_meta_steps_through_norm_layers_equal_the_loop(norm, cls, first_order):
     assert_fold_equals_loop(make, mlp_tasks())
 
 
-@pytest.mark.parametrize("adapt", ["3.*", "*.bias"])
+@pytest.mark.parametrize("adapt", ["3.*", "*.bias", "*.weight"])
 def test_parameters_the_inner_loop_leaves_alone_are_shared_by_every_task(adapt):
     def make(batch_with):
         return MAML(norm_net("bn"), inner_lr=0.3, steps=2, adapt=adapt, batch_with=batch_with)

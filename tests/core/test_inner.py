@@ -167,6 +167,24 @@ def test_metasgd_and_mamlpp_step_sizes_receive_gradients():
     assert learner.bn_weight["1"].shape == (2, 5)
 
 
+@pytest.mark.parametrize("cls", [MetaSGD, MAMLPlusPlus])
+def test_dropgrad_noise_reaches_the_updates_of_learned_step_sizes(cls):
+    # MetaSGD's and MAML++'s rates are tensors (sgd_step's other branch than MAML's float): the
+    # first step must be theta - rate * g * n with the noise n of the same draw, not theta - rate * g.
+    # (The finite-difference test cannot see noise that is dropped: the loss stays a function.)
+    batch = tasks(n_tasks=1)
+    x, y = batch.support_x[0], batch.support_y[0]
+    learner = cls(mlp(), inner_lr=0.05, steps=1,
+                  dropgrad=DropGrad(0.5, "binary", generator=torch.Generator().manual_seed(3)))
+    theta = dict(learner.model.named_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(learner.model(x), y), list(theta.values()))
+    noise = DropGrad(0.5, "binary", generator=torch.Generator().manual_seed(3)).draw(theta)
+    assert all(n is not None and (n == 0).any() for n in noise)
+    first = learner.adapt(x, y)[0]
+    for (name, p), g, n in zip(theta.items(), grads, noise):
+        torch.testing.assert_close(first[name], p - 0.05 * g * n, rtol=0, atol=1e-14)
+
+
 def test_metasgd_per_element_step_sizes_are_used():
     learner = MetaSGD(nn.Linear(2, 1, bias=False), inner_lr=0.1, steps=1, loss_fn=lambda o, y: ((o - y) ** 2).sum())
     with torch.no_grad():
@@ -319,6 +337,13 @@ def test_a_subclass_overriding_the_loop_only_is_refused_batched(batch_with):
     with pytest.raises(ValueError, match="Scaled overrides functional_forward"):
         Scaled(mlp(), steps=1, batch_with=batch_with).meta_backward(tasks(), batched=True)
     MetaSGD(mlp(), steps=1, batch_with=batch_with).meta_backward(tasks(), batched=True)  # core's own variants pass
+
+    class Both(Scaled):  # ... and a subclass that overrides a batched method as well is its own business
+        def _vmapped(self, params, x, y, step):
+            losses, out = super()._vmapped(params, x, y, step)
+            return losses, 10.0 * out
+
+    Both(mlp(), steps=1, batch_with=batch_with).meta_backward(tasks(), batched=True)
 
 
 def test_consistent_dropout_mask_is_per_task():

@@ -129,6 +129,17 @@ def test_selection_hits_exactly_the_chosen_tensors():
         assert out[n] is grads[n]
 
 
+def test_one_operator_selects_by_the_names_of_each_call():
+    # The selection is cached per tuple of names: a second set of names gets its own flags.
+    dg = DropGrad(0.5, "binary", params="fc")
+    first = dg({"fc.weight": torch.ones(100), "conv.weight": torch.ones(100)})
+    assert not torch.equal(first["fc.weight"], torch.ones(100)) and torch.equal(first["conv.weight"], torch.ones(100))
+    second = dg({"conv.weight": torch.ones(100), "fc.weight": torch.ones(100)})
+    assert torch.equal(second["conv.weight"], torch.ones(100)) and not torch.equal(second["fc.weight"], torch.ones(100))
+    with pytest.raises(ValueError, match="got 1 tensors but 2 names"):
+        dg([torch.ones(2)], names=["fc.weight", "fc.bias"])
+
+
 def test_selection_with_custom_groups_and_sequence_names():
     dg = DropGrad(0.5, "binary", params="head", groups={"head": ["classifier.*"]})
     out = dg([torch.ones(100), torch.ones(100)], names=["trunk.w", "classifier.w"])

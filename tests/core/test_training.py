@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -129,8 +130,9 @@ def test_resume_keeps_the_early_stopping_count(tmp_path):
     assert summary["stopped_early"] and summary["epochs_completed"] == 4 and summary["best_epoch"] == 1
 
 
-def test_a_tie_is_not_an_improvement(tmp_path):
-    cfg = TrainConfig(epochs=20, steps_per_epoch=2, patience=2, progress=False)
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_a_tie_is_not_an_improvement(tmp_path, mode):
+    cfg = TrainConfig(epochs=20, steps_per_epoch=2, patience=2, monitor_mode=mode, progress=False)
     trainer, _, _ = _trainer(tmp_path, cfg, validate_fn=lambda epoch: {"val_loss": 1.0})
     summary = trainer.fit()
     assert summary["best_epoch"] == 0 and summary["stopped_early"] and summary["epochs_completed"] == 3
@@ -156,6 +158,102 @@ def test_monitor_max_and_train_metric_without_validation(tmp_path):
         _trainer(tmp_path / "other", TrainConfig(progress=False), validate_fn=None)
 
 
+def test_train_records_are_window_means_and_step_fn_gets_the_global_step(tmp_path):
+    # Windows restart each epoch (steps 3, 6 and a partial 7 of 7); each record is the mean of
+    # its own steps, the partial window's over its 1 step; step_fn sees 0, 1, ... across epochs
+    # (apps draw their tasks from it: an epoch index would repeat the first epoch's tasks).
+    model, optimizer, _, x, y = _regression()
+    seen: list[int] = []
+
+    def step_fn(global_step: int) -> dict[str, float]:
+        seen.append(global_step)
+        ((model(x) - y) ** 2).mean().backward()
+        return {"v": float(global_step)}
+
+    cfg = TrainConfig(epochs=2, steps_per_epoch=7, log_every_steps=3, monitor="train_v", progress=False)
+    MetaTrainer(tmp_path, cfg, model, optimizer, step_fn=step_fn, logger=lambda line: None).fit()
+    assert seen == list(range(14))
+    train = read_metrics(tmp_path / "metrics.jsonl", "train")
+    assert [(r["epoch"], r["step"], r["v"]) for r in train] == [
+        (0, 3, 1.0), (0, 6, 4.0), (0, 7, 6.0), (1, 10, 8.0), (1, 13, 11.0), (1, 14, 13.0)]
+    assert [r["train_v"] for r in read_metrics(tmp_path / "metrics.jsonl", "val")] == [3.0, 10.0]
+
+
+def test_grad_clip_covers_every_optimised_tensor_and_plateau_schedulers_get_the_monitor(tmp_path):
+    # Learned inner step sizes (MetaSGD, MAML++) sit in the optimiser, outside the model: the
+    # clipped norm is over all of them. ReduceLROnPlateau is stepped with the monitored value.
+    model = nn.Linear(2, 1)
+    extra = nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([*model.parameters(), extra], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
+
+    def step_fn(global_step: int) -> dict[str, float]:
+        loss = model(torch.ones(1, 2)).sum() + 100.0 * extra.sum()
+        loss.backward()
+        return {"loss": loss.item()}
+
+    values = iter([1.0, 2.0, 3.0])
+    cfg = TrainConfig(epochs=3, steps_per_epoch=1, grad_clip=1.0, progress=False)
+    trainer = MetaTrainer(tmp_path, cfg, model, optimizer, step_fn=step_fn, scheduler=scheduler,
+                          validate_fn=lambda epoch: {"val_loss": next(values)}, logger=lambda line: None)
+    trainer.fit()
+    norm = math.sqrt(3 * 100.0**2 + 3 * 1.0)  # d/d extra = 100 each; d/dw = 1, 1; d/db = 1
+    assert read_metrics(tmp_path / "metrics.jsonl", "train")[0]["grad_norm"] == pytest.approx(norm)
+    # Three steps of size lr * clipped gradient: extra moves by 3 * 100 / norm each, not by 300.
+    torch.testing.assert_close(extra.detach(), torch.full((3,), -100.0 / norm * (1.0 + 1.0 + 0.5)))
+    assert optimizer.param_groups[0]["lr"] == 0.25  # epochs 1 and 2 did not improve
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["mid-window", "epoch boundary"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path, where):
+    # In process (the SIGKILL test below runs its own script and can only hope to hit a given
+    # step): a step draws from the global RNG, on_epoch_start too (at a boundary, its draws
+    # belong to the restored stream); stopped after a mid-epoch checkpoint that holds a part
+    # of a log window, or as an epoch starts.
+    def run(run_dir, stop_at=None, resume=False):
+        model, optimizer, _, x, y = _regression()
+        scale = [0.0]
+
+        def step_fn(global_step: int) -> dict[str, float]:
+            if stop_at == ("step", global_step):
+                raise _Stop
+            loss = ((model(x + scale[0] * torch.randn_like(x)) - y) ** 2).mean()
+            loss.backward()
+            return {"loss": loss.item()}
+
+        def on_epoch_start(epoch: int) -> None:
+            if stop_at == ("epoch", epoch):
+                raise _Stop
+            scale[0] = float(torch.rand(())) if where == "epoch boundary" else 0.1
+
+        cfg = TrainConfig(epochs=3, steps_per_epoch=5, log_every_steps=2, checkpoint_every_steps=3, progress=False)
+        trainer = MetaTrainer(run_dir, cfg, model, optimizer, step_fn=step_fn, on_epoch_start=on_epoch_start,
+                              validate_fn=lambda epoch: {"val_loss": ((model(x) - y) ** 2).mean().item()},
+                              logger=lambda line: None)
+        torch.manual_seed(123 if resume else 0)  # a resumed process starts from other RNG states
+        trainer.fit(resume=resume)
+        return model
+
+    reference = run(tmp_path / "reference")
+    stop = ("step", 4) if where == "mid-window" else ("epoch", 1)  # after the checkpoints of step 3 / epoch 0
+    with pytest.raises(_Stop):
+        run(tmp_path / "stopped", stop_at=stop)
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["global_step"] in (3, 5)
+    resumed = run(tmp_path / "stopped", resume=True)
+    for a, b in zip(resumed.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
+
+    def records(run_dir):
+        return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(run_dir / "metrics.jsonl")
+                if r["event"] != "resume"]
+
+    assert records(tmp_path / "stopped") == records(tmp_path / "reference")
+
+
 def test_missing_monitor_key_names_it(tmp_path):
     cfg = TrainConfig(epochs=2, steps_per_epoch=2, monitor="val_acc", progress=False)
     trainer, _, _ = _trainer(tmp_path, cfg)
@@ -178,6 +276,9 @@ def test_resume_without_checkpoint_starts_over_and_fresh_over_existing_is_refuse
     assert any("nothing to resume" in line for line in lines)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
     assert [r["epoch"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl", "val")] == [0, 1]
+    # ... and the killed attempt's own records are gone: the file holds the fresh run's alone.
+    assert [(r["event"], r["step"]) for r in read_metrics(tmp_path / "killed" / "metrics.jsonl")] == [
+        (r["event"], r["step"]) for r in read_metrics(tmp_path / "fresh" / "metrics.jsonl")]
     again, _, _ = _trainer(tmp_path / "killed", cfg)
     with pytest.raises(ValueError, match="already holds a run"):
         again.fit()
@@ -293,6 +394,7 @@ def test_a_linear_dropgrad_schedule_over_one_epoch_is_refused(tmp_path):
     assert not (tmp_path / "a").exists()
     _trainer(tmp_path / "b", cfg, dropgrad=DropGrad(0.2))
     _trainer(tmp_path / "c", cfg, dropgrad=DropGrad(0.2, kind="none", schedule="linear"))
+    _trainer(tmp_path / "d", cfg, dropgrad=DropGrad(0.0, schedule="linear"))  # no noise asked for: nothing lost
 
 
 def test_a_run_without_any_finite_validation_value_says_so_when_its_best_model_is_loaded(tmp_path):

@@ -273,7 +273,10 @@ def _linear(tasks: int, input: Tensor, weight: Tensor, bias: Tensor | None = Non
     xs = _tasks(input, tasks)
     flat = xs.reshape(tasks, -1, xs.shape[-1])  # (T, rows, in)
     w = weight.transpose(1, 2)  # (T, in, out)
-    out = torch.bmm(flat, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, w)
+    if bias is None:
+        out = torch.bmm(flat, w)
+    else:  # a per-task (T, out) bias as (T, 1, out); a shared (out,) one broadcasts as it is
+        out = torch.baddbmm(bias.unsqueeze(1) if _per_task(bias, tasks, 1) else bias, flat, w)
     return out.reshape(*input.shape[:-1], weight.shape[1])
 
 
