@@ -361,3 +361,50 @@ def test_a_new_run_may_reuse_only_a_directory_without_progress(tmp_path):
     with pytest.raises(ValueError, match="already exists and is not empty"):
         start_run(other, Opt(0.3))  # not a run directory: never touched
     assert (other / "todo.txt").read_text() == "mine"
+
+
+@dataclass
+class Optionals:
+    rotations: bool | None = _h("optional switch", default=None)
+    test_dataset: Literal["glyphs", "cub"] | None = _h("optional choice without a 'none'", default=None)
+    device: str = _h("a plain string", default="auto")
+    steps: int = _h("an integer", default=1)
+    order: Literal[1, 2] = _h("an integer choice", default=1)
+
+
+def test_optional_bool_and_optional_literal_take_none_on_the_command_line(capsys):
+    # fewshot-train's --rotations (bool | None) and --test-dataset (Literal[...] | None).
+    assert _parse(["--rotations", "none", "--test-dataset", "none"], Optionals) == {"rotations": None, "test_dataset": None}
+    assert _parse(["--rotations", "false", "--test-dataset", "cub"], Optionals) == {"rotations": False, "test_dataset": "cub"}
+    with pytest.raises(SystemExit):
+        _parse(["--test-dataset", "omniglot"], Optionals)
+    assert "invalid choice 'omniglot'" in capsys.readouterr().err
+    # "none" is None only where the type allows it: a plain string keeps the word, an int refuses it.
+    assert _parse(["--device", "none", "--order", "2"], Optionals) == {"device": "none", "order": 2}
+    with pytest.raises(SystemExit):
+        _parse(["--steps", "none"], Optionals)
+    assert "expected an integer, got 'none'" in capsys.readouterr().err
+
+
+def test_a_boolean_is_not_a_number_nor_an_integer_choice():
+    # YAML's yes/no/true are booleans: never silently 1.0 (e.g. "p: yes" as a drop rate of 1).
+    with pytest.raises(ConfigError, match=r"key 'lr': expected a number, got True \(bool\)"):
+        build_config(Cfg, ConfigFileValues({"lr": True}, source="c.yaml"), {})
+    with pytest.raises(ConfigError, match=r"key 'order': expected one of 1, 2, got True \(bool\)"):
+        build_config(Optionals, {"order": True}, {})
+    assert build_config(Optionals, {"order": 2}, {}).order == 2
+
+    @dataclass
+    class BoolChoice:
+        flag: Literal[True, False] = _h("a Literal of booleans", default=True)
+
+    with pytest.raises(TypeError, match="not supported"):
+        build_config(BoolChoice, None, {})
+
+
+def test_numpy_and_torch_scalars_are_saved_as_json_numbers(tmp_path):
+    import numpy as np
+    import torch
+
+    path = save_config(tmp_path / "c.json", {"a": np.int64(3), "b": np.float32(0.5), "c": torch.tensor(2), "d": [np.bool_(True)]})
+    assert json.loads(path.read_text()) == {"a": 3, "b": 0.5, "c": 2, "d": [True]}

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from dropgrad_fewshot.data import DataError, build_cache, build_dataset, open_cache
+from dropgrad_fewshot.data.cache import _labels_checksum
 from PIL import Image
 
 
@@ -79,6 +80,10 @@ def test_cub_not_utf8_names_the_file(tmp_path):
         (lambda m: m.update(class_names=7), "class_names must be a list"),
         (lambda m: m.update(source="x"), "source must be an object"),
         (lambda m: m.update(labels=["a"] * len(m["labels"])), "labels must be a list of class indices"),
+        # Edits that keep the checksum consistent (the checks after it still hold).
+        (lambda m: m.update(labels=[2] * len(m["labels"]), checksum=_labels_checksum(np.full(len(m["labels"]), 2), m["shape"])),
+         r"labels outside 0\.\.1"),
+        (lambda m: m.update(image_size=32), "shape .* does not match image_size 32"),
     ],
 )
 def test_cache_sidecar_fields_are_checked(tmp_path, edit, message):
@@ -95,3 +100,12 @@ def test_cache_sidecar_intact_still_opens(tmp_path):
     build_cache("glyphs", "val", None, 28, tmp_path, n_classes=2, images_per_class=2)
     ds = open_cache(tmp_path, "glyphs", "val", 28, options={"n_classes": 2, "images_per_class": 2})
     assert ds.n_classes == 2 and np.isfinite(ds.load(0).numpy()).all()
+
+
+def test_a_cache_renamed_to_another_split_is_refused(tmp_path):
+    # glyphs-val-28.* copied to glyphs-test-28.*: testing on it would score validation classes.
+    src = build_cache("glyphs", "val", None, 28, tmp_path, n_classes=2, images_per_class=2)
+    for suffix in (".u8", ".json"):
+        (tmp_path / f"glyphs-test-28{suffix}").write_bytes(src.with_suffix(suffix).read_bytes())
+    with pytest.raises(DataError, match=r"glyphs-test-28\.u8 holds glyphs val, expected glyphs test"):
+        open_cache(tmp_path, "glyphs", "test", 28, options={"n_classes": 2, "images_per_class": 2})

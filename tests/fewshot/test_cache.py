@@ -613,3 +613,47 @@ def test_crop_aspect_ratio_is_log_uniform():
     # has mean 0 (a uniform aspect in [3/4, 4/3] gives about +0.03). Standard error here: 0.0012.
     p = sample_crop_jitter_flip(20000, 84, np.random.default_rng(3))
     assert abs(float(np.log(p.width / p.height).mean())) < 0.006
+
+
+def test_an_augmented_item_load_is_the_keyed_draw_then_normalised(tmp_path):
+    """``CachedDataset.load(i, key)`` (per-item loads, e.g. metasgd-star's pre-training on a
+    cache) augments the unit-range pixels with ``PCG64([seed, *key])``, then normalises, as
+    the batched path does. A one-channel mean/std stands in for an RGB set's."""
+    cached = _glyph_cache(tmp_path)  # augment=True, seed=3
+    mean, std = 0.3, 0.2
+    cached.pixels = PixelFormat("reciprocal", False, (mean,), (std,))
+    moved = 0
+    for i, key in ((0, (1, 2)), (5, (7,)), (9, (0,))):
+        unit = torch.from_numpy(np.array(cached.images[i])).permute(2, 0, 1)[None].to(torch.float32) * np.float32(1 / 255)
+        expected = (device_augment.augment_batch(unit, np.random.Generator(np.random.PCG64([3, *key]))) - mean) / std
+        got = cached.load(i, key)
+        torch.testing.assert_close(got, expected[0], rtol=0, atol=1e-6)
+        moved += not torch.equal(got, (unit[0] - mean) / std)
+    assert moved  # at least one draw shifted its image
+
+
+def test_content_options_keep_an_explicit_omniglot_rotation_choice():
+    # None means the protocol's default (maml: rotations on); an explicit False must stay False,
+    # or a maml run without rotations would open a cache of rotated classes without a word.
+    opts = cache_mod.content_options
+    assert opts("omniglot", "train", {"protocol": "maml"})["rotations"] is True
+    assert opts("omniglot", "train", {"protocol": "maml", "rotations": False})["rotations"] is False
+    assert opts("omniglot", "train", {"protocol": "background", "rotations": True})["rotations"] is True
+    assert opts("omniglot", "train", {"protocol": "maml", "rotations": False}) != opts("omniglot", "train", {"protocol": "maml"})
+
+
+def test_pixel_formats_and_cached_splits_survive_pickling(tmp_path):
+    # Data-loader workers started with spawn (and copy.deepcopy) rebuild a split from its pickle:
+    # its pixel format must come back with empty per-device caches, not without them.
+    import pickle
+
+    cached = _glyph_cache(tmp_path, augment=False)
+    want = [cached.load(i) for i in (0, 7)]  # fills the format's table and maps the file
+    again = pickle.loads(pickle.dumps(cached))
+    assert again._mm is None  # each process maps the file itself
+    assert all(torch.equal(again.load(i), w) for i, w in zip((0, 7), want))
+    fmt = PixelFormat("divide", False, IMAGENET_MEAN, IMAGENET_STD)
+    u8 = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ref = fmt.to_float(u8)
+    copy = pickle.loads(pickle.dumps(fmt))
+    assert copy == fmt and torch.equal(copy.to_float(u8), ref) and torch.equal(copy.normalize(copy.unit(u8)), ref)

@@ -793,3 +793,115 @@ def test_sweep_tables_and_plot_of_a_grid_keep_every_varied_option_and_sort_p(tmp
     fig2 = [line.split(" | ")[2:4] for line in table if line.startswith("| maml | 1 | 3 | 0.")]
     assert fig2 == [["3", "0.1"], ["3", "0.2"], ["3", "0.3"]]
     assert sorted(lines) == [([0.1, 0.2, 0.3], [40.0, 50.0, 60.0]), ([0.1, 0.2, 0.3], [60.0, 70.0, 80.0])]
+
+
+# --------------------------------------------------------------------------- what train() scores, and in which unit
+def test_train_validates_on_the_val_split_and_tests_the_test_datasets_test_split(tmp_path, monkeypatch):
+    # Model selection on the test split would report a selected-on-test number: the splits
+    # train() loads are recorded and the run stopped once they are (no training needed).
+    from dropgrad_fewshot import run
+
+    loaded = []
+
+    class Loaded(Exception):
+        pass
+
+    def record(cfg, name, root, split, augment):
+        loaded.append((name, split, augment))
+        if len(loaded) == 3:
+            raise Loaded
+        return None
+
+    monkeypatch.setattr(run, "_dataset", record)
+    cfg = tiny_config(dataset="omniglot", data_root=str(tmp_path), test_dataset="glyphs", augment=True)
+    with pytest.raises(Loaded):
+        run.train(cfg, tmp_path / "run")
+    assert loaded == [("omniglot", "train", True), ("omniglot", "val", False), ("glyphs", "test", False)]
+
+
+def test_train_scores_in_percent_on_separate_validation_and_test_streams(tmp_path, monkeypatch):
+    from dropgrad_fewshot import run
+
+    calls = []
+    real = run.evaluate
+
+    def recording(learner, dataset, **kw):
+        calls.append((dataset.split, kw["seed"], kw["episodes"], kw["query"]))
+        return real(learner, dataset, **kw)
+
+    monkeypatch.setattr(run, "evaluate", recording)
+    args = list(TINY)
+    args[args.index("--inner-steps") + 1] = "1"
+    assert cli.train_main(["--out", str(tmp_path / "run"), *args, "--seed", "5"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert calls == [("val", 5 + run.VAL_STREAM, 4, 2)] * 2 + [("test", 5 + run.TEST_STREAM, 6, 2)]
+    # 3-way, 2 queries per class: an episode's accuracy is a multiple of 100/6 percent, an epoch's
+    # training record (2 steps of 2 tasks) and a validation (4 episodes) of 100/24, the test (6) of 100/36.
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    values = [(r["acc"], 24) for r in records if r["event"] == "train" and "acc" in r]
+    values += [(r["val_acc"], 24) for r in records if "val_acc" in r] + [(results["test_acc_mean"], 36)]
+    assert len(values) >= 4 and max(v for v, _ in values) > 1.0  # percent, not a fraction
+    for v, n in values:
+        assert abs(v * n / 100 - round(v * n / 100)) < 1e-4, (v, n)  # float32 sums
+
+
+def test_evaluate_scores_each_episode_in_percent_and_restores_the_learners_mode():
+    # A runner whose predictions are right for the first e % 7 of episode e's 6 queries: the
+    # expected accuracies are known without a model; 10 episodes are a chunk of 8 and one of 2.
+    from dropgrad import MetaOutput
+
+    data = load_split(tiny_config(), "val")
+    seen = []
+
+    def runner(tasks):
+        e = torch.arange(len(seen), len(seen) + tasks.n_tasks)
+        seen.extend(e.tolist())
+        j = torch.arange(tasks.query_y.shape[1])
+        pred = torch.where(j < (e % 7).view(-1, 1), tasks.query_y, (tasks.query_y + 1) % 3)
+        return MetaOutput(torch.tensor(0.0), e.float(), torch.nn.functional.one_hot(pred, 3).float())
+
+    learner = torch.nn.Linear(1, 1)  # with a runner only its train/eval mode is used
+    kw = dict(way=3, shot=1, query=2, episodes=10, seed=7, device=torch.device("cpu"), batched=False, runner=runner)
+    for mode in (False, True):
+        seen.clear()
+        learner.train(mode)
+        out = evaluate(learner, data, **kw)
+        assert learner.training == mode  # evaluation adapts in eval mode and hands the mode back
+        np.testing.assert_allclose(out["acc"], [100 * (e % 7) / 6 for e in range(10)], rtol=1e-6)
+        np.testing.assert_array_equal(out["loss"], np.arange(10, dtype=np.float32))
+
+
+def test_a_meta_batch_of_one_task_per_process_is_allowed_and_fewer_refused(tmp_path, monkeypatch):
+    import dropgrad
+    from dropgrad_fewshot import run
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop  # past the check, at the first data set: enough
+
+    monkeypatch.setattr(run, "_dataset", stop)
+    for meta_batch, world_size in ((1, 1), (2, 2), (1, 2)):
+        ctx = dropgrad.DistributedContext(rank=0, world_size=world_size)
+        monkeypatch.setattr(ctx, "init", lambda device: torch.device("cpu"))
+        cfg = tiny_config(meta_batch=meta_batch)
+        if meta_batch >= world_size:
+            with pytest.raises(Stop):
+                run.train(cfg, tmp_path, dist=ctx)
+        else:
+            with pytest.raises(ValueError, match="--meta-batch 1 cannot be split over 2 processes"):
+                run.train(cfg, tmp_path, dist=ctx)
+
+
+def test_a_cached_run_reads_the_cache_even_with_its_data_root_and_files_for_another_folder(tmp_path):
+    # --cache with the run's own --data-root (a reloaded config.json has both): the cache; a
+    # data set with a folder of its own (fewshot-test --data-root elsewhere): that folder's files.
+    from dropgrad_fewshot import run
+    from dropgrad_fewshot.data import CachedDataset, DataError, build_cache
+
+    cfg = tiny_config(cache=str(tmp_path), data_root=str(tmp_path), data_options=["n_classes=3", "images_per_class=4"])
+    build_cache("glyphs", "val", None, 28, tmp_path, seed=cfg.seed, **cfg.loader_options("glyphs"))
+    assert isinstance(run.load_split(cfg, "val"), CachedDataset)
+    with pytest.raises(DataError, match="reads no files, but --data-root .*elsewhere was given"):  # the file path's check
+        run._dataset(cfg, "glyphs", str(tmp_path / "elsewhere"), "val", False)

@@ -169,3 +169,24 @@ def test_procrustes_on_reflected_data_is_the_best_proper_similarity():
     s_ref = float(np.sum(w * np.einsum("ij,ij->i", d0, s0 @ r_ref.T)) / np.sum(w * (s0**2).sum(1)))
     assert np.isclose(np.linalg.det(r), 1.0) and np.allclose(r, r_ref, atol=1e-8)
     assert np.isclose(s, s_ref, rtol=1e-8) and np.allclose(t, mu_d - s_ref * r_ref @ mu_s, atol=1e-8)
+
+
+def test_procrustes_without_a_positive_weight_is_the_unweighted_fit():
+    # Weights are heatmap confidences; if none is positive (all clipped to 0) the fit falls back
+    # to equal weights instead of dividing by a zero total (NaN rotation, scored as 180 degrees).
+    rng = np.random.default_rng(3)
+    src = rng.normal(size=(6, 3))
+    r0 = Rotation.random(random_state=8).as_matrix()
+    dst = 1.5 * src @ r0.T + [0.2, 0.0, -1.0]
+    for w in (np.zeros(6), -np.ones(6)):
+        r, s, t = weighted_procrustes(src, dst, w)
+        assert np.allclose(r, r0, atol=1e-10) and np.isclose(s, 1.5) and np.allclose(t, [0.2, 0.0, -1.0])
+
+
+def test_summarize_runs_of_no_runs_is_nan_not_an_error():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "mean of empty slice"
+        s = summarize_runs([])
+    assert s.runs == 0 and all(np.isnan(v) for v in (s.acc30, s.acc30_std, s.mederr, s.mederr_std))

@@ -180,3 +180,49 @@ def test_task_loss_is_the_mean_over_keypoints_of_the_adapted_query_loss():
     per_kp = m.keypoint_losses(m.head_forward(params, m.trunk(q["images"])), q)
     assert per_kp.shape == (3,)
     torch.testing.assert_close(loss, per_kp.mean().detach())
+
+
+def test_step_sizes_are_inner_lr_3d_for_the_depth_and_canon_branch_and_inner_lr_for_the_heatmap():
+    # One explicit SGD step, checked against p - alpha * g with the step sizes written out here
+    # (the per-keypoint loop test reads them back from step_size(), so it cannot see a swap).
+    m = _model().double().eval()
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in _batch(4, 2).items()}
+    feats = m.trunk(b["images"]).detach()
+    adapted = m.adapt(feats, b, steps=1)
+    params = {n: p.detach().unsqueeze(0).expand(2, *p.shape).clone().requires_grad_() for n, p in m.head.named_parameters()}
+    loss = m.keypoint_losses(m.head_forward(params, feats), b).sum()
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    assert {n.split(".")[0] for n in params} == {"heat", "geo"}
+    for n, p in params.items():
+        alpha = 0.01 if n.startswith("geo.") else 0.05  # inner_lr_3d for depth/canonical maps, inner_lr otherwise
+        torch.testing.assert_close(adapted[n], p.detach() - alpha * grads[n], rtol=1e-6, atol=1e-9, msg=n)  # alpha was a float32
+    # inner_lr_3d left out: the depth/canonical branch steps with inner_lr too.
+    plain = MetaView(build_trunk("small"), KeypointHead(64, 4), inner_lr=0.05)
+    assert all(abs(float(a) - 0.05) < 1e-8 for a in plain.step_size().values())
+
+
+def test_fixed_step_sizes_get_no_gradient_and_stay_fixed():
+    # learn_inner_lr=False (viewpoint-train --no-learn-inner-lr): the outer Adam step, over all
+    # of model.parameters(), must not move alpha.
+    m = _model()
+    assert not m.learn_inner_lr
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    before = {n: v.detach().clone() for n, v in m.inner_lrs.items()}
+    m.train()
+    m.task_loss(_batch(4, 3, seed=1), _batch(3, 3, seed=2)).backward()
+    assert all(v.grad is None and not v.requires_grad for v in m.inner_lrs.values())
+    opt.step()
+    assert all(torch.equal(m.inner_lrs[n], before[n]) for n in before)
+
+
+def test_predict_reads_the_peak_of_a_non_square_heatmap():
+    # Rows h=6, columns w=8: x is the column's centre over w, y the row's over h.
+    m = _model().eval()
+    maps = torch.randn(2, 3, 5, 6, 8)
+    m.head_forward = lambda p, f: maps
+    p = m.predict(torch.zeros(3, 3, 32, 32), {})
+    for k in range(2):
+        for i in range(3):
+            r, c = divmod(int(maps[k, i, 0].flatten().argmax()), 8)
+            assert torch.allclose(p.kp2d[i, k], torch.tensor([(c + 0.5) / 8 - 0.5, (r + 0.5) / 6 - 0.5]))
+            assert torch.allclose(p.depth[i, k], maps[k, i, 1, r, c]) and torch.allclose(p.canon[i, k], maps[k, i, 2:, r, c])
