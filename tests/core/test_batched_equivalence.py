@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dropgrad import fast
-from dropgrad.inner import MAML, MetaSGD, Task
+from dropgrad.inner import MAML, MAMLPlusPlus, MetaSGD, Task
 from dropgrad.noise import DropGrad
 from torch import nn
 
@@ -213,6 +213,27 @@ def test_checkpointed_step_reuses_its_noise():
     (l0, g0), (l1, g1) = results
     assert abs(l0.item() - l1.item()) < 1e-12
     assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(g0, g1))
+
+
+@pytest.mark.parametrize("cls", [MAML, MAMLPlusPlus])
+def test_checkpointed_loop_steps_count_each_batch_once_in_the_running_statistics(cls):
+    """The recomputed support forward must not update BatchNorm running statistics again (MAML++'s
+    per-step rows included): the buffers and meta-gradients equal the unchecked step's."""
+    tasks = make_tasks(torch.float64, n_tasks=2)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 64, 3)).double()
+        lrn = cls(net, inner_lr=0.1, steps=2, checkpoint=ckpt)
+        loss, grads = run(lrn, tasks, batched=False)
+        results.append((loss, grads, [b.clone() for b in lrn.buffers()]))
+    (l0, g0, b0), (l1, g1, b1) = results
+    assert abs(l0.item() - l1.item()) < 1e-12
+    assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(g0, g1))
+    assert len(b0) == len(b1) > 0
+    for a, b in zip(b0, b1):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
 
 
 def test_bad_options_are_refused():

@@ -15,6 +15,7 @@ from dropgrad import (
     DropGrad,
     MAMLPlusPlus,
     MetaSGD,
+    Task,
 )
 from dropgrad.folded import compiled_forms
 from torch import nn
@@ -364,6 +365,30 @@ def test_second_order_compiled_steps_refusals():
         learner.meta_backward(make_tasks(0, "cpu"), batched=True)
     learner.first_order = True  # first order batched with vmap compiles as before
     learner.meta_backward(make_tasks(0, "cpu"), batched=True)
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_compiled_folded_steps_refuse_a_layer_folded_tasks_cannot_run(order):
+    # A compiled region traces through the folding rules unchecked: x * t with a per-task scalar
+    # t broadcast (T,) against the logits (2 classes, 2 tasks) and gave wrong numbers silently,
+    # where the eager folded step raises. The learner runs the check once, eagerly, first.
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.t = nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, x):
+            return self.fc(x) * self.t
+
+    torch.manual_seed(0)
+    y = torch.randint(0, 2, (2, 4))
+    tasks = Task(torch.randn(2, 4, 3, dtype=torch.float64), y, torch.randn(2, 4, 3, dtype=torch.float64), y)
+    learner = MAML(Scaled().double(), steps=1, first_order=order == "first", batch_with="fold",
+                   compile_forward="aot_eager", compile_second_order=order == "second")
+    with pytest.raises(NotImplementedError, match="folded tasks: .*mul.* on a per-task parameter"):
+        learner.meta_backward(tasks, batched=True)
+    assert all(p.grad is None for p in learner.parameters())
 
 
 def test_bad_options_are_refused():

@@ -250,6 +250,56 @@ def test_ignored_labels_leave_each_task_mean_as_cross_entropys():
     assert_fold_equals_loop(make, tasks)
 
 
+def test_class_probability_targets_keep_each_task_mean_as_cross_entropys():
+    # Soft targets (T, n, classes): F.cross_entropy's mean is over the n samples; counting the
+    # targets "not ignored" as for class indices divided by n * classes instead.
+    tasks = mlp_tasks()
+    g = torch.Generator().manual_seed(3)
+    tasks = Task(tasks.support_x, torch.softmax(torch.randn(T, 8, 4, generator=g), -1),
+                 tasks.query_x, torch.softmax(torch.randn(T, 8, 4, generator=g), -1))
+
+    def make(batch_with):
+        return MAML(norm_net("bn"), inner_lr=0.3, steps=2, batch_with=batch_with)
+
+    assert_fold_equals_loop(make, tasks)
+
+
+def test_reversing_a_per_task_parameter_with_dot_t_raises():
+    # p.T of a per-task (T, in, out) parameter reverses the task dimension too; with T == in ==
+    # out the shapes fit and the folded tasks gave wrong numbers without a word.
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(T, T))  # stored (in, out)
+
+        def forward(self, x):
+            return F.linear(x, self.w.T)
+
+    learner = MAML(Head(), batch_with="fold", steps=1)
+    y = torch.zeros(T, N, dtype=torch.long)
+    tasks = Task(torch.randn(T, N, T), y, torch.randn(T, N, T), y)
+    with pytest.raises(NotImplementedError, match="folded tasks: Tensor.T on a per-task parameter"):
+        learner.meta_loss(tasks, batched=True)
+
+
+def test_grouped_channels_last_convolutions_with_one_image_per_task_equal_the_loop():
+    # One image per task: a slice of the folded batch's (T, 1, C, H, W) view has a batch stride
+    # of its own, and torch 2.14's CPU grouped convolution then gave channels_last weights a
+    # wrong gradient; the slices keep the batch's strides now.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 25, 2))
+    net = net.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, 1, 4, 7, 7, generator=g).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    y = torch.randint(0, 2, (T, 1), generator=g)
+    tasks = Task(x, y, x, y)
+
+    def make(batch_with):
+        return MAML(copy.deepcopy(net), inner_lr=0.3, steps=1, batch_with=batch_with)
+
+    assert_fold_equals_loop(make, tasks)
+
+
 def test_evaluation_equals_the_loop():
     learner = MAML(norm_net("bn"), inner_lr=0.3, steps=3, batch_with="fold").eval()
     tasks = mlp_tasks()

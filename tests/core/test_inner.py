@@ -280,6 +280,14 @@ def test_bad_learner_arguments_are_refused(cls, kwargs, message):
         cls(mlp(), **kwargs)
 
 
+def test_mamlpp_refuses_an_adapt_selection_of_per_step_batch_norm_only():
+    # Per-step BatchNorm parameters are meta-learned, never adapted: adapting only them left
+    # nothing to adapt, and the first inner step failed in autograd.grad ("inputs ... empty").
+    with pytest.raises(ValueError, match="selects only BatchNorm parameters"):
+        MAMLPlusPlus(mlp("bn"), steps=2, adapt="1.*")
+    MAMLPlusPlus(mlp("bn"), steps=2, adapt="1.*", per_step_bn=False)  # then they are adapted
+
+
 def test_dropgrad_is_off_at_evaluation():
     batch = tasks(n_tasks=1)
     learner = MAML(mlp(), inner_lr=0.3, steps=3, dropgrad=DropGrad(0.5, "binary"))

@@ -20,7 +20,8 @@ Inside the block, per-task parameters have a leading task dimension ``T`` and ac
 ``T * n`` rows, task-major. Only the layers above know the difference; an operator outside
 that list receiving a per-task parameter raises NotImplementedError rather than broadcasting it
 wrongly. That check runs in eager calls; a compiled region is traced through the same rules
-unchecked, so run a new model once uncompiled.
+unchecked, so ``MAML`` runs one eager forward under the check before its first compiled folded
+step (a caller compiling a folded region itself should do the same).
 
 The model must treat its samples independently apart from BatchNorm: a layer of its own that
 mixes samples across the batch (attention over the support set, a prototype average) would mix
@@ -62,6 +63,8 @@ _GROUPED_TASKS = False  # per-task convolutions as one grouped convolution, the 
 _GEMM_ALIGN = 8  # 16-byte rows in half precision: what tensor-core GEMMs want of a matmul's depth
 _compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
 _ATEN = (torch._ops.OpOverload, torch._ops.OpOverloadPacket)
+# Tensor properties that move the leading (task) dimension of a per-task parameter.
+_REVERSING = frozenset({"T", "H"})
 # Functions that read a tensor's metadata (a module may look at its parameters' shapes).
 _METADATA = frozenset({
     "__get__", "size", "dim", "numel", "stride", "is_contiguous", "data_ptr", "element_size", "__len__",
@@ -254,8 +257,11 @@ def _conv(func: Callable[..., Tensor], dims: int) -> Callable[..., Tensor]:
         else:
             input, weight = _padded_channels(input, weight, options["groups"])
             # unbind, not indexing: its backward stacks the T slices' gradients in one kernel, where
-            # the backward of weight[t] writes each into a zero tensor of all T tasks.
-            xs, ws = _tasks(input, tasks).unbind(0), weight.unbind(0)
+            # the backward of weight[t] writes each into a zero tensor of all T tasks. The images go
+            # by split, whose slices keep the batch's strides: a slice of _tasks' view with one image
+            # per task has a batch stride of its own, and torch 2.14's CPU grouped convolution then
+            # returns a wrong weight gradient for channels_last weights.
+            xs, ws = input.split(_tasks(input, tasks).shape[1]), weight.unbind(0)
             out = torch.cat([func(x, w, None if per_task_bias else bias, *args, **kwargs) for x, w in zip(xs, ws)])
         # A per-task bias is added once for all tasks: compiled, that addition (and its gradient,
         # a reduction) fuses into the next layer's kernels instead of T bias kernels per pass.
@@ -529,12 +535,15 @@ class FoldedTasks(TorchFunctionMode):
         # aten operators reach the mode only from compiler internals (a trace of code that went
         # through these rules already), never from a model's own layers.
         if self._per_task_ids and not _compiling() and not isinstance(func, _ATEN):
-            name = getattr(func, "__name__", "")
+            name, what = getattr(func, "__name__", ""), getattr(func, "__qualname__", "")
+            prop = getattr(getattr(func, "__self__", None), "__name__", "")
+            if name == "__get__" and prop in _REVERSING:  # p.T reverses every dimension, the task dimension too
+                name, what = prop, f"Tensor.{prop}"
             if name not in _METADATA and not name.startswith("_"):  # private: torch's own internals
                 for t in _tensors(list(args) + list(kwargs.values())):
                     if id(t) in self._per_task_ids:
                         raise NotImplementedError(
-                            f"folded tasks: {getattr(func, '__qualname__', name)} on a per-task parameter is not "
+                            f"folded tasks: {what or name} on a per-task parameter is not "
                             "supported (conv1d/2d/3d, linear, batch_norm, layer_norm and group_norm are); "
                             "batch the tasks with vmap or adapt them one at a time (batched=False)"
                         )

@@ -236,6 +236,8 @@ def _fold_tasks(learner: MAML, params: Params, shared: dict[str, Tensor], x: Ten
     out = functional_call(learner.model, {**params, **shared}, (x.flatten(0, 1),)).unflatten(0, (tasks, n))
     if learner.loss_fn is F.cross_entropy:  # one kernel for all tasks, each task's own mean
         flat = F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none")
+        if y.is_floating_point():  # class probabilities: no ignore_index, the mean over every sample
+            return flat.view(tasks, -1).mean(1), out
         # As F.cross_entropy's mean: over the labels not ignored (ignore_index -100 gives 0 above).
         kept = (y.flatten(1) != -100).sum(1)
         return flat.view(tasks, -1).sum(1) / kept, out
@@ -280,6 +282,26 @@ def _folded_second_order_step(
         return _fold_tasks(learner, p, s, x, y)[0].sum()
 
     return sgd_step(params, torch.func.grad(support_loss)(params, shared), lr, noise)
+
+
+class _BuffersRestored:
+    """Within the block ``buffers`` may change; on leaving, each holds its value from entering again.
+
+    Reusable: a checkpointed step may be recomputed more than once (second order).
+    """
+
+    def __init__(self, buffers: Sequence[Tensor]) -> None:
+        self.buffers = list(buffers)
+        self.saved: list[Tensor] = []
+
+    def __enter__(self) -> None:
+        self.saved = [b.clone() for b in self.buffers]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for b, value in zip(self.buffers, self.saved):
+                b.copy_(value)
+        self.saved = []
 
 
 def msl_weights(n_steps: int, epoch: int, msl_epochs: int) -> Tensor:
@@ -458,6 +480,9 @@ class MAML(nn.Module):
         self.dropgrad.selected(self.fast_names)
         self._compiled, self._compiled_vmap = self._compile(compile_forward, batch_with)
         self._compiled_second_order = self._compile_second_order(compile_second_order, compile_forward)
+        # Compiled folded steps skip FoldedTasks' check for layers it cannot fold; one eager
+        # forward runs it before the first of them (see _check_folded_layers).
+        self._folded_layers_checked = False
         self.folded_forms = self._check_folded_forms(folded_forms, compile_forward)
         if self.folded_forms:
             forms = {**FOLDED_FORMS_OFF, **self.folded_forms}
@@ -581,6 +606,8 @@ class MAML(nn.Module):
     # ------------------------------------------------------------ parameters
     def _select_fast_names(self, adapt: str | Sequence[str] | None) -> list[str]:
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if not names:
+            raise ValueError("inner loop: the model has no parameter that requires a gradient, nothing to adapt")
         if adapt is None:
             return names
         patterns = [adapt] if isinstance(adapt, str) else list(adapt)
@@ -708,7 +735,21 @@ class MAML(nn.Module):
         def flat(*tensors: Tensor) -> tuple[Tensor, ...]:
             return tuple(step_fn(dict(zip(names, tensors))).values())
 
-        return dict(zip(names, _checkpoint(flat, *params.values(), use_reentrant=False)))
+        # The recomputation runs the support forward again: BatchNorm layers that track running
+        # statistics (MAML++'s per-step rows included) would count that batch a second time.
+        tracked = list(self.buffers()) if self._tracks_running_stats() else []
+
+        def contexts() -> tuple[contextlib.AbstractContextManager[None], _BuffersRestored]:
+            return contextlib.nullcontext(), _BuffersRestored(tracked)
+
+        return dict(zip(names, _checkpoint(flat, *params.values(), use_reentrant=False, context_fn=contexts)))
+
+    def _tracks_running_stats(self) -> bool:
+        """Whether a training forward updates BatchNorm running statistics."""
+        return any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+            for m in self.model.modules()
+        )
 
     def query_loss(
         self, trajectory: Sequence[Params], query_x: Tensor, query_y: Tensor, batched: bool = False
@@ -868,6 +909,16 @@ class MAML(nn.Module):
         grads = torch.autograd.grad(losses.sum(), values, create_graph=create_graph, materialize_grads=True)
         return sgd_step(params, dict(zip(params, grads)), self.step_size(step), noise)
 
+    def _check_folded_layers(self, params: Params, x: Tensor) -> None:
+        """One eager forward of the folded support batch (no graph, random state kept) through
+        :class:`FoldedTasks`' check: a layer it cannot fold raises NotImplementedError here. A
+        compiled region traces through the folding rules unchecked, and such a layer would
+        broadcast the per-task parameters wrongly (or fail with a shape error)."""
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), FoldedTasks(x.shape[0], params.values()):
+            functional_call(self.model, {**params, **self._step_tensors(0)}, (x.flatten(0, 1),))
+        self._folded_layers_checked = True
+
     def _meta_loss_vmap(self, tasks: Task) -> MetaOutput:
         self.check_batchable()
         track, create_graph = self._modes()
@@ -878,6 +929,8 @@ class MAML(nn.Module):
             )
         n = tasks.n_tasks
         params = self._first_step_params(n)
+        if self.batch_with == "fold" and self._use_compiled() and not self._folded_layers_checked:
+            self._check_folded_layers(params, tasks.support_x)
         trajectory: list[Params] = []
         # Folded tasks compute BatchNorm per task themselves; vmap may need the decomposition.
         with decomposed_norms(self.batch_with == "vmap" and self._decompose_norms()):
@@ -978,7 +1031,14 @@ class MAMLPlusPlus(MAML):
         names = super()._select_fast_names(adapt)
         # Per-step BatchNorm parameters are meta-learned only, never adapted in the inner loop.
         bn = {f"{m}.{p}" for m, _ in self._bn_modules for p in ("weight", "bias")}
-        return [n for n in names if n not in bn]
+        kept = [n for n in names if n not in bn]
+        if not kept:
+            raise ValueError(
+                f"MAML++: adapt={adapt!r} selects only BatchNorm parameters, which per-step BatchNorm meta-learns "
+                "and never adapts, so the inner loop would have nothing to adapt; select other parameters too or "
+                "set per_step_bn=False"
+            )
+        return kept
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's derivative order and multi-step loss weights."""
