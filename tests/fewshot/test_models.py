@@ -413,6 +413,7 @@ def test_count_parameters_counts_only_trainable_elements():
         ({"n_way": 0}, "n_way must be an integer >= 1"),
         ({"image_size": 12}, "image_size must be at least 16"),
         ({"in_channels": 0}, "in_channels must be an integer >= 1"),
+        ({"n_way": True}, "n_way must be an integer >= 1"),
     ],
 )
 def test_bad_options_are_named(kwargs, match):
@@ -422,6 +423,15 @@ def test_bad_options_are_named(kwargs, match):
     if "backbone" in kwargs:
         with pytest.raises(ValueError, match="--backbone"):
             dropgrad_groups(kwargs["backbone"])
+
+
+def test_option_bounds_are_inclusive_where_documented():
+    # 0 <= p < 1: p = 0 (a dropout layer that keeps everything) is a valid sweep point.
+    net = build_model("conv4", 5, in_channels=1, image_size=28, regularizer="dropout", dropout_p=0.0)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
+    # ResNets accept any input size, but not a size below one pixel.
+    with pytest.raises(ValueError, match="image_size must be an integer >= 1"):
+        build_model("resnet10", 5, image_size=0)
 
 
 def test_conv4_names_a_size_mismatch():

@@ -726,6 +726,20 @@ def test_fewshot_test_tags_only_a_folder_other_than_the_runs_own(tmp_path, monke
     assert _other_folder(cfg, "omniglot", "omni")  # a data set the run never read
 
 
+def test_fewshot_test_reads_a_cached_run_from_its_cache_and_a_separate_test_folder_by_name():
+    from dropgrad_fewshot.testing import _other_folder, test_config
+
+    # A run trained from episode caches has no data folder: testing it needs none...
+    cached = resolve_defaults(FewShotConfig(dataset="cub", cache="caches"))
+    assert test_config(cached, "cub", None).test_data_root is None
+    # ... and a folder given for it is another folder than the run's, tagged so that its file does
+    # not take the name of the run's own test.
+    assert _other_folder(cached, None, "CUB") and _other_folder(cached, "cub", "CUB")
+    # The run's own test folder of its data set, asked for by name or by default alike.
+    split = resolve_defaults(FewShotConfig(dataset="miniimagenet", data_root="mini", test_data_root="mini-test"))
+    assert test_config(split, "miniimagenet", None).test_data_root == test_config(split, None, None).test_data_root == "mini-test"
+
+
 def test_fewshot_test_honours_shot_and_names_the_file_by_what_differs(tiny_run, monkeypatch):
     from dropgrad_fewshot import testing
     from dropgrad_fewshot.data import DataError

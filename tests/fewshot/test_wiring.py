@@ -243,3 +243,37 @@ def test_a_data_set_without_a_builder_is_not_read_as_cub(monkeypatch):
     monkeypatch.setitem(build.DEFAULT_IMAGE_SIZE, "folder", 84)
     with pytest.raises(DataError, match="'folder' is in DATASETS but has no builder"):
         build.build_dataset("folder", "train", data_root=".")
+
+
+def test_conv4_dropgrad_layers_select_their_blocks():
+    from dropgrad_fewshot.methods import make_dropgrad
+
+    dg = make_dropgrad(FewShotConfig(backbone="conv4", dropgrad_layers="conv2, fc"))
+    assert dg.selected(["block1.conv.weight", "block2.conv.weight", "block2.bn.bias", "block3.conv.weight", "fc.weight", "fc.bias"]) == (
+        False, True, True, False, True, True,
+    )
+
+
+def test_inner_steps_and_an_unresolved_mamlpp_schedule_reach_the_learner():
+    assert build_learner(tiny(inner_steps=3)).steps == 3
+    # An unresolved config (as check_learner gets it): build_learner resolves msl_epochs itself.
+    cfg = FewShotConfig(way=3, shot=1, inner_steps=2, method="mamlpp", epochs=20)
+    assert cfg.msl_epochs is None
+    learner = build_learner(cfg)
+    assert (learner.steps, learner.msl_epochs) == (2, 3)  # 15 % of 20
+
+
+def test_task_streams_on_a_gpu_refuse_batched_training_only(monkeypatch):
+    from dropgrad_fewshot import methods
+
+    monkeypatch.setattr(methods, "_on_gpu", lambda learner: True)
+    learner = build_learner(tiny(task_streams=2))
+    methods.check_task_streams(learner, batched=False)  # the per-task loop: what streams are for
+    with pytest.raises(ValueError, match="--task-streams spreads the per-task loop over streams, but training batches"):
+        methods.check_task_streams(learner, batched=True)
+
+
+def test_channels_last_reaches_the_backbone():
+    w = build_learner(tiny(channels_last=True)).model.block2.conv.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    assert build_learner(tiny()).model.block2.conv.weight.is_contiguous()

@@ -73,3 +73,44 @@ def test_a_failed_pose_solve_counts_as_the_largest_error(small_synthetic, monkey
     out = evaluation.adapt_and_score(model, source, np.arange(3), np.arange(3, 6), steps=1, device=torch.device("cpu"))
     assert np.array_equal(out["errors"], np.full(3, 180.0))
     assert acc30(out["errors"]) == 0 and median_error(out["errors"]) == 180
+
+
+def test_adapt_and_score_in_small_chunks_scores_every_query_once_in_order(small_synthetic):
+    # Real sets have more queries than one chunk (64): chunked prediction must score each query
+    # object exactly once, in order, and agree with one whole-batch prediction.
+    from dropgrad import DropGrad
+    from dropgrad_viewpoint.methods.metaview import MetaView
+    from dropgrad_viewpoint.models import KeypointHead, build_trunk
+
+    ds = ObjectNet3D(small_synthetic, ["val"])
+    c = ds.categories[0]
+    source = CategorySource(ds, c, ds.usable(c, "test"), size=32, preload=True)
+    torch.manual_seed(0)
+    model = MetaView(build_trunk("small"), KeypointHead(64, 4), inner_lr=0.05, steps=1, dropgrad=DropGrad(0.0, "none"))
+    query = np.arange(3, 8)
+    kw = dict(steps=1, device=torch.device("cpu"))
+    whole = evaluation.adapt_and_score(model, source, np.arange(3), query, **kw)
+    for chunk in (1, 2, 3):
+        part = evaluation.adapt_and_score(model, source, np.arange(3), query, chunk=chunk, **kw)
+        assert len(part["errors"]) == len(query)
+        assert np.array_equal(part["true"], source.batch(query)["rotation"].numpy())
+        np.testing.assert_allclose(part["pred"], whole["pred"], atol=1e-5)
+        np.testing.assert_allclose(part["errors"], whole["errors"], atol=1e-3)
+
+
+def test_evaluate_refuses_a_category_with_no_query_left(monkeypatch):
+    # shots objects leave nothing to score: an error naming the category, not a NaN score.
+    monkeypatch.setattr(evaluation, "adapt_and_score", lambda *a, **k: {"errors": np.zeros(1)})
+    with pytest.raises(ValueError, match="category 'b' has 2 usable objects; 2-shot evaluation needs 3"):
+        evaluation.evaluate(None, {"a": _Sized(3), "b": _Sized(2)}, 2, 1, steps=1, seed=0, device=torch.device("cpu"))
+
+
+def test_example_axes_point_right_for_x_and_up_for_y():
+    # The figure draws object axes in image coordinates: camera x right, camera y up (image
+    # rows grow downwards, so y is drawn with a minus sign), as the crops' keypoints are.
+    img = np.zeros((100, 100, 3), np.uint8)
+    evaluation._axes(img, np.eye(3), 1.0, 1, dashed=False)
+    red = np.argwhere((img[..., 2] > 0) & (img[..., 1] == 0))  # x axis, BGR (0, 0, 255)
+    green = np.argwhere((img[..., 1] > 0) & (img[..., 2] == 0))  # y axis, BGR (0, 200, 0)
+    assert red[:, 1].max() >= 80 and red[:, 1].min() >= 48 and np.abs(red[:, 0] - 50).max() <= 1
+    assert green[:, 0].min() <= 20 and green[:, 0].max() <= 52 and np.abs(green[:, 1] - 50).max() <= 1

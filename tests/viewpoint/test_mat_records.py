@@ -106,6 +106,12 @@ def test_gaps_are_read_as_the_datasets_tools_read_them(tmp_path, version):
         (_object(viewpoint={"azimuth": 1.0, "distance": 5.0}), "record.objects(1).viewpoint.elevation"),
         (_object(bbox=np.array([5.0, 6, 4, 60])), "record.objects(1).bbox"),
         (_object(cad_index=0.0), "record.objects(1).cad_index"),
+        # A zero-width box, a fractional or repeated CAD index, a 3-value keypoint location:
+        # refused, not truncated to something that reads as valid.
+        (_object(bbox=np.array([5.0, 6, 5, 60])), "record.objects(1).bbox"),
+        (_object(cad_index=1.5), "record.objects(1).cad_index"),
+        (_object(cad_index=np.array([1.0, 2.0])), "record.objects(1).cad_index"),
+        (_object(anchors={"top": {"location": np.array([9.0, 8.0, 7.0]), "status": 1.0}}), "record.objects(1).anchors.top"),
     ],
 )
 def test_malformed_record_names_file_and_field(tmp_path, obj, field):
@@ -207,3 +213,27 @@ def test_v73_2d_cell_array_reads_in_the_same_order_as_v5(tmp_path):
     v5 = load_mat(tmp_path / "v5.mat")["c"]
     v73 = load_mat(path)["c"]
     assert all(a == b if isinstance(a, str) else np.array_equal(a, b) for a, b in zip(v5, v73))
+
+
+@pytest.mark.parametrize("version", ["5", "7.3"])
+def test_cad_with_a_single_keypoint_name(tmp_path, version):
+    # A 1 x 1 pnames cell reads back as one string (scipy squeezes it): one name, not its letters.
+    model = {"vertices": np.eye(3), "faces": np.array([[1.0, 2, 3]]), "pnames": ["tip"], "tip": np.array([0.0, 0, 1])}
+    models = load_cad(save_mat(tmp_path / "pen.mat", {"pen": [model, model]}, version=version))
+    assert [m.names for m in models] == [["tip"], ["tip"]]
+    assert np.array_equal(models[0].keypoints, [[0.0, 0.0, 1.0]])
+
+
+def test_char_matrix_reads_as_its_rows_in_v5_and_v73(tmp_path):
+    import h5py
+
+    scipy.io.savemat(str(tmp_path / "v5.mat"), {"c": np.array(["abc", "def"])})  # a 2 x 3 char array
+    assert load_mat(tmp_path / "v5.mat")["c"] == ["abc", "def"]
+    path = tmp_path / "v73.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        # HDF5 dimensions are MATLAB's reversed: element [j, i] is character (i, j).
+        d = f.create_dataset("c", data=np.array([[ord(ch) for ch in row] for row in ("abc", "def")], dtype=np.uint16).T)
+        d.attrs["MATLAB_class"] = np.bytes_("char")
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file".ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02IM")
+    assert load_mat(path)["c"] == ["abc", "def"]

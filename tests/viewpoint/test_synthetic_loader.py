@@ -526,3 +526,68 @@ def test_part_meshes_face_outwards(axis):
         tri = v[f]
         normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
         assert ((normal * (tri.mean(1) - centre)).sum(1) > 0).all()  # counter-clockwise seen from outside
+
+
+def test_a_tall_box_gets_a_crop_of_one_and_a_half_times_its_height():
+    # Box 20 wide, 60 tall: side 1.5 * 60 = 90 (the longer side), centred; the crop's rows read
+    # the image's rows centre -+ side / 2 (float ramp image: bilinear reads are exact).
+    y, x = np.mgrid[0:120, 0:100].astype(np.float32)
+    ramp = np.dstack([x, y, np.zeros_like(x)])
+    crop, center, side = crop_object(ramp, np.array([40.0, 20, 60, 80]), 45)
+    assert center.tolist() == [50.0, 50.0] and side == 90.0
+    i = np.arange(45, dtype=np.float64)
+    expect = 50.0 + 90.0 * ((i + 0.5) / 45 - 0.5) - 1.0  # 1-based image point -> array position
+    assert np.abs(crop[..., 1] - expect[:, None]).max() < 0.02
+    assert np.abs(crop[..., 0] - expect[None, :]).max() < 0.02
+
+
+def test_objects_whose_visible_keypoints_are_not_the_categorys_are_not_usable(tmp_path):
+    # "zzz" is annotated visible but is no keypoint of the category's CAD models (a, b): no target.
+    stray = {"zzz": {"location": np.array([5.0, 5.0]), "status": 1.0}}
+    ds = ObjectNet3D(_folder(tmp_path, [_obj(), _obj(anchors=stray)]), ["train"])
+    assert [it.record_path.stem for it in ds.usable("mug", "train")] == ["im0"]
+
+
+def test_fine_annotation_scale_is_the_projections_pixels_per_cad_unit_over_the_side():
+    from dropgrad_viewpoint.data.objectnet3d import _pixel_scale
+    from dropgrad_viewpoint.data.records import Viewpoint
+
+    # Looking straight down (R = I): a CAD step dx at the object moves the projection by
+    # (pixels / dx); over the crop side, that is the scale. Focal and viewport both count.
+    cam = dict(azimuth=0.0, elevation=90.0, theta=0.0, distance=8.0, focal=2.5, px=0.0, py=0.0, viewport=300.0)
+    uv, _ = project_points(np.array([[0.0, 0, 0], [1e-6, 0, 0]]), **cam)
+    per_unit = np.linalg.norm(uv[1] - uv[0]) / 1e-6
+    vp = Viewpoint(**cam)
+    assert _pixel_scale(vp, np.zeros((2, 3)), np.zeros((2, 2)), np.zeros(2, bool), 40.0) == pytest.approx(per_unit / 40.0, rel=1e-6)
+
+
+def test_coarse_scale_is_fitted_on_keypoints_the_objects_cad_model_has(tmp_path):
+    from .conftest import write_matlab_cad
+
+    # Coarse annotation (distance 0): the scale is fitted to a and c only; b is annotated visible
+    # but missing from the object's CAD model (its zero-filled canon would bias the fit).
+    coarse = {"azimuth": 30.0, "elevation": 20.0, "theta": 5.0, "distance": 0.0, "focal": 1.0, "px": 20.0, "py": 20.0,
+              "viewport": 100.0}
+    anchors = {n: {"location": np.array(loc), "status": 1.0} for n, loc in (("a", [10.0, 12]), ("b", [20.0, 18]), ("c", [15.0, 25]))}
+    root = _folder(tmp_path, [_obj(anchors=anchors, viewpoint=coarse)])
+    tri = {"vertices": np.eye(3), "faces": np.array([[1.0, 2, 3]])}
+    write_matlab_cad(root / "CAD" / "mug.mat", "mug", [{**tri, "keypoints": {"a": [0.2, 0.1, 0.0], "b": None, "c": [0.0, -0.1, 0.3]}}])
+    _with_images(root)
+    ds = ObjectNet3D(root, ["train"])
+    data = CategoryData.build(ds, "mug", ds.items, 32)
+    # The least-squares scale by hand, float64, from the annotation itself.
+    rot = viewpoint_to_rotation(30.0, 20.0, 5.0)
+    pts = np.array([[0.2, 0.1, 0.0], [0.0, -0.1, 0.3]]) @ rot.T
+    uv = (np.array([[10.0, 12], [15.0, 25]]) - 15.5) / 43.5  # box 1..30: centre 15.5, side 43.5
+    a = pts[:, :2] * [1.0, -1.0]
+    a, b = a - a.mean(0), uv - uv.mean(0)
+    scale = (a * b).sum() / (a * a).sum()
+    assert data.depth_valid[0].all()
+    np.testing.assert_allclose(data.depth[0].numpy()[[0, 2]], pts[:, 2] * scale, rtol=1e-5, atol=1e-7)
+
+
+def test_split_needs_one_training_category_beyond_the_validation_ones():
+    base = _Counts({"b": 6, "c": 6})
+    with pytest.raises(ValueError, match="2 usable base categories: too few for 2 validation categories and training"):
+        make_split(base, _Counts({"n": 6}), ["n"], 2, 5, seed=0)
+    assert make_split(base, _Counts({"n": 6}), ["n"], 1, 5, seed=0).train in (["b"], ["c"])

@@ -197,7 +197,10 @@ def run_evaluation(model: MetaView, cfg: ViewpointConfig, out: Path, data: Viewp
         path = out / "checkpoints" / "last.pt"
         state = load_checkpoint(path, map_location=device)
         load_weights(model, state["model"], path)
-        info = {"epoch": state.get("epoch")}
+        # last.pt's "epoch" is the next epoch to run (the one being run if saved mid-epoch); report
+        # the last epoch it trained, numbered from 0 as best.pt, best_epoch and metrics.jsonl are.
+        epoch = state.get("epoch")
+        info = {"epoch": epoch if epoch is None or state.get("step_in_epoch") else epoch - 1}
     model.eval()
     seed = cfg.seed + _TEST_SEED
     adapted = evaluate(model, data.test, cfg.shots, draws, cfg.eval_steps, seed, device)
