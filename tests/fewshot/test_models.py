@@ -524,3 +524,22 @@ def test_each_backbone_entry_gives_the_papers_input_size_and_its_fixed_head():
         assert FewShotConfig(dataset="glyphs", backbone=name).image_size_resolved == 28
         net = build_model(name, 5, image_size=32)
         assert net.backbone == name and net.fixed_input_size is fixed
+
+
+# ------------------------------------------------------------------ mutation round 5 (m5k)
+
+
+def test_resnet_init_is_closerlooks():
+    # CloserLook's init_layer: conv weights N(0, 2 / (k * k * out_channels)), BatchNorm weight 1 and bias 0.
+    torch.manual_seed(0)
+    net = build_model("resnet18", 5, image_size=64)
+    convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    assert len(convs) == 1 + 16 + 3
+    for name in ("conv1", "layer1.0.conv1", "layer3.1.conv2", "layer2.0.downsample.0", "layer4.0.downsample.0"):
+        w = convs[name].weight.detach()
+        k, out = w.shape[-1], w.shape[0]
+        assert w.std().item() == pytest.approx((2.0 / (k * k * out)) ** 0.5, rel=0.05), name
+        assert abs(w.mean().item()) < 0.1 * (2.0 / (k * k * out)) ** 0.5, name
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert (m.weight == 1).all() and (m.bias == 0).all()

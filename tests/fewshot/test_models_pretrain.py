@@ -299,3 +299,88 @@ def test_pretraining_does_not_depend_on_the_global_rng():
         pretrain_feature_extractor(net, Quadrants(), epochs=1, batch_size=16, lr=1e-3, device="cpu", seed=3, progress=False)
         runs.append(net.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+# ------------------------------------------------------------------ mutation round 5 (m5k)
+
+
+def test_pretraining_is_plain_adam_on_each_batchs_own_gradient():
+    # Reference loop by hand: the same seeded head, shuffling and Adam, a fresh gradient per batch.
+    import copy
+
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    data = Quadrants()
+    torch.manual_seed(0)
+    net = build_model("conv4", 5, in_channels=1, image_size=16)
+    ref = copy.deepcopy(net)
+    pretrain_feature_extractor(net, data, epochs=2, batch_size=16, lr=3e-3, device="cpu", seed=3, progress=False)
+
+    torch.manual_seed(3)
+    ref.reset_classifier(4)
+    ref.train()
+    opt = torch.optim.Adam(ref.parameters(), lr=3e-3)
+    loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+    for _ in range(2):
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(ref(x), y).backward()
+            opt.step()
+    trunk = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    assert trunk
+    for k, v in trunk.items():
+        torch.testing.assert_close(net.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_pretraining_a_resnet_takes_images_of_any_size():
+    # Global pooling: a ResNet built for 32 px pre-trains on 16 px images (only Conv4's head fixes the size).
+    torch.manual_seed(0)
+    net = build_model("resnet10", 5, in_channels=1, image_size=32)
+    before = net.conv1.weight.detach().clone()
+    out = pretrain_feature_extractor(net, Quadrants(per_class=2), epochs=1, batch_size=8, lr=1e-3, device="cpu",
+                                     seed=0, progress=False)
+    assert out["steps"] == 1 and not torch.equal(before, net.conv1.weight)
+
+
+def test_pretraining_starts_one_dataloader_iterator_per_epoch(monkeypatch):
+    # tqdm.auto's __init__ calls iter() on what it wraps: a bar around the DataLoader started a second,
+    # discarded iterator every epoch (worker processes and prefetched batches included).
+    from torch.utils.data import DataLoader
+
+    started = []
+    original = DataLoader.__iter__
+
+    def counting(self):
+        started.append(self.batch_size)
+        return original(self)
+
+    monkeypatch.setattr(DataLoader, "__iter__", counting)
+    net = build_model("conv4", 5, in_channels=1, image_size=16)
+    out = pretrain_feature_extractor(net, Quadrants(), epochs=3, batch_size=16, lr=1e-3, device="cpu", seed=0,
+                                     progress=True)
+    assert out["steps"] == 9 and started == [16, 16, 16]
+
+
+def test_pretraining_epoch_seeds_of_different_seeds_never_meet():
+    # Augmentation streams of runs with other seeds must not coincide a few epochs apart (seed + epoch would).
+    seen = []
+    for seed in (0, 1, 2):
+        data = Quadrants(per_class=2)
+        net = build_model("conv4", 5, in_channels=1, image_size=16)
+        pretrain_feature_extractor(net, data, epochs=3, batch_size=8, lr=1e-3, device="cpu", seed=seed, progress=False)
+        seen.append(data.epoch_seeds)
+    flat = [s for run in seen for s in run]
+    assert len(flat) == 9 and len(set(flat)) == 9
+
+
+def test_pretraining_refuses_an_empty_dataset():
+    class Empty(Blank):
+        labels = np.zeros(0, dtype=np.int64)
+
+        def __len__(self) -> int:
+            return 0
+
+    net = build_model("conv4", 5, in_channels=1, image_size=16)
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        pretrain_feature_extractor(net, Empty(), epochs=1, batch_size=4, lr=1e-3, device="cpu", seed=0, progress=False)

@@ -209,6 +209,15 @@ def test_windowed_peak_prefers_the_centre_and_handles_negative_maps():
     assert int(windowed_peak(two, correlation.hann_window(5), torch.ones(2))) == 2 * 5 + 2
 
 
+def test_windowed_peak_multiplies_by_the_scale_penalty():
+    # Map 0 peaks at 0.1, map 1 at 0.2 (both at the centre, floors 0), penalties 1 and 0.6: scored
+    # 0.1 * 1 against 0.2 * 0.6 = 0.12, so map 1 wins (an added penalty would give 1.1 against 0.8).
+    two = torch.zeros(2, 5, 5)
+    two[0, 2, 2], two[1, 2, 2] = 0.1, 0.2
+    assert divmod(int(windowed_peak(two, correlation.hann_window(5), torch.tensor([1.0, 0.6]))), 25) == (1, 12)
+    assert divmod(int(windowed_peak(two, correlation.hann_window(5), torch.tensor([1.0, 0.4]))), 25) == (0, 12)
+
+
 def test_interpolation_is_stride_4_and_commutes_with_the_reduction():
     head = CorrelationHead(6, 4, 3).double()
     x = torch.randn(2, 6, 5, 5, dtype=torch.float64)

@@ -252,3 +252,71 @@ def test_bbox_regressor_fits_only_boxes_in_range_and_keeps_predictions_in_the_im
     only.weight.zero_()
     only.bias.zero_()
     np.testing.assert_allclose(only.predict(feats[:1], np.array([[300.0, 200, 40, 30]])), [[300, 200, 20, 30]])
+
+
+# ------------------------------------------------------------------ mutation round 5 (m5k)
+
+
+def test_centres_are_clipped_to_the_image_itself_not_one_pixel_inside():
+    # MDNet (valid=False): centres clip to [0, image]; a box centred on the right/bottom edge stays there.
+    box = np.array([180.0, 80.0, 40.0, 40.0])  # centre (200, 100) of a 200 x 100 image
+    s = SampleGenerator("uniform", (200, 100), trans=0.0, scale=1.0)(box, 3, np.random.default_rng(0))
+    np.testing.assert_allclose(s, np.tile(box, (3, 1)))
+
+
+def test_inside_frame_returns_a_box_that_only_touches_the_frame_as_it_is():
+    # x2 == x1 (the box starts at the right edge): nothing of it is inside
+    np.testing.assert_array_equal(inside_frame(np.array([100.0, 10, 20, 20]), (100, 80)), [100, 10, 20, 20])
+    np.testing.assert_array_equal(inside_frame(np.array([10.0, -20, 20, 20]), (100, 80)), [10, -20, 20, 20])
+
+
+def test_bbox_regressor_leaves_out_boxes_outside_the_area_ratio_range_in_any_order():
+    # Boxes with IoU >= 0.6 but smaller than the target (area ratio < 1) are not training boxes
+    # (MDNet: scale range [1, 2]); the kept rows' features and targets stay paired whatever the order.
+    rng = np.random.default_rng(4)
+    gt = np.array([60.0, 50.0, 40.0, 30.0])
+    good = draw_samples(SampleGenerator("uniform", (320, 240), 0.3, 1.5, 1.1), gt, 60, rng, (0.6, 1.0), (1.0, 2.0))
+    small = draw_samples(SampleGenerator("uniform", (320, 240), 0.1, 1.5, 1.1), gt, 30, rng, (0.6, 1.0), (0.6, 0.95))
+    assert (overlap(small, gt) >= 0.6).all()
+    order = rng.permutation(90)  # interleave them
+    boxes = np.vstack([good, small])[order]
+    feats = torch.from_numpy(rng.normal(size=(90, 5)))
+    both = BBoxRegressor((320, 240), lam=1.0).fit(feats.float(), boxes, gt)
+    area = boxes[:, 2] * boxes[:, 3] / (gt[2] * gt[3])
+    kept = (overlap(boxes, gt) >= 0.6) & (area >= 1.0) & (area <= 2.0)  # draw_samples may fill a few from outside
+    assert 50 <= kept.sum() <= 60 and not kept[order >= 60].any()
+    only = BBoxRegressor((320, 240), lam=1.0).fit(feats[kept].float(), boxes[kept], gt)
+    torch.testing.assert_close(both.weight, only.weight)
+    torch.testing.assert_close(both.bias, only.bias)
+    # Independent reference for the kept rows: ridge by numpy in float64.
+    x, y = feats[kept].numpy(), box_targets(boxes[kept], gt)
+    xm, ym = x.mean(0), y.mean(0)
+    w = np.linalg.solve((x - xm).T @ (x - xm) + 1.0 * np.eye(5), (x - xm).T @ (y - ym))
+    np.testing.assert_allclose(both.weight.double().numpy(), w, atol=1e-5)
+
+
+def test_bbox_regressor_refuses_a_prediction_that_grows_the_box_and_clips_at_the_left_and_top():
+    reg = BBoxRegressor((320, 240))
+    reg.weight, reg.bias = torch.zeros(3, 4), torch.tensor([0.0, 0.0, np.log(1.05), np.log(1.05)]).float()
+    box = np.array([[100.0, 80, 40, 30]])
+    # 5% wider and taller: IoU 0.91 is in range, but input / prediction area = 1 / 1.1025 < 1: refused
+    np.testing.assert_allclose(reg.predict(torch.zeros(1, 3), box), box)
+    reg.bias = torch.tensor([0.0, 0.0, -np.log(1.05), -np.log(1.05)]).float()  # 5% smaller: accepted
+    np.testing.assert_allclose(reg.predict(torch.zeros(1, 3), box), [[120 - 20 / 1.05, 95 - 15 / 1.05, 40 / 1.05, 30 / 1.05]], atol=1e-4)
+    # a zero regression of a box over the left/top edges: kept inside the image (x, y >= 0)
+    reg.bias = torch.zeros(4)
+    out = reg.predict(torch.zeros(1, 3), np.array([[-5.0, -3, 40, 30]]))
+    np.testing.assert_allclose(out[0, :2], [0, 0])
+    assert (out[0, :2] + out[0, 2:] <= [320, 240]).all() and (out[0, 2:] > 0).all()
+
+
+def test_bbox_regressor_uses_every_box_when_none_is_in_range():
+    rng = np.random.default_rng(5)
+    gt = np.array([60.0, 50.0, 40.0, 30.0])
+    far = draw_samples(SampleGenerator("uniform", (320, 240), 2.0, 1.5), gt, 40, rng, (0.0, 0.3))
+    feats = torch.from_numpy(rng.normal(size=(40, 6))).float()
+    reg = BBoxRegressor((320, 240), lam=1.0).fit(feats, far, gt)
+    w, c = ridge_fit(feats, torch.from_numpy(box_targets(far, gt)), 1.0)
+    assert torch.isfinite(reg.weight).all()
+    torch.testing.assert_close(reg.weight, w.float())
+    torch.testing.assert_close(reg.bias, c.float())

@@ -118,11 +118,21 @@ def test_dropgrad_none_is_recorded_and_changes_the_run(toy_run, tmp_path):
     assert not torch.equal(a, b)  # same seed and tasks: only the noise differs
 
 
-def test_config_file_and_options(tmp_path, capsys):
+def test_config_file_and_options(tmp_path, capsys, monkeypatch):
+    samplers = []  # (horizon, seed) of each TaskSampler the run builds: training's, then validation's
+    original_init = tasks_module.TaskSampler.__init__
+
+    def recording_init(self, definition, model, sequences, horizon, seed):
+        samplers.append((horizon, seed))
+        original_init(self, definition, model, sequences, horizon, seed)
+
+    monkeypatch.setattr(tasks_module.TaskSampler, "__init__", recording_init)
     config = tmp_path / "opts.yaml"
-    config.write_text("epochs: 1\nsteps_per_epoch: 2\ndropgrad: binary\ndropgrad_p: 0.1\n")
+    config.write_text("epochs: 1\nsteps_per_epoch: 2\ndropgrad: binary\ndropgrad_p: 0.1\nhorizon: 2\nseed: 7\n")
     code, captured = _train(tmp_path / "run", "--config", str(config), capsys=capsys)
     assert code == 0, captured.err
+    # --horizon is the tasks' horizon (not the tracker's default 3); validation draws from its own stream.
+    assert samplers == [(2, 7), (2, 7 + tasks_module.VAL_STREAM)]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (saved["dropgrad"], saved["dropgrad_p"], saved["epochs"]) == ("binary", 0.1, 1)
     assert json.loads(captured.out.strip().splitlines()[-1])["dropgrad"] == "binary:0.1"
@@ -187,6 +197,7 @@ def test_a_rerun_with_other_synthetic_options_replaces_the_failed_starts_set(tmp
 
 def test_taking_over_keeps_a_matching_set_and_never_touches_a_given_root(tmp_path, capsys):
     out = tmp_path / "run"
+    assert discard_stale_synthetic(TrackTrainConfig(**SMALL_CFG), tmp_path) is False  # no set there: nothing to do
     assert main(["--tracker", "toy", "--out", str(out), *SMALL, "--val-sequences", "4"]) == 2
     frame = out / "synthetic-data" / "Synthetic-01" / "img" / "0001.jpg"
     marker = frame.stat().st_mtime_ns
@@ -225,7 +236,8 @@ def test_help_lists_options(capsys):
 
 
 def test_support_frames_need_a_visible_target_and_a_later_one():
-    boxes = np.array([[0, 0, 5, 5], [0, 0, 0, 0], [np.nan] * 4, [1, 1, 5, 5], [1, 1, 5, 5], [0, 0, 5, -1.0]])
+    boxes = np.array([[0, 0, 5, 5], [0, 0, 0, 0], [np.nan] * 4, [1, 1, 5, 5], [1, 1, 5, 5], [0, 0, 5, -1.0],
+                      [2, 2, 5, 0], [2, 2, 0, 5], [3, 3, 5, 5], [2, 2, 5, 0]])  # zero height / width: not visible
     seq = Sequence("s", [], boxes)
     # Naive reference: t visible and some k in 1..h with t + k < n visible.
     vis = [bool(np.isfinite(b).all() and b[2] > 0 and b[3] > 0) for b in boxes]
@@ -332,10 +344,13 @@ def test_vot_source_with_a_list_file(tmp_path):
     (root / "vot2014" / "ball" / "groundtruth.txt").write_text("1,2,10,12\n" * 4)
     (root / "vot2016" / "car" / "groundtruth.txt").write_text("1,1,11,1,11,9,1,9\n" * 4)
     listing = tmp_path / "list.txt"
-    listing.write_text("vot2014/ball\nvot2016/car\n")
+    listing.write_text("vot2016/car\nvot2014/ball\n")  # not in name order: load_sources sorts by name
     cfg = TrackTrainConfig(tracker="toy", source="vot", root=str(root), list_file=str(listing))
     seqs = load_sources(cfg, tmp_path)
     assert list(seqs) == ["vot2014/ball", "vot2016/car"]
+    with pytest.raises(ValueError, match="--sequences and --list-file both choose VOT sequences"):
+        load_sources(TrackTrainConfig(tracker="toy", source="vot", root=str(root), list_file=str(listing),
+                                      sequences="vot2014/ball"), tmp_path)
     assert seqs["vot2016/car"].boxes[0].tolist() == [1, 1, 10, 8]
     listing.write_text("vot2014/ball\nvot2015/missing\n")
     with pytest.raises(ValueError, match="vot2015/missing: no groundtruth.txt"):
@@ -402,3 +417,173 @@ def test_sources_are_listed_once_and_a_source_without_a_loader_says_so(capsys):
     cfg.source = "folder"
     with pytest.raises(NotImplementedError, match="load_sources .* has no branch"):
         load_sources(cfg, ".")
+
+
+# ------------------------------------------------------------------ mutation round 5 (m5k)
+
+
+def test_results_report_the_best_checkpoints_step_sizes_and_the_outer_lr_is_used(toy_run):
+    results = json.loads((toy_run / "results.json").read_text())
+    best = load_checkpoint(toy_run / "checkpoints" / "best.pt")
+    best = best.get("model", best)
+    alphas = torch.cat([v.flatten().double() for k, v in best.items() if k.startswith("lrs.")])
+    assert results["step_size_mean"] == pytest.approx(float(alphas.mean()), rel=1e-6)
+    assert results["step_size_abs_max"] == pytest.approx(float(alphas.abs().max()), rel=1e-6)
+    last = load_checkpoint(toy_run / "checkpoints" / "last.pt")
+    assert [g["lr"] for g in last["optimizer"]["param_groups"]] == [0.01]  # --outer-lr 0.01 of SMALL
+
+
+def test_step_size_mean_is_signed(tmp_path, monkeypatch, toy):
+    # Meta-SGD's step sizes may turn negative; results.json reports their signed mean and largest |alpha|.
+    from dropgrad_tracking.training import loop
+
+    original = loop.load_best_model
+
+    def load_then_flip(out, learner, **kwargs):
+        original(out, learner, **kwargs)
+        with torch.no_grad():
+            for a in learner.lrs.values():
+                a.copy_(torch.linspace(-0.3, 0.1, a.numel()).reshape(a.shape))
+
+    monkeypatch.setattr(loop, "load_best_model", load_then_flip)
+    cfg = TrackTrainConfig(**SMALL_CFG, epochs=1, steps_per_epoch=1, val_sequences=1, val_tasks=1, tasks_per_batch=2,
+                           progress=False)
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
+        results = loop.train(cfg, tmp_path / "run")
+    sizes = [torch.linspace(-0.3, 0.1, n) for n in (16 * 2, 2)]  # the toy's adapted head: 3.weight (2, 16), 3.bias
+    alphas = torch.cat(sizes).double()
+    assert results["step_size_mean"] == pytest.approx(float(alphas.mean()), rel=1e-6)
+    assert results["step_size_abs_max"] == pytest.approx(0.3, rel=1e-6)
+
+
+def test_make_dropgrad_keeps_the_schedule():
+    from dropgrad_tracking.training.loop import make_dropgrad
+
+    d = make_dropgrad(TrackTrainConfig(dropgrad="binary", dropgrad_p=0.3, dropgrad_schedule="linear", epochs=2))
+    assert (d.kind, d.schedule) == ("binary", "linear")
+
+
+def test_validation_scores_are_the_query_losses_after_one_alpha_step_and_of_theta(tmp_path):
+    # Reference by hand in float64: one step theta - alpha * grad of the support loss on the adapted
+    # parameters ("3.*"), DropGrad off; the query loss of the adapted and of the unadapted parameters.
+    import copy
+
+    import torch.nn.functional as F
+    from dropgrad_tracking.meta import build_learner
+    from dropgrad_tracking.training.loop import evaluate_tasks, make_dropgrad
+    from torch.func import functional_call
+
+    cfg = TrackTrainConfig(tracker="toy", synthetic_sequences=2, synthetic_frames=12, synthetic_height=64,
+                           synthetic_width=96, dropgrad_p=0.5)
+    seqs = load_sources(cfg, tmp_path)
+    definition = meta_tracker("toy")
+    torch.manual_seed(0)
+    learner, _ = build_learner(definition, None, make_dropgrad(cfg))
+    with torch.no_grad():
+        for a in learner.lrs.values():
+            a.uniform_(0.5, 2.0)  # per-element step sizes, far from the initial 0.1
+    sampler = TaskSampler(definition, learner.model, seqs, 3, seed=4)
+    picks = sampler.fixed(2)
+    learner.eval()
+    scores = evaluate_tasks(learner, sampler, picks, torch.device("cpu"), chunk=3)
+    assert not learner.training  # the mode it was called in is restored
+
+    model = copy.deepcopy(learner.model).double()
+    theta = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
+    tasks = sampler.build(picks, step=0)
+    adapted, unadapted = [], []
+    for k in range(tasks.n_tasks):
+        sx, qx = tasks.support_x[k].double(), tasks.query_x[k].double()
+        support_loss = F.cross_entropy(functional_call(model, theta, (sx,)), tasks.support_y[k])
+        names = ["3.weight", "3.bias"]
+        grads = torch.autograd.grad(support_loss, [theta[n] for n in names])
+        fast = dict(theta)
+        for n, g in zip(names, grads):
+            fast[n] = theta[n] - learner.lrs[n.replace(".", "__")].detach().double() * g
+        adapted.append(F.cross_entropy(functional_call(model, fast, (qx,)), tasks.query_y[k]).item())
+        unadapted.append(F.cross_entropy(functional_call(model, theta, (qx,)), tasks.query_y[k]).item())
+    assert scores["val_loss"] == pytest.approx(np.mean(adapted), rel=1e-5)
+    assert scores["val_loss_unadapted"] == pytest.approx(np.mean(unadapted), rel=1e-5)
+    assert abs(np.mean(adapted) - np.mean(unadapted)) > 1e-3  # the step matters, so a swap would show
+
+
+def test_resume_refuses_a_backbone_other_than_the_runs(tmp_path, toy):
+    import dataclasses
+
+    from dropgrad_tracking.training.loop import train
+
+    weights = []
+    for name, seed in (("a.pt", 0), ("b.pt", 1)):
+        torch.manual_seed(seed)
+        torch.save(torch.nn.Linear(3 * 8 * 8, 16).state_dict(), tmp_path / name)
+        weights.append(str(tmp_path / name))
+    cfg = TrackTrainConfig(**SMALL_CFG, epochs=1, steps_per_epoch=1, val_sequences=1, val_tasks=1, tasks_per_batch=2,
+                           backbone_weights=weights[0], progress=False)
+    out = tmp_path / "run"
+    assert train(cfg, out)["backbone_source"] == "a.pt"
+    other = dataclasses.replace(cfg, backbone_weights=weights[1], backbone_source="a.pt")  # as read back on --resume
+    with pytest.raises(ValueError, match="says backbone_source='a.pt', but the backbone now builds from 'b.pt'"):
+        train(other, out, resume=True)
+
+
+def test_split_and_sampler_use_the_horizon_for_usable_frames():
+    # Visible at 0, 2 and 3: with horizon 2, frame 0 (target again at 2) and 2 are support frames;
+    # with horizon 1 only frame 2. A sequence usable only through the horizon is kept.
+    gap = Sequence("gap", [], np.array([[0, 0, 5, 5], [0, 0, 0, 0], [1, 1, 5, 5], [1, 1, 5, 5.0]]))
+    good = Sequence("good", [], np.array([[0, 0, 5, 5.0]] * 4))
+    only_gap = Sequence("only", [], np.array([[0, 0, 5, 5], [0, 0, 0, 0], [1, 1, 5, 5.0]]))  # frame 0 alone
+    split = split_sequences({"a-only": only_gap, "b-gap": gap, "c-good": good}, 1, horizon=2)
+    assert list(split.train) == ["a-only", "b-gap"]
+    definition = meta_tracker("toy")
+    sampler = TaskSampler(definition, definition.build_model(None)[0], split.train, 2, seed=0)
+    assert sampler.frames["a-only"].tolist() == [0] and sampler.frames["b-gap"].tolist() == [0, 2]
+    picks = {p for step in range(40) for p in sampler.choose(step, 4)}
+    assert picks == {("a-only", 0), ("b-gap", 0), ("b-gap", 2)}  # every usable frame, the last one too
+
+
+def test_fixed_validation_frames_are_rounded_evenly_spaced():
+    seq = Sequence("s", [], np.array([[0, 0, 5, 5.0]] * 12))  # support frames 0 .. 10
+    definition = meta_tracker("toy")
+    sampler = TaskSampler(definition, definition.build_model(None)[0], {"s": seq}, 3, seed=0)
+    # linspace(0, 10, 4) = 0, 3.33, 6.67, 10 -> 0, 3, 7, 10
+    assert sampler.fixed(4) == [("s", 0), ("s", 3), ("s", 7), ("s", 10)]
+    # more tasks asked than usable frames: each frame once (no duplicated validation task)
+    short = Sequence("t", [], np.array([[0, 0, 5, 5.0]] * 4))  # support frames 0, 1, 2
+    sampler = TaskSampler(definition, definition.build_model(None)[0], {"t": short}, 3, seed=0)
+    assert sampler.fixed(5) == [("t", 0), ("t", 1), ("t", 2)]
+
+
+def test_sampler_refuses_a_sequence_without_a_support_frame():
+    definition = meta_tracker("toy")
+    seqs = {"ok": Sequence("ok", [], np.array([[0, 0, 5, 5.0]] * 3)),
+            "dark": Sequence("dark", [], np.array([[0, 0, 5, 5], [0, 0, 0, 0], [0, 0, 0, 0.0]]))}
+    with pytest.raises(ValueError, match="sequence\\(s\\) dark have no usable support frame for horizon 1"):
+        TaskSampler(definition, definition.build_model(None)[0], seqs, 1, seed=0)
+
+
+def test_batch_k_is_built_with_rng_seed_k_i_and_frozen_features_carry_no_graph(tmp_path):
+    from types import SimpleNamespace
+
+    cfg = TrackTrainConfig(tracker="toy", synthetic_sequences=2, synthetic_frames=12, synthetic_height=64, synthetic_width=96)
+    seqs = load_sources(cfg, tmp_path)
+    toy_def = meta_tracker("toy")
+    model = toy_def.build_model(None)[0]
+    modes = []
+
+    def sample_task(model, sequence, t, horizon, rng):
+        # Like a tracker that computes frozen features with the model in eval mode.
+        task = toy_def.sample_task(model, sequence, t, horizon, rng)
+        model.eval()
+        modes.append(torch.is_grad_enabled())
+        return Task(model[1](task.support_x.flatten(1)), task.support_y, model[1](task.query_x.flatten(1)), task.query_y)
+
+    definition = SimpleNamespace(sample_task=sample_task)
+    sampler = TaskSampler(definition, model, seqs, 3, seed=5)
+    model.train()
+    batch = sampler.batch(6, 3)
+    assert model.training and modes == [False] * 3  # the model's mode is restored; features built without grad
+    assert not batch.support_x.requires_grad and batch.support_x.grad_fn is None
+    # The documented contract: task i of batch k from sample_task with rng [seed, k, i + 1].
+    for i, (name, t) in enumerate(sampler.choose(6, 3)):
+        ref = sample_task(model, seqs[name], t, 3, np.random.default_rng([5, 6, i + 1]))
+        torch.testing.assert_close(batch.query_x[i], ref.query_x.detach())

@@ -82,6 +82,10 @@ def test_runner_writes_otb_and_got10k_layouts_and_any_tracker_scores(sequences, 
         np.testing.assert_allclose(got, seq.boxes)
         times = np.loadtxt(tmp_path / "got10k" / "Synthetic" / "oracle" / "times" / f"{name}_time.txt")
         assert times.shape == (len(seq),) and (times >= 0).all()
+        # written to 1e-8 s: a fast tracker's per-frame times (microseconds) must not round to 0
+        np.testing.assert_allclose(times, results[name].times, rtol=0, atol=1e-8)
+        otb_times = np.loadtxt(tmp_path / "results" / "oracle" / "times" / f"{name}_time.txt")
+        np.testing.assert_allclose(otb_times, results[name].times, rtol=0, atol=1e-8)
     assert '"backbone": "none"' in (tmp_path / "results" / "oracle" / "tracker.json").read_text()
     # The written folder reads back (with times) through the same reader as any published results.
     again, ignored = read_results(tmp_path / "results" / "oracle", sequences)
@@ -203,3 +207,51 @@ def test_runner_times_the_first_frames_init(sequences, tmp_path):
     results = run_tracker(SlowInit(), sequences, tmp_path, progress=False)
     for run in results.values():
         assert run.times[0] >= 0.05 and run.times.shape == (len(sequences[next(iter(sequences))]),)
+
+
+# ------------------------------------------------------------------ mutation round 5 (m5k)
+
+
+def test_runner_times_only_the_trackers_init_and_update(sequences, tmp_path, monkeypatch):
+    # A fake clock: reading a frame costs 100 "seconds", init 3 and update 1. Only the tracker's calls count.
+    from dropgrad_tracking.data.sequence import Sequence
+    from dropgrad_tracking.trackers import runner
+
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+
+    class SlowFrames(Sequence):
+        def image(self, i):
+            clock[0] += 100.0
+            return super().image(i)
+
+    class Ticking(StaticTracker):
+        def init(self, image, box):
+            clock[0] += 3.0
+            super().init(image, box)
+
+        def update(self, image):
+            clock[0] += 1.0
+            return super().update(image)
+
+    seq = next(iter(sequences.values()))
+    slow = {seq.name: SlowFrames(seq.name, seq.frames, seq.boxes)}
+    results = run_tracker(Ticking(), slow, tmp_path, progress=False)
+    np.testing.assert_array_equal(results[seq.name].times, [3.0] + [1.0] * (len(seq) - 1))
+
+
+def test_runner_checks_every_frame_file_before_running(sequences, tmp_path):
+    from dropgrad_tracking.data.sequence import Sequence
+
+    first, second = list(sequences.values())
+    broken = Sequence(second.name, [*second.frames[:-1], tmp_path / "missing.jpg"], second.boxes)
+    ran = []
+
+    class Recording(StaticTracker):
+        def init(self, image, box):
+            ran.append(box)
+            super().init(image, box)
+
+    with pytest.raises(ValueError, match="missing.jpg"):
+        run_tracker(Recording(), {first.name: first, second.name: broken}, tmp_path, progress=False)
+    assert ran == [] and not (tmp_path / "results").exists()  # nothing ran, nothing written

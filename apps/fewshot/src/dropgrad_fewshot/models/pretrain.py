@@ -156,14 +156,16 @@ def pretrain_feature_extractor(
                 # Augmentation draws follow (seed, epoch), so a re-run repeats them.
                 dataset.set_epoch_seed(seed * 100_003 + epoch)
             loss_sum, correct, seen = 0.0, 0, 0
+            # total=, not the loader itself: tqdm.auto's __init__ calls iter() on an iterable,
+            # which would start (and throw away) a second DataLoader iterator every epoch.
             bar = tqdm(
-                loader,
+                total=len(loader),
                 desc=f"pretrain {epoch + 1}/{epochs}",
                 disable=not progress,
                 leave=False,
                 dynamic_ncols=True,
             )
-            for x, y in bar:
+            for x, y in loader:
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True).long()
                 resample_dropout_masks(net)
@@ -178,6 +180,7 @@ def pretrain_feature_extractor(
                 loss_sum += loss.item() * n
                 correct += int((logits.argmax(-1) == y).sum())
                 seen += n
+                bar.update(1)
                 bar.set_postfix(
                     loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}"
                 )
