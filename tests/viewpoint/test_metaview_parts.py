@@ -1,6 +1,7 @@
 """MetaView's parts one at a time: where DropGrad acts, the adaptation's step count, the loss
 weights and masks, and how a prediction is read off the heatmaps."""
 
+import pytest
 import torch
 from dropgrad_viewpoint.methods.metaview import MetaView
 from dropgrad_viewpoint.models import KeypointHead, build_trunk
@@ -70,17 +71,18 @@ def test_hidden_keypoints_do_not_train_the_canonical_output():
     assert torch.equal(m.keypoint_losses(maps, b), m.keypoint_losses(maps, wild))
 
 
-def test_predict_reads_depth_and_canon_at_the_heatmap_peak():
+@pytest.mark.parametrize("h", [8, 6])  # 6: a non-square map, x the column's centre over w, y the row's over h
+def test_predict_reads_the_keypoint_depth_and_canon_at_the_heatmap_peak(h):
     m = _model().eval()
-    maps = torch.randn(2, 3, 5, 8, 8)
+    maps = torch.randn(2, 3, 5, h, 8)
     m.head_forward = lambda p, f: maps
     p = m.predict(torch.zeros(3, 3, 32, 32), {})
     for k in range(2):
         for i in range(3):
             r, c = divmod(int(maps[k, i, 0].flatten().argmax()), 8)
+            assert torch.allclose(p.kp2d[i, k], torch.tensor([(c + 0.5) / 8 - 0.5, (r + 0.5) / h - 0.5]))
             assert torch.allclose(p.depth[i, k], maps[k, i, 1, r, c])
             assert torch.allclose(p.canon[i, k], maps[k, i, 2:, r, c])
-            assert torch.allclose(p.kp2d[i, k], torch.tensor([(c + 0.5) / 8 - 0.5, (r + 0.5) / 8 - 0.5]))
 
 
 def test_adaptation_outside_meta_training_returns_params_cut_from_the_meta_parameters():
@@ -213,16 +215,3 @@ def test_fixed_step_sizes_get_no_gradient_and_stay_fixed():
     assert all(v.grad is None and not v.requires_grad for v in m.inner_lrs.values())
     opt.step()
     assert all(torch.equal(m.inner_lrs[n], before[n]) for n in before)
-
-
-def test_predict_reads_the_peak_of_a_non_square_heatmap():
-    # Rows h=6, columns w=8: x is the column's centre over w, y the row's over h.
-    m = _model().eval()
-    maps = torch.randn(2, 3, 5, 6, 8)
-    m.head_forward = lambda p, f: maps
-    p = m.predict(torch.zeros(3, 3, 32, 32), {})
-    for k in range(2):
-        for i in range(3):
-            r, c = divmod(int(maps[k, i, 0].flatten().argmax()), 8)
-            assert torch.allclose(p.kp2d[i, k], torch.tensor([(c + 0.5) / 8 - 0.5, (r + 0.5) / 6 - 0.5]))
-            assert torch.allclose(p.depth[i, k], maps[k, i, 1, r, c]) and torch.allclose(p.canon[i, k], maps[k, i, 2:, r, c])
