@@ -211,3 +211,58 @@ def test_property_random_label_arrays(problem, seed, index):
 def test_docstring_examples():
     result = doctest.testmod(dropgrad.episodes, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _rotated_labels(n_chars: int = 12, per_class: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Omniglot-like: class 4k + r is character k rotated r quarter turns; group = character."""
+    labels = np.random.default_rng(1).permutation(np.repeat(np.arange(4 * n_chars), per_class))
+    return labels, labels // 4
+
+
+def test_groups_none_keeps_the_class_draw_of_saved_runs():
+    """The draw without groups is pinned: a saved run's episodes must not change under it."""
+    labels = _labels(n_classes=9, per_class=5)
+    sampler = EpisodeSampler(labels, n_way=4, n_shot=2, n_query=1, seed=7, groups=None)
+    for index in (0, 3, 11):
+        rng = np.random.Generator(np.random.PCG64([7, index]))
+        classes = rng.choice(9, size=4, replace=False)
+        items = [np.flatnonzero(labels == c)[rng.choice(5, size=3, replace=False)] for c in classes]
+        ep = sampler.sample(index)
+        np.testing.assert_array_equal(ep.classes, classes)
+        np.testing.assert_array_equal(ep.support, np.stack(items)[:, :2].reshape(-1))
+        np.testing.assert_array_equal(ep.query, np.stack(items)[:, 2:].reshape(-1))
+
+
+def test_groups_never_share_an_episode_and_every_class_is_drawn_evenly():
+    labels, groups = _rotated_labels()
+    sampler = EpisodeSampler(labels, n_way=12, n_shot=1, n_query=2, seed=3, groups=groups)
+    counts = np.zeros(48)
+    for index in range(1500):
+        ep = sampler.sample(index)
+        _check_episode(ep, labels, 12, 1, 2)
+        assert len(set((ep.classes // 4).tolist())) == 12  # one rotation per character
+        counts[ep.classes] += 1
+        assert ep == sampler.sample(index)
+    # Each of 4 rotations of each character is drawn with probability 1/4 per episode: 375 expected;
+    # the binomial std is about 17, so 6 std either side.
+    assert counts.min() > 270 and counts.max() < 480
+    # Without groups, 12 of 48 classes often repeat a character (the case the groups rule out).
+    plain = EpisodeSampler(labels, n_way=12, n_shot=1, n_query=2, seed=3)
+    assert any(len(set((plain.sample(i).classes // 4).tolist())) < 12 for i in range(20))
+
+
+def test_groups_errors_name_what_is_wrong():
+    labels, groups = _rotated_labels(n_chars=3)
+    with pytest.raises(ValueError, match="impossible 4-way episodes: only 3 groups"):
+        EpisodeSampler(labels, n_way=4, n_shot=1, n_query=1, groups=groups)
+    bad = groups.copy()
+    bad[np.flatnonzero(labels == 5)[0]] = 2
+    with pytest.raises(ValueError, match="class 5 spans groups \\[1, 2\\]"):
+        EpisodeSampler(labels, n_way=2, n_shot=1, n_query=1, groups=bad)
+    with pytest.raises(ValueError, match="groups has 3 entries, expected one per item \\(48\\)"):
+        EpisodeSampler(labels, n_way=2, n_shot=1, n_query=1, groups=[0, 1, 2])
+    with pytest.raises(ValueError, match="not hashable"):
+        EpisodeSampler(labels, n_way=2, n_shot=1, n_query=1, groups=[[0]] * len(labels))
+    # A tensor of groups works like the array.
+    a = EpisodeSampler(labels, n_way=3, n_shot=1, n_query=1, groups=torch.from_numpy(groups)).sample(2)
+    assert a == EpisodeSampler(labels, n_way=3, n_shot=1, n_query=1, groups=groups).sample(2)

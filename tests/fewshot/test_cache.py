@@ -125,7 +125,7 @@ def test_cub_cache_equals_the_normal_path_at_84_and_224(mini_cub, tmp_path):
         assert cache_cli.main(["--dataset", "cub", "--data-root", str(mini_cub), "--splits", split,
                                "--image-size", str(size), "--out", str(tmp_path), "--option", "check_sizes=false",
                                "--no-progress"]) == 0
-        cached = open_cache(tmp_path, "cub", split, size)
+        cached = open_cache(tmp_path, "cub", split, size, options=opts)
         assert cached.channels == 3 and cached.images.shape == (len(source), size, size, 3)
         assert_same_items(cached, source, range(len(source)) if size == 84 else range(0, len(source), 7))
         kw = dict(n_way=5, n_shot=1, n_query=2, tasks_per_batch=2, seed=0)
@@ -222,8 +222,8 @@ def test_grayscale_batch_augmentation_shifts_up_to_2_pixels_like_the_file_path()
 
 def test_augmented_batches_are_seed_deterministic_and_only_change_the_images(tmp_path, mini_cub):
     build_cache("cub", "train", mini_cub, 32, tmp_path, check_sizes=False)
-    plain = open_cache(tmp_path, "cub", "train", 32)
-    aug = open_cache(tmp_path, "cub", "train", 32, augment=True)
+    plain = open_cache(tmp_path, "cub", "train", 32, options={"check_sizes": False})
+    aug = open_cache(tmp_path, "cub", "train", 32, options={"check_sizes": False}, augment=True)
     kw = dict(n_way=5, n_shot=1, n_query=2, tasks_per_batch=2, seed=4)
     a, b, p = CachedEpisodeBatches(aug, **kw), CachedEpisodeBatches(aug, prefetch=False, **kw), CachedEpisodeBatches(plain, **kw)
     assert_same_batches(a, b, [0, 2])
@@ -313,7 +313,7 @@ def test_cached_shards_slice_the_augmented_batch_grayscale(tmp_path):
 
 def test_cached_shards_slice_the_augmented_batch_rgb(tmp_path, mini_cub):
     build_cache("cub", "train", mini_cub, 32, tmp_path, check_sizes=False)
-    cached = open_cache(tmp_path, "cub", "train", 32, augment=True)
+    cached = open_cache(tmp_path, "cub", "train", 32, options={"check_sizes": False}, augment=True)
     kw = dict(n_way=5, n_shot=1, n_query=2, tasks_per_batch=4, seed=4)
     _assert_shards_slice_the_batch(cached, kw, [slice(0, 2), slice(2, 4), slice(3, 4)], [0, 1])
 
@@ -428,7 +428,9 @@ def test_the_rebuild_command_of_an_options_mismatch_builds_the_runs_cache(tmp_pa
     argv = command.split()[1:]
     argv[argv.index("--out") + 1] = str(tmp_path / "b")  # as the message says: another folder keeps the old one
     assert cache_cli.main([*argv, "--no-progress"]) == 0
-    assert open_cache(tmp_path / "b", "glyphs", "val", 28, options={**opts, "rotations": True}, seed=1).n_classes == 16
+    rotated = open_cache(tmp_path / "b", "glyphs", "val", 28, options={**opts, "rotations": True}, seed=1)
+    assert rotated.n_classes == 16 and rotated.class_groups.tolist() == [k // 4 for k in range(16)]  # as the source's
+    assert open_cache(tmp_path / "a", "glyphs", "val", 28, options=opts).class_groups is None
 
 
 def test_a_failed_build_leaves_nothing_behind(tmp_path, shared_data):
@@ -482,8 +484,9 @@ def test_train_with_cache_gives_the_same_run_as_without(tmp_path, capsys, monkey
                            str(tmp_path / "cache"), "--option", "check_sizes=false", "--no-progress"]) == 0
     assert cli.train_main(["--out", str(tmp_path / "plain"), "--data-root", str(mini_cub), *tiny,
                            "--data-options", "check_sizes=false"]) == 0
-    # no --data-root: the cache is all the run needs
-    assert cli.train_main(["--out", str(tmp_path / "cached"), "--cache", str(tmp_path / "cache"), *tiny]) == 0
+    # no --data-root: the cache is all the run needs (a partial copy's cache, like its files, needs check_sizes=false)
+    assert cli.train_main(["--out", str(tmp_path / "cached"), "--cache", str(tmp_path / "cache"), *tiny,
+                           "--data-options", "check_sizes=false"]) == 0
 
     def metrics(name):
         rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -657,3 +660,29 @@ def test_pixel_formats_and_cached_splits_survive_pickling(tmp_path):
     ref = fmt.to_float(u8)
     copy = pickle.loads(pickle.dumps(fmt))
     assert copy == fmt and torch.equal(copy.to_float(u8), ref) and torch.equal(copy.normalize(copy.unit(u8)), ref)
+
+
+def test_a_cache_of_a_partial_copy_needs_check_sizes_false_as_the_files_do(tmp_path):
+    """check_sizes only says how strictly a copy is checked: a cache built from a partial copy
+    must be refused, like its files, by a run that did not pass check_sizes=false too."""
+    from PIL import Image
+
+    root = tmp_path / "CUB_200_2011"
+    names = [f"{k:03d}.Bird_{k}" for k in range(1, 9)]
+    (root / "classes.txt").parent.mkdir(parents=True)
+    (root / "classes.txt").write_text("".join(f"{k} {n}\n" for k, n in enumerate(names, 1)))
+    images, labels = [], []
+    for k, n in enumerate(names, 1):
+        (root / "images" / n).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (10, 8), (k * 20, j * 90, 7)).save(root / "images" / n / f"{j}.jpg")
+            images.append(f"{len(images) + 1} {n}/{j}.jpg\n")
+            labels.append(f"{len(labels) + 1} {k}\n")
+    (root / "images.txt").write_text("".join(images))
+    (root / "image_class_labels.txt").write_text("".join(labels))
+    with pytest.raises(DataError, match="expected 100"):
+        build_dataset("cub", "train", data_root=root, image_size=8)
+    build_cache("cub", "train", root, 8, tmp_path / "cache", check_sizes=False)
+    with pytest.raises(DataError, match="holds 4 classes.*has 100 classes.*check_sizes=false"):
+        open_cache(tmp_path / "cache", "cub", "train", 8)
+    assert open_cache(tmp_path / "cache", "cub", "train", 8, options={"check_sizes": False}).n_classes == 4

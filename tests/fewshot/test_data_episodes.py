@@ -171,3 +171,37 @@ def test_open_ended_shards_run_to_the_end_of_the_meta_batch():
     assert task_shard(slice(1, None), 4) == range(1, 4)
     assert task_shard(slice(None, 2), 4) == range(0, 2)
     assert task_shard(slice(None), 4) == range(0, 4)
+
+
+def _characters_of(batches, batch_index):
+    """Per task of a batch: the characters (class // 4) of its classes, read back from the images' labels."""
+    out = []
+    for t in range(batches.tasks_per_batch):
+        ep = batches.sampler.sample(batch_index * batches.tasks_per_batch + t)
+        out.append((ep.classes // 4).tolist())
+    return out
+
+
+def test_rotated_glyph_tasks_take_one_rotation_of_each_character():
+    """Finn et al.'s MAML code draws N characters per task, then one rotation each: a task never
+    holds two rotations of one character (for a symmetric one they would be the same images)."""
+    ds = GlyphDataset("train", n_classes=6, images_per_class=3, rotations=True, seed=1)
+    assert ds.class_groups.tolist() == np.repeat(np.arange(6), 4).tolist()
+    batches = make(ds, n_way=6, n_shot=1, n_query=1, tasks_per_batch=4)
+    seen = set()
+    for b in range(30):
+        for chars in _characters_of(batches, b):
+            assert sorted(chars) == list(range(6))
+        seen |= {int(c) for t in range(4) for c in batches.sampler.sample(b * 4 + t).classes}
+    assert seen == set(range(24))  # every rotation is still a class of its own
+    assert GlyphDataset("train", n_classes=6, images_per_class=3).class_groups is None
+    with pytest.raises(DataError, match="7-way tasks need at least 7 characters, but the split has 6"):
+        check_episodes(ds, 7, 1, 1)
+
+
+def test_a_union_keeps_each_parts_characters_apart():
+    from dropgrad_fewshot.data import ClassUnion
+
+    rotated = [GlyphDataset(s, n_classes=2, images_per_class=2, rotations=True) for s in ("train", "val")]
+    assert ClassUnion(rotated).class_groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    assert ClassUnion([GlyphDataset(s, n_classes=2, images_per_class=2) for s in ("train", "val")]).class_groups is None

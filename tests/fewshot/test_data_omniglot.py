@@ -165,3 +165,14 @@ def test_background_validation_characters_are_shuffled_across_alphabets(omniglot
     # The last 100 of a shuffle, not the last 100 folders (which would be 2-3 alphabets).
     val = split_characters(omniglot, "val", protocol="background")
     assert len(val) == 100 and len({c.alphabet for c in val}) >= 15
+
+
+def test_maml_protocol_tasks_hold_distinct_characters_like_finns_code(omniglot):
+    """Without the character groups, about 29% of 20-way test tasks held two rotations of one character."""
+    from dropgrad_fewshot.data import EpisodeBatches
+
+    test = build_dataset("omniglot", "test", data_root=omniglot)
+    batches = EpisodeBatches(test, n_way=20, n_shot=1, n_query=1, tasks_per_batch=1, seed=0)
+    classes = [batches.sampler.sample(i).classes for i in range(300)]
+    assert all(len(set((c // 4).tolist())) == 20 for c in classes)
+    assert len({int(r) for c in classes for r in c % 4}) == 4  # all rotations are drawn

@@ -117,3 +117,17 @@ def test_grayscale_shift_reaches_all_25_offsets_and_resizes_any_shape():
         offsets.add((y - 14, x - 14))
     assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
     assert GrayscaleTransform(28, invert=False)(Image.new("L", (28, 40)), None).shape == (1, 28, 28)
+
+
+def test_a_16_bit_grayscale_png_keeps_its_gray_levels(tmp_path):
+    """PIL's convert() clips a 16-bit image ("I;16" / "I") to 255: a whole image turned white."""
+    import numpy as np
+    from PIL import Image
+    from dropgrad_fewshot.data.base import open_image
+
+    gray8 = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (6, 1))
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    for mode in ("RGB", "L"):
+        got = np.asarray(open_image(tmp_path / "g16.png", mode)).astype(int)
+        want = gray8[..., None].repeat(3, -1) if mode == "RGB" else gray8
+        assert np.abs(got - want).max() <= 1, mode

@@ -174,11 +174,18 @@ class EpisodeSampler:
         n_shot: support items per class (>= 1).
         n_query: query items per class (>= 0).
         seed: non-negative integer; episode ``index`` is a pure function of ``(seed, index)``.
+        groups: optional group label per item, of the shape of ``labels``; every item of a class
+            must carry its class's group. An episode then never holds two classes of one group:
+            it draws ``n_way`` distinct groups, then one class of each, uniformly. Omniglot's
+            rotated copies of a character are one group, as in Finn et al.'s MAML code, which
+            draws N characters per task and then one rotation for each. None: classes are drawn
+            directly (the same episodes as before this argument existed).
 
     Raises:
         ValueError: at construction, if an argument is out of range, there are fewer classes
-            than ``n_way``, or some class has fewer than ``n_shot + n_query`` items (the
-            message names up to 10 such classes and their counts).
+            (or groups) than ``n_way``, a class spans two groups, or some class has fewer than
+            ``n_shot + n_query`` items (the message names up to 10 such classes and their
+            counts).
 
     >>> sampler = EpisodeSampler(["a", "a", "a", "b", "b", "b", "c", "c", "c"], n_way=2,
     ...                          n_shot=1, n_query=2, seed=0)
@@ -198,6 +205,7 @@ class EpisodeSampler:
         n_shot: int,
         n_query: int,
         seed: int = 0,
+        groups: Sequence[Hashable] | np.ndarray | None = None,
     ) -> None:
         self.n_way = _check_count("n_way", n_way, 1)
         self.n_shot = _check_count("n_shot", n_shot, 1)
@@ -205,6 +213,13 @@ class EpisodeSampler:
         self.seed = _check_count("seed", seed, 0)
         self._classes, self._items = _group(labels)
         self._n_items = sum(len(g) for g in self._items)
+        # Class positions of each group, or None to draw classes directly.
+        self._group_members = None if groups is None else self._class_groups(groups)
+        if self._group_members is not None and len(self._group_members) < self.n_way:
+            raise ValueError(
+                f"impossible {self.n_way}-way episodes: only {len(self._group_members)} groups"
+                f" of classes (an episode takes at most one class of each group)"
+            )
 
         if len(self._classes) < self.n_way:
             raise ValueError(
@@ -227,6 +242,28 @@ class EpisodeSampler:
                 f"{self.n_shot}-shot {self.n_query}-query episodes: {listed}{more}"
             )
 
+    def _class_groups(self, groups: Any) -> list[np.ndarray]:
+        """Positions (into ``self._classes``) of the classes of each group, groups sorted like classes."""
+        if hasattr(groups, "detach"):
+            groups = groups.detach().cpu().numpy()
+        groups = list(groups)
+        if len(groups) != self._n_items:
+            raise ValueError(f"groups has {len(groups)} entries, expected one per item ({self._n_items})")
+        of_class = []
+        for c, items in zip(self._classes, self._items):
+            try:
+                found = {groups[int(i)] for i in items}
+            except TypeError:
+                raise ValueError(f"groups of class {_plain(c)!r} are not hashable; expected one hashable group label per item") from None
+            if len(found) != 1:
+                raise ValueError(
+                    f"class {_plain(c)!r} spans groups {sorted(map(_plain, found), key=repr)}; "
+                    "expected one group per class"
+                )
+            of_class.append(found.pop())
+        keys, positions = _group(of_class)
+        return positions
+
     @property
     def n_classes(self) -> int:
         """Number of distinct classes in the index."""
@@ -245,9 +282,9 @@ class EpisodeSampler:
     def sample(self, index: int) -> Episode:
         """Return episode number ``index`` (>= 0); the same episode every time.
 
-        Classes are drawn without replacement, items of each class without replacement, and
-        the first ``n_shot`` of each class's items form the support, so support and query are
-        disjoint.
+        Classes are drawn without replacement (with ``groups``: groups without replacement,
+        then one class of each), items of each class without replacement, and the first
+        ``n_shot`` of each class's items form the support, so support and query are disjoint.
 
         >>> s = EpisodeSampler([0, 0, 1, 1, 2, 2], n_way=3, n_shot=1, n_query=1, seed=3)
         >>> sorted(s.sample(0).classes.tolist())
@@ -256,7 +293,12 @@ class EpisodeSampler:
         index = _check_count("index", index, 0)
         # A fresh generator keyed on (seed, index): episode i never depends on episodes < i.
         rng = np.random.Generator(np.random.PCG64([self.seed, index]))
-        chosen = rng.choice(self.n_classes, size=self.n_way, replace=False)
+        if self._group_members is None:
+            chosen = rng.choice(self.n_classes, size=self.n_way, replace=False)
+        else:
+            members = self._group_members
+            picked = rng.choice(len(members), size=self.n_way, replace=False)
+            chosen = np.array([members[g][rng.integers(len(members[g]))] for g in picked], dtype=np.int64)
         per_class = self.n_shot + self.n_query
         picks = np.empty((self.n_way, per_class), dtype=np.int64)
         for row, c in enumerate(chosen):

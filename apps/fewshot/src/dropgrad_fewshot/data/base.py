@@ -51,11 +51,20 @@ def open_image(path: str | os.PathLike[str], mode: str) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode == "I" or im.mode.startswith("I;16"):
+                # 16-bit grayscale (PNG): convert() would clip every value above 255 to white.
+                wide = np.asarray(im, dtype=np.float64)
+                return Image.fromarray(np.round(wide / 257).clip(0, 255).astype(np.uint8)).convert(mode)
             return im.convert(mode)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"unreadable image {path}: {exc}; expected a JPEG/PNG image file") from None
+
+
+def rotation_groups(n_classes: int) -> np.ndarray:
+    """Groups of rotated-copy classes: class ``4k + r`` (character k, r quarter turns) is in group k."""
+    return np.arange(n_classes, dtype=np.int64) // 4
 
 
 class FewShotDataset(Dataset):
@@ -70,6 +79,9 @@ class FewShotDataset(Dataset):
         image_size: side of the square images ``load`` returns.
         augment: whether loads apply the (keyed) training augmentation.
         seed: the data set's seed (glyph classes; augmentation streams).
+        class_groups: None, or the group of every class, int64 of shape (n_classes,): an
+            episode never holds two classes of one group. Rotated copies of a character
+            (Omniglot, glyphs with ``rotations``) are one group, as in Finn et al.'s MAML code.
 
     Subclasses implement :meth:`_load` and may override :meth:`class_source`.
     """
@@ -95,6 +107,7 @@ class FewShotDataset(Dataset):
         self.image_size = image_size
         self.augment = augment
         self.seed = seed
+        self.class_groups: np.ndarray | None = None
         self._epoch_seed = 0
 
     # ------------------------------------------------------------------ interface
@@ -132,6 +145,10 @@ class FewShotDataset(Dataset):
 
     def _load(self, index: int, rng: np.random.Generator | None) -> Tensor:
         raise NotImplementedError
+
+    def item_groups(self) -> np.ndarray | None:
+        """The group of every item (see ``class_groups``), int64 of shape (N,); None without groups."""
+        return None if self.class_groups is None else self.class_groups[self.labels]
 
     def class_counts(self) -> np.ndarray:
         """Images per class, int64 of shape (n_classes,)."""

@@ -39,7 +39,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 
-from .base import FewShotDataset, ImageFileDataset, open_image
+from .base import FewShotDataset, ImageFileDataset, open_image, rotation_groups
 from .build import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset, dataset_options, format_data_option
 from .device_augment import PixelFormat, augment_batch
 from .errors import DataError
@@ -353,6 +353,8 @@ class CachedDataset(FewShotDataset):
         self.shape = shape
         self.pixels = PixelFormat.from_dict(meta["pixels"])
         self._class_sources = meta.get("class_sources") or [None] * self.n_classes
+        if ((meta.get("source") or {}).get("content") or {}).get("rotations"):
+            self.class_groups = rotation_groups(self.n_classes)  # as the source's (Omniglot, glyphs)
         self._mm: np.memmap | None = None
 
     @property
@@ -533,7 +535,32 @@ def open_cache(
             f"run's with {_build_command(ds, wanted, seed)} (one cache per data set, split and size fits "
             f"in a folder: give another --out to keep this one)"
         )
+    if (options or {}).get("check_sizes", True):
+        _check_split_sizes(ds)
     return ds
+
+
+def _check_split_sizes(ds: CachedDataset) -> None:
+    """The file path's ``check_sizes``, on a cache: check_sizes only decides how strictly a copy is
+    checked, so a cache built from a partial copy (``check_sizes=false``) must not pass for the
+    whole data set in a run that did not opt out too."""
+    from .cub import CUB_SPLIT_CLASSES
+    from .miniimagenet import MINI_PER_CLASS, MINI_SPLIT_CLASSES
+
+    n_classes, per_class = {
+        "cub": (CUB_SPLIT_CLASSES.get(ds.split), None),
+        "miniimagenet": (MINI_SPLIT_CLASSES.get(ds.split), MINI_PER_CLASS),
+    }.get(ds.name, (None, None))
+    if n_classes is None:
+        return
+    counts = ds.class_counts()
+    if ds.n_classes != n_classes or (per_class is not None and bool((counts != per_class).any())):
+        raise DataError(
+            f"episode cache {ds.path} holds {ds.n_classes} classes of {counts.min()}-{counts.max()} images, but "
+            f"{ds.name} {ds.split} has {n_classes} classes" + (f" of {per_class}" if per_class else "")
+            + " (it was built from a partial copy with check_sizes=false); pass check_sizes=false "
+            "(fewshot-train --data-options) to use it anyway, or rebuild it from the whole data set"
+        )
 
 
 def _build_command(ds: CachedDataset, wanted: dict[str, Any], seed: int) -> str:

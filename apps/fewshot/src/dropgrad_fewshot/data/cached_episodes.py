@@ -104,7 +104,7 @@ class CachedEpisodeBatches:
         self.seed = _count("seed (--seed)", seed, 0)
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.augment = dataset.augment if augment is None else bool(augment)
-        self.sampler = EpisodeSampler(dataset.labels, n_way, n_shot, n_query, seed=self.seed)
+        self.sampler = EpisodeSampler(dataset.labels, n_way, n_shot, n_query, seed=self.seed, groups=dataset.item_groups())
         self._pin = self.device.type == "cuda"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-gather") if prefetch else None
         self._pending: tuple[int, Future] | None = None

@@ -82,6 +82,12 @@ def check_episodes(dataset: FewShotDataset, n_way: int, n_shot: int, n_query: in
             f"{where}: {n_way}-way tasks need at least {n_way} classes, but the split has "
             f"{dataset.n_classes} (--way)"
         )
+    groups = dataset.class_groups
+    if groups is not None and len(np.unique(groups)) < n_way:
+        raise DataError(
+            f"{where}: {n_way}-way tasks need at least {n_way} characters, but the split has "
+            f"{len(np.unique(groups))} (--way; a task takes one rotation of each character, as in Finn et al.'s code)"
+        )
     counts = dataset.class_counts()
     needed = n_shot + n_query
     short = np.flatnonzero(counts < needed)
@@ -150,7 +156,7 @@ class EpisodeBatches:
         self.dataset = dataset
         self.n_way, self.n_shot, self.n_query = n_way, n_shot, n_query
         self.device = None if device is None else torch.device(device)
-        self.sampler = EpisodeSampler(dataset.labels, n_way, n_shot, n_query, seed=self.seed)
+        self.sampler = EpisodeSampler(dataset.labels, n_way, n_shot, n_query, seed=self.seed, groups=dataset.item_groups())
 
     def batch(self, index: int) -> Task:
         """Meta-batch ``index`` (episodes ``index*T .. index*T + T - 1``; the shard's of them), on ``device``."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import FewShotDataset
+from .base import FewShotDataset, rotation_groups
 from .transforms import shift
 
 __all__ = ["GLYPH_DEFAULT_CLASSES", "GlyphDataset", "render_glyph_class"]
@@ -225,6 +225,8 @@ class GlyphDataset(FewShotDataset):
         self.n_characters = n_chars
         self.images_per_class = images_per_class
         self.rotations = rotations
+        if rotations:
+            self.class_groups = rotation_groups(self.n_classes)
         self._classes: dict[int, np.ndarray] = {}
 
     def character(self, c: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ImageFileDataset
+from .base import ImageFileDataset, rotation_groups
 from .errors import DataError
 from .transforms import GrayscaleTransform
 
@@ -210,7 +210,7 @@ def build_omniglot(
             paths.extend(ch.files)
             labels.extend([label] * len(ch.files))
             rots.extend([r] * len(ch.files))
-    return ImageFileDataset(
+    ds = ImageFileDataset(
         paths=paths,
         labels=np.asarray(labels, dtype=np.int64),
         class_names=names,
@@ -226,3 +226,6 @@ def build_omniglot(
         augment=augment,
         seed=seed,
     )
+    if rotations:
+        ds.class_groups = rotation_groups(ds.n_classes)
+    return ds

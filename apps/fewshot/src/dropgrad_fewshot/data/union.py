@@ -44,6 +44,11 @@ class ClassUnion(FewShotDataset):
             class_names=[f"{p.split}/{c}" for p in parts for c in p.class_names],
             channels=first.channels, image_size=first.image_size, augment=first.augment, seed=first.seed,
         )
+        if any(p.class_groups is not None for p in parts):
+            # Each part's groups after the ones before; a part without groups: one group per class.
+            own = [np.arange(p.n_classes, dtype=np.int64) if p.class_groups is None else p.class_groups for p in parts]
+            starts = np.cumsum([0] + [int(g.max()) + 1 if len(g) else 0 for g in own])
+            self.class_groups = np.concatenate([g + s for g, s in zip(own, starts)])
         self.parts = list(parts)
         self._part_classes = offsets
         self._starts = np.cumsum([0] + [len(p) for p in parts])
