@@ -339,3 +339,38 @@ def test_bf16_evaluation_replays_use_the_updated_parameters(no_tf32):
             for p in learner.parameters():
                 p.mul_(1.5)
     assert evaluation.captures == 1
+
+
+def test_own_generators_of_a_training_step_are_refused_before_a_capture():
+    # A capture would copy a CPU generator's draw to the GPU (refused mid-capture, leaving CUDA's
+    # RNG unusable) or draw from an unregistered CUDA generator; checked on the CPU.
+    from dropgrad import ConsistentDropout
+    from dropgrad.graphs import _refuse_own_generators
+
+    _refuse_own_generators(MAML(nn.Sequential(nn.Linear(3, 4), ConsistentDropout(0.3), nn.Linear(4, 2))))
+    with pytest.raises(ValueError, match="DropGrad operator draws from its own generator"):
+        _refuse_own_generators(MAML(tiny_net(), dropgrad=DropGrad(0.3, generator=torch.Generator())))
+    net = nn.Sequential(nn.Linear(3, 4), ConsistentDropout(0.3, generator=torch.Generator()), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="ConsistentDropout model.1 draws its masks from its own generator"):
+        _refuse_own_generators(MAML(net))
+
+
+@gpu
+def test_a_capture_records_on_the_learners_gpu_with_a_stream_of_that_gpu(monkeypatch):
+    # A single-process run on --device cuda:N never calls torch.cuda.set_device; torch.cuda.graph's
+    # default capture stream lives on the current device (cuda:0), so a learner on cuda:1 ran
+    # eagerly beside an empty graph ("The CUDA Graph is empty" warning) whose replays changed
+    # nothing. One GPU cannot show that; the capture's stream and current device can be checked.
+    real = torch.cuda.graph
+    seen = []
+
+    def spy(graph, *args, stream=None, **kwargs):
+        seen.append((stream, torch.cuda.current_device()))
+        return real(graph, *args, stream=stream, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "graph", spy)
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    learner = MAML(tiny_net(), inner_lr=0.1, steps=1).to(device)
+    CapturedMetaStep(learner)(make_tasks(0, device, torch.float32))
+    (stream, current), = seen
+    assert stream is not None and stream.device == device and current == device.index

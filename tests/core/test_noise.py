@@ -308,3 +308,18 @@ def test_a_kind_without_a_draw_is_refused_not_drawn_as_gaussian(monkeypatch):
         dg.set_progress(1.0)
         with pytest.raises(NotImplementedError, match="'uniform' has no noise draw"):
             dg([torch.ones(3)])
+
+
+def test_generator_state_mapped_to_a_gpu_by_a_checkpoint_load_is_restored():
+    # torch.load(map_location="cuda") (load_best_model's map_location=device on a GPU) puts the
+    # generator's ByteTensor state on the GPU; Generator.set_state takes only a CPU ByteTensor.
+    from types import SimpleNamespace
+
+    src = DropGrad(0.3, generator=torch.Generator().manual_seed(5))
+    src([torch.ones(4)])
+    cpu_state = src.state_dict()["_extra_state"]["generator_state"]
+    on_gpu = SimpleNamespace(cpu=lambda: cpu_state)  # stands for the state on a GPU: .cpu() brings it back
+    dst = DropGrad(0.3, generator=torch.Generator().manual_seed(0))
+    dst.set_extra_state({"progress": 1.0, "generator_state": on_gpu})
+    assert torch.equal(dst.generator.get_state(), cpu_state)
+    assert torch.equal(dst([torch.ones(6)])[0], src([torch.ones(6)])[0])

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .dropout import ConsistentDropout
 from .inner import MAML, MetaOutput, Task
 from .streams import accumulate_grads
 
@@ -74,6 +75,40 @@ def _shared_pool(device: torch.device) -> tuple[int, int] | None:
     return None
 
 
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One capture stream per GPU, shared by every capture on it (as torch.cuda.graph's default
+    stream is), so graphs that share a memory pool also share its stream-tagged blocks."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[index] = torch.cuda.Stream(device=torch.device("cuda", index))
+    return _CAPTURE_STREAMS[index]
+
+
+def _refuse_own_generators(learner: MAML) -> None:
+    """Raise ValueError when a training step would draw from a generator of its own.
+
+    A CUDA graph draws fresh numbers at every replay only from CUDA's default generator: a CPU
+    generator's draw is copied to the GPU (a host copy a capture refuses), and another CUDA
+    generator is not registered with the graph. DropGrad's noise and ConsistentDropout's masks
+    are the draws of a meta-training step.
+    """
+    if learner.dropgrad.generator is not None and learner.dropgrad.active:
+        raise ValueError(
+            "CapturedMetaStep: the DropGrad operator draws from its own generator; a CUDA graph can only "
+            "draw fresh noise from CUDA's default generator (build DropGrad without generator=)"
+        )
+    own = [name for name, m in learner.named_modules()
+           if isinstance(m, ConsistentDropout) and m.generator is not None and m.training and m.p > 0]
+    if own:
+        raise ValueError(
+            f"CapturedMetaStep: ConsistentDropout {', '.join(own)} draws its masks from its own generator; a CUDA "
+            "graph can only draw fresh masks from CUDA's default generator (build it without generator=)"
+        )
+
+
 @dataclass
 class _Captured:
     key: Hashable
@@ -101,8 +136,9 @@ class CapturedMetaStep:
             stream are undone.
 
     Raises:
-        ValueError: (at the first call) the DropGrad operator draws from its own generator: a
-            graph draws fresh numbers at every replay only from CUDA's default generator.
+        ValueError: (at the first call) the DropGrad operator, or a ConsistentDropout of the
+            model, draws from its own generator: a graph draws fresh numbers at every replay
+            only from CUDA's default generator.
 
     A capture that fails (an operator that waits for the CPU, e.g. ``.item()`` inside the
     model) raises torch's error; CUDA's random state is then unusable for the rest of the
@@ -172,12 +208,7 @@ class CapturedMetaStep:
             return self._eager(tasks)
 
     def _capture(self, tasks: Task, key: Hashable) -> _Captured:
-        gen = self.learner.dropgrad.generator
-        if gen is not None and self.learner.dropgrad.active:
-            raise ValueError(
-                "CapturedMetaStep: the DropGrad operator draws from its own generator; a CUDA graph can only "
-                "draw fresh noise from CUDA's default generator (build DropGrad without generator=)"
-            )
+        _refuse_own_generators(self.learner)
         device = tasks.support_x.device
         params = self._params()
         saved_grads = [p.grad for p in params]
@@ -199,7 +230,12 @@ class CapturedMetaStep:
             for p in params:
                 p.grad = None
             # thread_local: a data-loading thread may use CUDA while this thread records.
-            with torch.cuda.graph(graph, pool=_shared_pool(device), capture_error_mode="thread_local"):
+            # On the learner's GPU: torch.cuda.graph records on a stream of the current device
+            # (cuda:0 unless set), and a learner on cuda:1 would then run eagerly beside an empty
+            # graph, whose replays change nothing (only a warning says so).
+            with torch.cuda.device(device), torch.cuda.graph(
+                graph, pool=_shared_pool(device), stream=_capture_stream(device), capture_error_mode="thread_local"
+            ):
                 output = self._run(inputs)
             grads = [p.grad for p in params]
         finally:

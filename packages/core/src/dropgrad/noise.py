@@ -430,7 +430,9 @@ class DropGrad(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.progress = float(state["progress"])  # also updates the linear schedule's strength tensors
         if self.generator is not None and "generator_state" in state:
-            self.generator.set_state(state["generator_state"])
+            # Generator.set_state takes a CPU ByteTensor only (a CUDA generator's state too); a
+            # checkpoint loaded with map_location="cuda" holds it on the GPU.
+            self.generator.set_state(state["generator_state"].cpu())
 
     def extra_repr(self) -> str:
         sel = "all" if self.selection is None else ",".join(self.selection)
