@@ -492,6 +492,9 @@ def test_batched_fold_folds_the_tasks_and_insists(monkeypatch):
     mamlpp = build_learner(tiny_config(method="mamlpp", batched="fold"))  # BatchNorm running statistics
     with pytest.raises(ValueError, match="--batched fold: batched adaptation \\(fold\\) cannot update the running"):
         use_batched(mamlpp, "fold", training=True)
+    # The core's way out names its Python argument; the command line names the option.
+    with pytest.raises(ValueError, match=r"ConsistentDropout masks; use --batched off \(or auto\)$"):
+        use_batched(build_learner(tiny_config(regularizer="dropout", batched="on")), "on", training=True)
     tiny_config(batched="fold", compile=True, compile_second_order=True)  # folded steps compile whole too
 
 

@@ -230,6 +230,12 @@ def test_help_lists_options(capsys):
                    "--backbone-weights", "--resume", "--config", "--horizon", "--first-order"):
         assert option in out, option
     assert "--backbone-source" not in out
+    # The --tracker line lists the registry (a registered tracker too), not a fixed pair.
+    line = " ".join(out.split("\n  --tracker STR", 1)[1].split("\n  --source", 1)[0].split())
+    from dropgrad_tracking.meta import available_meta_trackers
+
+    assert {"metacrest", "metasdnet", "metasdnet-tiny"} <= set(available_meta_trackers())
+    assert line == f"meta-learned tracker to train: {', '.join(available_meta_trackers())} (default: metasdnet)"
 
 
 # ------------------------------------------------------------------ sources and tasks

@@ -172,6 +172,7 @@ def use_batched(learner: MAML, setting: str, training: bool = True, graphed: boo
     finally:
         learner.train(was_training)
     if setting in ("on", "fold") and not ok:
-        raise ValueError(f"--batched {setting}: {reason}")
+        # The core names its Python argument; here the way out is an option.
+        raise ValueError(f"--batched {setting}: {reason.replace('use batched=False', 'use --batched off (or auto)')}")
     return ok
 

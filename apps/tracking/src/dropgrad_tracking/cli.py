@@ -14,7 +14,7 @@ Examples::
     track-eval --dataset OTB2015 --root OTB2015 --results dropgrad=runs/eval-a/results/metasdnet \\
                --results baseline=runs/eval-b/results/metasdnet --out runs/compare
 
-A meta-learned tracker (metasdnet, metacrest) without --checkpoint runs its untrained
+A meta-learned tracker (metasdnet, metasdnet-tiny, metacrest) without --checkpoint runs its untrained
 initialisation; the results and the report say so ("checkpoint": "untrained-init"), as they say
 "backbone": "random-init" when no backbone weights were loaded.
 """

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--config", type=Path, help="JSON or YAML file of options (e.g. a run's config.json); command-line options override it")
     add_dataclass_arguments(parser, TrackTrainConfig, exclude=("backbone_source",))
+    # The registry, not a fixed list: a tracker registered by the user's module is listed too.
+    for action in parser._actions:
+        if "--tracker" in action.option_strings:
+            action.help = f"meta-learned tracker to train: {known} (default: {TrackTrainConfig.tracker})"
     return parser
 
 

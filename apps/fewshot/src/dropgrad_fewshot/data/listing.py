@@ -87,7 +87,7 @@ class ImageIndex:
             raise DataError(
                 f"{what}: {self.origins[i]} names {self.paths[i]}, which does not exist"
                 f" ({len(missing)} of {len(self.paths)} listed images are missing); expected "
-                "every listed image to be present"
+                "every listed image to be present (for a partial copy pass --data-options check_files=false)"
             )
 
 

@@ -39,7 +39,7 @@ class TrackTrainConfig:
     ValueError: DropGrad: --dropgrad-p must satisfy 0 <= --dropgrad-p < 1, got --dropgrad-p=1.0
     """
 
-    tracker: str = field(default="metasdnet", metadata={"help": "meta-learned tracker to train (metasdnet, metacrest)"})
+    tracker: str = field(default="metasdnet", metadata={"help": "meta-learned tracker to train (a registered name; track-train --help lists them)"})
     source: Source = field(default="synthetic", metadata={"help": "training sequences: synthetic (procedural, no files), otb (raw OTB folders or --annotations JSON), vot (VOT folders, optionally --list-file vot-otb.txt), vid (ImageNet-VID: --list-file ilsvrc_train.json and --root Data/VID/train)"})
     root: str | None = field(default=None, metadata={"help": "data folder: otb: the folder of sequence folders or the image root of --annotations; vot: the VOT root; vid: ImageNet-VID's Data/VID/train; synthetic: where the set lives (default <out>/synthetic-data, generated if absent)"})
     annotations: str | None = field(default=None, metadata={"help": "--source otb: ground truth as a pysot-format JSON (OTB100.json)"})
