@@ -291,8 +291,24 @@ def test_corrupt_last_checkpoint_is_a_clear_error(tmp_path):
     last = tmp_path / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     again, _, _ = _trainer(tmp_path, cfg)
-    with pytest.raises(CheckpointError, match="last.pt is not a complete checkpoint.*best.pt"):
+    with pytest.raises(CheckpointError, match="last.pt is not a complete checkpoint.*best.pt") as err:
         again.fit(resume=True)
+    # best.pt holds weights only: the message must not offer a resume from it (that would restart
+    # the run and replace best.pt), but say to copy it aside.
+    assert "resume from" not in str(err.value) and "replaces best.pt (copy that aside first" in str(err.value)
+
+
+def test_a_checkpoint_write_killed_midway_leaves_no_temporary_file_after_the_resume(tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, progress=False)
+    trainer, _, _ = _trainer(tmp_path, cfg)
+    trainer.fit()
+    killed = tmp_path / "checkpoints" / ".last.pt.k3j_x9.tmp"  # atomic_write's name for its temporary file
+    killed.write_bytes(b"half a checkpoint")
+    kept = tmp_path / "checkpoints" / "notes.tmp"
+    kept.write_text("not ours")
+    again, _, _ = _trainer(tmp_path, cfg)
+    again.fit(resume=True)
+    assert not killed.exists() and kept.exists()
 
 
 def test_step_fn_without_backward_is_reported(tmp_path):

@@ -83,6 +83,17 @@ def test_iterate_with_and_without_workers_is_identical(glyphs):
     assert_tasks_equal(next(it), make(glyphs).batch(0))
 
 
+def test_workers_leave_the_global_rng_alone(glyphs):
+    # DropGrad noise and dropout masks come from torch's global RNG: a DataLoader that drew its
+    # workers' seed from it shifted them, so --num-workers changed a run and a resumed run (a new
+    # loader at the resume step) was not the uninterrupted one.
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    assert len(list(make(glyphs, num_workers=1).iterate(0, 2))) == 2
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_device_argument(glyphs):
     task = make(glyphs, device="cpu").batch(0)
     assert task.support_x.device.type == "cpu"

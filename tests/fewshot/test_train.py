@@ -122,6 +122,35 @@ def test_resume_continues_the_same_run(tmp_path, monkeypatch):
     )
 
 
+def test_resume_before_the_first_checkpoint_starts_over_with_a_clean_log(tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    cli.train_main(["--out", str(whole), *TINY])
+    part = tmp_path / "part"
+    original = EpisodeBatches.batch
+
+    def crash_in_first_epoch(self, index):
+        if self.tasks_per_batch == 2 and index == 1:
+            raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(EpisodeBatches, "batch", crash_in_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        cli.train_main(["--out", str(part), *TINY])
+    monkeypatch.undo()
+    stale = (part / "log.txt").read_text()
+    assert stale.count("learner:") == 1 and not (part / "checkpoints" / "last.pt").exists()
+    assert cli.train_main(["--out", str(part), "--resume", "--no-progress"]) == 0
+    # The killed attempt's lines are gone: the log reads like the uninterrupted run's.
+    log = (part / "log.txt").read_text()
+    assert log.count("learner:") == 1 and log.count("data:") == 1 and "nothing to resume" in log
+    assert [json.loads(l)["event"] for l in (part / "metrics.jsonl").read_text().splitlines()][:1] == \
+        [json.loads(l)["event"] for l in (whole / "metrics.jsonl").read_text().splitlines()][:1]
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 @pytest.mark.parametrize("method", ["maml", "metasgd", "metasgd-star", "mamlpp"])
 @pytest.mark.parametrize("regularizer", ["none", "dropout", "spatialdropout"])
 def test_every_method_and_regularizer_takes_a_meta_step(method, regularizer, tmp_path, monkeypatch):

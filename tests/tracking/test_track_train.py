@@ -108,6 +108,35 @@ def test_resume_is_exact(toy_run, tmp_path, monkeypatch, capsys, stop_at, extra)
     assert len(read_metrics(out / "metrics.jsonl", "resume")) == 1
 
 
+def test_resume_of_a_run_stopped_while_writing_its_synthetic_set_starts_it_over(toy_run, tmp_path, monkeypatch, capsys):
+    from dropgrad_tracking.data import synthetic
+
+    original, calls = synthetic.atomic_write, []
+
+    def stop_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill while the set is being written
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "atomic_write", stop_at_third)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _train(out, "--epochs", "2", "--steps-per-epoch", "3")
+    monkeypatch.undo()
+    assert not (out / "synthetic-data" / "synthetic.json").exists()
+    with open(out / "log.txt", "a") as log:
+        log.write("a line of the killed attempt\n")
+    code, captured = _train(out, "--resume", capsys=capsys)
+    assert code == 0, captured.err
+    assert "killed attempt" not in (out / "log.txt").read_text()  # started over: its log too
+    a = load_checkpoint(toy_run / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+
+
 def test_dropgrad_none_is_recorded_and_changes_the_run(toy_run, tmp_path):
     out = tmp_path / "none"
     assert _train(out, "--epochs", "2", "--steps-per-epoch", "3", "--dropgrad", "none")[0] == 0

@@ -86,6 +86,22 @@ def test_resume_of_a_finished_run_keeps_its_results(tiny_run, tmp_path):
     assert json.loads((copy / "results.json").read_text())["pooled"] == before["pooled"]
 
 
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(tiny_run, tmp_path):
+    unstarted = tmp_path / "unstarted"
+    unstarted.mkdir()
+    shutil.copy(tiny_run / "config.json", unstarted / "config.json")
+    (unstarted / "log.txt").write_text("a line of the killed attempt\n")
+    (unstarted / "metrics.jsonl").write_text('{"event": "train", "epoch": 0}\n')
+    assert main_train(["--out", str(unstarted), "--resume", "--no-progress"]) == 0
+    assert "killed attempt" not in (unstarted / "log.txt").read_text()
+    # The same options from the beginning: the run's numbers.
+    assert json.loads((unstarted / "results.json").read_text())["pooled"] == json.loads((tiny_run / "results.json").read_text())["pooled"]
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(unstarted) == records(tiny_run)  # the killed attempt's line is gone too
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

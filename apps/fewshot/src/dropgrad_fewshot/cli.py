@@ -18,6 +18,7 @@ from dropgrad import (
     DistributedContext,
     DistributedError,
     add_dataclass_arguments,
+    is_unstarted_run,
     namespace_values,
     run_config,
     start_run,
@@ -75,7 +76,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         cfg = load_train_config(args)
         check_learner(cfg)
         dist.init(cfg.device)
-        if not args.resume and dist.is_main:
+        # A --resume of a run stopped before its first checkpoint starts it again: its stale log
+        # and metrics go, as for a new run there (the trainer then starts from the beginning).
+        if (not args.resume or is_unstarted_run(args.out)) and dist.is_main:
             start_run(args.out, cfg)
         results = train(cfg, args.out, resume=args.resume, dist=dist)
     except (*USER_ERRORS, DistributedError) as err:

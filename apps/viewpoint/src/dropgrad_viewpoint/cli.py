@@ -16,6 +16,7 @@ from dropgrad import (
     CheckpointError,
     add_dataclass_arguments,
     build_config,
+    is_unstarted_run,
     load_config_file,
     namespace_values,
     run_config,
@@ -50,6 +51,8 @@ def main_train(argv: Sequence[str] | None = None) -> int:
         cfg = run_config(ViewpointConfig, args.out, given, resume=args.resume, config_file=args.config)
         if args.resume:
             data = load_data(cfg, log=lambda line: print(line, file=sys.stderr))
+            if is_unstarted_run(args.out):  # stopped before its first checkpoint: start it again, log and all
+                start_run(args.out, cfg)
         else:
             cfg.check()
             select_device(cfg.device)

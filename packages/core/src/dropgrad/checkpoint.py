@@ -112,7 +112,9 @@ def _hint(path: Path) -> str:
     """What the user can do about a broken checkpoint at ``path``."""
     best = path.with_name("best.pt")
     if path.name != "best.pt" and best.exists():
-        return f"delete it or resume from {best.name}"
+        # best.pt holds weights only, so nothing resumes from it, and a run started again replaces it.
+        return (f"delete it to start the run again from the beginning, which replaces {best.name} (copy that "
+                "aside first to keep the best weights so far)")
     return "delete it and start the run again"
 
 

@@ -671,6 +671,9 @@ class MetaTrainer:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.last_path.parent.mkdir(parents=True, exist_ok=True)
+            # A checkpoint write killed midway (SIGKILL: no cleanup ran) leaves its temporary file.
+            for stale in self.last_path.parent.glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
         self._reset_state()
         pending_rng: dict[str, Any] | None = None
         if resume and not self.last_path.exists():

@@ -217,6 +217,9 @@ class EpisodeBatches:
                 num_workers=self.num_workers,
                 pin_memory=pin,
                 persistent_workers=False,
+                # The loader draws its workers' base seed from this generator; without one it
+                # draws from torch's global RNG, shifting DropGrad's noise and dropout masks.
+                generator=torch.Generator(),
             )
             for task in loader:
                 yield task if self.device is None else task.to(self.device)

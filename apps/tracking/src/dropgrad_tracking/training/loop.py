@@ -31,6 +31,7 @@ from dropgrad import (
     MetaTrainer,
     TrainConfig,
     check_new_run_dir,
+    is_unstarted_run,
     load_best_model,
     plot_metrics,
     seed_everything,
@@ -112,7 +113,10 @@ def train(cfg: TrackTrainConfig, out: str | Path, resume: bool = False) -> dict[
     definition = meta_tracker(cfg.tracker)
     horizon = cfg.horizon or definition.default_horizon
     device = select_device(cfg.device)
-    if _check_run_dir(out, resume):
+    # A --resume of a run stopped before its first checkpoint (maybe while writing its synthetic
+    # set) starts it again, as a new run there would: set, log and metrics.
+    restart = resume and is_unstarted_run(out)
+    if _check_run_dir(out, resume) or restart:
         discard_stale_synthetic(cfg, out)
     # The default synthetic set lives inside the run directory, so it is made after start_run.
     inside = cfg.source == "synthetic" and cfg.root is None
@@ -129,7 +133,7 @@ def train(cfg: TrackTrainConfig, out: str | Path, resume: bool = False) -> dict[
             f"builds from {source!r}; resume with the same --backbone-weights"
         )
     cfg = dataclasses.replace(cfg, backbone_source=source)
-    if not resume:
+    if not resume or restart:
         start_run(out, cfg)
     if sequences is None:
         sequences = load_sources(cfg, out)
