@@ -346,6 +346,14 @@ def test_tasks_have_fixed_shapes_and_train_with_dropgrad(otb_sequences):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_tasks_are_built_on_the_models_device(otb_sequences):
+    # With the model on torch's meta device, a tensor made on the CPU (a GPU run's host round trip) shows up.
+    d = MetaCRESTDef(MetaCRESTConfig(patch_size=64))
+    learner, _ = build_learner(d, None)
+    task = d.sample_task(learner.model.to("meta"), _first(otb_sequences["Couple"], 6), 0, 4, np.random.default_rng(0))
+    assert [x.device.type for x in task] == ["meta"] * 4
+
+
 def test_a_box_without_height_is_no_visible_target_in_a_task():
     # A box with a width but no height (w > 0, h = 0) is not a target: as a query frame its label,
     # and as the box the next query's patch is placed on, it would make the task NaN.

@@ -596,3 +596,17 @@ def test_query_frames_are_distinct():
         seen.clear()
         d.sample_task(model, seq, 1, 2, np.random.default_rng(r))
         assert seen == [1, 2, 3]  # both frames of the horizon, each once, in order
+
+
+@pytest.mark.parametrize("adapt_conv", [False, True])
+def test_tasks_are_built_on_the_models_device(adapt_conv):
+    """On a GPU a task cut on the CPU (hundreds of crops) and copied over cost more than its step;
+    with the model on torch's meta device, any tensor made on the CPU would show up here."""
+    frames = np.random.default_rng(0).integers(0, 255, (6, 72, 96, 3), dtype=np.uint8)
+    seq = Sequence("toy", [], np.array([[20.0 + i, 15.0, 30.0, 24.0] for i in range(6)]))
+    seq.image = lambda i: frames[i]
+    d = MetaSDNetDef("t", tiny=True, adapt_conv=adapt_conv, n_support_pos=4, n_support_neg=6, n_query_pos=4,
+                     n_query_neg=6, query_frames=2)
+    learner, _ = build_learner(d, None)
+    task = d.sample_task(learner.model.to("meta"), seq, 0, 4, np.random.default_rng(0))
+    assert [x.device.type for x in task] == ["meta"] * 4

@@ -622,3 +622,20 @@ def test_batch_k_is_built_with_rng_seed_k_i_and_frozen_features_carry_no_graph(t
     for i, (name, t) in enumerate(sampler.choose(6, 3)):
         ref = sample_task(model, seqs[name], t, 3, np.random.default_rng([5, 6, i + 1]))
         torch.testing.assert_close(batch.query_x[i], ref.query_x.detach())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tracker", ["metasdnet", "metasdnet-tiny", "metacrest"])
+def test_tasks_of_a_gpu_model_are_built_on_the_gpu_and_train(tracker, tmp_path):
+    from dropgrad_tracking.meta import build_learner
+
+    definition = meta_tracker(tracker)
+    cfg = TrackTrainConfig(tracker=tracker, synthetic_sequences=2, synthetic_frames=12, synthetic_height=96,
+                           synthetic_width=128)
+    seqs = load_sources(cfg, tmp_path)
+    learner, _ = build_learner(definition, None)
+    learner.to("cuda")
+    tasks = TaskSampler(definition, learner.model, seqs, 3, seed=0).batch(0, 2)
+    assert all(x.is_cuda for x in tasks)
+    out = learner.meta_backward(tasks, batched=False)
+    assert torch.isfinite(out.loss) and all(p.grad is None or p.grad.is_cuda for p in learner.parameters())

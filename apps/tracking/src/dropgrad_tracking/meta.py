@@ -78,10 +78,12 @@ class MetaTrackerDef(ABC):
     def sample_task(
         self, model: nn.Module, sequence: Sequence, t: int, horizon: int, rng: np.random.Generator
     ) -> Task:
-        """One training task on CPU tensors: support from frame ``t``, query from ``t+1 .. t+horizon``.
+        """One training task: support from frame ``t``, query from ``t+1 .. t+horizon``.
 
         Shapes are fixed per tracker definition (so tasks stack). ``model`` is given so frozen
-        features may be computed here; ``rng`` is the only randomness used.
+        features may be computed here; ``rng`` is the only randomness used. Build the tensors
+        on the model's device (the built-in trackers do): the training loop moves a task made
+        elsewhere, but cutting crops on the CPU for a GPU model costs more than the step.
         """
 
     @abstractmethod

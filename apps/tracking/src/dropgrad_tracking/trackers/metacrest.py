@@ -317,8 +317,8 @@ class MetaCRESTDef(MetaTrackerDef):
                 crop_patches(image, torch.as_tensor(centres[i : i + 1]).float(), torch.tensor([sides[i]]), cfg.patch_size)
             )
         with torch.no_grad():
-            feats = model.extract(torch.cat(patches)).float().cpu()
-        labels = self.labels_for(boxes[frames], centres, sides)
+            feats = model.extract(torch.cat(patches)).float()  # stays on the model's device, as the patches
+        labels = self.labels_for(boxes[frames], centres, sides).to(device)
         return Task(feats[:1], labels[:1], feats[1:], labels[1:])
 
     def make_tracker(self, learner: MetaSGD, metadata: dict[str, Any], seed: int) -> Tracker:

@@ -463,11 +463,13 @@ class MetaSDNetDef(MetaTrackerDef):
         return pos, neg
 
     def _inputs(self, model: nn.Module, image: np.ndarray, boxes: np.ndarray) -> Tensor:
+        # On the model's device, as the tracker cuts them: on a GPU, cutting hundreds of crops per
+        # task on the CPU and copying them over made building a meta-batch cost more than its step.
+        crops = crop_regions(frame_tensor(image, _device(model)), boxes, CROP_SIZE, PADDING)
         if self.adapt_conv:
-            return crop_regions(frame_tensor(image), boxes, CROP_SIZE, PADDING)
-        device = next(model.parameters()).device
+            return crops
         with torch.no_grad():
-            return model.features(crop_regions(frame_tensor(image, device), boxes, CROP_SIZE, PADDING)).cpu()
+            return model.features(crops)
 
     def sample_task(
         self, model: nn.Module, sequence: Sequence, t: int, horizon: int, rng: np.random.Generator
@@ -492,7 +494,8 @@ class MetaSDNetDef(MetaTrackerDef):
         image = sequence.image(t)
         pos, neg = self._boxes(image, boxes[t], self.n_support_pos, self.n_support_neg, rng)
         support_x = self._inputs(model, image, np.concatenate([pos, neg]))
-        support_y = torch.cat([torch.ones(self.n_support_pos), torch.zeros(self.n_support_neg)]).long()
+        device = _device(model)
+        support_y = _binary_labels(self.n_support_pos, self.n_support_neg, device)
         chosen = np.sort(rng.choice(later, size=min(self.query_frames, len(later)), replace=False))
         pos_split = np.array_split(np.arange(self.n_query_pos), len(chosen))
         neg_split = np.array_split(np.arange(self.n_query_neg), len(chosen))
@@ -504,11 +507,20 @@ class MetaSDNetDef(MetaTrackerDef):
             qx_pos.append(x[: len(qp)])
             qx_neg.append(x[len(qp):])
         query_x = torch.cat(qx_pos + qx_neg)
-        query_y = torch.cat([torch.ones(self.n_query_pos), torch.zeros(self.n_query_neg)]).long()
+        query_y = _binary_labels(self.n_query_pos, self.n_query_neg, device)
         return Task(support_x, support_y, query_x, query_y)
 
     def make_tracker(self, learner: MetaSGD, metadata: dict[str, Any], seed: int) -> Tracker:
         return MetaSDNetTracker(learner, metadata, seed=seed, options=self.options, name=self.name)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _binary_labels(n_pos: int, n_neg: int, device: torch.device) -> Tensor:
+    """``n_pos`` ones then ``n_neg`` zeros, int64, on ``device``."""
+    return torch.cat([torch.ones(n_pos, dtype=torch.long, device=device), torch.zeros(n_neg, dtype=torch.long, device=device)])
 
 
 def register_metasdnet(definition: MetaSDNetDef, help: str | None = None) -> MetaSDNetDef:

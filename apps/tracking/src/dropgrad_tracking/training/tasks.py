@@ -88,7 +88,8 @@ class TaskSampler:
         return picks
 
     def build(self, picks: list[tuple[str, int]], step: int, offset: int = 0) -> Task:
-        """The stacked tasks of ``picks`` (CPU tensors), task ``i`` with its own rng
+        """The stacked tasks of ``picks`` (where ``sample_task`` made them: the built-in trackers use the
+        model's device), task ``i`` with its own rng
         ``[seed, step, offset + i + 1]`` (``offset``: the first pick's place in a longer list)."""
         was_training = self.model.training
         tasks = []
