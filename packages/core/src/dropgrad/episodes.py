@@ -261,8 +261,7 @@ class EpisodeSampler:
                     "expected one group per class"
                 )
             of_class.append(found.pop())
-        keys, positions = _group(of_class)
-        return positions
+        return _group(of_class)[1]
 
     @property
     def n_classes(self) -> int:
