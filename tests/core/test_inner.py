@@ -326,6 +326,16 @@ def test_adapt_selection():
         MAML(mlp(), steps=0)
 
 
+def test_a_dropgrad_selection_outside_adapt_names_the_adapt_selection():
+    # ANIL with noise on the body: "0.*" matches the model, but adapt= leaves it out of the inner loop.
+    with pytest.raises(ValueError, match=r"'0\.\*' matches no parameter.*adapt='2\.\*'"):
+        MAML(mlp(), adapt="2.*", dropgrad=DropGrad(0.2, params="0.*"))
+    with pytest.raises(ValueError, match="matches no parameter") as info:
+        MAML(mlp(), dropgrad=DropGrad(0.2, params="head.*"))
+    assert "adapt=" not in str(info.value)  # without adapt= the names listed are the model's own
+    MAML(mlp(), adapt="2.*", dropgrad=DropGrad(0.2, params="2.*"))
+
+
 @pytest.mark.parametrize("batch_with", ["vmap", "fold"])
 def test_a_subclass_overriding_the_loop_only_is_refused_batched(batch_with):
     # The batched path never calls adapt(): batching would silently train plain MAML instead.

@@ -477,7 +477,16 @@ class MAML(nn.Module):
         self.loss_fn = loss_fn
         self.fast_names = self._select_fast_names(adapt)
         # Checked now, not at the first noisy step: that may be an epoch away (linear schedule).
-        self.dropgrad.selected(self.fast_names)
+        try:
+            self.dropgrad.selected(self.fast_names)
+        except ValueError as err:
+            if adapt is None:
+                raise
+            # The entry may well match the model: say that adapt= left its parameters out.
+            raise ValueError(
+                f"{err}; DropGrad sees only the parameters the inner loop adapts (adapt={adapt!r}), "
+                "so its params must name some of those"
+            ) from None
         self._compiled, self._compiled_vmap = self._compile(compile_forward, batch_with)
         self._compiled_second_order = self._compile_second_order(compile_second_order, compile_forward)
         # Compiled folded steps skip FoldedTasks' check for layers it cannot fold; one eager
