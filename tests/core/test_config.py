@@ -408,3 +408,13 @@ def test_numpy_and_torch_scalars_are_saved_as_json_numbers(tmp_path):
 
     path = save_config(tmp_path / "c.json", {"a": np.int64(3), "b": np.float32(0.5), "c": torch.tensor(2), "d": [np.bool_(True)]})
     assert json.loads(path.read_text()) == {"a": 3, "b": 0.5, "c": 2, "d": [True]}
+
+
+def test_a_list_option_given_twice_is_refused_not_overwritten(capsys):
+    # argparse keeps the last value: the first --groups would be dropped without a word.
+    with pytest.raises(SystemExit) as exc:
+        _parse(["--groups", "conv", "--groups", "fc"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--groups is given twice; give all its values once, comma-separated" in err
+    assert _parse(["--groups", "conv,fc", "--milestones", "1,2", "--n-way", "3", "--n-way", "4"]) == {
+        "groups": ["conv", "fc"], "milestones": (1, 2), "n_way": 4}

@@ -325,6 +325,29 @@ def test_a_malformed_sweep_file_is_one_error_naming_it(tmp_path, capsys, text, m
     assert exc.value.code == 2 and str(path) in err and message in err and "Traceback" not in err, err
 
 
+def test_sweep_grid_points_sharing_a_run_directory_are_refused_before_any_run(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    # Before: the first point trained, then the second failed as a run "with other options".
+    base = "{epochs: 1, episodes_per_epoch: 4, val_episodes: 2, test_episodes: 2, query: 1, test_query: 1}"
+    path.write_text(f"out: {tmp_path / 'sweep'}\nbase: {base}\ngrid: {{dropgrad_layers: ['conv4,fc', 'conv4, fc']}}\n")
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "would share the run directory" in err and "dropgrad_layers-conv4+fc" in err, err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_tables_keep_dropgrad_with_dropout_apart_from_dropgrad_alone():
+    runs = sweep.expand_grid({"epochs": 1}, {"regularizer": ["none", "dropout"], "dropgrad": ["gaussian"], "p": [0.1, 0.2]})
+    records = [{**label, "method": c.method, "shot": c.shot, "dropgrad": c.dropgrad, "regularizer": c.regularizer,
+                "p": c.p, "test_acc_mean": 40.0 + i, "test_acc_ci95": 0.5} for i, (label, c) in enumerate(runs)]
+    text = sweep.format_tables(records, rows=[k for label, _ in runs for k in label])
+    # Before: both runs of each p shared the "gaussian (p=...)" cell, the first overwritten.
+    for i in range(4):
+        assert f"{40 + i:.2f} ± 0.50" in text.split("## Binary")[0] and f"{40 + i:.2f} ± 0.50" in text.split("## Binary")[1], text
+    assert "| dropout + gaussian (p=0.1) |" in text
+
+
 def test_sweep_grid_of_dropgrad_kinds_keeps_every_p():
     runs = sweep.expand_grid({"dropgrad": "none", "epochs": 1}, {"dropgrad": ["none", "gaussian"], "p": [0.1, 0.2]})
     assert [label for label, _ in runs] == [

@@ -52,3 +52,44 @@ def test_img_names_that_are_not_paths(tmp_path):
     path = _json(tmp_path, ["Seq/img/0001.jpg", ""], [[1, 1, 4, 4]] * 2)  # an empty name would be the root itself
     with pytest.raises(OTBDataError, match=r"sequence 'Seq': img_names\[1\] is ''"):
         load_otb_json(path, tmp_path)
+
+
+def test_vot_list_twice_and_not_utf8_name_the_file_and_line(tmp_path):
+    from dropgrad_tracking.data.vot import read_sequence_list
+
+    path = tmp_path / "vot-otb.txt"
+    path.write_text("vot2013/cup\nvot2013/juice\n\nvot2013/cup\n")
+    with pytest.raises(OTBDataError, match=r"vot-otb\.txt, line 4: vot2013/cup is listed twice \(first on line 1\)"):
+        read_sequence_list(path)
+    path.write_bytes(b"vot2013/cup\nvot2013/jui\xe9ce\n")
+    with pytest.raises(OTBDataError, match=r"vot-otb\.txt is not a text file \(byte 23"):
+        read_sequence_list(path)
+
+
+def test_vot_sequences_named_twice(tmp_path):
+    from dropgrad_tracking.data.vot import load_vot
+
+    with pytest.raises(OTBDataError, match="--sequences names a/cup twice"):
+        load_vot(tmp_path, names=["a/cup", "a/juice", "a/cup"])
+
+
+@pytest.mark.parametrize("kind", ["folder", "latin1"])
+def test_vid_list_unreadable_names_the_file(tmp_path, kind):
+    from dropgrad_tracking.data.vid import read_vid_list
+
+    path = tmp_path / "ilsvrc_train.json"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b'[{"seq_name": "caf\xe9"}]')
+    with pytest.raises(OTBDataError, match=r"ilsvrc_train\.json: (cannot be read|not a text file)"):
+        read_vid_list(path)
+
+
+def test_a_sequence_selected_twice_under_two_spellings():
+    from dropgrad_tracking.data.otb import select_sequences
+
+    found = {"Couple": Sequence("Couple", [], np.ones((2, 4)))}
+    assert list(select_sequences(found, ["couple"], "src")) == ["Couple"]
+    with pytest.raises(OTBDataError, match=r"src: sequence Couple is named twice in the selection \(as 'COUPLE'\)"):
+        select_sequences(found, ["Couple", "COUPLE"], "src")

@@ -34,3 +34,21 @@ def test_cad_arrays_must_be_n_by_3(tmp_path, field):
     path = save_mat(tmp_path / "mug.mat", {"mug": [model]})
     with pytest.raises(MatError, match=rf"mug\.mat: field mug\(1\)\.{field} must be an N x 3 array, got shape \(5, 2\)"):
         load_cad(path)
+
+
+def test_category_lists_name_a_category_twice_or_are_not_utf8(tmp_path):
+    from dropgrad_viewpoint.config import ViewpointConfig
+    from dropgrad_viewpoint.pipeline import load_data
+
+    sets = tmp_path / "Image_sets"
+    sets.mkdir()
+    cfg = ViewpointConfig(dataset="objectnet3d", data_root=str(tmp_path), novel_categories="bed,sofa,bed")
+    with pytest.raises(ValueError, match="--novel-categories names bed twice"):
+        load_data(cfg, log=lambda line: None)
+    cfg = ViewpointConfig(dataset="objectnet3d", data_root=str(tmp_path))
+    (sets / "novel_categories.txt").write_text("bed\nsofa\nbed\n")
+    with pytest.raises(ValueError, match=r"novel_categories\.txt names bed twice"):
+        load_data(cfg, log=lambda line: None)
+    (sets / "novel_categories.txt").write_bytes(b"bed\nsof\xe9\n")
+    with pytest.raises(ValueError, match=r"novel_categories\.txt is not a text file \(byte 7"):
+        load_data(cfg, log=lambda line: None)

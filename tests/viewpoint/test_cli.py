@@ -164,3 +164,13 @@ def test_data_too_small_for_the_options_exits_2_before_anything_is_written(small
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_steps_out_of_range_names_its_own_option(tmp_path, capsys):
+    from dropgrad_viewpoint.cli import main_eval
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        main_eval([str(tmp_path), "--steps", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--steps must be >= 1, got 0" in err and "--eval-steps" not in err

@@ -127,6 +127,16 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
         raise ConfigError(f"{source}: base must be a mapping of option names to values, got {base!r}")
     base = {"progress": progress, **base}
     runs = expand_grid(base, spec["grid"], source)
+    # Checked before the first run: two grid points in one folder would fail only when the second
+    # is reached (after the first has trained), as a run "with other options than this sweep's".
+    folders: dict[str, dict[str, Any]] = {}
+    for label, _ in runs:
+        other = folders.setdefault(_slug(label), label)
+        if other is not label:
+            raise ConfigError(
+                f"{source}: grid points {other} and {label} would share the run directory "
+                f"{out / _slug(label)} (values that differ only in spaces, '/' or ','); give values that differ otherwise"
+            )
     records = []
     for i, (label, cfg) in enumerate(runs):
         run_dir = out / _slug(label)
@@ -159,6 +169,12 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
     return records
 
 
+def _activation(r: Mapping[str, Any]) -> str:
+    """``"dropout + "`` for a run with activation dropout as well as DropGrad (its table label's prefix)."""
+    reg = r.get("regularizer", "none")
+    return f"{reg} + " if reg in ("dropout", "spatialdropout") and r.get("dropgrad", "none") != "none" else ""
+
+
 def _cell(r: Mapping[str, Any]) -> str:
     return f"{r['test_acc_mean']:.2f} ± {r['test_acc_ci95']:.2f}"
 
@@ -177,7 +193,8 @@ def format_tables(records: Sequence[Mapping[str, Any]], rows: Sequence[str] = ()
     """
     def reg_of(r: Mapping[str, Any]) -> str:
         if r.get("dropgrad", "none") != "none":
-            return f"{r['dropgrad']} (p={r['p']})"
+            # DropGrad on top of activation dropout is a column of its own, not DropGrad's.
+            return _activation(r) + f"{r['dropgrad']} (p={r['p']})"
         return str(r.get("regularizer", "none"))
 
     columns_of = ("regularizer", "dropgrad", "p")  # what reg_of makes the columns of
@@ -199,14 +216,15 @@ def format_tables(records: Sequence[Mapping[str, Any]], rows: Sequence[str] = ()
     for key, cells in table.items():
         lines.append("| " + " | ".join([str(k) for k in key] + [cells.get(c, "") for c in columns]) + " |")
     ps = sorted({r["p"] for r in records if r.get("dropgrad") in ("binary", "gaussian")})
+    mixed = any(_activation(r) for r in records if r.get("dropgrad") in ("binary", "gaussian"))
     if len(ps) > 1:
         lines += ["", "## Binary vs Gaussian DropGrad over p (the paper's Fig. 2)", ""]
         groups: dict[tuple, dict[tuple, str]] = {}
         for r in records:
             if r.get("dropgrad") in ("binary", "gaussian"):
-                k = tuple(r.get(x, "") for x in row_keys)
+                k = tuple(r.get(x, "") for x in row_keys) + ((_activation(r).removesuffix(" + ") or "none",) if mixed else ())
                 groups.setdefault(k, {})[(r["p"], r["dropgrad"])] = _cell(r)
-        head = list(row_keys)
+        head = list(row_keys) + (["activation dropout"] if mixed else [])
         lines += ["| " + " | ".join(head + ["p", "binary", "gaussian"]) + " |", "|" + "---|" * (len(head) + 3)]
         for k, cells in groups.items():
             for p in ps:
@@ -229,7 +247,7 @@ def plot_p_sweep(records: Sequence[Mapping[str, Any]], path: Path, rows: Sequenc
             and len({json.dumps(r.get(k), sort_keys=True) for r in runs}) > 1]
     lines: dict[str, list[tuple]] = {}
     for r in runs:
-        label = ", ".join([r["dropgrad"], *(f"{k}={r.get(k)}" for k in keys)])
+        label = ", ".join([_activation(r) + r["dropgrad"], *(f"{k}={r.get(k)}" for k in keys)])
         lines.setdefault(label, []).append((r["p"], r["test_acc_mean"], r["test_acc_ci95"]))
     for label, pts in lines.items():
         p, m, c = zip(*sorted(pts))

@@ -88,6 +88,9 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     from .pipeline import apply_threads, build_model, evaluation_name, load_data, run_evaluation
 
     try:
+        if args.steps is not None and args.steps < 1:
+            # Checked here: the run's config would name its own option, --eval-steps.
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
         changes = {k: v for k, v in (("shots", args.shots), ("eval_steps", args.steps), ("data_root", args.data_root),
                                      ("device", args.device), ("threads", args.threads)) if v is not None}
         path = args.run_dir / "config.json"

@@ -44,8 +44,13 @@ class ViewpointData:
     test: dict[str, CategorySource]
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _names(text: str, where: str) -> list[str]:
+    """The comma-separated names of ``text``; a name given twice is a ValueError naming ``where``."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{where} names {', '.join(twice)} twice; expected each once")
+    return names
 
 
 def load_data(cfg: ViewpointConfig, log: Callable[[str], object] = print) -> ViewpointData:
@@ -57,14 +62,19 @@ def load_data(cfg: ViewpointConfig, log: Callable[[str], object] = print) -> Vie
         ensure_synthetic(root, SyntheticSpec())
     else:
         root = Path(cfg.data_root)  # type: ignore[arg-type]
+    novel_file = root / "Image_sets" / "novel_categories.txt"
     if cfg.novel_categories:
-        novel = _names(cfg.novel_categories)
-    elif (root / "Image_sets" / "novel_categories.txt").is_file():
-        novel = _names((root / "Image_sets" / "novel_categories.txt").read_text().replace("\n", ","))
+        novel = _names(cfg.novel_categories, "--novel-categories")
+    elif novel_file.is_file():
+        try:
+            text = novel_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{novel_file} is not a text file (byte {err.start} is not UTF-8); expected one category per line") from None
+        novel = _names(text.replace("\n", ","), str(novel_file))
     else:
         novel = list(STARMAP_NOVEL)
-    base = ObjectNet3D(root, _names(cfg.train_sets))
-    novel_set = ObjectNet3D(root, _names(cfg.test_sets), categories=novel)
+    base = ObjectNet3D(root, _names(cfg.train_sets, "--train-sets"))
+    novel_set = ObjectNet3D(root, _names(cfg.test_sets, "--test-sets"), categories=novel)
     for name, ds in (("training", base), ("test", novel_set)):
         if ds.unposed:
             counts = ", ".join(f"{c} {n}" for c, n in sorted(ds.unposed.items()))

@@ -346,7 +346,22 @@ def add_dataclass_arguments(
         kwargs.update(type=_cli_converter(t), metavar=_metavar(t))
         if t.kind == "literal" and not t.optional:
             kwargs["choices"] = list(t.choices)
+        if t.kind == "seq" and t.variadic:
+            # A list is given once, comma-separated: a repeated option would silently drop the
+            # values given first (argparse keeps the last), where a user may expect them added.
+            kwargs["action"] = _ListOnce
         parser.add_argument(_option(f.name), **kwargs)
+
+
+class _ListOnce(argparse.Action):
+    """Store a list option's value; refuse the option given a second time."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if hasattr(namespace, self.dest):
+            parser.error(f"{option_string} is given twice; give all its values once, comma-separated "
+                         f"({option_string} A,B)")
+        setattr(namespace, self.dest, values)
 
 
 def namespace_values(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -146,6 +146,8 @@ def select_sequences(
         key = lookup(name) or lookup(canonical_name(name))
         if key is None:
             missing.append(name)
+        elif key in selected:
+            raise OTBDataError(f"{source}: sequence {key} is named twice in the selection (as {name!r}); expected each once")
         else:
             selected[key] = found[key]
     if missing:

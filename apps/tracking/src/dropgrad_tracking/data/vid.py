@@ -55,9 +55,13 @@ def read_vid_list(path: str | os.PathLike[str]) -> list[VidSnippet]:
     """
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise OTBDataError(f"{p} not found") from None
+    except UnicodeDecodeError as err:
+        raise OTBDataError(f"{p}: not a text file (byte {err.start} is not UTF-8); expected Meta-Tracker's ilsvrc_train.json") from None
+    except OSError as err:
+        raise OTBDataError(f"{p}: cannot be read ({err.strerror}); expected Meta-Tracker's ilsvrc_train.json") from None
     except json.JSONDecodeError as err:
         raise OTBDataError(f"{p}: not valid JSON ({err})") from None
     if not isinstance(data, list) or not data:

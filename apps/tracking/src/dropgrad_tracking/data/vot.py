@@ -27,11 +27,28 @@ _IMAGE = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 
 
 def read_sequence_list(path: str | os.PathLike[str]) -> list[str]:
-    """Sequence paths from a list file (one per line, e.g. ``vot2013/cup``); blank lines skipped."""
+    """Sequence paths from a list file (one per line, e.g. ``vot2013/cup``); blank lines skipped.
+
+    Raises:
+        OTBDataError: the file is missing, not UTF-8 text, empty, or names a sequence twice.
+    """
     p = Path(path)
     if not p.is_file():
         raise OTBDataError(f"sequence list {p} not found")
-    items = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise OTBDataError(f"sequence list {p} is not a text file (byte {err.start} is not UTF-8)") from None
+    items: list[str] = []
+    first: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        item = line.strip()
+        if not item:
+            continue
+        if item in first:
+            raise OTBDataError(f"sequence list {p}, line {number}: {item} is listed twice (first on line {first[item]})")
+        first[item] = number
+        items.append(item)
     if not items:
         raise OTBDataError(f"sequence list {p} is empty")
     return items
@@ -71,6 +88,9 @@ def load_vot(
         chosen = read_sequence_list(list_file)
     elif names is not None:
         chosen = list(names)
+        twice = sorted({n for n in chosen if chosen.count(n) > 1})
+        if twice:
+            raise OTBDataError(f"--sequences names {', '.join(twice)} twice; expected each sequence once")
     else:
         chosen = sorted(p.parent.relative_to(base).as_posix() for p in base.rglob("groundtruth.txt"))
         if not chosen:
