@@ -266,3 +266,19 @@ def test_groups_errors_name_what_is_wrong():
     # A tensor of groups works like the array.
     a = EpisodeSampler(labels, n_way=3, n_shot=1, n_query=1, groups=torch.from_numpy(groups)).sample(2)
     assert a == EpisodeSampler(labels, n_way=3, n_shot=1, n_query=1, groups=groups).sample(2)
+
+
+def test_groups_draw_is_pinned_groups_in_drawn_order_then_one_class_each():
+    """The grouped draw, by hand: groups in the order drawn (not sorted: an episode's class order
+    is its label order), then a uniform class of each, then the items as without groups."""
+    labels, groups = _rotated_labels(n_chars=6, per_class=3)
+    sampler = EpisodeSampler(labels, n_way=4, n_shot=1, n_query=2, seed=5, groups=groups)
+    for index in range(12):
+        rng = np.random.Generator(np.random.PCG64([5, index]))
+        picked = rng.choice(6, size=4, replace=False)
+        classes = np.array([4 * g + rng.integers(4) for g in picked])
+        items = [np.flatnonzero(labels == c)[rng.choice(3, size=3, replace=False)] for c in classes]
+        ep = sampler.sample(index)
+        np.testing.assert_array_equal(ep.classes, classes)
+        np.testing.assert_array_equal(ep.support, np.stack(items)[:, :1].reshape(-1))
+        np.testing.assert_array_equal(ep.query, np.stack(items)[:, 1:].reshape(-1))

@@ -353,6 +353,29 @@ def test_own_generators_of_a_training_step_are_refused_before_a_capture():
     net = nn.Sequential(nn.Linear(3, 4), ConsistentDropout(0.3, generator=torch.Generator()), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="ConsistentDropout model.1 draws its masks from its own generator"):
         _refuse_own_generators(MAML(net))
+    # Only a draw the step makes is refused: an inactive DropGrad, a zero-rate or evaluation-mode
+    # ConsistentDropout draw nothing (a graph keyed on DropGrad's state recaptures once it turns on).
+    _refuse_own_generators(MAML(tiny_net(), dropgrad=DropGrad(0.3, generator=torch.Generator(), schedule="linear")))
+    net = nn.Sequential(nn.Linear(3, 4), ConsistentDropout(0.0, generator=torch.Generator()),
+                        ConsistentDropout(0.3, generator=torch.Generator()).eval(), nn.Linear(4, 2))
+    _refuse_own_generators(MAML(net))
+
+
+def test_one_capture_stream_per_gpu_on_the_device_of_the_learner(monkeypatch):
+    # Graphs sharing a memory pool must share its stream; "cuda" without an index is the current GPU.
+    from dropgrad import graphs
+
+    class FakeStream:
+        def __init__(self, device):
+            self.device = device
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(graphs, "_CAPTURE_STREAMS", {})
+    one = graphs._capture_stream(torch.device("cuda", 1))
+    assert one.device == torch.device("cuda", 1) and graphs._capture_stream(torch.device("cuda", 1)) is one
+    three = graphs._capture_stream(torch.device("cuda"))
+    assert three.device == torch.device("cuda", 3) and graphs._capture_stream(torch.device("cuda", 3)) is three
 
 
 @gpu

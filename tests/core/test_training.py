@@ -304,11 +304,13 @@ def test_a_checkpoint_write_killed_midway_leaves_no_temporary_file_after_the_res
     trainer.fit()
     killed = tmp_path / "checkpoints" / ".last.pt.k3j_x9.tmp"  # atomic_write's name for its temporary file
     killed.write_bytes(b"half a checkpoint")
+    killed_best = tmp_path / "checkpoints" / ".best.pt.q1w2e3.tmp"  # best.pt is written the same way
+    killed_best.write_bytes(b"half the best weights")
     kept = tmp_path / "checkpoints" / "notes.tmp"
     kept.write_text("not ours")
     again, _, _ = _trainer(tmp_path, cfg)
     again.fit(resume=True)
-    assert not killed.exists() and kept.exists()
+    assert not killed.exists() and not killed_best.exists() and kept.exists()
 
 
 def test_step_fn_without_backward_is_reported(tmp_path):

@@ -686,3 +686,18 @@ def test_a_cache_of_a_partial_copy_needs_check_sizes_false_as_the_files_do(tmp_p
     with pytest.raises(DataError, match="holds 4 classes.*has 100 classes.*check_sizes=false"):
         open_cache(tmp_path / "cache", "cub", "train", 8)
     assert open_cache(tmp_path / "cache", "cub", "train", 8, options={"check_sizes": False}).n_classes == 4
+
+
+def test_a_miniimagenet_cache_with_every_class_but_fewer_images_is_a_partial_copy():
+    # Checked on the class counts the cache holds (a stand-in for one): 64 classes of 599 images
+    # is a partial copy as surely as 63 classes of 600.
+    from types import SimpleNamespace
+
+    def fake(counts):
+        return SimpleNamespace(name="miniimagenet", split="train", path="cache", n_classes=len(counts),
+                               class_counts=lambda: np.asarray(counts))
+
+    cache_mod._check_split_sizes(fake([600] * 64))
+    for counts in ([600] * 63 + [599], [600] * 63):
+        with pytest.raises(DataError, match="built from a partial copy with check_sizes=false"):
+            cache_mod._check_split_sizes(fake(counts))

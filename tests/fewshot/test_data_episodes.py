@@ -216,3 +216,6 @@ def test_a_union_keeps_each_parts_characters_apart():
     rotated = [GlyphDataset(s, n_classes=2, images_per_class=2, rotations=True) for s in ("train", "val")]
     assert ClassUnion(rotated).class_groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
     assert ClassUnion([GlyphDataset(s, n_classes=2, images_per_class=2) for s in ("train", "val")]).class_groups is None
+    # A part without groups: each of its classes a group of its own, after the other part's.
+    mixed = ClassUnion([rotated[0], GlyphDataset("val", n_classes=2, images_per_class=2)])
+    assert mixed.class_groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 3]

@@ -131,3 +131,7 @@ def test_a_16_bit_grayscale_png_keeps_its_gray_levels(tmp_path):
         got = np.asarray(open_image(tmp_path / "g16.png", mode)).astype(int)
         want = gray8[..., None].repeat(3, -1) if mode == "RGB" else gray8
         assert np.abs(got - want).max() <= 1, mode
+    # Pillow opens a 16-bit PNG as "I;16" (older Pillow: "I", as it opens a 32-bit TIFF).
+    Image.fromarray(gray8.astype(np.int32) * 257).save(tmp_path / "g32.tif")
+    assert Image.open(tmp_path / "g32.tif").mode == "I"
+    assert np.abs(np.asarray(open_image(tmp_path / "g32.tif", "L")).astype(int) - gray8).max() <= 1

@@ -346,6 +346,19 @@ def test_sweep_tables_keep_dropgrad_with_dropout_apart_from_dropgrad_alone():
     for i in range(4):
         assert f"{40 + i:.2f} ± 0.50" in text.split("## Binary")[0] and f"{40 + i:.2f} ± 0.50" in text.split("## Binary")[1], text
     assert "| dropout + gaussian (p=0.1) |" in text
+    spatial = [{**r, "regularizer": "spatialdropout"} for r in records if r["regularizer"] == "dropout"]
+    assert "| spatialdropout + gaussian (p=0.1) |" in sweep.format_tables(records[:1] + spatial[:1])
+
+
+def test_sweep_p_plot_keeps_dropgrad_with_dropout_a_line_of_its_own(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labels, draw = [], matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, **kw: labels.append((kw["label"], list(x))) or draw(self, x, y, **kw))
+    records = [{"method": "maml", "shot": 1, "regularizer": reg, "dropgrad": "gaussian", "p": p,
+                "test_acc_mean": 40.0, "test_acc_ci95": 0.5} for reg in ("none", "dropout") for p in (0.1, 0.2)]
+    sweep.plot_p_sweep(records, tmp_path / "p.png")
+    assert sorted(labels) == [("dropout + gaussian", [0.1, 0.2]), ("gaussian", [0.1, 0.2])]
 
 
 def test_sweep_grid_of_dropgrad_kinds_keeps_every_p():

@@ -608,5 +608,10 @@ def test_tasks_are_built_on_the_models_device(adapt_conv):
     d = MetaSDNetDef("t", tiny=True, adapt_conv=adapt_conv, n_support_pos=4, n_support_neg=6, n_query_pos=4,
                      n_query_neg=6, query_frames=2)
     learner, _ = build_learner(d, None)
-    task = d.sample_task(learner.model.to("meta"), seq, 0, 4, np.random.default_rng(0))
+    model = learner.model
+    task = d.sample_task(model, seq, 0, 4, np.random.default_rng(0))
+    # Positives first, then negatives, in the counts asked for (4 and 6: a swap would show).
+    assert task.support_y.tolist() == [1] * 4 + [0] * 6 and task.query_y.tolist() == [1] * 4 + [0] * 6
+    assert len(task.support_x) == 10 and len(task.query_x) == 10
+    task = d.sample_task(model.to("meta"), seq, 0, 4, np.random.default_rng(0))
     assert [x.device.type for x in task] == ["meta"] * 4
