@@ -316,8 +316,8 @@ def test_a_kind_without_a_draw_is_refused_not_drawn_as_gaussian(monkeypatch):
 
 
 def test_generator_state_mapped_to_a_gpu_by_a_checkpoint_load_is_restored():
-    # torch.load(map_location="cuda") (load_best_model's map_location=device on a GPU) puts the
-    # generator's ByteTensor state on the GPU; Generator.set_state takes only a CPU ByteTensor.
+    # A checkpoint loaded with map_location="cuda" (load_best_model's map_location=device on a GPU)
+    # puts the generator's ByteTensor state on the GPU; Generator.set_state takes only a CPU one.
     from types import SimpleNamespace
 
     src = DropGrad(0.3, generator=torch.Generator().manual_seed(5))
