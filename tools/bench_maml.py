@@ -26,6 +26,8 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   ``+autotune``: ``+compile`` with inductor's ``max-autotune-no-cudagraphs`` mode (Triton
   templates timed against cuDNN for each convolution; minutes of compiling); ``+combo``:
   ``+compile`` with inductor's ``combo_kernels`` (independent small kernels launched as one);
+  ``+cdt``: ``+compile`` with inductor's ``coordinate_descent_tuning`` (each Triton kernel's block
+  sizes timed on the GPU while compiling; no effect on a CPU);
   ``+dn``: BatchNorm written as reductions and pointwise ops in the per-task loop too
   (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels);
   ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
@@ -100,6 +102,7 @@ class Impl:
     task_streams: int | None = None
     compile_mode: str | None = None  # torch.compile's mode (with compile)
     combo: bool = False  # inductor's combo_kernels (with compile)
+    tune_blocks: bool = False  # inductor's coordinate_descent_tuning (with compile)
     loop_norms: str = "native"
     batch_with: str = "vmap"  # with batched: torch.func.vmap or folded tasks
     compile_second_order: bool = False  # with compile: whole second-order inner steps compiled
@@ -114,11 +117,12 @@ class Impl:
         """``MAML(compile_forward=...)`` for this row."""
         if self.compile and self.stock_pool:
             return {"backend": stock_inductor}
-        if not self.compile or (self.compile_mode is None and not self.combo):
+        if not self.compile or (self.compile_mode is None and not self.combo and not self.tune_blocks):
             return self.compile
         kwargs: dict[str, Any] = {} if self.compile_mode is None else {"mode": self.compile_mode}
-        if self.combo:
-            kwargs["options"] = {"combo_kernels": True}
+        options = {"combo_kernels": self.combo, "coordinate_descent_tuning": self.tune_blocks}
+        if any(options.values()):
+            kwargs["options"] = {key: True for key, on in options.items() if on}
         return kwargs
 
     def folded_forms(self) -> dict[str, Any] | None:
@@ -204,6 +208,9 @@ IMPLS: dict[str, Impl] = {
     "fold+bf16+cl+compile+combo+unfold+grouped+graph": Impl(batched=True, batch_with="fold", bf16=True,
                                                             channels_last=True, compile=True, graph=True, combo=True,
                                                             unfold_depth=27, grouped_tasks=True),
+    "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph": Impl(
+        batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True, graph=True, combo=True,
+        tune_blocks=True, unfold_depth=27, grouped_tasks=True),
     "fold+bf16+cl+compile+combo+unfold+idxpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
                                                             channels_last=True, compile=True, graph=True, combo=True,
                                                             unfold_depth=27, indexed_pool=True),
@@ -215,6 +222,8 @@ IMPLS: dict[str, Impl] = {
                                                         grouped_tasks=True, indexed_pool=True),
     "fold+bf16+cl+compile+combo+grouped+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                                      compile=True, graph=True, combo=True, grouped_tasks=True),
+    "fold+bf16+cl+compile+unfold+grouped+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
+                                                      compile=True, graph=True, unfold_depth=27, grouped_tasks=True),
     "fold+bf16+cl+compile+unfold+grouped": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                                 compile=True, unfold_depth=27, grouped_tasks=True),
     "fold+bf16+cl+compile+unfold+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
@@ -245,7 +254,7 @@ def extra_seconds(impl: Impl) -> float:
     """Time a row may take beyond the per-row cap, for compiling."""
     if not impl.compile:
         return 0.0
-    if impl.compile_mode == "max-autotune-no-cudagraphs":
+    if impl.compile_mode == "max-autotune-no-cudagraphs" or impl.tune_blocks:
         return AUTOTUNE_EXTRA_S
     return SECOND_ORDER_COMPILE_EXTRA_S if impl.compile_second_order else COMPILE_EXTRA_S
 
@@ -267,6 +276,7 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "conv4-fo": ("conv4", "first", (
         "naive", "loop", "fold+bf16+cl+compile+combo+graph", "fold+bf16+cl+compile+combo+unfold+graph",
         "fold+bf16+cl+compile+combo+unfold+idxpool+graph", "fold+bf16+cl+compile+combo+unfold+grouped+graph",
+        "fold+bf16+cl+compile+unfold+grouped+graph", "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph",
         "fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph", "fold+bf16+cl+compile+combo+grouped+graph",
         "fold+bf16+cl+compile+combo+pad8+graph", "fold+bf16+cl+compile+combo+pwpool+graph",
         "fold+bf16+cl+compile+combo+unfold+pwpool+graph", "fold+bf16+cl+compile+graph",
@@ -485,6 +495,17 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
     return result
 
 
+def crash_reason(stderr: str) -> str:
+    """The line of a crashed row's stderr that says why: a C++ exception's ``what()``, else the last
+    ``...Error:`` line, else the last line (an abort's last lines are stack frames)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("what():"):
+            return line
+    errors = [line for line in lines if "Error:" in line or line.startswith(("CUDA error", "RuntimeError"))]
+    return errors[-1] if errors else (lines[-1] if lines else "(no stderr)")
+
+
 def run_in_subprocess(rows: list[RowConfig], timeout_s: float) -> list[dict[str, Any]]:
     """Run ``rows`` one after another in one fresh process; returns at least one result.
 
@@ -506,8 +527,8 @@ def run_in_subprocess(rows: list[RowConfig], timeout_s: float) -> list[dict[str,
         if code == -9:
             failure = {"status": "oom", "message": "subprocess killed (SIGKILL), most likely by the OOM killer"}
         else:
-            tail = stderr.strip().splitlines()[-1] if stderr.strip() else "(no stderr)"
-            failure = {"status": "error", "message": f"exit {code}: {tail[:200]}"}
+            failure = {"status": "error", "message": f"exit {code}: {crash_reason(stderr)[:200]}",
+                       "stderr_tail": stderr.strip().splitlines()[-40:]}
     return results[: len(rows)] + ([failure] if failure is not None and len(results) < len(rows) else [])
 
 

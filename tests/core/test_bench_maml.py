@@ -108,6 +108,8 @@ def test_every_row_builds_compile_options_maml_accepts():
     assert bench.IMPLS["loop+bf16+cl+autotune+graph"].compile_forward() == {"mode": "max-autotune-no-cudagraphs"}
     assert bench.IMPLS["loop+bf16+cl+compile+combo+graph"].compile_forward() == {"options": {"combo_kernels": True}}
     assert bench.IMPLS["loop+bf16+cl+compile+graph"].compile_forward() is True
+    assert bench.IMPLS["fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph"].compile_forward() == {
+        "options": {"combo_kernels": True, "coordinate_descent_tuning": True}}
     for name, impl in bench.IMPLS.items():
         flag = impl.compile_forward()
         backend = bench.stock_inductor if impl.stock_pool else "inductor"
@@ -154,6 +156,22 @@ def test_each_compiled_row_compiles_afresh_and_one_that_compiles_nothing_is_an_e
     monkeypatch.setattr(bench, "row_steps", lambda row, device: {False: lambda: _square(x), True: lambda: _square(x)})
     result = bench._run_row(row)
     assert result["status"] == "error" and "compiled no graph" in result["message"]
+
+
+def test_a_crashed_row_says_why_and_keeps_the_end_of_its_stderr(monkeypatch):
+    # An abort (exit -6) ends with stack frames; the row must name the exception, not a frame.
+    bench = _load_module()
+    abort = ("W1128 warning line\nterminate called after throwing an instance of 'c10::Error'\n"
+             "  what():  CUDA error: misaligned address\nException raised from c10_cuda_check at x.cpp:1\n"
+             "frame #0: f + 0x1\nframe #31: _start + 0x25\n")
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -6, "", abort))
+    row = bench.RowConfig("conv4-fo", "conv4", "fo", "loop", 84, 1, 5, 1, 1, 1, 1, 1, "cpu", check=False)
+    [result] = bench.run_in_subprocess([row], 10.0)
+    assert result["status"] == "error"
+    assert result["message"] == "exit -6: what():  CUDA error: misaligned address"
+    assert result["stderr_tail"][-1] == "frame #31: _start + 0x25"
+    assert bench.crash_reason("Traceback\n  File x\nRuntimeError: boom\n") == "RuntimeError: boom"
+    assert bench.crash_reason("") == "(no stderr)"
 
 
 def test_failed_rows_are_reported_and_the_best_row_is_marked():

@@ -36,15 +36,21 @@ def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
         "--compile-forms", "unfold,grouped"]
     assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph"])[-2:] == [
         "--compile-forms", "unfold,grouped,idxpool"]
-    for name in ("naive", "fold+bf16+cl+compile+stockpool+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph"):
+    for name in ("naive", "fold+bf16+cl+compile+stockpool+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph",
+                 "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph"):
         with pytest.raises(ValueError):
             tool.train_options(impls[name])
     odd = tool.bench_maml.Impl(batched=True, batch_with="fold", compile=True, unfold_depth=9)
     with pytest.raises(ValueError, match="do not give {'unfold_depth': 9}"):
         tool.compile_forms_options(odd)
-    for name, impl in impls.items():  # every row with forms maps to options fewshot-train accepts
-        if impl.folded_forms() and not impl.stock_pool:
-            cfg = cli.load_train_config(cli.train_parser().parse_args(tool.train_options(impl)))
+    for name, impl in impls.items():  # every row with forms maps to options fewshot-train accepts or refuses
+        if impl.folded_forms() and not impl.stock_pool and not impl.tune_blocks:
+            args = cli.train_parser().parse_args(tool.train_options(impl))
+            if impl.combo and impl.grouped_tasks:  # crashed on an H200: refused (docs/performance.md)
+                with pytest.raises(ValueError, match="--compile-forms grouped with --compile-combo"):
+                    cli.load_train_config(args)
+                continue
+            cfg = cli.load_train_config(args)
             assert cfg.folded_forms == {k: v for k, v in impl.folded_forms().items() if v != FOLDED_FORMS_OFF[k]}, name
 
 

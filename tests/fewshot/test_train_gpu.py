@@ -85,19 +85,23 @@ def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(cudnn_benchmar
 
 @pytest.mark.parametrize("order", [
     ["--first-order", "--compile"], ["--first-order", "--compile", "--compile-combo"],
-    ["--first-order", "--compile", "--compile-combo", "--compile-forms", "unfold,grouped"],
+    ["--first-order", "--compile", "--compile-combo", "--compile-forms", "unfold"],
+    ["--first-order", "--compile", "--compile-forms", "unfold,grouped"],
     ["--compile", "--compile-second-order"],
-], ids=["first", "first-combo", "first-combo-forms", "second"])
+], ids=["first", "first-combo", "first-combo-forms", "first-forms", "second"])
 def test_folded_compiled_training_from_a_cuda_graph(order, tmp_path):
-    # The fastest Conv4 setting measured (first order, with combo kernels) and folded second order
-    # compiled whole; evaluation folds the tasks too, replayed.
+    # The fastest Conv4 setting that trained on an H200 (first order, combo kernels, unfold), the
+    # grouped form without combo kernels (with them it crashed there: docs/performance.md) and
+    # folded second order compiled whole; evaluation folds the tasks too, replayed.
     out = tmp_path / "run"
     argv = ["--out", str(out), *TINY, *order, "--batched", "fold", "--bf16", "--channels-last", "--cuda-graph", "on"]
     assert cli.train_main(argv) == 0
     log = (out / "log.txt").read_text()
     assert "training: tasks folded into the batch replayed from a CUDA graph, forward compiled" in log
     assert "evaluation: tasks folded into the batch replayed from a CUDA graph" in log
-    assert ("and compiled forms unfold,grouped" in log) == ("--compile-forms" in order)
+    forms = order[order.index("--compile-forms") + 1] if "--compile-forms" in order else None
+    assert ("and compiled forms" in log) == (forms is not None)
+    assert forms is None or f"and compiled forms {forms}" in log
     assert 0 <= json.loads((out / "results.json").read_text())["test_acc_mean"] <= 100
     model = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in model.values() if torch.is_tensor(v) and v.is_floating_point())

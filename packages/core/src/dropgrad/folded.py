@@ -485,8 +485,13 @@ def compiled_forms(
     settings it is not given off. Measured on an H200 (torch 2.11, the folded Conv4 84 px
     first-order step with combo kernels, replayed; docs/performance.md): the unfolded first
     convolution 366 against 313 tasks/s, channels padded to 8 339 against 325, pointwise pooling
-    116 against 325 (slower; on by default until that measurement). Grouped tasks are not timed
-    on a GPU yet, nor is the indexed pooling backward. On a CPU none of them paid.
+    116 against 325 (slower; on by default until that measurement); with the unfolded first
+    convolution, grouped tasks 387 and 400 tasks/s in two machine starts (356 for the unfolded
+    convolution alone in the first), and the indexed pooling backward 256 against 356 (slower).
+    But grouped tasks with inductor's ``combo_kernels`` crashed on that card in three of four
+    runs (inductor's kernel for max pooling's backward read window offsets out of range: a
+    device-side assert, or an illegal memory access with the indexed backward); fewshot-train
+    refuses that pair. On a CPU none of the forms paid.
     """
     global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD
     if pointwise_max_pool and indexed_pool_backward:
