@@ -469,12 +469,18 @@ def _run_row(row: RowConfig) -> dict[str, Any]:
         if cuda:
             # DropGrad on, the same steps queued back to back with one sync at the end: the host
             # prepares step k + 1 while the GPU runs step k, as fewshot-train's trainer lets it.
+            # The host's time per call then is its work to queue one step (Python, launches): with
+            # per-step syncs the GPU idles for about that long before each step.
             torch.cuda.synchronize(device)
+            host = 0.0
             t0 = time.perf_counter()
             for _ in range(iters):
+                h0 = time.perf_counter()
                 loss = steps[True]()
+                host += time.perf_counter() - h0
             torch.cuda.synchronize(device)
             result["tasks_per_s_on_queued"] = row.tasks * iters / (time.perf_counter() - t0)
+            result["host_s_per_step_on"] = host / iters
         final_loss = float(loss)
     except RowTimeout:
         raise
@@ -759,8 +765,9 @@ def main(argv: list[str] | None = None) -> int:
                 data["rows"][-1]["gpu_state_after"] = state
             what = f"[{done}/{len(rows)} {time.perf_counter() - start:.0f}s] {row.config} {row.impl}"
             if result["status"] == "ok":
+                host = f", host {result['host_s_per_step_on'] * 1e3:.2f} ms/step queued" if "host_s_per_step_on" in result else ""
                 print(f"{what}: {result['tasks_per_s_off']:.3g} / {result['tasks_per_s_on']:.3g} tasks/s off/on, "
-                      f"peak {result['peak_mem_bytes'] / 2**30:.2f} GiB"
+                      f"peak {result['peak_mem_bytes'] / 2**30:.2f} GiB{host}"
                       + (f"; GPU after it: {common.format_gpu_state(state)}" if state else ""), file=sys.stderr, flush=True)
             else:
                 print(f"{what}: {result['status']}: {result.get('message', '')}", file=sys.stderr, flush=True)

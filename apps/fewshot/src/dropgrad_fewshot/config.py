@@ -169,7 +169,7 @@ class FewShotConfig:
         if self.folded_forms and (not self.compile or self.batched != "fold"):
             raise ValueError(f"--compile-forms {self.compile_forms} needs --compile and --batched fold (the forms apply where folded steps are compiled)")
         if self.compile_combo and self.folded_forms.get("grouped_tasks"):
-            # Three of four such runs on an H200 (torch 2.11) stopped the process: inductor's kernel for
+            # Three of five such runs on an H200 (torch 2.11) stopped the process: inductor's kernel for
             # max pooling's backward read window offsets out of range (a device-side assert).
             raise ValueError("--compile-forms grouped with --compile-combo crashed on an H200 (torch 2.11: a device-side "
                              "assert in inductor's kernel for max pooling's backward; docs/performance.md); drop one of them")

@@ -488,7 +488,7 @@ def compiled_forms(
     116 against 325 (slower; on by default until that measurement); with the unfolded first
     convolution, grouped tasks 387 and 400 tasks/s in two machine starts (356 for the unfolded
     convolution alone in the first), and the indexed pooling backward 256 against 356 (slower).
-    But grouped tasks with inductor's ``combo_kernels`` crashed on that card in three of four
+    But grouped tasks with inductor's ``combo_kernels`` crashed on that card in three of five
     runs (inductor's kernel for max pooling's backward read window offsets out of range: a
     device-side assert, or an illegal memory access with the indexed backward); fewshot-train
     refuses that pair. On a CPU none of the forms paid.
