@@ -27,7 +27,9 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   templates timed against cuDNN for each convolution; minutes of compiling); ``+combo``:
   ``+compile`` with inductor's ``combo_kernels`` (independent small kernels launched as one);
   ``+cdt``: ``+compile`` with inductor's ``coordinate_descent_tuning`` (each Triton kernel's block
-  sizes timed on the GPU while compiling; no effect on a CPU);
+  sizes timed on the GPU while compiling; no effect on a CPU); ``+combosame``: combo kernels of
+  kernels of the same size only (``combo_kernel_allow_mixed_sizes=0``: no masks for the smaller
+  ones; both settings are Triton's, so a CPU row runs as plain ``+compile``);
   ``+dn``: BatchNorm written as reductions and pointwise ops in the per-task loop too
   (``MAML(loop_norms="decomposed")``; its double backward is a few pointwise kernels);
   ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
@@ -103,6 +105,7 @@ class Impl:
     compile_mode: str | None = None  # torch.compile's mode (with compile)
     combo: bool = False  # inductor's combo_kernels (with compile)
     tune_blocks: bool = False  # inductor's coordinate_descent_tuning (with compile)
+    combo_same_size: bool = False  # with combo: combo_kernel_allow_mixed_sizes=0
     loop_norms: str = "native"
     batch_with: str = "vmap"  # with batched: torch.func.vmap or folded tasks
     compile_second_order: bool = False  # with compile: whole second-order inner steps compiled
@@ -123,6 +126,8 @@ class Impl:
         options = {"combo_kernels": self.combo, "coordinate_descent_tuning": self.tune_blocks}
         if any(options.values()):
             kwargs["options"] = {key: True for key, on in options.items() if on}
+        if self.combo_same_size:
+            kwargs["options"]["combo_kernel_allow_mixed_sizes"] = 0
         return kwargs
 
     def folded_forms(self) -> dict[str, Any] | None:
@@ -211,6 +216,9 @@ IMPLS: dict[str, Impl] = {
     "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph": Impl(
         batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True, graph=True, combo=True,
         tune_blocks=True, unfold_depth=27, grouped_tasks=True),
+    "fold+bf16+cl+compile+combosame+unfold+grouped+graph": Impl(
+        batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True, graph=True, combo=True,
+        combo_same_size=True, unfold_depth=27, grouped_tasks=True),
     "fold+bf16+cl+compile+combo+unfold+idxpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
                                                             channels_last=True, compile=True, graph=True, combo=True,
                                                             unfold_depth=27, indexed_pool=True),
@@ -276,7 +284,8 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "conv4-fo": ("conv4", "first", (
         "naive", "loop", "fold+bf16+cl+compile+combo+graph", "fold+bf16+cl+compile+combo+unfold+graph",
         "fold+bf16+cl+compile+combo+unfold+idxpool+graph", "fold+bf16+cl+compile+combo+unfold+grouped+graph",
-        "fold+bf16+cl+compile+unfold+grouped+graph", "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph",
+        "fold+bf16+cl+compile+unfold+grouped+graph", "fold+bf16+cl+compile+combosame+unfold+grouped+graph",
+        "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph",
         "fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph", "fold+bf16+cl+compile+combo+grouped+graph",
         "fold+bf16+cl+compile+combo+pad8+graph", "fold+bf16+cl+compile+combo+pwpool+graph",
         "fold+bf16+cl+compile+combo+unfold+pwpool+graph", "fold+bf16+cl+compile+graph",

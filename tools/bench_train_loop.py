@@ -60,8 +60,9 @@ def train_options(impl: bench_maml.Impl) -> list[str]:
         raise ValueError("this row has no fewshot-train options (naive, or torch's stock inductor)")
     if impl.checkpoint or impl.task_chunk or impl.compile_second_order or impl.loop_norms != "native":
         raise ValueError("this row is a second-order or memory lever; the training loop runs first order")
-    if impl.compile_mode is not None or impl.tune_blocks:
-        raise ValueError("fewshot-train has no option for torch.compile's mode or inductor's coordinate_descent_tuning")
+    if impl.compile_mode is not None or impl.tune_blocks or impl.combo_same_size:
+        raise ValueError("fewshot-train has no option for torch.compile's mode, inductor's coordinate_descent_tuning "
+                         "or combo_kernel_allow_mixed_sizes")
     batched = {"fold": "fold", "vmap": "on"}[impl.batch_with] if impl.batched else "off"
     opts = ["--first-order", "--batched", batched, "--cuda-graph", "on" if impl.graph else "off"]
     flags = {"--bf16": impl.bf16, "--channels-last": impl.channels_last, "--compile": impl.compile,

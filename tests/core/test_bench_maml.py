@@ -110,6 +110,8 @@ def test_every_row_builds_compile_options_maml_accepts():
     assert bench.IMPLS["loop+bf16+cl+compile+graph"].compile_forward() is True
     assert bench.IMPLS["fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph"].compile_forward() == {
         "options": {"combo_kernels": True, "coordinate_descent_tuning": True}}
+    assert bench.IMPLS["fold+bf16+cl+compile+combosame+unfold+grouped+graph"].compile_forward() == {
+        "options": {"combo_kernels": True, "combo_kernel_allow_mixed_sizes": 0}}
     for name, impl in bench.IMPLS.items():
         flag = impl.compile_forward()
         backend = bench.stock_inductor if impl.stock_pool else "inductor"

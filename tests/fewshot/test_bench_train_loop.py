@@ -37,14 +37,14 @@ def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
     assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph"])[-2:] == [
         "--compile-forms", "unfold,grouped,idxpool"]
     for name in ("naive", "fold+bf16+cl+compile+stockpool+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph",
-                 "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph"):
+                 "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph", "fold+bf16+cl+compile+combosame+unfold+grouped+graph"):
         with pytest.raises(ValueError):
             tool.train_options(impls[name])
     odd = tool.bench_maml.Impl(batched=True, batch_with="fold", compile=True, unfold_depth=9)
     with pytest.raises(ValueError, match="do not give {'unfold_depth': 9}"):
         tool.compile_forms_options(odd)
     for name, impl in impls.items():  # every row with forms maps to options fewshot-train accepts or refuses
-        if impl.folded_forms() and not impl.stock_pool and not impl.tune_blocks:
+        if impl.folded_forms() and not impl.stock_pool and not impl.tune_blocks and not impl.combo_same_size:
             args = cli.train_parser().parse_args(tool.train_options(impl))
             if impl.combo and impl.grouped_tasks:  # crashed on an H200: refused (docs/performance.md)
                 with pytest.raises(ValueError, match="--compile-forms grouped with --compile-combo"):
