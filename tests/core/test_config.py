@@ -12,6 +12,7 @@ from typing import Literal
 
 import pytest
 
+import dropgrad
 import dropgrad.config
 from dropgrad.config import (
     ConfigError,
@@ -418,3 +419,22 @@ def test_a_list_option_given_twice_is_refused_not_overwritten(capsys):
     assert exc.value.code == 2 and "--groups is given twice; give all its values once, comma-separated" in err
     assert _parse(["--groups", "conv,fc", "--milestones", "1,2", "--n-way", "3", "--n-way", "4"]) == {
         "groups": ["conv", "fc"], "milestones": (1, 2), "n_way": 4}
+
+
+def test_a_run_folder_of_another_app_is_one_line_naming_the_folder(tmp_path):
+    # Another app's config.json: most keys unknown. One line saying so, not a list of guesses.
+    run = tmp_path / "track-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"tracker": "metasdnet", "horizon": 3, "source": "synthetic",
+                                                 "dropgrad_p": 0.2, "lr": 0.1}))
+    for call in (lambda: build_config(Cfg, load_config_file(run / "config.json"), {}, app="my-train"),
+                 lambda: dropgrad.run_config(Cfg, run, {}, resume=True, app="my-train")):
+        with pytest.raises(ConfigError) as err:
+            call()
+        msg = str(err.value)
+        assert msg.startswith(f"{run} is another app's run folder, not a my-train run: 4 of the 5 keys")
+        assert "expected a my-train run folder" in msg and "\n" not in msg and "did you mean" not in msg
+    # A config.json of this app with a stray key keeps the key-by-key message.
+    (run / "config.json").write_text(json.dumps({"lr": 0.1, "n_way": 5, "zzz": 1}))
+    with pytest.raises(ConfigError, match="unknown key 'zzz'"):
+        dropgrad.run_config(Cfg, run, {}, resume=True, app="my-train")

@@ -109,3 +109,25 @@ def test_a_cache_renamed_to_another_split_is_refused(tmp_path):
         (tmp_path / f"glyphs-test-28{suffix}").write_bytes(src.with_suffix(suffix).read_bytes())
     with pytest.raises(DataError, match=r"glyphs-test-28\.u8 holds glyphs val, expected glyphs test"):
         open_cache(tmp_path, "glyphs", "test", 28, options={"n_classes": 2, "images_per_class": 2})
+
+
+def test_a_run_folder_of_another_app_is_one_line(tmp_path, capsys):
+    # A track-train run's config.json (its keys, as that app writes them): fewshot-train --resume,
+    # --config and fewshot-test say in one line that it is another app's run.
+    from dropgrad_fewshot import cli
+
+    run = tmp_path / "track-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "tracker": "metasdnet", "horizon": 3, "source": "synthetic", "root": None, "dropgrad": "gaussian",
+        "dropgrad_p": 0.2, "synthetic_frames": 60, "tasks_per_batch": 8, "seed": 0, "device": "auto"}))
+    for main, argv in ((cli.train_main, ["--out", str(run), "--resume"]),
+                       (cli.train_main, ["--out", str(tmp_path / "new"), "--config", str(run / "config.json")]),
+                       (cli.test_main, [str(run)])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1, err
+        assert f"error: {run} is another app's run folder, not a fewshot-train run" in err
+        assert "expected a fewshot-train run folder" in err
+    assert not (tmp_path / "new").exists()

@@ -701,3 +701,68 @@ def test_a_miniimagenet_cache_with_every_class_but_fewer_images_is_a_partial_cop
     for counts in ([600] * 63 + [599], [600] * 63):
         with pytest.raises(DataError, match="built from a partial copy with check_sizes=false"):
             cache_mod._check_split_sizes(fake(counts))
+
+
+# --------------------------------------------------------------------------- layouts, build hints, --data-root
+def _partial_mini(root: Path) -> Path:
+    """A partial mini-ImageNet copy (2 classes x 3 images per split) in MAML++'s and Ravi's CSV layouts;
+    the CSV images are smaller copies, as Ravi's folders are resized to 84 px."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        rows = ["filename,label"]
+        for c in range(2):
+            wnid = f"n{split[:2]}{c:06d}"
+            (root / "mamlpp" / split / wnid).mkdir(parents=True)
+            (root / "csv" / "images").mkdir(parents=True, exist_ok=True)
+            for i in range(3):
+                img = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+                img.save(root / "mamlpp" / split / wnid / f"{wnid}_{i}.jpg")
+                img.resize((12, 12)).save(root / "csv" / "images" / f"{wnid}{i:08d}.jpg")
+                rows.append(f"{wnid}{i:08d}.jpg,{wnid}")
+        (root / "csv" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_cache_of_one_mini_imagenet_layout_is_refused_for_a_run_that_names_another(tmp_path):
+    # Ravi's CSV images (resized already) and MAML++'s full-size ones give other pixels at the same rows.
+    mini = _partial_mini(tmp_path / "mini")
+    build_cache("miniimagenet", "val", mini / "csv", 16, tmp_path / "c", check_sizes=False)  # layout auto: csv
+    build_cache("miniimagenet", "val", mini / "mamlpp", 16, tmp_path / "m", check_sizes=False)
+    assert json.loads((tmp_path / "c" / "miniimagenet-val-16.json").read_text())["source"]["layout"] == "csv"
+    assert (tmp_path / "c" / "miniimagenet-val-16.u8").read_bytes() != (tmp_path / "m" / "miniimagenet-val-16.u8").read_bytes()
+    with pytest.raises(DataError, match=r"read from the csv layout, but this run asks for layout=mamlpp") as exc:
+        open_cache(tmp_path / "c", "miniimagenet", "val", 16, options={"layout": "mamlpp", "check_sizes": False})
+    assert "--option layout=mamlpp" in str(exc.value) and "--option check_sizes=false" in str(exc.value)
+    # The layout it was read in, or none named (auto), opens it.
+    for options in ({"layout": "csv", "check_sizes": False}, {"check_sizes": False}):
+        assert open_cache(tmp_path / "c", "miniimagenet", "val", 16, options=options).n_classes == 2
+
+
+def test_the_build_hint_of_a_partial_copy_builds_the_missing_cache(tmp_path, capsys):
+    # A cache of a partial copy at 16 px; the run needs 24 px. Following the hint must work as given.
+    mini = _partial_mini(tmp_path / "mini")
+    build_cache("miniimagenet", "val", mini / "csv", 16, tmp_path / "c", layout="csv", check_sizes=False)
+    with pytest.raises(DataError, match="no episode cache for miniimagenet val at 24 px") as exc:
+        open_cache(tmp_path / "c", "miniimagenet", "val", 24, options={"check_sizes": False})
+    hint = str(exc.value).split("build it with ", 1)[1]
+    assert f"--data-root {mini / 'csv'}" in hint and "--option check_sizes=false" in hint and "--option layout=csv" in hint
+    argv = hint.split()
+    assert argv[0] == "fewshot-cache" and cache_cli.main([*argv[1:], "--no-progress"]) == 0
+    assert open_cache(tmp_path / "c", "miniimagenet", "val", 24, options={"check_sizes": False}).n_classes == 2
+
+
+def test_a_run_with_cache_and_data_root_says_that_the_data_root_is_not_read(tmp_path, capsys, monkeypatch):
+    from dropgrad_fewshot.data import glyphs
+
+    for split in ("train", "val", "test"):
+        monkeypatch.setitem(glyphs.GLYPH_DEFAULT_CLASSES, split, 4)
+    assert cache_cli.main(["--dataset", "glyphs", "--out", str(tmp_path / "cache"), "--no-progress"]) == 0
+    assert cli.train_main([
+        "--out", str(tmp_path / "run"), "--dataset", "glyphs", "--cache", str(tmp_path / "cache"),
+        "--data-root", str(tmp_path / "elsewhere"), "--way", "3", "--shot", "1", "--query", "2", "--test-query", "2",
+        "--inner-steps", "1", "--meta-batch", "2", "--epochs", "1", "--episodes-per-epoch", "2", "--val-episodes", "2",
+        "--test-episodes", "2", "--no-progress", "--device", "cpu"]) == 0
+    line = f"--data-root {tmp_path / 'elsewhere'} is not read: --cache {tmp_path / 'cache'} holds the glyphs splits"
+    assert line in (tmp_path / "run" / "log.txt").read_text() and line in capsys.readouterr().out

@@ -52,7 +52,7 @@ def load_train_config(args: argparse.Namespace) -> FewShotConfig:
     """The run's config from ``--resume``, or from defaults < ``--config`` < options."""
     cfg = run_config(
         FewShotConfig, args.out, namespace_values(args, FewShotConfig), resume=args.resume,
-        config_file=args.config, mutable=("device", "progress", "num_workers"),
+        config_file=args.config, mutable=("device", "progress", "num_workers"), app="fewshot-train",
     )
     return cfg if args.resume else resolve_defaults(cfg)
 

@@ -100,7 +100,9 @@ def _dataset(cfg: FewShotConfig, name: str, root: str | None, split: str, augmen
     if cfg.cache and not (root is not None and root != cfg.data_root):
         # Decoded once by fewshot-cache; open_cache checks it is this run's data set, split and size.
         # A data set with a folder of its own (--test-data-root, fewshot-test --data-root) is read from files.
-        return open_cache(cfg.cache, name, split, cfg.image_size_resolved, options=options, augment=augment, seed=cfg.seed)
+        # The run's folder for this data set (if any) is not read: it only completes the build command of an error.
+        return open_cache(cfg.cache, name, split, cfg.image_size_resolved, options=options, augment=augment,
+                          seed=cfg.seed, data_root=root)
     return build_dataset(
         name,  # type: ignore[arg-type]
         split,  # type: ignore[arg-type]
@@ -374,6 +376,10 @@ def train(cfg: FewShotConfig, out: Path, resume: bool = False, dist: Distributed
     if preloaded:
         trainer.log(f"data: decoded {preloaded} images into memory before training")
     trainer.log(f"data: {train_set.describe()} | {val_set.describe()} | {test_set.describe()}")
+    if cfg.cache and cfg.data_root is not None:
+        # Kept (a config.json reloaded with --cache has both), but not silently: the cache wins.
+        trainer.log(f"data: --data-root {cfg.data_root} is not read: --cache {cfg.cache} holds the {cfg.dataset} splits "
+                    "(a data set with a folder of its own, --test-data-root, is read from its files)")
     how = {True: "tasks folded into the batch" if learner.batch_with == "fold" else "vmap over tasks",
            False: "per-task loop"}
     trainer.log(

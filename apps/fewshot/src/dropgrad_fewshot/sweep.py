@@ -146,7 +146,7 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
         # A cell that never reached its first checkpoint starts afresh with the sweep's options.
         if (run_dir / "config.json").is_file() and not is_unstarted_run(run_dir):
             try:
-                saved = resume_run(run_dir, FewShotConfig, dataclasses.asdict(cfg), mutable=_MUTABLE)
+                saved = resume_run(run_dir, FewShotConfig, dataclasses.asdict(cfg), mutable=_MUTABLE, app="fewshot-train")
             except ConfigError as err:
                 raise ConfigError(
                     f"{source}: {run_dir} holds a run with other options than this sweep's ({err}); "

@@ -36,7 +36,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[FewShotCon
     config_path = run / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: {run} is not a run directory written by fewshot-train")
-    cfg = build_config(FewShotConfig, load_config_file(config_path), {})
+    cfg = build_config(FewShotConfig, load_config_file(config_path), {}, app="fewshot-train")
     if not (run / "checkpoints" / "best.pt").is_file():
         raise CheckpointError(f"{run / 'checkpoints' / 'best.pt'} not found: the run has not finished an epoch yet")
     dev = select_device(device or cfg.device)

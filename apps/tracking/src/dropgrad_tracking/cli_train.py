@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             cfg = run_config(
                 TrackTrainConfig, args.out, namespace_values(args, TrackTrainConfig),
-                resume=args.resume, config_file=args.config,
+                resume=args.resume, config_file=args.config, app="track-train",
             )
             results = train(cfg, args.out, resume=args.resume)
         except USER_ERRORS as err:

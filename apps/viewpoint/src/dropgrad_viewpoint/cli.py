@@ -48,7 +48,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     from .pipeline import load_data, run
 
     try:
-        cfg = run_config(ViewpointConfig, args.out, given, resume=args.resume, config_file=args.config)
+        cfg = run_config(ViewpointConfig, args.out, given, resume=args.resume, config_file=args.config, app="viewpoint-train")
         if args.resume:
             data = load_data(cfg, log=lambda line: print(line, file=sys.stderr))
             if is_unstarted_run(args.out):  # stopped before its first checkpoint: start it again, log and all
@@ -97,7 +97,7 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             raise ValueError(f"{path} not found: {args.run_dir} is not a viewpoint-train run directory")
         saved = load_config_file(path)
-        cfg = build_config(ViewpointConfig, saved, changes)
+        cfg = build_config(ViewpointConfig, saved, changes, app="viewpoint-train")
         cfg.check()
         if args.draws < 1:
             raise ValueError(f"--draws must be >= 1, got {args.draws}")

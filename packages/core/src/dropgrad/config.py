@@ -509,6 +509,7 @@ def build_config(
     cli_values: Mapping[str, Any],
     *,
     source: str | os.PathLike | None = None,
+    app: str | None = None,
 ) -> T:
     """Merge defaults < config file < command line into a validated ``cls`` instance.
 
@@ -517,6 +518,7 @@ def build_config(
         file_values: values from ``load_config_file`` (or any mapping), or None.
         cli_values: values given on the command line, from ``namespace_values``.
         source: the file name for error messages; taken from ``file_values.source`` if unset.
+        app: the command whose options ``cls`` holds (``fewshot-train``), for error messages.
 
     Fields whose metadata has ``"path": True`` are made absolute (``~`` expanded, relative to the
     working directory), so the stored config names the same files from anywhere.
@@ -546,6 +548,8 @@ def build_config(
         if not isinstance(file_values, Mapping):
             raise ConfigError(f"{name}: expected a mapping of option names to values")
         unknown = [k for k in file_values if k not in specs]
+        if src is not None and Path(str(src)).name == "config.json" and 2 * len(unknown) > len(file_values):
+            raise ConfigError(_foreign_run(Path(str(src)), unknown, len(file_values), app or cls.__name__))
         if unknown:
             hints_ = []
             for k in unknown:
@@ -583,6 +587,20 @@ def build_config(
             + "; give it on the command line or in the config file"
         )
     return cls(**values)
+
+
+def _foreign_run(path: Path, unknown: list[Any], total: int, app: str) -> str:
+    """One line for a run's ``config.json`` written by another app (most of its keys unknown here):
+    a list of every unknown key with guesses would hide that the folder is the wrong one.
+
+    >>> _foreign_run(Path("runs/t/config.json"), ["tracker", "horizon"], 3, "fewshot-train")
+    "runs/t is another app's run folder, not a fewshot-train run: 2 of the 3 keys of its config.json are not fewshot-train options (e.g. 'tracker', 'horizon'); expected a fewshot-train run folder"
+    """
+    shown = ", ".join(repr(k) for k in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+    return (
+        f"{path.parent} is another app's run folder, not a {app} run: {len(unknown)} of the {total} keys of its "
+        f"config.json are not {app} options (e.g. {shown}); expected a {app} run folder"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -215,7 +215,8 @@ def _grouped_conv(
     time in cuDNN's per-task convolutions of 25 or 80 images each (four calls per layer, pass and
     direction, plus workspace kernels), where their arithmetic would take about 0.7 ms at the
     rate of large bf16 GEMMs (an estimate). One grouped call per layer has 4 times the work per
-    launch; whether cuDNN's grouped kernels run as fast per FLOP is not measured yet. The moves of the task
+    launch; on an H200 the whole step with this form gave 387 against 356 tasks/s (+8.9%, same run);
+    cuDNN's grouped kernels' own rate per FLOP is not measured. The moves of the task
     dimension into the channels and back are layout copies, which inductor can fuse into the
     kernels that write and read the activations. Channels-last inputs keep the channels last
     (``(n, ..., T, C)`` in memory), so that cuDNN's NHWC kernels see a channels-last tensor.
@@ -369,7 +370,8 @@ def _window_max(x: Tensor, kh: int, kw: int) -> Tensor:
     max-pool kernels, one of them at about a quarter of the memory bandwidth its bytes need.
     Written like this, the pooling and its gradient are pointwise operators that inductor may
     fuse with the ReLU and BatchNorm kernels around them. On a CPU the folded Conv4 step ran at
-    0.8-1.1x its speed with ATen's pooling; on a GPU it is not timed yet, hence off by default.
+    0.8-1.1x its speed with ATen's pooling; on an H200 0.36x (116 against 325 tasks/s), hence off
+    by default.
 
     Values and gradients are ATen's: ATen scans a window row by row and keeps the first maximum,
     or the last NaN; the nested ``where`` selects that same element, so the gradient reaches it

@@ -77,19 +77,21 @@ def resume_run(
     cli_values: Mapping[str, Any] | None = None,
     *,
     mutable: Iterable[str] = ("device", "progress"),
+    app: str | None = None,
 ) -> T:
     """Reload the config of the run in ``out`` for ``--resume``.
 
     Options given on the command line must agree with the saved ones, except the ``mutable``
-    fields (where the run executes, whether a progress bar shows), which may change.
+    fields (where the run executes, whether a progress bar shows), which may change. ``app``
+    names the command in errors (a folder of another app's run is one line naming the folder).
     """
     path = Path(out) / "config.json"
     if not path.is_file():
         raise ValueError(f"--resume: {path} not found; {Path(out)} is not a run directory started by this tool")
     file_values = load_config_file(path)
-    saved = build_config(cls, file_values, {})
+    saved = build_config(cls, file_values, {}, app=app)
     # Compared as build_config stores them: coerced, folders made absolute.
-    given = build_config(cls, file_values, cli_values or {})
+    given = build_config(cls, file_values, cli_values or {}, app=app)
     allowed = set(mutable)
     for name in cli_values or {}:
         value = getattr(given, name)
@@ -109,6 +111,7 @@ def run_config(
     resume: bool = False,
     config_file: str | os.PathLike[str] | None = None,
     mutable: Iterable[str] = ("device", "progress"),
+    app: str | None = None,
 ) -> T:
     """The options of a run as every CLI takes them: ``--resume``, or defaults < ``--config`` < options.
 
@@ -127,9 +130,9 @@ def run_config(
     if resume:
         if config_file is not None:
             raise ConfigError("--config cannot be combined with --resume: a resumed run keeps the options in its config.json")
-        return resume_run(out, cls, cli_values, mutable=mutable)
+        return resume_run(out, cls, cli_values, mutable=mutable, app=app)
     file_values = load_config_file(config_file) if config_file is not None else None
-    return build_config(cls, file_values, cli_values)
+    return build_config(cls, file_values, cli_values, app=app)
 
 
 def folder_tag(path: str | os.PathLike[str]) -> str:

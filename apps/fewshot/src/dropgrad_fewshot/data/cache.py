@@ -302,7 +302,30 @@ def build_cache(
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items())},
         "content": content_options(dataset, split, options, seed),
     }
+    layout = _resolved_layout(dataset, data_root, options)
+    if layout is not None:
+        source["layout"] = layout
     return write_cache(ds, cache_path(out, dataset, split, size), source=source, threads=threads, progress=progress)
+
+
+def _resolved_layout(dataset: str, data_root: str | os.PathLike[str] | None, options: dict[str, Any]) -> str | None:
+    """mini-ImageNet's layout the split was read in ("auto" resolved); None for other data sets.
+
+    The layouts read different files: Ravi's CSV image folders are usually resized to 84 px
+    already, MAML++'s and CloserLook's (ILSVRC) images are full size, so a cache's pixels
+    depend on it (compared on open when the run names a layout).
+    """
+    if dataset != "miniimagenet" or data_root is None:
+        return None
+    layout = options.get("layout", "auto")
+    if layout != "auto":
+        return str(layout)
+    from .miniimagenet import detect_layout
+
+    def folder(key: str) -> Path | None:
+        return None if options.get(key) is None else Path(options[key])
+
+    return detect_layout(Path(data_root).expanduser(), folder("csv_dir"), folder("filelist_dir"))
 
 
 # --------------------------------------------------------------------------- reading a cache
@@ -491,14 +514,18 @@ def open_cache(
     options: dict[str, Any] | None = None,
     augment: bool = False,
     seed: int = 0,
+    data_root: str | os.PathLike[str] | None = None,
 ) -> CachedDataset:
     """Open the cache of a run's split, checking it was built for the same data set, split and size.
 
     Args:
         cache_dir: the folder given to ``--cache``.
         dataset, split, image_size: what the run uses.
-        options: the run's data-set options (compared with the cache's, see :func:`content_options`).
+        options: the run's data-set options (compared with the cache's, see :func:`content_options`;
+            a mini-ImageNet ``layout`` other than "auto" must be the one the cache was read in).
         augment, seed: as for :class:`CachedDataset`; ``seed`` is also the glyph universe.
+        data_root: the run's data folder, if it names one: not read, only put in the build
+            commands that errors suggest (else the folder a cache in ``cache_dir`` was built from).
 
     Raises:
         DataError naming the file and the mismatch, with the command that builds the right cache.
@@ -510,7 +537,7 @@ def open_cache(
     >>> open_cache(d, "glyphs", "val", 32)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    dropgrad_fewshot.data.errors.DataError: no episode cache for glyphs val at 32 px in ... (found glyphs-val-28.u8: built for another image size); build it with fewshot-cache --dataset glyphs --splits val --image-size 32 --out ...
+    dropgrad_fewshot.data.errors.DataError: no episode cache for glyphs val at 32 px in ... (found glyphs-val-28.u8: built for another image size); build it with fewshot-cache --dataset glyphs --splits val --image-size 32 --seed 0 --out ...
     """
     folder = Path(cache_dir).expanduser()
     if not folder.is_dir():
@@ -519,21 +546,33 @@ def open_cache(
     if not path.exists():
         others = sorted(p.name for p in folder.glob(f"{dataset}-{split}-*.u8") if re.fullmatch(rf"{re.escape(dataset)}-{split}-\d+\.u8", p.name))
         found = f" (found {', '.join(others)}: built for another image size)" if others else ""
+        like = [folder / name for name in others] + sorted(folder.glob(f"{dataset}-*-*.u8"))
         raise DataError(
             f"no episode cache for {dataset} {split} at {image_size} px in {folder}{found}; build it with "
-            f"{BUILD_COMMAND} --dataset {dataset} --splits {split} --image-size {image_size} --out {folder}"
+            + _build_command(dataset, split, image_size, folder, options, seed, _built_source(like), data_root)
         )
     ds = CachedDataset(path, image_size=image_size, augment=augment, seed=seed)
     if ds.name != dataset or ds.split != split:
         raise DataError(f"episode cache {path} holds {ds.name} {ds.split}, expected {dataset} {split}")
-    built = (ds.meta.get("source") or {}).get("content")
+    source = ds.meta.get("source") or {}
+    built = source.get("content")
     wanted = content_options(dataset, split, options, seed)
     if built is not None and built != wanted:
         diff = ", ".join(f"{k}: cache {built.get(k)!r}, run {wanted.get(k)!r}" for k in sorted(set(built) | set(wanted)) if built.get(k) != wanted.get(k))
         raise DataError(
             f"episode cache {path} was built with other data-set options than this run's ({diff}); build this "
-            f"run's with {_build_command(ds, wanted, seed)} (one cache per data set, split and size fits "
-            f"in a folder: give another --out to keep this one)"
+            f"run's with {_build_command(dataset, split, image_size, folder, options, seed, source, data_root)} "
+            "(one cache per data set, split and size fits in a folder: give another --out to keep this one)"
+        )
+    want_layout = (options or {}).get("layout", "auto")
+    built_layout = source.get("layout") or (source.get("options") or {}).get("layout")
+    if want_layout != "auto" and built_layout not in (None, "auto") and built_layout != want_layout:
+        # The layouts read different image files (Ravi's folders are usually resized to 84 px already).
+        raise DataError(
+            f"episode cache {path} was read from the {built_layout} layout, but this run asks for layout={want_layout} "
+            f"(--data-options), whose image files can hold other pixels; build this run's with "
+            f"{_build_command(dataset, split, image_size, folder, options, seed, {k: v for k, v in source.items() if k not in ('data_root', 'layout')}, data_root)} into another "
+            f"folder, or drop layout={want_layout} to use this cache"
         )
     if (options or {}).get("check_sizes", True):
         _check_split_sizes(ds)
@@ -563,16 +602,54 @@ def _check_split_sizes(ds: CachedDataset) -> None:
         )
 
 
-def _build_command(ds: CachedDataset, wanted: dict[str, Any], seed: int) -> str:
-    """The ``fewshot-cache`` command line that builds ``ds``'s split with the content options ``wanted``."""
-    defaults = content_options(ds.name, ds.split, None, seed)
-    parts = [BUILD_COMMAND, "--dataset", ds.name, "--splits", ds.split, "--image-size", str(ds.image_size)]
-    root = (ds.meta.get("source") or {}).get("data_root")
-    if root:
-        parts += ["--data-root", str(root)]
-    if ds.name == "glyphs":
+def _built_source(paths: Sequence[Path]) -> dict[str, Any] | None:
+    """The ``source`` recorded by the first readable sidecar of the data files ``paths`` (None: none)."""
+    for path in paths:
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT and isinstance(meta.get("source"), dict):
+            return meta["source"]
+    return None
+
+
+def _build_command(
+    dataset: str,
+    split: str,
+    image_size: int,
+    folder: Path,
+    options: dict[str, Any] | None,
+    seed: int,
+    built: dict[str, Any] | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+) -> str:
+    """The ``fewshot-cache`` command line that builds the run's split, as complete as what is known.
+
+    The data folder is the run's ``data_root``, else the one ``built`` (the ``source`` of a cache of
+    the same data set) was read from; the options are the run's over ``built``'s, so how that copy
+    is read (``layout``, list folders, and ``check_sizes=false`` for a partial copy, without which
+    the build fails) comes along with what the run asks for.
+    """
+    built = built or {}
+    root = data_root if data_root is not None else built.get("data_root")
+    # How that folder is read (layout, list folders, check_sizes=false) under what the run gives;
+    # what the split holds is the run's (its content options, defaults filled in).
+    merged = {**(built.get("options") or {}), **(options or {})} if root == built.get("data_root") else dict(options or {})
+    if root == built.get("data_root") and built.get("layout") and merged.get("layout", "auto") == "auto":
+        merged["layout"] = built["layout"]  # what "auto" found in that folder
+    wanted = content_options(dataset, split, options, seed)
+    merged.update(wanted)
+    defaults = {**dataset_options(dataset), **content_options(dataset, split, None, seed)}
+    parts = [BUILD_COMMAND, "--dataset", dataset, "--splits", split, "--image-size", str(int(image_size))]
+    if root is not None:
+        parts += ["--data-root", str(Path(root).expanduser().resolve())]
+    elif dataset != "glyphs":
+        parts += ["--data-root", "DATA_ROOT"]  # no folder known: the user's copy of the data set
+    if dataset == "glyphs":
         parts += ["--seed", str(seed)]
-    for key in sorted(wanted):
-        if key != "seed" and wanted[key] != defaults.get(key):
-            parts += ["--option", format_data_option(key, wanted[key])]
-    return shlex.join(parts + ["--out", str(ds.path.parent)])
+    for key in sorted(merged):
+        value = merged[key]
+        if key != "seed" and key in defaults and value is not None and value != defaults[key]:
+            parts += ["--option", format_data_option(key, value)]
+    return shlex.join(parts + ["--out", str(folder)])
