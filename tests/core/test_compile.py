@@ -17,6 +17,7 @@ from dropgrad import (
     MetaSGD,
     Task,
 )
+from dropgrad.fast import channels_last_tasks
 from dropgrad.folded import compiled_forms
 from torch import nn
 
@@ -447,10 +448,11 @@ def test_inductor_second_order_meta_step_equals_eager():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize(("batch_with", "order"), [
-    (None, "first"), ("fold", "first"), (None, "second"), ("fold", "second"),
-])  # the per-task loop; folded tasks
-def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32, batch_with, order):
+@pytest.mark.parametrize(("batch_with", "order", "layout"), [
+    (None, "first", "nchw"), ("fold", "first", "nchw"), (None, "second", "nchw"), ("fold", "second", "nchw"),
+    (None, "second", "channels_last"),
+])  # the per-task loop; folded tasks; second order as the ResNet-18 target's row runs it (channels_last)
+def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32, batch_with, order, layout):
     cuda = torch.device("cuda")
     # No DropGrad: the graph draws its noise from the CUDA generator at replay, the eager step
     # at call time (tests/core/test_graphs.py compares the two streams).
@@ -460,12 +462,17 @@ def test_inductor_step_replayed_from_a_cuda_graph_equals_eager(no_tf32, batch_wi
     eager, comp = pair(MAML, compile_forward=True, inner_lr=0.1, steps=3, first_order=order == "first", **options)
     eager.to(cuda)
     comp.to(cuda)
+    if layout == "channels_last":
+        comp.model.to(memory_format=torch.channels_last)
     step = CapturedMetaStep(comp, batched=batch_with is not None)
     for seed in (7, 8, 9):
         tasks = make_tasks(seed, cuda, query=3)
         eager.zero_grad(set_to_none=True)
         comp.zero_grad(set_to_none=True)
-        out_e = eager.meta_backward(tasks)  # the eager per-task loop is the reference either way
+        out_e = eager.meta_backward(tasks)  # the eager per-task NCHW loop is the reference either way
+        if layout == "channels_last":
+            tasks = Task(channels_last_tasks(tasks.support_x), tasks.support_y,
+                         channels_last_tasks(tasks.query_x), tasks.query_y)
         out_c = step(tasks)
         torch.testing.assert_close(out_c.task_losses, out_e.task_losses, rtol=1e-9, atol=1e-9)
         for a, b in zip(eager.parameters(), comp.parameters()):
