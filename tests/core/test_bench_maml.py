@@ -334,3 +334,29 @@ def test_meta_step_traffic_counts_bytes_that_follow_the_image_size():
     conv = "convolution (float32)"
     assert fold.calls[conv] == loop.calls[conv] > 0
     assert fold.calls["var_mean (float32)"] == loop.calls["native_batch_norm (float32)"] // 2
+
+
+def test_a_crash_reason_is_the_last_error_and_the_tail_the_last_40_lines(monkeypatch):
+    bench = _load_module()
+    # A chained traceback: the last error line is the one that ended the process.
+    chained = ("Traceback\nKeyError: 'x'\n\nDuring handling of the above exception, another exception occurred:\n"
+               "Traceback\n  File y\nRuntimeError: CUDA error: an illegal memory access was encountered\n")
+    assert bench.crash_reason(chained) == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert bench.crash_reason("first\nSegmentation fault\n") == "Segmentation fault"
+    assert bench.crash_reason("CUDA error: an illegal memory access was encountered\nframe #0: f\n") == \
+        "CUDA error: an illegal memory access was encountered"
+    long = "".join(f"frame #{i}: f\n" for i in range(100))
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -11, "", long))
+    row = bench.RowConfig("conv4-fo", "conv4", "fo", "loop", 84, 1, 5, 1, 1, 1, 1, 1, "cpu", check=False)
+    [result] = bench.run_in_subprocess([row], 10.0)
+    assert result["message"] == "exit -11: frame #99: f"
+    assert result["stderr_tail"] == [f"frame #{i}: f" for i in range(60, 100)]
+
+
+def test_rows_that_tune_kernel_blocks_get_the_autotune_compile_time():
+    bench = _load_module()
+    cdt = bench.IMPLS["fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph"]
+    assert bench.extra_seconds(cdt) == bench.AUTOTUNE_EXTRA_S
+    assert bench.extra_seconds(bench.IMPLS["fold+bf16+cl+compile+combosame+unfold+grouped+graph"]) == bench.COMPILE_EXTRA_S
+    alone = bench.Impl(batched=True, batch_with="fold", compile=True, tune_blocks=True)
+    assert alone.compile_forward() == {"options": {"coordinate_descent_tuning": True}}

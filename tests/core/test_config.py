@@ -438,3 +438,20 @@ def test_a_run_folder_of_another_app_is_one_line_naming_the_folder(tmp_path):
     (run / "config.json").write_text(json.dumps({"lr": 0.1, "n_way": 5, "zzz": 1}))
     with pytest.raises(ConfigError, match="unknown key 'zzz'"):
         dropgrad.run_config(Cfg, run, {}, resume=True, app="my-train")
+
+
+def test_another_apps_run_needs_more_than_half_its_keys_unknown_and_a_config_json(tmp_path):
+    # Exactly half unknown (1 of 2) is still this app's config with a stray key; a --config file of
+    # another name with most keys mistyped is the user's own file: both keep the key-by-key message.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"lr": 0.1, "nway": 5}))
+    with pytest.raises(ConfigError, match=r"unknown key 'nway' \(did you mean 'n_way'\?\)"):
+        build_config(Cfg, load_config_file(run / "config.json"), {}, app="my-train")
+    (run / "config.json").write_text(json.dumps({"lr": 0.1, "nway": 5, "firstorder": True}))
+    with pytest.raises(ConfigError, match="is another app's run folder, not a my-train run: 2 of the 3 keys"):
+        build_config(Cfg, load_config_file(run / "config.json"), {}, app="my-train")
+    mine = tmp_path / "my.json"
+    mine.write_text(json.dumps({"lr": 0.1, "nway": 5, "firstorder": True}))
+    with pytest.raises(ConfigError, match=r"unknown keys 'nway' \(did you mean 'n_way'\?\), 'firstorder'"):
+        build_config(Cfg, load_config_file(mine), {}, app="my-train")

@@ -766,3 +766,97 @@ def test_a_run_with_cache_and_data_root_says_that_the_data_root_is_not_read(tmp_
         "--test-episodes", "2", "--no-progress", "--device", "cpu"]) == 0
     line = f"--data-root {tmp_path / 'elsewhere'} is not read: --cache {tmp_path / 'cache'} holds the glyphs splits"
     assert line in (tmp_path / "run" / "log.txt").read_text() and line in capsys.readouterr().out
+
+
+def _hint(exc, marker="build it with "):
+    return str(exc.value).split(marker, 1)[1]
+
+
+def test_the_layout_recorded_is_the_one_named_and_a_hint_keeps_the_runs_layout(tmp_path, capsys):
+    # One folder in two layouts (Ravi's CSV lists and images, MAML++'s split folders): "auto" finds
+    # mamlpp there, so a cache built with layout=csv must record csv, and the hint of a run that
+    # names mamlpp must build mamlpp, not the layout of the cache beside it.
+    mini = _partial_mini(tmp_path / "mini")
+    dual = mini / "csv"
+    for split in ("train", "val", "test"):
+        shutil.copytree(mini / "mamlpp" / split, dual / split)
+    build_cache("miniimagenet", "val", dual, 16, tmp_path / "c", layout="csv", check_sizes=False)
+    assert json.loads((tmp_path / "c" / "miniimagenet-val-16.json").read_text())["source"]["layout"] == "csv"
+    assert open_cache(tmp_path / "c", "miniimagenet", "val", 16, options={"layout": "csv", "check_sizes": False}).n_classes == 2
+    run_options = {"layout": "mamlpp", "check_sizes": False}
+    with pytest.raises(DataError, match="no episode cache for miniimagenet val at 24 px") as exc:
+        open_cache(tmp_path / "c", "miniimagenet", "val", 24, options=run_options)
+    hint = _hint(exc)
+    assert "--option layout=mamlpp" in hint and "layout=csv" not in hint and f"--data-root {dual}" in hint
+    assert cache_cli.main([*hint.split()[1:], "--no-progress"]) == 0
+    assert open_cache(tmp_path / "c", "miniimagenet", "val", 24, options=run_options).n_classes == 2
+    # The list folders name the layout, as the data set reads them.
+    assert cache_mod._resolved_layout("miniimagenet", tmp_path, {"csv_dir": tmp_path}) == "csv"
+    assert cache_mod._resolved_layout("miniimagenet", tmp_path, {"filelist_dir": tmp_path}) == "closerlook"
+    assert cache_mod._resolved_layout("cub", tmp_path, {}) is None
+
+
+def test_a_cache_from_before_layouts_were_recorded_is_judged_by_its_options(tmp_path):
+    # Sidecars written before the resolved layout was recorded have only the options it was built with.
+    mini = _partial_mini(tmp_path / "mini")
+    build_cache("miniimagenet", "val", mini / "csv", 16, tmp_path / "c", layout="csv", check_sizes=False)
+    side = tmp_path / "c" / "miniimagenet-val-16.json"
+    meta = json.loads(side.read_text())
+    del meta["source"]["layout"]
+    side.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="read from the csv layout, but this run asks for layout=mamlpp"):
+        open_cache(tmp_path / "c", "miniimagenet", "val", 16, options={"layout": "mamlpp", "check_sizes": False})
+    meta["source"]["options"]["layout"] = "auto"  # not known which layout auto found: not refused
+    side.write_text(json.dumps(meta))
+    assert open_cache(tmp_path / "c", "miniimagenet", "val", 16, options={"layout": "mamlpp", "check_sizes": False}).n_classes == 2
+
+
+def test_the_hints_of_a_run_with_its_own_data_root_build_from_that_folder(tmp_path, capsys):
+    # The cache beside was read from Ravi's CSV copy; the run names a MAML++ copy: the hint builds from
+    # the run's folder in the layout found there, not with the other copy's layout=csv.
+    mini = _partial_mini(tmp_path / "mini")
+    build_cache("miniimagenet", "val", mini / "csv", 16, tmp_path / "c", layout="csv", check_sizes=False)
+    options = {"check_sizes": False}
+    with pytest.raises(DataError, match="no episode cache for miniimagenet val at 24 px") as exc:
+        open_cache(tmp_path / "c", "miniimagenet", "val", 24, options=options, data_root=mini / "mamlpp")
+    hint = _hint(exc)
+    assert f"--data-root {mini / 'mamlpp'}" in hint and "layout=csv" not in hint
+    assert cache_cli.main([*hint.split()[1:], "--no-progress"]) == 0
+    assert json.loads((tmp_path / "c" / "miniimagenet-val-24.json").read_text())["source"]["layout"] == "mamlpp"
+    # A layout mismatch: the cache's own folder is in the other layout, so no folder is known without the run's.
+    mamlpp = {"layout": "mamlpp", "check_sizes": False}
+    with pytest.raises(DataError, match="read from the csv layout") as exc:
+        open_cache(tmp_path / "c", "miniimagenet", "val", 16, options=mamlpp)
+    assert "--data-root DATA_ROOT" in str(exc.value) and str(mini / "csv") not in str(exc.value)
+    with pytest.raises(DataError, match="read from the csv layout") as exc:
+        open_cache(tmp_path / "c", "miniimagenet", "val", 16, options=mamlpp, data_root=mini / "mamlpp")
+    argv = _hint(exc, "build this run's with ").split(" into another folder")[0].split()
+    argv[argv.index("--out") + 1] = str(tmp_path / "m")
+    assert cache_cli.main([*argv[1:], "--no-progress"]) == 0
+    assert open_cache(tmp_path / "m", "miniimagenet", "val", 16, options=mamlpp).n_classes == 2
+    # Another data set's cache in the folder lends it no folder: its data root is not this data set's.
+    with pytest.raises(DataError, match="no episode cache for cub val") as exc:
+        open_cache(tmp_path / "c", "cub", "val", 16)
+    assert "--data-root DATA_ROOT" in str(exc.value) and str(mini) not in str(exc.value)
+
+
+def test_a_hint_builds_the_runs_content_not_the_cache_besides(tmp_path, capsys):
+    # The cache beside has rotated classes; the run (another size) has none: its hint must not add them.
+    opts = dict(n_classes=4, images_per_class=3)
+    build_cache("glyphs", "val", None, 28, tmp_path, rotations=True, **opts)
+    with pytest.raises(DataError, match="no episode cache for glyphs val at 20 px") as exc:
+        open_cache(tmp_path, "glyphs", "val", 20, options=opts)
+    hint = _hint(exc)
+    assert "rotations" not in hint and "--option n_classes=4" in hint
+    assert cache_cli.main([*hint.split()[1:], "--no-progress"]) == 0
+    assert open_cache(tmp_path, "glyphs", "val", 20, options=opts).n_classes == 4
+
+
+def test_a_cached_split_gets_the_runs_data_root_for_its_build_hints(monkeypatch):
+    from dropgrad_fewshot.config import FewShotConfig, resolve_defaults
+
+    calls = []
+    monkeypatch.setattr(run, "open_cache", lambda *a, **kw: calls.append(kw))
+    cfg = resolve_defaults(FewShotConfig(dataset="miniimagenet", data_root="mini", cache="c"))
+    run.load_split(cfg, "val")
+    assert calls and calls[0]["data_root"] == cfg.data_root

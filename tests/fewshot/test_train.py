@@ -678,6 +678,8 @@ def test_compiled_second_order_training_step_equals_eager(tmp_path):
         (dict(compile=True, compile_forms="pad8,pad8", first_order=True, batched="fold"), "distinct"),
         (dict(compile=True, compile_combo=True, compile_forms="unfold,grouped", first_order=True, batched="fold"),
          "--compile-forms grouped with --compile-combo crashed on an H200"),
+        (dict(compile=True, compile_second_order=True, compile_combo=True, compile_forms="grouped", batched="fold"),
+         "--compile-forms grouped with --compile-combo crashed on an H200"),
         (dict(compile=True, compile_second_order=True, first_order=True), "no second-order step to compile"),
         (dict(compile=True, compile_second_order=True, checkpoint=True), "does not support --checkpoint"),
         (dict(compile=True, compile_second_order=True, batched="on"), "not vmap's \\(--batched on\\)"),
