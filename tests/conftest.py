@@ -43,3 +43,19 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def fewshot_run_folder(tmp_path) -> Path:
+    """A folder holding a fewshot-train run's config.json (its keys as that app writes them): another
+    app's run folder for the tracking and viewpoint CLIs' checks."""
+    import json
+
+    run = tmp_path / "fewshot-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "dataset": "glyphs", "way": 5, "shot": 1, "query": 16, "backbone": "conv4", "method": "maml",
+        "inner_steps": 5, "meta_batch": 4, "p": 0.1, "dropgrad": "gaussian", "seed": 0, "device": "auto",
+        "test_query": 15, "val_episodes": 100, "test_episodes": 600, "episodes_per_epoch": 80, "regularizer": "none",
+        "dropout_p": 0.3, "batched": "auto", "cuda_graph": "auto"}))
+    return run

@@ -95,16 +95,10 @@ def test_a_sequence_selected_twice_under_two_spellings():
         select_sequences(found, ["Couple", "COUPLE"], "src")
 
 
-def test_track_train_resume_of_another_apps_run_folder_is_one_line(tmp_path, capsys):
+def test_track_train_resume_of_another_apps_run_folder_is_one_line(fewshot_run_folder, capsys):
     from dropgrad_tracking.cli_train import main
 
-    run = tmp_path / "fewshot-run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({
-        "dataset": "glyphs", "way": 5, "shot": 1, "query": 16, "backbone": "conv4", "method": "maml",
-        "inner_steps": 5, "meta_batch": 4, "p": 0.1, "dropgrad": "gaussian", "seed": 0, "device": "auto",
-        "test_query": 15, "val_episodes": 100, "test_episodes": 600, "episodes_per_epoch": 80, "regularizer": "none",
-        "dropout_p": 0.3, "batched": "auto", "cuda_graph": "auto"}))
+    run = fewshot_run_folder
     assert main(["--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"track-train: error: {run} is another app's run folder, not a track-train run" in err

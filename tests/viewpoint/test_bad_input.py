@@ -54,18 +54,10 @@ def test_category_lists_name_a_category_twice_or_are_not_utf8(tmp_path):
         load_data(cfg, log=lambda line: None)
 
 
-def test_viewpoint_train_and_eval_on_another_apps_run_folder_are_one_line(tmp_path, capsys):
-    import json
-
+def test_viewpoint_train_and_eval_on_another_apps_run_folder_are_one_line(fewshot_run_folder, capsys):
     from dropgrad_viewpoint.cli import main_eval, main_train
 
-    run = tmp_path / "fewshot-run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({
-        "dataset": "glyphs", "way": 5, "shot": 1, "query": 16, "backbone": "conv4", "method": "maml",
-        "inner_steps": 5, "meta_batch": 4, "p": 0.1, "dropgrad": "gaussian", "seed": 0, "device": "auto",
-        "test_query": 15, "val_episodes": 100, "test_episodes": 600, "episodes_per_epoch": 80, "regularizer": "none",
-        "dropout_p": 0.3, "batched": "auto", "cuda_graph": "auto"}))
+    run = fewshot_run_folder
     for main, argv in ((main_train, ["--out", str(run), "--resume"]), (main_eval, [str(run)])):
         with pytest.raises(SystemExit) as exc:
             main(argv)
