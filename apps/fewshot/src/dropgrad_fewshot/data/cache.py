@@ -546,6 +546,7 @@ def open_cache(
     if not path.exists():
         others = sorted(p.name for p in folder.glob(f"{dataset}-{split}-*.u8") if re.fullmatch(rf"{re.escape(dataset)}-{split}-\d+\.u8", p.name))
         found = f" (found {', '.join(others)}: built for another image size)" if others else ""
+        # This split's caches of other sizes first, then the data set's other splits.
         like = [folder / name for name in others] + sorted(folder.glob(f"{dataset}-*-*.u8"))
         raise DataError(
             f"no episode cache for {dataset} {split} at {image_size} px in {folder}{found}; build it with "
@@ -568,10 +569,12 @@ def open_cache(
     built_layout = source.get("layout") or (source.get("options") or {}).get("layout")
     if want_layout != "auto" and built_layout not in (None, "auto") and built_layout != want_layout:
         # The layouts read different image files (Ravi's folders are usually resized to 84 px already).
+        # The hint must not borrow this cache's folder or layout: they are the other layout's.
+        other_layout = {k: v for k, v in source.items() if k not in ("data_root", "layout")}
+        command = _build_command(dataset, split, image_size, folder, options, seed, other_layout, data_root)
         raise DataError(
             f"episode cache {path} was read from the {built_layout} layout, but this run asks for layout={want_layout} "
-            f"(--data-options), whose image files can hold other pixels; build this run's with "
-            f"{_build_command(dataset, split, image_size, folder, options, seed, {k: v for k, v in source.items() if k not in ('data_root', 'layout')}, data_root)} into another "
+            f"(--data-options), whose image files can hold other pixels; build this run's with {command} into another "
             f"folder, or drop layout={want_layout} to use this cache"
         )
     if (options or {}).get("check_sizes", True):
