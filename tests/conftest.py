@@ -59,3 +59,13 @@ def fewshot_run_folder(tmp_path) -> Path:
         "test_query": 15, "val_episodes": 100, "test_episodes": 600, "episodes_per_epoch": 80, "regularizer": "none",
         "dropout_p": 0.3, "batched": "auto", "cuda_graph": "auto"}))
     return run
+
+
+@pytest.fixture
+def marked_fewshot_run_folder(fewshot_run_folder) -> Path:
+    """``fewshot_run_folder`` as fewshot-train writes it now: its config.json names the app."""
+    import json
+
+    path = fewshot_run_folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "app": "fewshot-train"}))
+    return fewshot_run_folder

@@ -455,3 +455,50 @@ def test_another_apps_run_needs_more_than_half_its_keys_unknown_and_a_config_jso
     mine.write_text(json.dumps({"lr": 0.1, "nway": 5, "firstorder": True}))
     with pytest.raises(ConfigError, match=r"unknown keys 'nway' \(did you mean 'n_way'\?\), 'firstorder'"):
         build_config(Cfg, load_config_file(mine), {}, app="my-train")
+
+
+def test_a_run_records_its_app_and_reloads_as_its_own(tmp_path):
+    # start_run(app=) marks config.json; the app's own --resume and --config then read it as before.
+    run = dropgrad.start_run(tmp_path / "run", Cfg(lr=0.5), app="fewshot-train")
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["app"] == "fewshot-train" and saved["lr"] == 0.5
+    assert dropgrad.run_config(Cfg, run, {}, resume=True, app="fewshot-train").lr == 0.5
+    assert dropgrad.run_config(Cfg, "new", {}, config_file=run / "config.json", app="fewshot-train").lr == 0.5
+    assert build_config(Cfg, load_config_file(run / "config.json"), {}).lr == 0.5  # no app given: the keys decide
+
+    @dataclass
+    class WithApp:
+        app: str = _h("a config that has an option of the marker's name", default="x")
+
+    with pytest.raises(TypeError, match="has an option 'app'"):
+        dropgrad.start_run(tmp_path / "other", WithApp(), app="fewshot-train")
+    assert build_config(WithApp, {"app": "y"}, {}).app == "y"  # an option of that name stays an option
+
+
+def test_another_apps_marked_run_folder_names_the_app_that_wrote_it(tmp_path):
+    run = dropgrad.start_run(tmp_path / "track-run", Cfg(), app="track-train")
+    for call in (lambda: build_config(Cfg, load_config_file(run / "config.json"), {}, app="fewshot-train"),
+                 lambda: dropgrad.run_config(Cfg, run, {}, resume=True, app="fewshot-train")):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value) == (
+            f"{run} is a run folder of dropgrad-tracking (track-train), not a fewshot-train run; open it with "
+            "track-train --resume or track-eval --checkpoint; expected a fewshot-train run folder")
+    # A copy under another name is named itself, not its folder.
+    copy = tmp_path / "opts.json"
+    copy.write_text((run / "config.json").read_text())
+    with pytest.raises(ConfigError, match=r"opts\.json is a config of dropgrad-tracking \(track-train\), not a fewshot-train"):
+        build_config(Cfg, load_config_file(copy), {}, app="fewshot-train")
+
+
+@pytest.mark.parametrize("marker", ["fewshot-tran", 3, None])
+def test_a_marker_naming_no_known_app_is_one_error_naming_file_and_value(tmp_path, marker):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"app": marker, "lr": 0.1}))
+    shown = "null" if marker is None else repr(marker)
+    for app in ("fewshot-train", None):
+        with pytest.raises(ConfigError) as err:
+            dropgrad.run_config(Cfg, run, {}, resume=True, app=app)
+        assert str(err.value).startswith(f"{run / 'config.json'}: key 'app' is {shown}, not an app this dropgrad knows "
+                                          "(fewshot-train, track-train, viewpoint-train)")

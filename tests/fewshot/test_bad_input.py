@@ -131,3 +131,13 @@ def test_a_run_folder_of_another_app_is_one_line(tmp_path, capsys):
         assert f"error: {run} is another app's run folder, not a fewshot-train run" in err
         assert "expected a fewshot-train run folder" in err
     assert not (tmp_path / "new").exists()
+    # Written since config.json names its app: the message names it too, and its commands.
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "app": "track-train"}))
+    for main, argv in ((cli.train_main, ["--out", str(run), "--resume"]), (cli.test_main, [str(run)])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1, err
+        assert (f"error: {run} is a run folder of dropgrad-tracking (track-train), not a fewshot-train run; "
+                "open it with track-train --resume or track-eval --checkpoint; expected a fewshot-train run folder") in err

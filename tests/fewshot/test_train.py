@@ -63,6 +63,7 @@ def test_default_run_end_to_end_writes_the_whole_run_directory(tmp_path, capsys)
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "glyphs" and config["epochs"] == 2 and config["dropgrad"] == "gaussian"
+    assert config["app"] == "fewshot-train"  # names the app for other apps' commands given this folder
     vals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
     assert [v["epoch"] for v in vals] == [0, 1] and all("val_acc" in v and "val_loss" in v for v in vals)
 

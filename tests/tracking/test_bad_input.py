@@ -102,3 +102,14 @@ def test_track_train_resume_of_another_apps_run_folder_is_one_line(fewshot_run_f
     assert main(["--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"track-train: error: {run} is another app's run folder, not a track-train run" in err
+
+
+def test_track_train_resume_of_a_marked_run_folder_names_its_app(marked_fewshot_run_folder, capsys):
+    from dropgrad_tracking.cli_train import main
+
+    run = marked_fewshot_run_folder
+    assert main(["--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (
+        f"track-train: error: {run} is a run folder of dropgrad-fewshot (fewshot-train), not a track-train run; "
+        "open it with fewshot-train --resume or fewshot-test; expected a track-train run folder") in err, err

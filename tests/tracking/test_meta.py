@@ -141,6 +141,9 @@ def test_broken_run_directories_are_refused(run_dir, tmp_path):
     (fewshot / "config.json").write_text('{"dataset": "glyphs", "method": "maml"}')
     with pytest.raises(ValueError, match=r"fewshot/config.json names no tracker; expected a track-train run directory"):
         load_learner("toy", fewshot, None, CPU)
+    (fewshot / "config.json").write_text('{"app": "fewshot-train", "dataset": "glyphs", "method": "maml"}')
+    with pytest.raises(ValueError, match=r"fewshot is a run folder of dropgrad-fewshot \(fewshot-train\), not a track-train run"):
+        load_learner("toy", fewshot, None, CPU)
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     (broken / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")

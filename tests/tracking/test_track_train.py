@@ -49,7 +49,7 @@ def toy_run(tmp_path_factory):
 
 def test_short_run_with_dropgrad_writes_the_run_directory(toy_run):
     config = json.loads((toy_run / "config.json").read_text())
-    assert config["tracker"] == "toy" and config["backbone_source"] == "random-init"
+    assert config["tracker"] == "toy" and config["backbone_source"] == "random-init" and config["app"] == "track-train"
     assert config["dropgrad"] == "gaussian" and config["dropgrad_p"] == 0.2 and config["source"] == "synthetic"
     results = json.loads((toy_run / "results.json").read_text())
     assert results["dropgrad"] == "gaussian:0.2" and results["global_step"] == 6 and results["epochs_completed"] == 2

@@ -64,3 +64,16 @@ def test_viewpoint_train_and_eval_on_another_apps_run_folder_are_one_line(fewsho
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.count("\n") == 1, err
         assert f"error: {run} is another app's run folder, not a viewpoint-train run" in err
+
+
+def test_viewpoint_train_and_eval_name_the_app_of_a_marked_run_folder(marked_fewshot_run_folder, capsys):
+    from dropgrad_viewpoint.cli import main_eval, main_train
+
+    run = marked_fewshot_run_folder
+    for main, argv in ((main_train, ["--out", str(run), "--resume"]), (main_eval, [str(run)])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1, err
+        assert (f"error: {run} is a run folder of dropgrad-fewshot (fewshot-train), not a viewpoint-train run; "
+                "open it with fewshot-train --resume or fewshot-test; expected a viewpoint-train run folder") in err

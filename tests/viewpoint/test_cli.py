@@ -25,7 +25,8 @@ def tiny_run(small_synthetic, tmp_path_factory):
         assert main_train(TINY + ["--data-root", small_synthetic.name, "--out", str(out)]) == 0
     finally:
         os.chdir(here)
-    assert json.loads((out / "config.json").read_text())["data_root"] == str(small_synthetic)
+    config = json.loads((out / "config.json").read_text())
+    assert config["data_root"] == str(small_synthetic) and config["app"] == "viewpoint-train"
     return out
 
 

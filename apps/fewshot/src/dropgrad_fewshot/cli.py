@@ -79,7 +79,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         # A --resume of a run stopped before its first checkpoint starts it again: its stale log
         # and metrics go, as for a new run there (the trainer then starts from the beginning).
         if (not args.resume or is_unstarted_run(args.out)) and dist.is_main:
-            start_run(args.out, cfg)
+            start_run(args.out, cfg, app="fewshot-train")
         results = train(cfg, args.out, resume=args.resume, dist=dist)
     except (*USER_ERRORS, DistributedError) as err:
         agreed = dist.fail(err)  # ranks still in setup stop too; rank 0 prints the first error

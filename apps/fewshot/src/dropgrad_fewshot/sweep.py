@@ -157,7 +157,7 @@ def run_sweep(spec: Mapping[str, Any], source: str = "sweep file", progress: boo
         elif saved is not None:
             results = train(saved, run_dir, resume=True)
         else:
-            start_run(run_dir, cfg)
+            start_run(run_dir, cfg, app="fewshot-train")
             results = train(cfg, run_dir)
         records.append({"run": str(run_dir), **label, **results})
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from dropgrad import DropGrad, MetaSGD, Task, load_best_model, select_device
+from dropgrad import DropGrad, MetaSGD, Task, check_app_marker, load_best_model, select_device
 from torch import Tensor, nn
 
 from .data.sequence import Sequence
@@ -193,6 +193,8 @@ def load_learner(
         if not config_path.is_file():
             raise ValueError(f"--checkpoint {run}: no config.json; expected a track-train run directory")
         saved = json.loads(config_path.read_text())
+        if isinstance(saved, dict):  # another app's run names that app, not just "no tracker"
+            saved = check_app_marker(saved, "track-train", config_path)
         if not isinstance(saved, dict) or "tracker" not in saved:
             raise ValueError(f"--checkpoint {run}: {config_path} names no tracker; expected a track-train run directory")
         if str(saved.get("tracker", "")).lower() != definition.name:

@@ -52,13 +52,13 @@ def main_train(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             data = load_data(cfg, log=lambda line: print(line, file=sys.stderr))
             if is_unstarted_run(args.out):  # stopped before its first checkpoint: start it again, log and all
-                start_run(args.out, cfg)
+                start_run(args.out, cfg, app="viewpoint-train")
         else:
             cfg.check()
             select_device(cfg.device)
             # Read and check all data before the run directory exists: bad data leaves nothing behind.
             data = load_data(cfg, log=lambda line: print(line, file=sys.stderr))
-            start_run(args.out, cfg)
+            start_run(args.out, cfg, app="viewpoint-train")
         results = run(cfg, args.out, resume=args.resume, data=data)
     except _USER_ERRORS as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")

@@ -13,9 +13,11 @@
 from .atomic import atomic_write, write_json
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
+    RUN_APPS,
     ConfigError,
     add_dataclass_arguments,
     build_config,
+    check_app_marker,
     config_to_dict,
     load_config_file,
     namespace_values,
@@ -49,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MAML",
     "RESNET_GROUPS",
+    "RUN_APPS",
     "CapturedEvaluation",
     "CapturedMetaStep",
     "CheckpointError",
@@ -72,6 +75,7 @@ __all__ = [
     "autocast",
     "build_config",
     "capture_rng_state",
+    "check_app_marker",
     "check_new_run_dir",
     "check_p",
     "check_schedule",

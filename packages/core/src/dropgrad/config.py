@@ -33,10 +33,12 @@ import yaml
 from .atomic import write_json
 
 __all__ = [
+    "RUN_APPS",
     "ConfigError",
     "ConfigFileValues",
     "add_dataclass_arguments",
     "build_config",
+    "check_app_marker",
     "config_to_dict",
     "load_config_file",
     "namespace_values",
@@ -46,6 +48,18 @@ __all__ = [
 T = TypeVar("T")
 
 _SUFFIXES = (".json", ".yaml", ".yml")
+
+APP_KEY = "app"
+"""The key of a run's ``config.json`` naming the command that wrote the run (``start_run(app=...)``)."""
+
+# The apps whose run folders carry that marker: command -> (package, the commands that open such a
+# folder). Kept here, not in the apps (which never import each other), so that every app can tell
+# a user pointing it at another app's folder which tools that folder belongs to.
+RUN_APPS: dict[str, tuple[str, str]] = {
+    "fewshot-train": ("dropgrad-fewshot", "fewshot-train --resume or fewshot-test"),
+    "track-train": ("dropgrad-tracking", "track-train --resume or track-eval --checkpoint"),
+    "viewpoint-train": ("dropgrad-viewpoint", "viewpoint-train --resume or viewpoint-eval"),
+}
 
 
 class ConfigError(ValueError):
@@ -518,7 +532,9 @@ def build_config(
         file_values: values from ``load_config_file`` (or any mapping), or None.
         cli_values: values given on the command line, from ``namespace_values``.
         source: the file name for error messages; taken from ``file_values.source`` if unset.
-        app: the command whose options ``cls`` holds (``fewshot-train``), for error messages.
+        app: the command whose options ``cls`` holds (``fewshot-train``), for error messages and
+            to check the file's ``"app"`` key, the marker ``start_run`` writes into a run's
+            ``config.json``: it must name ``app`` (see :func:`check_app_marker`), and is then dropped.
 
     Fields whose metadata has ``"path": True`` are made absolute (``~`` expanded, relative to the
     working directory), so the stored config names the same files from anywhere.
@@ -547,6 +563,8 @@ def build_config(
         name = f"config file '{src}'" if src is not None else "config file"
         if not isinstance(file_values, Mapping):
             raise ConfigError(f"{name}: expected a mapping of option names to values")
+        if APP_KEY not in specs:  # a config with its own "app" option has no room for the marker
+            file_values = check_app_marker(file_values, app, src)
         unknown = [k for k in file_values if k not in specs]
         if src is not None and Path(str(src)).name == "config.json" and 2 * len(unknown) > len(file_values):
             raise ConfigError(_foreign_run(Path(str(src)), unknown, len(file_values), app or cls.__name__))
@@ -587,6 +605,51 @@ def build_config(
             + "; give it on the command line or in the config file"
         )
     return cls(**values)
+
+
+def check_app_marker(
+    values: Mapping[str, Any], app: str | None, source: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """``values`` (a config file's) without the ``"app"`` marker that ``start_run`` writes, after
+    checking that the marker lets the command ``app`` use them.
+
+    No marker (a run folder from before the marker, a config file of the user's) or a marker
+    naming ``app`` passes; so does one of ``RUN_APPS`` when ``app`` is None (the keys decide).
+    A marker of another app of ``RUN_APPS`` is one line naming that app and its commands.
+
+    Raises:
+        ConfigError: for another app's marker, or a marker that is not an app of ``RUN_APPS``
+            (the message names the file and the value).
+
+    >>> check_app_marker({"app": "fewshot-train", "lr": 0.1}, "fewshot-train")
+    {'lr': 0.1}
+    >>> check_app_marker({"app": "track-train", "lr": 0.1}, "fewshot-train", "runs/t/config.json")
+    Traceback (most recent call last):
+    ...
+    dropgrad.config.ConfigError: runs/t is a run folder of dropgrad-tracking (track-train), not a fewshot-train run; open it with track-train --resume or track-eval --checkpoint; expected a fewshot-train run folder
+    """
+    rest = {k: v for k, v in values.items() if k != APP_KEY}
+    marker = values.get(APP_KEY)
+    known = isinstance(marker, str) and marker in RUN_APPS
+    if APP_KEY not in values or (marker == app and app is not None) or (app is None and known):
+        return rest
+    path = Path(str(source)) if source is not None else None
+    expected = f"; expected a {app} run folder" if app is not None else ""
+    if not known:
+        where = f"{path}: key" if path is not None else "config key"
+        shown = "null" if marker is None else repr(marker)
+        raise ConfigError(
+            f"{where} {APP_KEY!r} is {shown}, not an app this dropgrad knows ({', '.join(RUN_APPS)}){expected}"
+        )
+    package, commands = RUN_APPS[marker]
+    # A run's config.json stands for its folder; any other file (a copy of one) for itself.
+    if path is not None and path.name == "config.json":
+        what = f"{path.parent} is a run folder"
+    else:
+        what = f"{path if path is not None else 'the config'} is a config"
+    raise ConfigError(
+        f"{what} of {package} ({marker}), not a {app} run; open it with {commands}{expected}"
+    )
 
 
 def _foreign_run(path: Path, unknown: list[Any], total: int, app: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import ConfigError, build_config, load_config_file, save_config
+from .config import APP_KEY, ConfigError, build_config, config_to_dict, load_config_file, save_config
 from .training import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 T = TypeVar("T")
@@ -22,8 +22,12 @@ T = TypeVar("T")
 __all__ = ["check_new_run_dir", "folder_tag", "is_unstarted_run", "resume_run", "run_config", "start_run"]
 
 
-def start_run(out: str | os.PathLike[str], config: Any) -> Path:
+def start_run(out: str | os.PathLike[str], config: Any, *, app: str | None = None) -> Path:
     """Create the run directory ``out`` and write ``config.json``.
+
+    ``app``, the command writing the run (``fewshot-train``), is stored as the key ``"app"`` of
+    ``config.json``: another app's command given this folder then names the app it belongs to
+    (see :func:`dropgrad.config.check_app_marker`), rather than guessing from unknown keys.
 
     ``out`` must not exist, be an empty directory, or hold a run that never reached its first
     checkpoint (``config.json`` but no ``checkpoints/last.pt``: typically a start that stopped
@@ -37,7 +41,14 @@ def start_run(out: str | os.PathLike[str], config: Any) -> Path:
     >>> run = start_run(Path(tempfile.mkdtemp()) / "run", Opt())
     >>> (run / "config.json").read_text()
     '{\\n  "lr": 0.1\\n}\\n'
+    >>> (start_run(Path(tempfile.mkdtemp()) / "run", Opt(), app="fewshot-train") / "config.json").read_text()
+    '{\\n  "app": "fewshot-train",\\n  "lr": 0.1\\n}\\n'
     """
+    if app is not None:
+        values = dict(config) if isinstance(config, Mapping) else config_to_dict(config)
+        if APP_KEY in values:
+            raise TypeError(f"the config has an option {APP_KEY!r}: config.json has no room for the app marker")
+        config = {APP_KEY: app, **values}
     path = Path(out)
     if check_new_run_dir(path):
         for name in ("log.txt", "metrics.jsonl"):
@@ -83,7 +94,8 @@ def resume_run(
 
     Options given on the command line must agree with the saved ones, except the ``mutable``
     fields (where the run executes, whether a progress bar shows), which may change. ``app``
-    names the command in errors (a folder of another app's run is one line naming the folder).
+    names the command in errors (a folder of another app's run is one line naming the folder, and
+    the app that wrote it when its ``config.json`` says so).
     """
     path = Path(out) / "config.json"
     if not path.is_file():

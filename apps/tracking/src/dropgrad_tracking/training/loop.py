@@ -134,7 +134,7 @@ def train(cfg: TrackTrainConfig, out: str | Path, resume: bool = False) -> dict[
         )
     cfg = dataclasses.replace(cfg, backbone_source=source)
     if not resume or restart:
-        start_run(out, cfg)
+        start_run(out, cfg, app="track-train")
     if sequences is None:
         sequences = load_sources(cfg, out)
     with warnings.catch_warnings(record=True) as caught:
