@@ -141,3 +141,54 @@ def test_a_run_folder_of_another_app_is_one_line(tmp_path, capsys):
         assert exc.value.code == 2 and err.count("\n") == 1, err
         assert (f"error: {run} is a run folder of dropgrad-tracking (track-train), not a fewshot-train run; "
                 "open it with track-train --resume or track-eval --checkpoint; expected a fewshot-train run folder") in err
+
+
+def _missing_image_errors(tmp_path, shared_data):
+    """The missing-image error of every loader that checks its files up front, by data set."""
+    mini = _mini_csv(tmp_path / "mini")
+    next((mini / "images").iterdir()).unlink()
+    ilsvrc, lists = tmp_path / "ilsvrc", tmp_path / "lists"
+    lists.mkdir()
+    (ilsvrc / "train" / "n01").mkdir(parents=True)
+    Image.new("RGB", (10, 8)).save(ilsvrc / "train" / "n01" / "a.JPEG")
+    for name in ("base.json", "val.json", "novel.json"):
+        (lists / name).write_text(json.dumps({
+            "label_names": ["n01", "n02"], "image_labels": [0, 1],
+            "image_names": ["/home/u/ILSVRC2015/train/n01/a.JPEG", "/home/u/ILSVRC2015/train/n02/b.JPEG"]}))
+    cases = [
+        ("cub", dict(data_root=shared_data / "cub" / "CUB_200_2011")),  # the sample lacks most images
+        ("miniimagenet", dict(data_root=mini, check_sizes=False)),  # csv layout
+        ("miniimagenet", dict(data_root=ilsvrc, filelist_dir=lists, check_sizes=False)),  # closerlook layout
+    ]
+    for dataset, kwargs in cases:
+        with pytest.raises(DataError, match="which does not exist") as err:
+            build_dataset(dataset, "train", **kwargs)
+        yield dataset, kwargs, str(err.value)
+
+
+def test_a_missing_image_error_suggests_only_options_and_flags_that_work(tmp_path, shared_data):
+    """Every KEY=VALUE the error suggests is accepted by that data set's loader (and following it
+    gets past the check), and every flag it names is the named command's own."""
+    import re
+    from pathlib import Path
+
+    import dropgrad_fewshot.data as data_package
+    from dropgrad_fewshot.cache_cli import cache_parser
+    from dropgrad_fewshot.cli import train_parser
+    from dropgrad_fewshot.data.build import parse_data_option
+
+    # Every loader that checks its files is covered below.
+    sources = Path(data_package.__file__).parent.glob("*.py")
+    assert sum(p.read_text().count(".check_files(") for p in sources) == 3
+    flags = {"fewshot-train": train_parser(), "fewshot-cache": cache_parser()}
+    seen = []
+    for dataset, kwargs, msg in _missing_image_errors(tmp_path, shared_data):
+        for command, flag in re.findall(r"(fewshot-[a-z]+) (--[a-z-]+)", msg):
+            assert flag in flags[command]._option_string_actions, (command, flag, msg)
+        for text in re.findall(r"\b([a-z_]+=[a-z0-9_]+)\b", msg):
+            key, value = parse_data_option(dataset, text)  # a DataError for a key the loader lacks
+            build_dataset(dataset, "train", **{**kwargs, key: value})
+            seen.append((dataset, text))
+        if dataset == "miniimagenet":
+            assert "check_files" not in msg and "--data-options" not in msg, msg
+    assert seen == [("cub", "check_files=false")]

@@ -65,7 +65,7 @@ def test_missing_images_are_reported_up_front(cub_root):
         build_dataset("cub", "val", data_root=cub_root)
     msg = str(err.value)
     assert "images.txt line" in msg and "which does not exist" in msg and "of 2950 listed images are missing" in msg
-    assert msg.endswith("(for a partial copy pass --data-options check_files=false)")
+    assert msg.endswith("(for a partial copy set check_files=false: fewshot-train --data-options, fewshot-cache --option)")
     ds = build_dataset("cub", "val", data_root=cub_root, check_files=False)
     missing = next(i for i, p in enumerate(ds.paths) if not p.exists())
     with pytest.raises(DataError, match="image file not found"):

@@ -67,15 +67,16 @@ def test_raw_cam_adds_up_to_the_class_score(backbone):
 
 
 def test_cam_uses_the_adapted_parameters():
+    # 56 px: a 2x2 last map (at 28 px it is 1x1, and every CAM is zeros).
     torch.manual_seed(0)
-    net = build_model("resnet10", 5, in_channels=1, image_size=28)
+    net = build_model("resnet10", 5, in_channels=1, image_size=56)
     learner = dropgrad.MAML(net, inner_lr=0.5, steps=2).eval()
-    xs, ys = torch.randn(5, 1, 28, 28), torch.arange(5)
+    xs, ys = torch.randn(5, 1, 56, 56), torch.arange(5)
     adapted = learner.adapt(xs, ys)[-1]
-    xq = torch.randn(10, 1, 28, 28)
+    xq = torch.randn(10, 1, 56, 56)
     cams = class_activation_maps(net, adapted, xq, torch.zeros(10, dtype=torch.long))
     # Reference: a copy of the network holding the adapted weights.
-    copy = build_model("resnet10", 5, in_channels=1, image_size=28).eval()
+    copy = build_model("resnet10", 5, in_channels=1, image_size=56).eval()
     copy.load_state_dict({k: v.detach() for k, v in adapted.items()})
     torch.testing.assert_close(
         cams, class_activation_maps(copy, None, xq, torch.zeros(10, dtype=torch.long))
@@ -104,6 +105,25 @@ def test_cam_input_checks():
         torch.ones(1, 2, 2, 2), torch.ones(1, 2), torch.tensor([0])
     )
     assert flat.eq(0).all()  # a constant map normalises to zeros, not NaN
+
+
+def test_a_map_constant_up_to_rounding_normalises_to_zeros():
+    """A 1x1 map upsampled bilinearly is constant only up to float32 rounding (~1e-7 relative);
+    min-max normalisation must not stretch that spread into a [0, 1] pattern."""
+    torch.manual_seed(0)
+    cams = cams_from_features(
+        torch.randn(4, 64, 1, 1), torch.randn(5, 64), torch.arange(4), size=(28, 28)
+    )
+    assert cams.shape == (4, 28, 28) and cams.eq(0).all()
+    # A large constant offset with rounding-sized wiggles is constant too.
+    fmap = torch.full((2, 3, 4, 4), 1e4) + 1e-2 * torch.randn(2, 3, 4, 4)  # a few ulps
+    assert cams_from_features(fmap, torch.ones(5, 3), torch.tensor([0, 1]), size=(16, 16)).eq(0).all()
+    # A real (non-constant) map is still normalised to exactly [0, 1].
+    real = cams_from_features(
+        torch.randn(4, 64, 3, 3), torch.randn(5, 64), torch.arange(4), size=(28, 28)
+    )
+    assert real.amin(dim=(1, 2)).eq(0).all() and real.amax(dim=(1, 2)).eq(1).all()
+    assert all(len(real[i].unique()) > 100 for i in range(4))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

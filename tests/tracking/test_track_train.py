@@ -436,6 +436,36 @@ def test_a_given_synthetic_root_is_shared_between_runs(tmp_path, capsys):
     assert code == 2 and "holds a synthetic set made with other settings" in captured.err
 
 
+def test_relative_folders_are_stored_absolute_so_resume_and_config_work_from_anywhere(tmp_path, monkeypatch, capsys):
+    from dropgrad import build_config
+
+    work, other = tmp_path / "work", tmp_path / "other"
+    work.mkdir()
+    other.mkdir()
+    monkeypatch.chdir(work)
+    out = tmp_path / "run"
+    original = TaskSampler.batch
+    _interrupt_at(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        _train(out, "--root", "data", "--epochs", "2", "--steps-per-epoch", "1")
+    monkeypatch.setattr(tasks_module.TaskSampler, "batch", original)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == 1
+    assert json.loads((out / "config.json").read_text())["root"] == str(work / "data")
+    # --resume and --config from another working directory read the same set, not a new one there.
+    monkeypatch.chdir(other)
+    code, captured = _train(out, "--resume", capsys=capsys)
+    assert code == 0, captured.err
+    code, captured = _train(tmp_path / "again", "--config", str(out / "config.json"), capsys=capsys)
+    assert code == 0, captured.err
+    assert not (other / "data").exists() and list(other.iterdir()) == []
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["root"] == str(work / "data")
+    # The other file options are made absolute alike.
+    otb = build_config(TrackTrainConfig, {"source": "otb", "annotations": "a.json", "backbone_weights": "w.mat"}, {})
+    vot = build_config(TrackTrainConfig, {"source": "vot", "root": "v", "list_file": "l.txt"}, {})
+    assert (otb.annotations, otb.backbone_weights, vot.root, vot.list_file) == tuple(
+        str(other / n) for n in ("a.json", "w.mat", "v", "l.txt"))
+
+
 def test_sources_are_listed_once_and_a_source_without_a_loader_says_so(capsys):
     import typing
 

@@ -79,6 +79,39 @@ def test_eval_on_another_data_folder_gets_its_own_file(tiny_run, small_synthetic
     assert json.loads((tiny_run / f"{stem}.json").read_text()) == plain  # not overwritten
 
 
+def test_the_default_data_folder_is_stored_absolute_and_eval_finds_it_from_anywhere(small_synthetic, tmp_path, monkeypatch):
+    from dropgrad_viewpoint import pipeline
+    from dropgrad_viewpoint.data.synthetic import MARKER, SyntheticSpec
+
+    # The default synthetic folder, already generated (with the small spec) in the training's
+    # working directory.
+    small = SyntheticSpec(**json.loads((small_synthetic / MARKER).read_text()))
+    monkeypatch.setattr(pipeline, "SyntheticSpec", lambda: small)
+    work, other = tmp_path / "work", tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(small_synthetic, work / "runs" / "viewpoint-data")
+    monkeypatch.chdir(work)
+    quick = [a for a in TINY if a not in ("--dataset", "objectnet3d")]
+    quick[quick.index("--epochs") + 1], quick[quick.index("--steps-per-epoch") + 1] = "1", "2"
+    assert main_train(quick + ["--eval-draws", "1", "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data_root"] == str(work / "runs" / "viewpoint-data")
+    # From another folder: the stored set, not a new one generated there.
+    monkeypatch.chdir(other)
+    assert main_eval([str(tmp_path / "run"), "--draws", "1"]) == 0
+    assert not (other / "runs").exists()
+    res = json.loads(next((tmp_path / "run").glob("eval_best_*_1draw.json")).read_text())
+    assert res["data_root"] == config["data_root"]
+    # A run folder written before (data_root null) resolves the default as it always did: in
+    # the working directory.
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "run", old)
+    (old / "config.json").write_text(json.dumps({**config, "data_root": None}))
+    monkeypatch.chdir(work)
+    assert main_eval([str(old), "--draws", "1"]) == 0
+    assert json.loads(next(old.glob("eval_best_*_1draw.json")).read_text())["pooled"] == res["pooled"]
+
+
 def test_resume_of_a_finished_run_keeps_its_results(tiny_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_run, copy)

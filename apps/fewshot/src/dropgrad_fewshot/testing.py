@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +172,19 @@ def write_cams(learner: Any, dataset: Any, way: int, shot: int, query: int, seed
     params = {k: v.detach() for k, v in params.items()}
     # The whole query batch goes through the network (batch-statistics BatchNorm normalises
     # with it, exactly as in the test forward); images are picked from the result.
+    shapes: list[tuple[int, ...]] = []
+    hook = learner.model.last_block.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
+    try:
+        with torch.no_grad():
+            pred = learner(task.query_x, params).argmax(-1)
+    finally:
+        hook.remove()
+    if shapes and shapes[-1][-2:] == (1, 1):
+        # A 1x1 map (Conv4 at 28 px) has no spatial layout: every CAM is constant, drawn as zeros.
+        print(f"fewshot-test: warning: the backbone's last feature map is 1x1 at {task.query_x.shape[-1]} px, so the "
+              f"class activation maps carry no spatial information (all zeros); train with a larger --image-size (e.g. 84)",
+              file=sys.stderr, flush=True)
     with torch.no_grad():
-        pred = learner(task.query_x, params).argmax(-1)
         maps = class_activation_maps(
             learner.model, params, task.query_x, pred, forward=lambda x: learner(x, params)
         )

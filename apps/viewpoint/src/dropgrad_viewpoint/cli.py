@@ -7,7 +7,9 @@ before any training starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +26,7 @@ from dropgrad import (
     start_run,
 )
 
-from .config import ViewpointConfig
+from .config import DEFAULT_SYNTHETIC_ROOT, ViewpointConfig
 from .data.mat import MatError
 
 __all__ = ["main_eval", "main_train"]
@@ -54,6 +56,10 @@ def main_train(argv: Sequence[str] | None = None) -> int:
             if is_unstarted_run(args.out):  # stopped before its first checkpoint: start it again, log and all
                 start_run(args.out, cfg, app="viewpoint-train")
         else:
+            if cfg.dataset == "synthetic" and cfg.data_root is None:
+                # The default folder, made absolute now and stored so in config.json: viewpoint-eval,
+                # --resume and --config from another working directory read this set, not a new one.
+                cfg = dataclasses.replace(cfg, data_root=os.path.abspath(DEFAULT_SYNTHETIC_ROOT))
             cfg.check()
             select_device(cfg.device)
             # Read and check all data before the run directory exists: bad data leaves nothing behind.

@@ -22,7 +22,7 @@ class ViewpointConfig:
         default="synthetic", metadata={"help": "synthetic: the embedded procedural set (generated if absent); objectnet3d: a real ObjectNet3D folder"}
     )
     data_root: str | None = field(
-        default=None, metadata={"path": True, "help": f"data folder (synthetic default: {DEFAULT_SYNTHETIC_ROOT}; required for objectnet3d)"}
+        default=None, metadata={"path": True, "help": f"data folder (synthetic default: {DEFAULT_SYNTHETIC_ROOT} in the working directory, stored absolute in config.json; required for objectnet3d)"}
     )
     shots: int = field(default=10, metadata={"help": "annotated support images per category (K-shot)"})
     query: int = field(default=5, metadata={"help": "query images per meta-training task"})

@@ -128,7 +128,10 @@ def build_cub(
         index.add(root / rel, cls, origin)
         index.sources.setdefault(cls, str(root / "images" / cls))
     if check_files:
-        index.check_files(f"cub ({root})")
+        index.check_files(
+            f"cub ({root})",
+            hint="for a partial copy set check_files=false: fewshot-train --data-options, fewshot-cache --option",
+        )
     if check_sizes:
         check_class_sizes(index, CUB_SPLIT_CLASSES[split], None, f"cub {split} ({root})")
     return rgb_dataset(index, name="cub", split=split, image_size=image_size, augment=augment, seed=seed)

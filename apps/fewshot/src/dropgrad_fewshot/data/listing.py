@@ -64,11 +64,13 @@ class ImageIndex:
                     "expected every image once"
                 )
 
-    def check_files(self, what: str) -> None:
+    def check_files(self, what: str, hint: str | None = None) -> None:
         """Raise :class:`DataError` naming the first listed file that does not exist.
 
         Lists each folder once instead of calling ``stat`` per file (60,000 files on a network
         file system), then reports the first missing item in list order and how many are missing.
+        ``hint``: what the caller's loader offers instead (e.g. CUB's ``check_files=false``),
+        appended in parentheses; None for a loader that needs every file.
         """
         listings: dict[Path, set[str] | None] = {}
         missing = []
@@ -87,7 +89,7 @@ class ImageIndex:
             raise DataError(
                 f"{what}: {self.origins[i]} names {self.paths[i]}, which does not exist"
                 f" ({len(missing)} of {len(self.paths)} listed images are missing); expected "
-                "every listed image to be present (for a partial copy pass --data-options check_files=false)"
+                "every listed image to be present" + (f" ({hint})" if hint else "")
             )
 
 

@@ -102,7 +102,7 @@ def _load_filelist(path: Path) -> tuple[list[str], list[str], list[int]]:
     if not path.is_file():
         raise DataError(
             f"miniimagenet (closerlook layout): {path} not found; expected CloserLook's "
-            f"{', '.join(FILELIST_NAMES.values())} in filelist_dir=DIR (fewshot-train --data-options) or --data-root"
+            f"{', '.join(FILELIST_NAMES.values())} in filelist_dir=DIR (fewshot-train --data-options, fewshot-cache --option) or --data-root"
         )
     try:
         with open(path, encoding="utf-8") as f:

@@ -5,7 +5,9 @@ For a head on globally average-pooled features (the ResNets), the class score is
 shows where the evidence for class c lies (its spatial mean is ``s_c - b_c``). Conv4's head reads
 the flattened map, ``s_c = sum_{k,x,y} W_c[k, x, y] A_k(x, y) + b_c``; the same idea gives
 ``CAM_c(x, y) = sum_k W_c[k, x, y] A_k(x, y)`` (its spatial sum is ``s_c - b_c``). Maps are then
-upsampled bilinearly to the input size and min-max normalised per image to [0, 1].
+upsampled bilinearly to the input size and min-max normalised per image to [0, 1]; a map that
+is constant up to float32 rounding (any map from a 1x1 feature map, such as Conv4's at 28 px)
+becomes all zeros.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from .net import FewShotNet
 
 __all__ = ["cams_from_features", "class_activation_maps", "save_cam_grid"]
 
+# A map whose max - min is at most this times max|map| counts as constant (float32 rounding).
+_CONSTANT_RTOL = 1e-5
+
 
 def cams_from_features(
     feature_map: Tensor,
@@ -41,7 +46,9 @@ def cams_from_features(
         fc_weight: of shape (n_way, K) (average-pooled head) or (n_way, K*h*w) (flattened head).
         classes: the class whose map to compute for each image, of shape (B,) (e.g. the prediction).
         size: (H, W) to upsample to (bilinear, half-pixel centres); None keeps (h, w).
-        normalize: min-max normalise each map to [0, 1] (a constant map becomes all zeros).
+        normalize: min-max normalise each map to [0, 1]. A constant map becomes all zeros, and so
+            does one whose spread (before upsampling) is within float32 rounding of its
+            magnitude (at most ``1e-5 * max|map|``), e.g. any map from a 1x1 feature map.
 
     Returns:
         Maps of shape (B, H, W), float32, detached.
@@ -75,6 +82,14 @@ def cams_from_features(
         )
     with torch.no_grad():
         maps = (weight[classes].float() * feature_map.float()).sum(dim=1)  # (B, h, w)
+        # Constancy is decided on the map before upsampling, relative to its magnitude:
+        # bilinear upsampling of a constant (e.g. Conv4's 1x1 map at 28 px) is constant only up
+        # to float32 rounding (~1e-7 relative), which min-max normalisation would stretch to
+        # [0, 1] and draw as a pattern.
+        mag = maps.abs().amax(dim=(1, 2), keepdim=True)
+        varies = (
+            maps.amax(dim=(1, 2), keepdim=True) - maps.amin(dim=(1, 2), keepdim=True)
+        ) > _CONSTANT_RTOL * mag
         if size is not None and tuple(size) != (h, w):
             maps = F.interpolate(
                 maps[:, None], size=tuple(size), mode="bilinear", align_corners=False
@@ -83,7 +98,7 @@ def cams_from_features(
             lo = maps.amin(dim=(1, 2), keepdim=True)
             span = maps.amax(dim=(1, 2), keepdim=True) - lo
             maps = torch.where(
-                span > 0,
+                varies & (span > 0),
                 (maps - lo) / span.clamp_min(torch.finfo(maps.dtype).tiny),
                 0.0,
             )
