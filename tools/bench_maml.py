@@ -35,11 +35,12 @@ Rows ("impl") per configuration, each with DropGrad off and on (gaussian p=0.1):
   ``fold``: the tasks folded into the batch dimension (``MAML(batch_with="fold")``): layers
   without parameters and norms run once for all tasks, convolutions with per-task weights as
   one plain (not grouped) convolution per task; ``+pad8``, ``+pwpool``, ``+unfold``, ``+grouped``,
-  ``+idxpool``: compiled folded tasks with 3-channel convolutions padded to 8 channels on a GPU,
+  ``+idxpool``, ``+tpool``: compiled folded tasks with 3-channel convolutions padded to 8 channels on a GPU,
   max pooling as pointwise operators, convolutions of depth <= 27 (3 channels x 3x3) as one
   batched matmul over their unfolded input, the other per-task convolutions as one grouped
   convolution over the tasks' channels side by side, max pooling's backward as a pointwise
-  select at its saved indices (``MAML(folded_forms=...)``); ``+compile-so``: ``+compile`` and second-order
+  select at its saved indices, (``+tpool``) max pooling as two hand-written Triton kernels on a
+  GPU (``MAML(folded_forms=...)``); ``+compile-so``: ``+compile`` and second-order
   steps compiled whole (``MAML(compile_second_order=True)``: forward, ``torch.func.grad`` and
   update in one compiled function, whose backward is the compiled double backward).
 
@@ -115,6 +116,7 @@ class Impl:
     unfold_depth: int = 0  # with fold+compile: MAML(folded_forms={"unfold_depth": ...})
     grouped_tasks: bool = False  # with fold+compile: MAML(folded_forms={"grouped_tasks": True})
     indexed_pool: bool = False  # with fold+compile: MAML(folded_forms={"indexed_pool_backward": True})
+    triton_pool: bool = False  # with fold+compile: MAML(folded_forms={"triton_pool": True})
 
     def compile_forward(self) -> bool | dict[str, Any]:
         """``MAML(compile_forward=...)`` for this row."""
@@ -132,10 +134,10 @@ class Impl:
 
     def folded_forms(self) -> dict[str, Any] | None:
         """``MAML(folded_forms=...)`` for this row (``+pad8``, ``+pwpool``, ``+unfold``, ``+grouped``,
-        ``+idxpool``), or ``None``."""
+        ``+idxpool``, ``+tpool``), or ``None``."""
         forms = {"pointwise_max_pool": self.pointwise_pool, "channel_multiple": self.pad_channels,
                  "unfold_depth": self.unfold_depth, "grouped_tasks": self.grouped_tasks,
-                 "indexed_pool_backward": self.indexed_pool}
+                 "indexed_pool_backward": self.indexed_pool, "triton_pool": self.triton_pool}
         return forms if forms != FOLDED_FORMS_OFF else None
 
 
@@ -228,6 +230,15 @@ IMPLS: dict[str, Impl] = {
     "fold+bf16+cl+compile+unfold+grouped+idxpool": Impl(batched=True, batch_with="fold", bf16=True,
                                                         channels_last=True, compile=True, unfold_depth=27,
                                                         grouped_tasks=True, indexed_pool=True),
+    "fold+bf16+cl+compile+combo+unfold+tpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
+                                                          channels_last=True, compile=True, graph=True, combo=True,
+                                                          unfold_depth=27, triton_pool=True),
+    "fold+bf16+cl+compile+unfold+grouped+tpool+graph": Impl(batched=True, batch_with="fold", bf16=True,
+                                                            channels_last=True, compile=True, graph=True,
+                                                            unfold_depth=27, grouped_tasks=True, triton_pool=True),
+    "fold+bf16+cl+compile+combo+unfold+grouped+tpool+graph": Impl(
+        batched=True, batch_with="fold", bf16=True, channels_last=True, compile=True, graph=True, combo=True,
+        unfold_depth=27, grouped_tasks=True, triton_pool=True),
     "fold+bf16+cl+compile+combo+grouped+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
                                                      compile=True, graph=True, combo=True, grouped_tasks=True),
     "fold+bf16+cl+compile+unfold+grouped+graph": Impl(batched=True, batch_with="fold", bf16=True, channels_last=True,
@@ -285,7 +296,8 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "naive", "loop", "fold+bf16+cl+compile+combo+graph", "fold+bf16+cl+compile+combo+unfold+graph",
         "fold+bf16+cl+compile+combo+unfold+idxpool+graph", "fold+bf16+cl+compile+combo+unfold+grouped+graph",
         "fold+bf16+cl+compile+unfold+grouped+graph", "fold+bf16+cl+compile+combosame+unfold+grouped+graph",
-        "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph",
+        "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph", "fold+bf16+cl+compile+combo+unfold+tpool+graph",
+        "fold+bf16+cl+compile+unfold+grouped+tpool+graph", "fold+bf16+cl+compile+combo+unfold+grouped+tpool+graph",
         "fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph", "fold+bf16+cl+compile+combo+grouped+graph",
         "fold+bf16+cl+compile+combo+pad8+graph", "fold+bf16+cl+compile+combo+pwpool+graph",
         "fold+bf16+cl+compile+combo+unfold+pwpool+graph", "fold+bf16+cl+compile+graph",

@@ -126,11 +126,12 @@ def test_rows_with_compiled_forms_give_them_to_the_learner():
     assert bench.IMPLS["fold+bf16+cl+compile+combo+graph"].folded_forms() is None
     assert bench.IMPLS["fold+bf16+cl+compile+combo+unfold+pwpool+graph"].folded_forms() == {
         "pointwise_max_pool": True, "channel_multiple": 1, "unfold_depth": 27, "grouped_tasks": False,
-        "indexed_pool_backward": False}
+        "indexed_pool_backward": False, "triton_pool": False}
     assert bench.IMPLS["fold+bf16+cl+compile+combo+unfold+grouped+graph"].folded_forms()["grouped_tasks"] is True
     assert bench.IMPLS["fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph"].folded_forms() == {
         "pointwise_max_pool": False, "channel_multiple": 1, "unfold_depth": 27, "grouped_tasks": True,
-        "indexed_pool_backward": True}
+        "indexed_pool_backward": True, "triton_pool": False}
+    assert bench.IMPLS["fold+bf16+cl+compile+unfold+grouped+tpool+graph"].folded_forms()["triton_pool"] is True
     assert bench.IMPLS["fold+bf16+cl+compile+combo+pad8+graph"].folded_forms()["channel_multiple"] == 8
     rows = [name for name, impl in bench.IMPLS.items() if impl.folded_forms() is not None]
     assert len(rows) >= 5

@@ -234,6 +234,38 @@ def test_folded_steps_with_grouped_task_convolutions_and_indexed_pooling_equal_e
     assert not folded._GROUPED_TASKS and not folded._INDEXED_POOL_BACKWARD, "the settings leaked out of the step"
 
 
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_folded_steps_with_the_triton_pooling_op_equal_eager(order, monkeypatch):
+    # MAML(folded_forms={"triton_pool": True, ...}): max pooling through dropgrad.poolkernels' op
+    # (here on a CPU, its ATen path: the op, its registered backward and their tracing are
+    # what this checks; the kernels are checked in tests/core/test_poolkernels.py), inductor
+    # compiling the step. Second order: the query's forward uses it, the inner steps do not.
+    from dropgrad import folded, poolkernels
+
+    calls = []
+    pool = poolkernels.window_max_pool
+    monkeypatch.setattr(poolkernels, "window_max_pool", lambda *a: calls.append(a[1:]) or pool(*a))
+    options = {"first_order": True} if order == "first" else {"compile_second_order": True}
+    learners = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        own = {"compile_forward": True, "folded_forms": {"grouped_tasks": True, "triton_pool": True}, **options}
+        learners.append(MAML(two_conv_net().double().to(memory_format=torch.channels_last), inner_lr=0.1, steps=2,
+                             batch_with="fold", dropgrad=DropGrad(0.2),
+                             **(own if compiled else {"first_order": order == "first"})))
+    eager, comp = learners
+    tasks = make_tasks(9, "cpu", query=3)
+    want = meta_step(eager, tasks, batched=True)
+    torch._dynamo.reset()
+    try:
+        got = meta_step(comp, tasks, batched=True)
+    finally:
+        torch._dynamo.reset()
+    assert calls and set(calls) == {(2, 2)}, f"the compiled step did not use the op: {calls}"
+    assert_equal_steps(want, got)
+    assert not folded._TRITON_POOL, "the setting leaked out of the step"
+
+
 def test_torch_compile_misdifferentiates_a_custom_backward_under_func_grad():
     # Why MAML's compiled second-order steps leave out the indexed pooling backward: traced by
     # torch.compile (torch 2.14, even backend="eager"), the derivative of a custom
@@ -263,7 +295,7 @@ def test_torch_compile_misdifferentiates_a_custom_backward_under_func_grad():
 def test_folded_forms_refusals():
     fold = {"compile_forward": "aot_eager", "batch_with": "fold"}
     with pytest.raises(ValueError, match="keys must be among pointwise_max_pool, channel_multiple, unfold_depth, "
-                                         "grouped_tasks, indexed_pool_backward, got pad"):
+                                         "grouped_tasks, indexed_pool_backward, triton_pool, got pad"):
         MAML(tiny_net(), folded_forms={"pad": 8}, **fold)
     with pytest.raises(ValueError, match=r"folded_forms\['unfold_depth'\] must be a int, got True"):
         MAML(tiny_net(), folded_forms={"unfold_depth": True}, **fold)
@@ -273,7 +305,7 @@ def test_folded_forms_refusals():
         MAML(tiny_net(), folded_forms={"grouped_tasks": "yes"}, **fold)
     with pytest.raises(ValueError, match="channel_multiple must be >= 1, got 0"):
         MAML(tiny_net(), folded_forms={"channel_multiple": 0}, **fold)
-    with pytest.raises(ValueError, match="two forms of the same pooling"):
+    with pytest.raises(ValueError, match="forms of the same pooling"):
         MAML(tiny_net(), folded_forms={"pointwise_max_pool": True, "indexed_pool_backward": True}, **fold)
     with pytest.raises(ValueError, match="must be None or a mapping"):
         MAML(tiny_net(), folded_forms=["unfold_depth"], **fold)  # type: ignore[arg-type]
@@ -536,8 +568,12 @@ def check_bf16_forms_against_float32(device: torch.device, forms: dict, net) -> 
     was traced."""
     import dropgrad.folded as folded
 
-    names = {"grouped": "_grouped_conv", "unfold": "_unfolded_conv", "idxpool": "_indexed_max_pool"}
-    plain = {form: getattr(folded, name) for form, name in names.items()}
+    import dropgrad.poolkernels as poolkernels
+
+    names = {"grouped": "_grouped_conv", "unfold": "_unfolded_conv", "idxpool": "_indexed_max_pool",
+             "tpool": "window_max_pool"}
+    modules = {"tpool": poolkernels}
+    plain = {form: getattr(modules.get(form, folded), name) for form, name in names.items()}
     traced = dict.fromkeys(names, 0)
 
     def counting(form):
@@ -547,7 +583,7 @@ def check_bf16_forms_against_float32(device: torch.device, forms: dict, net) -> 
         return call
 
     for form, name in names.items():
-        setattr(folded, name, counting(form))
+        setattr(modules.get(form, folded), name, counting(form))
     try:
         tasks = make_tasks(17, device, dtype=torch.float32, query=3)
         results = []
@@ -561,7 +597,7 @@ def check_bf16_forms_against_float32(device: torch.device, forms: dict, net) -> 
             results.append((out.loss.float(), torch.cat([g.flatten() for g in grads]).float()))
     finally:
         for form, name in names.items():
-            setattr(folded, name, plain[form])
+            setattr(modules.get(form, folded), name, plain[form])
     (loss_ref, grad_ref), (loss_e, grad_e), (loss_c, grad_c) = results
     # bf16 alone moves each side about 3% from float32 (more on some seeds), in different
     # directions: hold both to the float32 step rather than to each other.
@@ -577,7 +613,8 @@ def check_bf16_forms_against_float32(device: torch.device, forms: dict, net) -> 
     ({"pointwise_max_pool": True, "unfold_depth": 0}, tiny_net), ({"pointwise_max_pool": True}, tiny_net),
     ({"pointwise_max_pool": True, "unfold_depth": 0, "grouped_tasks": True}, two_conv_net),
     ({"indexed_pool_backward": True, "grouped_tasks": True}, two_conv_net),
-], ids=["pad8", "unfold", "pad8-grouped", "unfold-grouped-idxpool"])
+    ({"triton_pool": True, "grouped_tasks": True}, two_conv_net),
+], ids=["pad8", "unfold", "pad8-grouped", "unfold-grouped-idxpool", "unfold-grouped-tpool"])
 def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf32, forms, net):
     # dropgrad.folded.compiled_forms on a GPU in bf16: max pooling as pointwise operators or with
     # its backward at the saved indices, the 3-channel convolution padded to 8 channels or run as
@@ -586,3 +623,4 @@ def test_inductor_folded_bf16_step_with_its_gpu_kernel_forms_equals_eager(no_tf3
     assert (traced["grouped"] > 0) == bool(forms.get("grouped_tasks"))
     assert (traced["unfold"] > 0) == (forms.get("unfold_depth", 27) > 0)
     assert (traced["idxpool"] > 0) == bool(forms.get("indexed_pool_backward"))
+    assert (traced["tpool"] > 0) == bool(forms.get("triton_pool"))

@@ -36,6 +36,8 @@ def test_rows_map_to_fewshot_train_options_or_are_refused(tool):
         "--compile-forms", "unfold,grouped"]
     assert tool.train_options(impls["fold+bf16+cl+compile+combo+unfold+grouped+idxpool+graph"])[-2:] == [
         "--compile-forms", "unfold,grouped,idxpool"]
+    assert tool.train_options(impls["fold+bf16+cl+compile+unfold+grouped+tpool+graph"])[-2:] == [
+        "--compile-forms", "unfold,grouped,tpool"]
     for name in ("naive", "fold+bf16+cl+compile+stockpool+graph", "vmap+bf16+ckpt", "loop+bf16+cl+autotune+graph",
                  "fold+bf16+cl+compile+combo+cdt+unfold+grouped+graph", "fold+bf16+cl+compile+combosame+unfold+grouped+graph"):
         with pytest.raises(ValueError):

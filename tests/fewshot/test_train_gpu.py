@@ -87,8 +87,10 @@ def test_compiled_training_from_a_cuda_graph_and_the_cudnn_choice(cudnn_benchmar
     ["--first-order", "--compile"], ["--first-order", "--compile", "--compile-combo"],
     ["--first-order", "--compile", "--compile-combo", "--compile-forms", "unfold"],
     ["--first-order", "--compile", "--compile-forms", "unfold,grouped"],
+    ["--first-order", "--compile", "--compile-combo", "--compile-forms", "unfold,tpool"],
+    ["--first-order", "--compile", "--compile-forms", "unfold,grouped,tpool"],
     ["--compile", "--compile-second-order"],
-], ids=["first", "first-combo", "first-combo-forms", "first-forms", "second"])
+], ids=["first", "first-combo", "first-combo-forms", "first-forms", "first-combo-tpool", "first-forms-tpool", "second"])
 def test_folded_compiled_training_from_a_cuda_graph(order, tmp_path):
     # The fastest Conv4 setting that trained on an H200 (first order, combo kernels, unfold), the
     # grouped form without combo kernels (with them it crashed there: docs/performance.md) and

@@ -39,6 +39,7 @@ COMPILE_FORMS: dict[str, dict[str, bool | int]] = {
     "unfold": {"unfold_depth": 27},  # in_channels * kh * kw of a 3x3 convolution over RGB
     "grouped": {"grouped_tasks": True},
     "idxpool": {"indexed_pool_backward": True},
+    "tpool": {"triton_pool": True},
 }
 
 
@@ -97,7 +98,7 @@ class FewShotConfig:
     compile: bool = field(default=False, metadata={"help": "run the backbone through torch.compile (inductor) in first-order meta-training steps: fused kernels, compiled once per input shape at the start (needs --first-order, mamlpp's --first-order-epochs or --compile-second-order; evaluation runs eagerly; not with --regularizer dropout/spatialdropout)"})
     compile_second_order: bool = field(default=False, metadata={"help": "with --compile, also compile second-order meta-training steps: each inner step (forward, gradient, update) is one compiled function whose backward, the double backward, is compiled too (per-task loop or --batched fold; not with --checkpoint or --batched on)"})
     compile_combo: bool = field(default=False, metadata={"help": "with --compile: inductor's combo kernels (independent small kernels of a compiled step launched as one kernel; +4.9% for folded Conv4 first order on an H200: 321 against 306 tasks/s; refused with --compile-forms grouped, with which it crashed there)"})
-    compile_forms: str = field(default="none", metadata={"help": "with --compile and --batched fold: other forms of layers where the folded steps are compiled, comma-separated: unfold (convolutions of at most 27 values per output pixel, e.g. 3x3 over RGB, as one matmul over their unfolded input; folded Conv4 first order on an H200 with --compile-combo: 366 against 313 tasks/s, same run), grouped (experimental: the other per-task convolutions as one grouped convolution per layer; refused with --compile-combo, which crashed with it on an H200; without combo kernels not timed on a GPU yet), pad8 (input channels padded with zeros to a multiple of 8, on a GPU in half precision; 339 against 325), pwpool (max pooling over non-overlapping windows as pointwise operators; slower on an H200: 116 against 325), idxpool (experimental: that pooling's backward as a pointwise select at the saved indices; slower on an H200 with --compile-combo --compile-forms unfold: 256 against 356 tasks/s, same run; not with pwpool); the same sums up to rounding; none: off (docs/performance.md)"})
+    compile_forms: str = field(default="none", metadata={"help": "with --compile and --batched fold: other forms of layers where the folded steps are compiled, comma-separated: unfold (convolutions of at most 27 values per output pixel, e.g. 3x3 over RGB, as one matmul over their unfolded input; folded Conv4 first order on an H200 with --compile-combo: 366 against 313 tasks/s, same run), grouped (experimental: the other per-task convolutions as one grouped convolution per layer; refused with --compile-combo, which crashed with it on an H200; without combo kernels not timed on a GPU yet), pad8 (input channels padded with zeros to a multiple of 8, on a GPU in half precision; 339 against 325), pwpool (max pooling over non-overlapping windows as pointwise operators; slower on an H200: 116 against 325), idxpool (experimental: that pooling's backward as a pointwise select at the saved indices; slower on an H200 with --compile-combo --compile-forms unfold: 256 against 356 tasks/s, same run), tpool (experimental: that pooling as two hand-written Triton kernels on a GPU, not timed on a GPU yet; one of pwpool, idxpool and tpool); the same sums up to rounding; none: off (docs/performance.md)"})
     cudnn_benchmark: bool = field(default=True, metadata={"help": "on a GPU, let cuDNN time its convolution algorithms once per input shape and keep the fastest (the shapes are fixed within a run)"})
     channels_last: bool = field(default=False, metadata={"help": "store conv weights channels_last (NHWC; faster convolutions on recent GPUs, above all with --bf16)"})
     task_chunk: int | None = field(default=None, metadata={"help": "batched meta-training: adapt and back-propagate this many tasks at a time, so peak memory is one chunk's (default: the whole meta-batch; the per-task loop, --batched off, already holds one task at a time)"})
@@ -240,8 +241,9 @@ class FewShotConfig:
                 f"--compile-forms must be none or distinct comma-separated names among {', '.join(COMPILE_FORMS)}, "
                 f"got {self.compile_forms!r}"
             )
-        if {"pwpool", "idxpool"} <= set(names):
-            raise ValueError("--compile-forms: pwpool and idxpool are two forms of the same max pooling; give one")
+        pooling = [n for n in ("pwpool", "idxpool", "tpool") if n in names]
+        if len(pooling) > 1:
+            raise ValueError(f"--compile-forms: {' and '.join(pooling)} are forms of the same max pooling; give one")
         return {k: v for n in names for k, v in COMPILE_FORMS[n].items()}
 
     @property

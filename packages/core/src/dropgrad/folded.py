@@ -56,6 +56,7 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _CHANNEL_MULTIPLE = 1
 _POINTWISE_MAX_POOL = False
 _INDEXED_POOL_BACKWARD = False
+_TRITON_POOL = False
 _PAD_DEVICES: tuple[str, ...] = ("cuda",)  # on a CPU, padding 3 channels to 8 did not pay (oneDNN, bf16)
 _POOL_WINDOW_MAX = 16  # larger windows keep ATen's kernel (a nested where per window cell)
 _UNFOLD_DEPTH = 0  # per-task convolutions with in_channels * kernel cells <= this run as a matmul
@@ -350,7 +351,7 @@ def _max_pool2d(
     tasks: int, input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
     ceil_mode: bool = False, return_indices: bool = False,
 ) -> Any:
-    if (_POINTWISE_MAX_POOL or _INDEXED_POOL_BACKWARD) and _compiling():  # eager calls go straight to ATen
+    if (_POINTWISE_MAX_POOL or _INDEXED_POOL_BACKWARD or _TRITON_POOL) and _compiling():  # eager calls go straight to ATen
         kernel = _pair(kernel_size)
         steps = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair(stride)
         if (
@@ -359,6 +360,10 @@ def _max_pool2d(
         ):
             if _POINTWISE_MAX_POOL:
                 return _window_max(input, *kernel)
+            if _TRITON_POOL:
+                from .poolkernels import window_max_pool
+
+                return window_max_pool(input, *kernel)  # off a CUDA device: ATen's pooling in the same op
             return _indexed_max_pool(input, *kernel)
     return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=return_indices)
 
@@ -463,7 +468,7 @@ _RULES: dict[Callable[..., Any], Callable[..., Tensor]] = {
 @contextlib.contextmanager
 def compiled_forms(
     pointwise_max_pool: bool = False, channel_multiple: int = 8, unfold_depth: int = 27, grouped_tasks: bool = False,
-    indexed_pool_backward: bool = False,
+    indexed_pool_backward: bool = False, triton_pool: bool = False,
 ) -> Iterator[None]:
     """Other forms of layers in compiled folded tasks, within the block (issue 7). The defaults
     are the forms that paid on an H200: the unfolded first convolution and channels padded to 8.
@@ -479,7 +484,12 @@ def compiled_forms(
       groups over the tasks' channels side by side;
     * ``indexed_pool_backward``: max pooling over non-overlapping windows keeps ATen's forward,
       and its backward is a pointwise select at the saved indices (not with
-      ``pointwise_max_pool``, which replaces the whole pooling).
+      ``pointwise_max_pool``, which replaces the whole pooling);
+    * ``triton_pool``: max pooling over non-overlapping windows on a CUDA device as two
+      hand-written Triton kernels (:func:`dropgrad.poolkernels.window_max_pool`), ATen's values
+      and gradients; its backward takes a few integer operations per element where inductor's
+      takes 72-133 (SASS of torch 2.11's kernels for the Conv4 step, compiled offline). Not
+      timed on a GPU yet. One pooling form at a time.
 
     They apply only where torch.compile traces the folded tasks; eager calls keep ATen's
     kernels. Compiled graphs depend on these settings (a change recompiles).
@@ -495,20 +505,22 @@ def compiled_forms(
     device-side assert, or an illegal memory access with the indexed backward); fewshot-train
     refuses that pair. On a CPU none of the forms paid.
     """
-    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD
-    if pointwise_max_pool and indexed_pool_backward:
-        raise ValueError("compiled_forms: pointwise_max_pool and indexed_pool_backward are two forms of the same pooling; choose one")
+    global _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD, _TRITON_POOL
+    pooling = [name for name, on in (("pointwise_max_pool", pointwise_max_pool),
+                                     ("indexed_pool_backward", indexed_pool_backward), ("triton_pool", triton_pool)) if on]
+    if len(pooling) > 1:
+        raise ValueError(f"compiled_forms: {' and '.join(pooling)} are forms of the same pooling; choose one")
     if channel_multiple < 1:
         raise ValueError(f"compiled_forms: channel_multiple must be >= 1, got {channel_multiple}")
     if unfold_depth < 0:
         raise ValueError(f"compiled_forms: unfold_depth must be >= 0, got {unfold_depth}")
-    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD
-    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD = (
-        pointwise_max_pool, channel_multiple, unfold_depth, grouped_tasks, indexed_pool_backward)
+    saved = _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD, _TRITON_POOL
+    _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD, _TRITON_POOL = (
+        pointwise_max_pool, channel_multiple, unfold_depth, grouped_tasks, indexed_pool_backward, triton_pool)
     try:
         yield
     finally:
-        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD = saved
+        _POINTWISE_MAX_POOL, _CHANNEL_MULTIPLE, _UNFOLD_DEPTH, _GROUPED_TASKS, _INDEXED_POOL_BACKWARD, _TRITON_POOL = saved
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:

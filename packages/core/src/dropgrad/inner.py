@@ -61,7 +61,7 @@ COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs")
 # MAML(folded_forms=...): dropgrad.folded.compiled_forms' settings, and each one's "off" value.
 FOLDED_FORMS_OFF: dict[str, Any] = {
     "pointwise_max_pool": False, "channel_multiple": 1, "unfold_depth": 0, "grouped_tasks": False,
-    "indexed_pool_backward": False,
+    "indexed_pool_backward": False, "triton_pool": False,
 }
 
 __all__ = ["MAML", "MAMLPlusPlus", "MetaOutput", "MetaSGD", "Task", "msl_weights", "sgd_step"]
@@ -384,8 +384,8 @@ class MAML(nn.Module):
             other forms of layers where the compiled steps trace the folded tasks, as
             :func:`dropgrad.folded.compiled_forms` gives them: a mapping with any of
             ``pointwise_max_pool`` (bool), ``channel_multiple`` (int), ``unfold_depth`` (int),
-            ``grouped_tasks`` (bool) and ``indexed_pool_backward`` (bool; compiled second-order
-            inner steps leave it out); a setting left out is off. Each form gives the same sums
+            ``grouped_tasks`` (bool), ``indexed_pool_backward`` and ``triton_pool`` (bools; compiled
+            second-order inner steps leave these two out); a setting left out is off. Each form gives the same sums
             as the layer it replaces, up to rounding (float64 tests); their speed on a GPU is in
             docs/performance.md.
             Eager calls (evaluation, second order not compiled) keep the plain layers.
@@ -500,7 +500,8 @@ class MAML(nn.Module):
                 # Not the indexed pooling backward (a custom autograd.Function): under torch.func.grad
                 # inside torch.compile, its backward's own derivative comes out wrong (torch 2.14;
                 # tests/core/test_compile.py keeps the case), so second order keeps ATen's pooling.
-                second = {**forms, "indexed_pool_backward": False}
+                # Nor the Triton pooling, whose backward kernel has no derivative of its own.
+                second = {**forms, "indexed_pool_backward": False, "triton_pool": False}
                 self._compiled_second_order["fold"] = _within_forms(self._compiled_second_order["fold"], second)
         self.task_streams = self._check_task_streams(task_streams)
         if loop_norms == "decomposed":
