@@ -48,16 +48,16 @@ def has_triton() -> bool:
     return True
 
 
-@functools.cache
-def _kernels() -> tuple[Any, Any]:
-    """The two ``@triton.jit`` kernels, made at first use (importing Triton costs seconds)."""
+if has_triton():
+    # Module level, as torch.compile wants kernels it puts into its own code (the op's body is
+    # traced by torch.compile, and inductor copies these kernels into the wrapper it writes).
     import triton
     import triton.language as tl
 
     @triton.jit
-    def pool_forward(x_ptr, out_ptr, which_ptr, total, sn, sc, sh, sw,
-                     C: tl.constexpr, Ho: tl.constexpr, Wo: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                     CHANNELS_LAST: tl.constexpr, WIDE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+    def _pool_forward(x_ptr, out_ptr, which_ptr, total, sn, sc, sh, sw,
+                      C: tl.constexpr, Ho: tl.constexpr, Wo: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                      CHANNELS_LAST: tl.constexpr, WIDE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
         # One lane per output element, in the output's memory order; the input is read through
         # its strides. Sizes are compile-time constants: dividing by them then costs a multiply
         # and a shift, not a division (a compiled step has a few fixed shapes).
@@ -90,10 +90,10 @@ def _kernels() -> tuple[Any, Any]:
         tl.store(which_ptr + idx, which.to(tl.uint8), mask=mask)
 
     @triton.jit
-    def pool_backward(grad_ptr, which_ptr, out_ptr, total,
-                      C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, Ho: tl.constexpr, Wo: tl.constexpr,
-                      KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
-                      BLOCK: tl.constexpr):
+    def _pool_backward(grad_ptr, which_ptr, out_ptr, total,
+                       C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, Ho: tl.constexpr, Wo: tl.constexpr,
+                       KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
+                       BLOCK: tl.constexpr):
         # One lane per input element; the output gradient and positions are in the input's
         # memory order (both contiguous in it), so every load and the store are coalesced.
         idx = (tl.program_id(0).to(tl.int64) if INT64 else tl.program_id(0)) * BLOCK + tl.arange(0, BLOCK)
@@ -123,7 +123,10 @@ def _kernels() -> tuple[Any, Any]:
         out = tl.where(inside & (which == pos), g, tl.zeros_like(g))
         tl.store(out_ptr + idx, out, mask=mask)
 
-    return pool_forward, pool_backward
+
+def _kernels() -> tuple[Any, Any]:
+    """The forward and backward kernels (Triton must be installed)."""
+    return _pool_forward, _pool_backward
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
