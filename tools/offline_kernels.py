@@ -9,7 +9,7 @@ itself), which gives the Triton kernels and the wrapper code inductor would run 
 pointwise kernel is compiled offline to SASS (Triton's own ptxas and nvdisasm), and its
 instructions per element times its elements is a measure of its integer and float work:
 
-    python tools/offline_kernels.py --impl fold+bf16+cl+compile+combo+unfold+grouped+graph --out /tmp/k
+    python tools/offline_kernels.py --impl fold+bf16+cl+compile+combo+unfold+grouped+graph --out kernels
 
 What it is good for, and where it is not:
 
