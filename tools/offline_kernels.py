@@ -22,6 +22,8 @@ What it is good for, and where it is not:
   its H200 time (461 us). It ignores memory: a kernel that moves many bytes per instruction,
   or reads uncoalesced, takes longer than printed. Reductions are listed without a time
   (their loops make a static count meaningless).
+* ``dropgrad.poolkernels``' op (``+tpool`` rows) stays one node, which the wrapper calls; its
+  kernels are not in the table (``--pool-kernels`` counts them).
 * It patches torch's CUDA queries (device properties, the convolution backend, CUDA's random
   state) for the length of the process; torch 2.11 (the GPU machine's) and 2.14 were tried.
   Use the GPU machine's torch to see its code: the kernels differ between releases.
@@ -84,6 +86,12 @@ def record_graphs(impl_name: str, px: int, tasks: int, ways: int, shots: int, qu
         return compile_fx(gm, example_inputs, **kwargs)
 
     cfx.compile_fx = recording_compile_fx
+    # dropgrad.poolkernels' op stays one node: traced into on the CPU it would be its ATen path
+    # (on the pretend GPU the wrapper then calls the op, whose kernels report() adds).
+    import torch._functorch.config as functorch_config
+
+    decompose = functorch_config.decompose_custom_triton_ops
+    functorch_config.decompose_custom_triton_ops = False
     try:
         impl = bench_maml.IMPLS[impl_name]
         if not impl.compile:
@@ -95,6 +103,7 @@ def record_graphs(impl_name: str, px: int, tasks: int, ways: int, shots: int, qu
         bench_maml.make_step(impl, model, batch, steps=steps, first_order=True, noise_on=True, device=cpu)()
     finally:
         cfx.compile_fx = compile_fx
+        functorch_config.decompose_custom_triton_ops = decompose
     return records
 
 
