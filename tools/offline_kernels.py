@@ -244,10 +244,6 @@ def kernel_source(wrapper: str, name: str) -> str:
 
 def sass_instructions(source: str, name: str, constexprs: dict[str, int], num_warps: int = 4) -> Counter[str]:
     """SASS opcodes of kernel ``name`` in ``source`` (an inductor kernel), compiled offline for sm_90."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     lines, skipping = [], False
     for line in source.splitlines():  # inductor's autotuning decorator and driver call go; @triton.jit stays
         skipping = skipping or line.startswith("@triton_heuristics")
@@ -266,16 +262,25 @@ def sass_instructions(source: str, name: str, constexprs: dict[str, int], num_wa
     found = re.search(r"'constants': (\{[^}]*\})", source)
     if found:
         constants.update(eval(found.group(1)))  # noqa: S307
-    names = list(signature)
     for key, kind in signature.items():
         if kind == "constexpr":
             constants.setdefault(key, 1)
-    sig = {k: ("constexpr" if k in constants else v) for k, v in signature.items()}
-    attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items() if v.startswith("*")}
-    compiled = triton.compile(
-        ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in constants.items() if k in names},
-                  attrs=attrs),
-        target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    types_ = {k: v for k, v in signature.items() if k not in constants}
+    return compile_sm90(fn, types_, {k: v for k, v in constants.items() if k in signature}, num_warps)
+
+
+def compile_sm90(fn: Any, types_: dict[str, str], constants: dict[str, Any], num_warps: int = 4) -> Counter[str]:
+    """SASS opcodes of the ``@triton.jit`` kernel ``fn`` compiled offline for sm_90: ``types_``
+    gives its runtime arguments' Triton types, ``constants`` its compile-time ones."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(fn.arg_names)
+    sig = {n: ("constexpr" if n in constants else types_[n]) for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if sig[n].startswith("*")}
+    source = ASTSource(fn=fn, signature=sig, attrs=attrs, constexprs={(names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     return disassemble(compiled.asm["cubin"])
 
 
@@ -326,28 +331,16 @@ def pool_kernel_counts(sizes: list[tuple[int, int, int]]) -> None:
 
     This tool's graphs cannot show them: the CPU recording traces the op's ATen path.
     """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from dropgrad import poolkernels
 
-    forward, backward = poolkernels._kernels()
-
     def count(fn: Any, types_: dict[str, str], constants: dict[str, Any]) -> float:
-        names = list(fn.arg_names)
-        sig = {n: ("constexpr" if n in constants else types_[n]) for n in names}
-        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if sig[n].startswith("*")}
-        source = ASTSource(fn=fn, signature=sig, attrs=attrs,
-                           constexprs={(names.index(k),): v for k, v in constants.items()})
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-        return sum(disassemble(compiled.asm["cubin"]).values()) / 8  # 1024 elements, 128 lanes
+        return sum(compile_sm90(fn, types_, constants).values()) / 8  # 1024 elements, 128 lanes
 
     for c, h, w in sizes:
         common_ = {"KH": 2, "KW": 2, "CHANNELS_LAST": True, "INT64": False, "BLOCK": 1024}
-        back = count(backward, {"grad_ptr": "*bf16", "which_ptr": "*u8", "out_ptr": "*bf16", "total": "i32"},
+        back = count(poolkernels._pool_backward, {"grad_ptr": "*bf16", "which_ptr": "*u8", "out_ptr": "*bf16", "total": "i32"},
                      {"C": c, "H": h, "W": w, "Ho": h // 2, "Wo": w // 2, **common_})
-        fwd = count(forward, {"x_ptr": "*bf16", "out_ptr": "*bf16", "which_ptr": "*u8", "total": "i32", "sn": "i32",
+        fwd = count(poolkernels._pool_forward, {"x_ptr": "*bf16", "out_ptr": "*bf16", "which_ptr": "*u8", "total": "i32", "sn": "i32",
                               "sc": "i32", "sh": "i32", "sw": "i32"},
                     {"C": c, "Ho": h // 2, "Wo": w // 2, "WIDE": False, **common_})
         print(f"dropgrad.poolkernels {c}x{h}x{w}: backward {back:.1f} SASS per input element, "

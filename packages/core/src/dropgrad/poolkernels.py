@@ -124,11 +124,6 @@ if has_triton():
         tl.store(out_ptr + idx, out, mask=mask)
 
 
-def _kernels() -> tuple[Any, Any]:
-    """The forward and backward kernels (Triton must be installed)."""
-    return _pool_forward, _pool_backward
-
-
 def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
         else torch.contiguous_format
@@ -171,21 +166,17 @@ def _use_kernels(x: Tensor) -> bool:
 
 @torch.library.triton_op("dropgrad::window_max_pool", mutates_args=())
 def _forward_op(x: Tensor, kh: int, kw: int) -> tuple[Tensor, Tensor]:
+    if not _use_kernels(x):
+        return _reference_forward(x, kh, kw)
     n, c, h, w = x.shape
     ho, wo = h // kh, w // kw
     fmt = _memory_format(x)
     out = torch.empty((n, c, ho, wo), dtype=x.dtype, device=x.device, memory_format=fmt)
     which = torch.empty((n, c, ho, wo), dtype=torch.uint8, device=x.device, memory_format=fmt)
-    if not _use_kernels(x):
-        ref_out, ref_which = _reference_forward(x, kh, kw)
-        out.copy_(ref_out)
-        which.copy_(ref_which)
-        return out, which
     total = out.numel()
     if total:
-        forward, _ = _kernels()
         grid = ((total + _BLOCK - 1) // _BLOCK,)
-        torch.library.wrap_triton(forward)[grid](
+        torch.library.wrap_triton(_pool_forward)[grid](
             x, out, which, total, *x.stride(), C=c, Ho=ho, Wo=wo, KH=kh, KW=kw,
             CHANNELS_LAST=fmt == torch.channels_last, WIDE=x.dtype == torch.float64,
             INT64=_needs_int64(x), BLOCK=_BLOCK,
@@ -195,19 +186,17 @@ def _forward_op(x: Tensor, kh: int, kw: int) -> tuple[Tensor, Tensor]:
 
 @torch.library.triton_op("dropgrad::window_max_pool_backward", mutates_args=())
 def _backward_op(grad: Tensor, which: Tensor, shape: list[int], kh: int, kw: int) -> Tensor:
+    if not _use_kernels(grad):
+        return _reference_backward(grad, which, shape, kh, kw)
     n, c, h, w = shape
     fmt = _memory_format(grad) if c > 1 else torch.contiguous_format
     grad = grad.contiguous(memory_format=fmt)
     which = which.contiguous(memory_format=fmt)
     out = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device, memory_format=fmt)
-    if not _use_kernels(grad):
-        out.copy_(_reference_backward(grad, which, shape, kh, kw))
-        return out
     total = out.numel()
     if total:
-        _, backward = _kernels()
         grid = ((total + _BLOCK - 1) // _BLOCK,)
-        torch.library.wrap_triton(backward)[grid](
+        torch.library.wrap_triton(_pool_backward)[grid](
             grad, which, out, total, C=c, H=h, W=w, Ho=h // kh, Wo=w // kw, KH=kh, KW=kw,
             CHANNELS_LAST=fmt == torch.channels_last, INT64=_needs_int64(out), BLOCK=_BLOCK,
         )
