@@ -61,6 +61,9 @@ SM90 = types.SimpleNamespace(
 )
 
 
+INNER_KWARGS = ("static_input_idxs", "is_backward", "is_inference", "graph_id")  # what lowering again needs
+
+
 # ----------------------------------------------------------------- recording
 def record_graphs(impl_name: str, px: int, tasks: int, ways: int, shots: int, queries: int, steps: int) -> list[tuple]:
     """Run the row's meta-step on the CPU; return (graph, input (shape, stride, dtype), kwargs) per compiled graph.
@@ -77,7 +80,7 @@ def record_graphs(impl_name: str, px: int, tasks: int, ways: int, shots: int, qu
     def inner(gm: torch.fx.GraphModule, example_inputs: Any, **kwargs: Any) -> Any:
         inputs = [(tuple(t.shape), tuple(t.stride()), t.dtype) if isinstance(t, torch.Tensor) else t
                   for t in example_inputs]
-        keep = {k: v for k, v in kwargs.items() if k in ("static_input_idxs", "is_backward", "is_inference", "graph_id")}
+        keep = {k: v for k, v in kwargs.items() if k in INNER_KWARGS}
         records.append((copy.deepcopy(gm), inputs, keep))
         return make_boxed_func(copy.deepcopy(gm))
 
@@ -108,8 +111,25 @@ def record_graphs(impl_name: str, px: int, tasks: int, ways: int, shots: int, qu
 
 
 # ------------------------------------------------------------ a GPU that is not there
-def pretend_sm90() -> None:
-    """Make torch and Triton lower code for an sm_90 CUDA device (for the rest of the process)."""
+class NoDevice:
+    """``torch.cuda.device`` (and its guards) for a GPU that is not there: a context that does nothing."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def __enter__(self) -> NoDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+
+def pretend_sm90() -> dict[str, tuple[Any, Any]]:
+    """Make torch and Triton lower code for an sm_90 CUDA device (for the rest of the process).
+
+    Returns the ``torch.cuda`` functions it replaced, as name: (real, pretend), for a caller
+    that runs real CPU work between lowerings (``tools/gpu_code_on_cpu.py``).
+    """
     import torch._dynamo.device_interface as di
     import torch._inductor.fx_passes.fuse_attention as fuse_attention
     import torch._inductor.fx_passes.misc_patterns as misc_patterns
@@ -119,25 +139,17 @@ def pretend_sm90() -> None:
     import triton.runtime.driver as driver
     from triton.backends.compiler import GPUTarget
 
-    class Device:  # torch.cuda.device, a no-op
-        def __init__(self, *args: Any) -> None:
-            pass
-
-        def __enter__(self) -> Device:
-            return self
-
-        def __exit__(self, *exc: object) -> bool:
-            return False
-
     cuda = torch.cuda
+    replaced: dict[str, tuple[Any, Any]] = {}
     for name, value in {
         "is_available": lambda: True, "device_count": lambda: 1, "current_device": lambda: 0,
         "get_device_capability": lambda d=None: (9, 0), "get_device_properties": lambda d=None: SM90,
         "get_rng_state": lambda *a, **k: torch.zeros(16, dtype=torch.uint8), "set_rng_state": lambda *a, **k: None,
-        "_lazy_init": lambda: None, "device": Device, "_exchange_device": lambda i: 0,
+        "_lazy_init": lambda: None, "device": NoDevice, "_exchange_device": lambda i: 0,
         "_maybe_exchange_device": lambda i: 0, "synchronize": lambda *a, **k: None,
         "is_bf16_supported": lambda *a, **k: True,
     }.items():
+        replaced[name] = (getattr(cuda, name), value)
         setattr(cuda, name, value)
     for name, value in {
         "get_device_properties": lambda d=None: SM90, "get_compute_capability": lambda d=None: 90,
@@ -178,18 +190,49 @@ def pretend_sm90() -> None:
         return torch._C._ConvBackend.Cudnn if first.device.type == "cuda" and chosen in slow else chosen
 
     torch._C._select_conv_backend = conv_backend
+    return replaced
 
 
-def lower_for_gpu(records: list[tuple], options: dict[str, Any]) -> list[tuple[str, str]]:
-    """Each recorded graph lowered for the pretend GPU: (forward/backward, wrapper module source)."""
+def on_gpu(value: Any) -> Any:
+    """``value`` with every CPU device in it the pretend GPU's."""
+    if isinstance(value, torch.device) and value.type == "cpu":
+        return torch.device("cuda", 0)
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_gpu(v) for v in value)
+    if isinstance(value, dict):
+        return {k: on_gpu(v) for k, v in value.items()}
+    return value
+
+
+def lower_graph(gm: torch.fx.GraphModule, inputs: list[Any], kwargs: dict[str, Any], options: dict[str, Any]) -> None:
+    """Lower ``gm`` (a recorded CPU graph, changed in place) for the pretend GPU with inductor ``options``.
+
+    ``inputs`` are (shape, stride, dtype) per tensor input; the wrapper module is what
+    ``GraphLowering.compile_to_module`` gives, which the callers intercept.
+    """
     import torch._inductor.compile_fx as cfx
     import torch._inductor.config as inductor_config
-    from torch._inductor.async_compile import AsyncCompile
-    from torch._inductor.graph import GraphLowering
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     from dropgrad.compiling import _pool_backward_lowered
+
+    gpu = torch.device("cuda", 0)
+    for node in gm.graph.nodes:
+        node.args, node.kwargs = on_gpu(node.args), on_gpu(node.kwargs)
+    gm.recompile()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        fake = [torch.empty_strided(i[0], i[1], dtype=i[2], device=gpu) if isinstance(i, tuple) else i for i in inputs]
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake)
+    with inductor_config.patch(options), _pool_backward_lowered(), mode:
+        cfx.compile_fx_inner(gm, fake, **kwargs)
+
+
+def lower_for_gpu(records: list[tuple], options: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each recorded graph lowered for the pretend GPU: (forward/backward, wrapper module source)."""
+    from torch._inductor.async_compile import AsyncCompile
+    from torch._inductor.graph import GraphLowering
 
     AsyncCompile.triton = lambda self, name, source, device_str="cuda": None  # nothing to compile or run
     wrappers: list[str] = []
@@ -201,31 +244,11 @@ def lower_for_gpu(records: list[tuple], options: dict[str, Any]) -> list[tuple[s
         return module
 
     GraphLowering.compile_to_module = keep
-    gpu = torch.device("cuda", 0)
-
-    def on_gpu(value: Any) -> Any:
-        if isinstance(value, torch.device) and value.type == "cpu":
-            return gpu
-        if isinstance(value, (list, tuple)):
-            return type(value)(on_gpu(v) for v in value)
-        if isinstance(value, dict):
-            return {k: on_gpu(v) for k, v in value.items()}
-        return value
-
     out = []
     try:
         for gm, inputs, kwargs in records:
-            for node in gm.graph.nodes:
-                node.args, node.kwargs = on_gpu(node.args), on_gpu(node.kwargs)
-            gm.recompile()
-            mode = FakeTensorMode(allow_non_fake_inputs=True)
-            with mode:
-                fake = [torch.empty_strided(i[0], i[1], dtype=i[2], device=gpu) if isinstance(i, tuple) else i
-                        for i in inputs]
-            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake)
             before = len(wrappers)
-            with inductor_config.patch(options), _pool_backward_lowered(), mode:
-                cfx.compile_fx_inner(gm, fake, **kwargs)
+            lower_graph(gm, inputs, kwargs, options)
             if len(wrappers) != before + 1:
                 raise RuntimeError("offline_kernels: inductor gave no wrapper module for a graph")
             out.append(("backward" if kwargs.get("is_backward") else "forward", wrappers[-1]))
@@ -357,18 +380,19 @@ def report(kind: str, wrapper: str, top: int) -> float:
     return total
 
 
+def add_shape_options(parser: argparse.ArgumentParser, **defaults: int) -> None:
+    """--px, --tasks, --ways, --shots, --queries and --steps (inner steps) of the Conv4 meta-step, with ``defaults``."""
+    for name in ("px", "tasks", "ways", "shots", "queries", "steps"):
+        parser.add_argument(f"--{name}", type=int, default=defaults[name], help="inner steps" if name == "steps" else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--impl", help="a tools/bench_maml.py row with +compile (Conv4 first order)")
     parser.add_argument("--out", type=Path, help="folder for the wrapper modules (one per graph)")
     parser.add_argument("--pool-kernels", action="store_true",
                         help="instead: count dropgrad.poolkernels' kernels at Conv4's four pooling sizes (84 px)")
-    parser.add_argument("--px", type=int, default=84)
-    parser.add_argument("--tasks", type=int, default=4)
-    parser.add_argument("--ways", type=int, default=5)
-    parser.add_argument("--shots", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5, help="inner steps (only the graphs' shapes depend on the rest)")
+    add_shape_options(parser, px=84, tasks=4, ways=5, shots=5, queries=16, steps=5)
     parser.add_argument("--top", type=int, default=8, help="kernels listed per graph")
     args = parser.parse_args(argv)
     if args.pool_kernels:

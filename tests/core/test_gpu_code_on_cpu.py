@@ -1,0 +1,123 @@
+"""tools/gpu_code_on_cpu.py: inductor's sm_90 code run on the CPU, Triton kernels in the interpreter.
+
+Each check runs in a subprocess: the tool patches torch, inductor and Triton for its whole process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dropgrad import poolkernels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(not poolkernels.has_triton(), reason="needs Triton (its interpreter and compiler)")
+
+
+def run(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python argv...`` in a subprocess, with tools/ and the core's src/ importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "tools"), str(ROOT / "packages" / "core" / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return run("-c", textwrap.dedent(code))
+
+
+def test_the_gpu_code_of_a_compiled_step_runs_on_the_cpu_and_equals_eager():
+    done = run_python("""
+        import torch, torch.nn.functional as F
+        import gpu_code_on_cpu as tool
+        emulation = tool.Emulation(all_configs="combo", max_programs=2000)
+        emulation.install()
+
+        def f(x, w):  # pooling and a cast: inductor joins their kernels with combo kernels on
+            return F.max_pool2d(torch.relu(x), 2).sum() + (w.float() * 2).sum()
+
+        torch.manual_seed(0)
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+        torch.compile(f, options={"combo_kernels": True})(x, w).backward()
+        got = (x.grad.clone(), w.grad.clone())
+        x.grad = w.grad = None
+        f(x, w).backward()
+        print("equal", torch.equal(got[0], x.grad) and torch.equal(got[1], w.grad))
+        print("graphs", emulation.graphs, "launches", len(emulation.launches), "problems", len(emulation.problems))
+        print("combo runs", max(runs for name, runs, _ in emulation.launches))
+        torch.compile(lambda v, i: v[i] * 2)(torch.arange(9.0), torch.tensor([0, 5, 9]))  # 9 is out of range
+        print("after", emulation.problems)
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    # The wrapper and kernels are the GPU's (inductor's sm_90 code), yet float64 gradients equal eager's bit for bit.
+    assert "equal True" in out, out
+    assert "problems 0" in out and "graphs 0" not in out and "launches 0" not in out, out
+    assert "combo runs 1\n" not in out, out  # the combo kernel ran at several block sizes
+    # An index out of range is the GPU's device-side assert, reported here.
+    assert "index out of bounds: 0 <= tmp" in out.split("after", 1)[1], out
+
+
+def test_a_kernel_that_misses_its_last_block_or_writes_past_a_buffer_is_reported():
+    done = run_python("""
+        import torch, triton, triton.language as tl
+        from triton import Config
+        import gpu_code_on_cpu as tool
+
+        @triton.jit
+        def double(in_ptr0, out_ptr0, xnumel, XBLOCK: tl.constexpr):
+            index = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+            mask = index < xnumel
+            tl.store(out_ptr0 + index, tl.load(in_ptr0 + index, mask) * 2, mask)
+
+        class Kernel:  # what the tool needs of inductor's CachingAutotuner
+            fn = double
+            configs = [Config({"XBLOCK": 8})]
+            triton_meta = {"signature": {"in_ptr0": "*fp32", "out_ptr0": "*fp32", "xnumel": "i32"}}
+            inductor_meta = {"kernel_name": "double", "grid_type": "Grid1D"}
+
+            def __init__(self, grid):
+                self.grid = grid
+
+            def _interpret_args_grid(self, args, config):
+                return args, (self.grid(args[2], config.kwargs["XBLOCK"]), 1, 1)
+
+        emulation = tool.Emulation(all_configs="all")
+        x = torch.arange(20.0)
+        for label, grid in [("cdiv", lambda n, b: -(-n // b)), ("floor", lambda n, b: n // b)]:
+            out = emulation._empty((20,), (1,), torch.float32)
+            emulation._run(Kernel(grid), (x, out, 20), {})
+            print(label, len(emulation.problems), torch.equal(out, x * 2))
+        # a store past the end of a buffer the wrapper allocated
+        out = emulation._empty((20,), (1,), torch.float32)
+        over = torch.empty(0).set_(out.untyped_storage(), out.storage_offset(), (21,))
+        double[(1,)](torch.arange(21.0), over, 21, XBLOCK=32)
+        emulation._check_guards("double")
+        print("problems", emulation.problems)
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "cdiv 0 True" in lines, done.stdout
+    # floor(20 / b) blocks leave the tail unwritten wherever b does not divide 20
+    floor = next(line for line in lines if line.startswith("floor"))
+    assert int(floor.split()[1]) > 0, done.stdout
+    problems = done.stdout.split("problems", 1)[1]
+    assert "differs from" in problems and "unwritten" in problems, done.stdout
+    assert "wrote outside a buffer of 80 bytes (0 bytes before it, 4 after)" in problems, done.stdout
+
+
+@pytest.mark.slow
+def test_the_grouped_combo_rows_gpu_code_passes_the_float64_check_on_the_cpu():
+    # The row that crashed on an H200 (docs/performance.md): its sm_90 code, run here, equals the per-task loop.
+    done = run("tools/gpu_code_on_cpu.py", "--impl", "fold+bf16+cl+compile+combo+unfold+grouped+graph", "--check",
+               timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    difference = float(done.stdout.split("against the per-task loop ", 1)[1].split()[0])
+    assert difference < 1e-9, done.stdout
+    assert "\n0 problems" in done.stdout and "\n0 graphs lowered" not in done.stdout, done.stdout
