@@ -184,14 +184,18 @@ class Emulation:
                 if zero_outputs and names[i].startswith("out_ptr"):
                     _bytes(args[i]).zero_()
 
-        results = []
+        results, tried = [], 0
         for config in _configs(kernel):
             grid = kernel._interpret_args_grid(args, config)[1]
             if grid[0] * grid[1] * grid[2] > self.max_programs:
                 continue
             restore()
+            tried += 1
             if self._launch(kernel, config, args, kwargs, name):
                 results.append((config, [_bytes(args[i]).clone() for i in tensors]))
+        if not tried:  # every block size over --max-programs: the step still needs the kernel's outputs
+            self._launch(kernel, max(kernel.configs, key=_block_elements), args, kwargs, name)
+            return 1
         if not results:
             return 0
         first, reference = results[0]
@@ -319,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.impl is None) == (args.command is None):
         parser.error("give --impl ROW or train -- <fewshot-train options>")
+    import bench_maml
+
+    if args.impl is not None and not getattr(bench_maml.IMPLS.get(args.impl), "compile", False):
+        parser.error(f"--impl {args.impl!r}: not a tools/bench_maml.py row with +compile (the rows are its IMPLS)")
+    if args.check and args.command:
+        parser.error("--check goes with --impl, not with train")
     emulation = Emulation(args.all_configs, args.max_programs, args.combo)
     emulation.install()
     started = time.time()
@@ -326,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         from dropgrad_fewshot import cli
 
         rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-        print(f"fewshot-train exit status {cli.train_main(rest)}")
+        status = cli.train_main(rest)
+        print(f"fewshot-train exit status {status}")
+        if status:
+            return status
     elif args.check:
-        import bench_maml
-
         difference = bench_maml.check_row(types.SimpleNamespace(model="conv4", order="first"),
                                           bench_maml.IMPLS[args.impl], torch.device("cpu"))
         print(f"{args.impl}: float64 max |loss, meta-gradient difference| against the per-task loop {difference:.3g}")

@@ -112,6 +112,12 @@ def test_a_kernel_that_misses_its_last_block_or_writes_past_a_buffer_is_reported
     assert "wrote outside a buffer of 80 bytes (0 bytes before it, 4 after)" in problems, done.stdout
 
 
+def test_a_row_that_compiles_nothing_is_refused_by_name():
+    done = run("tools/gpu_code_on_cpu.py", "--impl", "fold+bf16+cl+graph")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--impl 'fold+bf16+cl+graph': not a tools/bench_maml.py row with +compile" in done.stderr, done.stderr
+
+
 @pytest.mark.slow
 def test_the_grouped_combo_rows_gpu_code_passes_the_float64_check_on_the_cpu():
     # The row that crashed on an H200 (docs/performance.md): its sm_90 code, run here, equals the per-task loop.
