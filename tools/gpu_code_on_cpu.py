@@ -40,7 +40,8 @@ os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # a cache hit 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import offline_kernels  # noqa: E402  (tools/ is not a package)
+import bench_maml  # noqa: E402  (tools/ is not a package)
+import offline_kernels  # noqa: E402
 
 GUARD = 4096  # sentinel bytes before and after each buffer a wrapper allocates
 SCALES = (0.25, 0.5, 2, 4)  # block sizes tried around each of inductor's configs
@@ -290,19 +291,6 @@ def _configs(kernel: Any) -> list[Any]:
     return list(unique.values())
 
 
-def bench_step(impl_name: str, px: int, tasks: int, ways: int, shots: int, queries: int, steps: int) -> torch.Tensor:
-    """One meta-step of a ``tools/bench_maml.py`` row on the CPU (first order, DropGrad on); its loss."""
-    import bench_inner_loop as common
-    import bench_maml
-
-    impl = bench_maml.IMPLS[impl_name]
-    torch.manual_seed(0)
-    cpu = torch.device("cpu")
-    model = common.build_model("conv4", px, ways, batch_stats=True)
-    batch = bench_maml.prepare(impl, model, common.make_tasks(tasks, ways, shots, queries, px, cpu, torch.float32))
-    return bench_maml.make_step(impl, model, batch, steps=steps, first_order=True, noise_on=True, device=cpu)()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--impl", help="a tools/bench_maml.py row with +compile: one Conv4 meta-step, first order")
@@ -323,8 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.impl is None) == (args.command is None):
         parser.error("give --impl ROW or train -- <fewshot-train options>")
-    import bench_maml
-
     if args.impl is not None and not getattr(bench_maml.IMPLS.get(args.impl), "compile", False):
         parser.error(f"--impl {args.impl!r}: not a tools/bench_maml.py row with +compile (the rows are its IMPLS)")
     if args.check and args.command:
@@ -345,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                                           bench_maml.IMPLS[args.impl], torch.device("cpu"))
         print(f"{args.impl}: float64 max |loss, meta-gradient difference| against the per-task loop {difference:.3g}")
     else:
-        loss = bench_step(args.impl, args.px, args.tasks, args.ways, args.shots, args.queries, args.steps)
+        loss = offline_kernels.conv4_step(args.impl, args.px, args.tasks, args.ways, args.shots, args.queries, args.steps)
         print(f"{args.impl}: meta-step loss {float(loss):.6f}")
     print(emulation.summary(time.time() - started))
     return 1 if emulation.problems else 0

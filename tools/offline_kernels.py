@@ -65,6 +65,16 @@ INNER_KWARGS = ("static_input_idxs", "is_backward", "is_inference", "graph_id") 
 
 
 # ----------------------------------------------------------------- recording
+def conv4_step(impl_name: str, px: int, tasks: int, ways: int, shots: int, queries: int, steps: int) -> torch.Tensor:
+    """One Conv4 meta-step of a ``tools/bench_maml.py`` row on the CPU (first order, DropGrad on, seed 0); its loss."""
+    impl = bench_maml.IMPLS[impl_name]
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    model = common.build_model("conv4", px, ways, batch_stats=True)
+    batch = bench_maml.prepare(impl, model, common.make_tasks(tasks, ways, shots, queries, px, cpu, torch.float32))
+    return bench_maml.make_step(impl, model, batch, steps=steps, first_order=True, noise_on=True, device=cpu)()
+
+
 def record_graphs(impl_name: str, px: int, tasks: int, ways: int, shots: int, queries: int, steps: int) -> list[tuple]:
     """Run the row's meta-step on the CPU; return (graph, input (shape, stride, dtype), kwargs) per compiled graph.
 
@@ -96,14 +106,9 @@ def record_graphs(impl_name: str, px: int, tasks: int, ways: int, shots: int, qu
     decompose = functorch_config.decompose_custom_triton_ops
     functorch_config.decompose_custom_triton_ops = False
     try:
-        impl = bench_maml.IMPLS[impl_name]
-        if not impl.compile:
+        if not bench_maml.IMPLS[impl_name].compile:
             raise SystemExit(f"offline_kernels: row {impl_name!r} compiles nothing (it has no +compile)")
-        torch.manual_seed(0)
-        cpu = torch.device("cpu")
-        model = common.build_model("conv4", px, ways, batch_stats=True)
-        batch = bench_maml.prepare(impl, model, common.make_tasks(tasks, ways, shots, queries, px, cpu, torch.float32))
-        bench_maml.make_step(impl, model, batch, steps=steps, first_order=True, noise_on=True, device=cpu)()
+        conv4_step(impl_name, px, tasks, ways, shots, queries, steps)
     finally:
         cfx.compile_fx = compile_fx
         functorch_config.decompose_custom_triton_ops = decompose
