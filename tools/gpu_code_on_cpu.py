@@ -18,8 +18,9 @@ interpreter with device asserts on. It reports, and exits 1 on:
 
 What it cannot see: Triton's compiler (PTX, SASS), streams and their races, cuDNN's own kernels,
 memory the step did not allocate through the wrapper, and time. The interpreter is slow: one
-Conv4 meta-step at 28 px takes minutes. Triton 3.6 (torch 2.11, the GPU machine's) needs numpy
-older than 2.4 in its interpreter.
+Conv4 meta-step at 28 px takes minutes (fewer with ``--programs``: block sizes chosen for the
+interpreter). Triton 3.6 (torch 2.11, the GPU machine's) needs numpy older than 2.4 in its
+interpreter.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ import offline_kernels  # noqa: E402
 
 GUARD = 4096  # sentinel bytes before and after each buffer a wrapper allocates
 SCALES = (0.25, 0.5, 2, 4)  # block sizes tried around each of inductor's configs
+TILE = 2 ** 15  # --programs grows blocks to at most this many elements: numpy's cost per element rules above it
 
 
 class Emulation:
     """The process-wide patches, and what the emulated kernels did."""
 
     def __init__(self, all_configs: str = "none", max_programs: int = 20000, combo: bool = False,
-                 sentinel: int = 0x7F) -> None:
+                 sentinel: int = 0x7F, programs: int | None = None, progress: bool = False) -> None:
         self.all_configs, self.max_programs, self.combo, self.sentinel = all_configs, max_programs, combo, sentinel
+        self.programs, self.progress = programs, progress
         self.problems: list[str] = []
         self.launches: list[tuple[str, int, float]] = []  # kernel, configs run, seconds
         self.graphs = 0
@@ -68,6 +71,7 @@ class Emulation:
         from torch._inductor.runtime import triton_heuristics
 
         self._cuda = offline_kernels.pretend_sm90()
+        _trace_interpreted_kernels()
         self._use_cuda(real=True)
         helpers.set_driver_to_gpu = lambda: None
         helpers.libdevice = _Libdevice(tl)
@@ -159,11 +163,18 @@ class Emulation:
         started = time.time()
         if self.all_configs == "all" or (self.all_configs == "combo" and combo):
             runs = self._every_config(kernel, name, args, kwargs)
+            sizes: Any = "every block size"
         else:
-            self._launch(kernel, max(kernel.configs, key=_block_elements), args, kwargs, name)  # fewest programs
-            runs = 1
+            config = max(kernel.configs, key=_block_elements)  # fewest programs
+            if self.programs is not None:
+                config = _fewer_programs(kernel, config, args, self.programs)
+            self._launch(kernel, config, args, kwargs, name)
+            runs, sizes = 1, config.kwargs
         self._check_guards(name)
         self.launches.append((name, runs, time.time() - started))
+        if self.progress:
+            print(f"launch {len(self.launches)}: {name} ({sizes}), {runs} run(s), {time.time() - started:.1f} s",
+                  flush=True)
 
     def _launch(self, kernel: Any, config: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bool:
         new_args, grid = kernel._interpret_args_grid(args, config)
@@ -228,6 +239,30 @@ class Emulation:
         return "\n".join(lines)
 
 
+def _trace_interpreted_kernels() -> None:
+    """Let ``torch.library.wrap_triton`` take kernels defined under the interpreter (our ``triton_op``s'),
+    which it refuses. While tracing (Dynamo's and AOTAutograd's fake runs of the op) it gets a Triton
+    JIT function of the same Python; run eagerly, as when the wrapper calls the op, the kernel stays
+    interpreted. (In the graphs lowered here AOTAutograd keeps the op as one call.)"""
+    import torch._library.triton as library_triton
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    wrap = library_triton.wrap_triton
+    jitted: dict[int, JITFunction] = {}
+
+    def wrap_triton(kernel: Any) -> Any:
+        if not isinstance(kernel, InterpretedFunction):
+            return wrap(kernel)
+        if not library_triton.is_wrap_triton_enabled():
+            return kernel
+        if id(kernel) not in jitted:
+            jitted[id(kernel)] = JITFunction(kernel.fn)
+        return wrap(jitted[id(kernel)])
+
+    library_triton.wrap_triton = torch.library.wrap_triton = wrap_triton
+
+
 class _Libdevice:
     """libdevice's functions (CUDA library calls the interpreter cannot make) as triton.language.math's."""
 
@@ -273,6 +308,70 @@ def _block_elements(config: Any) -> int:
     return n
 
 
+def _max_block(key: str) -> int:
+    """Inductor's largest block for ``key`` (XBLOCK, YBLOCK, ...): it leaves a kernel's masks out where
+    every block up to this one divides the size, so a larger block would run past the buffers."""
+    from torch._inductor.runtime.hints import TRITON_MAX_BLOCK
+
+    return TRITON_MAX_BLOCK[key[: -len("BLOCK")]]  # "XBLOCK" -> "X", "R0_BLOCK" -> "R0_"
+
+
+def _fewer_programs(kernel: Any, config: Any, args: tuple[Any, ...], limit: int) -> Any:
+    """``config`` made cheap for the interpreter: block sizes doubled, the one that cuts the work most each
+    time, until the kernel needs at most ``limit`` programs (times its reduction loop's turns), no
+    doubling cuts that, or a block reaches inductor's largest (or the tile TILE elements).
+
+    The interpreter pays per program and per loop turn. A reduction with its own combining function
+    (Welford's mean and variance, inductor's max2) runs as a Python loop over every element of the
+    tile it reduces, so such a looped reduction gets R blocks of 1: its last step, reducing the
+    [XBLOCK, R0_BLOCK] accumulators, is then a copy. A kernel's values do not depend on its block
+    sizes (which ``--all-configs`` checks), up to the order of its sums. A persistent reduction's R
+    block is its whole reduction, which inductor may leave unmasked, and a combo kernel's sub-kernels
+    may be persistent: both keep their R blocks."""
+    from torch._inductor.runtime.hints import HeuristicType
+    from triton import Config
+
+    kwargs = dict(config.kwargs)
+    looped = kernel.heuristic_type == HeuristicType.REDUCTION and "Combo" not in kernel.inductor_meta.get(
+        "grid_type", "")
+    r_keys = [k for k in kwargs if k.startswith("R") and k.endswith("BLOCK")] if looped else []
+    if r_keys and _combines_in_python(kernel):
+        kwargs.update({k: 1 for k in r_keys})
+        r_keys = []
+    sizes = dict(zip([n for n in kernel.triton_meta["signature"] if n not in kwargs], args))
+
+    def work(kw: dict[str, Any]) -> int:
+        grid = kernel._interpret_args_grid(args, Config(kw))[1]
+        turns = 1
+        for k in r_keys:  # "R0_BLOCK" loops over "r0_numel"
+            turns *= -(-int(sizes.get(k[: -len("_BLOCK")].lower() + "_numel", kw[k])) // kw[k])
+        return grid[0] * grid[1] * grid[2] * turns
+
+    keys = [k for k in kwargs if k.endswith("BLOCK") and not k.startswith("R")] + r_keys
+    count = work(kwargs)
+    while count > limit:
+        tries = [(work({**kwargs, k: kwargs[k] * 2}), k) for k in keys
+                 if kwargs[k] * 2 <= _max_block(k) and _block_elements(Config(kwargs)) * 2 <= TILE]
+        fewest, key = min(tries, default=(count, None))
+        if key is None or fewest >= count:
+            break
+        kwargs[key] *= 2
+        count = fewest
+    return Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _combines_in_python(kernel: Any) -> bool:
+    """Whether ``kernel`` reduces with a combining function the interpreter applies element by element
+    (anything but its numpy sum, max and min)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(getattr(kernel.fn, "fn", kernel.fn))
+    except (OSError, TypeError):
+        return True  # unknown: R blocks of 1 are correct either way, only slower for a plain sum
+    return any(name in source for name in ("welford", "max2(", "min2(", "prod(", "_with_index(", "tl.reduce("))
+
+
 def _configs(kernel: Any) -> list[Any]:
     """Inductor's configs for ``kernel``, then each with one block size scaled by SCALES (reductions' R kept)."""
     from triton import Config
@@ -282,7 +381,7 @@ def _configs(kernel: Any) -> list[Any]:
         for key, value in config.kwargs.items():
             if key.endswith("BLOCK") and not key.startswith("R"):
                 for scale in SCALES:
-                    if 1 <= int(value * scale) <= 4096:
+                    if 1 <= int(value * scale) <= _max_block(key):
                         found.append(Config({**config.kwargs, key: int(value * scale)}, num_warps=config.num_warps,
                                             num_stages=config.num_stages))
     unique: dict[tuple, Any] = {}
@@ -303,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
                              "otherwise each runs once, at its largest block")
     parser.add_argument("--max-programs", type=int, default=20000,
                         help="with --all-configs: block sizes needing more programs than this are left out")
+    parser.add_argument("--programs", type=int,
+                        help="without --all-configs: block sizes chosen for the interpreter, each kernel's doubled "
+                             "(up to inductor's largest) until it needs at most this many programs")
+    parser.add_argument("--progress", action="store_true", help="a line per kernel launch")
     parser.add_argument("--combo", action="store_true",
                         help="inductor's combo kernels in every compiled graph (for settings an app refuses)")
     parser.add_argument("command", nargs="?", choices=("train",),
@@ -315,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--impl {args.impl!r}: not a tools/bench_maml.py row with +compile (the rows are its IMPLS)")
     if args.check and args.command:
         parser.error("--check goes with --impl, not with train")
-    emulation = Emulation(args.all_configs, args.max_programs, args.combo)
+    if args.programs is not None and (args.programs < 1 or args.all_configs != "none"):
+        parser.error(f"--programs {args.programs}: a count >= 1, and only without --all-configs")
+    emulation = Emulation(args.all_configs, args.max_programs, args.combo, programs=args.programs,
+                          progress=args.progress)
     emulation.install()
     started = time.time()
     if args.command == "train":

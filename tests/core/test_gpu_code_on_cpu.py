@@ -64,6 +64,31 @@ def test_the_gpu_code_of_a_compiled_step_runs_on_the_cpu_and_equals_eager():
     assert "index out of bounds: 0 <= tmp" in out.split("after", 1)[1], out
 
 
+def test_a_compiled_step_with_our_triton_pooling_op_runs_and_equals_eager():
+    # The +tpool rows: the op's kernels are defined under the interpreter, which torch.library.wrap_triton
+    # refuses unless the tool lets it trace them.
+    done = run_python("""
+        import gpu_code_on_cpu as tool  # first: Triton's functions defined from here on run in its interpreter
+        import torch, torch.nn.functional as F
+        emulation = tool.Emulation()
+        emulation.install()
+        from dropgrad import poolkernels
+
+        def f(x):
+            return (poolkernels.window_max_pool(torch.relu(x), 2, 2) * 3).sum()
+
+        torch.manual_seed(0)
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+        torch.compile(f)(x).backward()
+        got = x.grad.clone()
+        x.grad = None
+        (F.max_pool2d(torch.relu(x), 2) * 3).sum().backward()
+        print("equal", torch.equal(got, x.grad), "graphs", emulation.graphs, "problems", len(emulation.problems))
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "equal True" in done.stdout and "problems 0" in done.stdout and "graphs 0" not in done.stdout, done.stdout
+
+
 def test_a_kernel_that_misses_its_last_block_or_writes_past_a_buffer_is_reported():
     done = run_python("""
         import torch, triton, triton.language as tl
@@ -110,6 +135,81 @@ def test_a_kernel_that_misses_its_last_block_or_writes_past_a_buffer_is_reported
     problems = done.stdout.split("problems", 1)[1]
     assert "differs from" in problems and "unwritten" in problems, done.stdout
     assert "wrote outside a buffer of 80 bytes (0 bytes before it, 4 after)" in problems, done.stdout
+
+
+def test_larger_blocks_for_the_interpreter_stay_within_inductors_and_give_torchs_values(tmp_path):
+    # --programs: the sizes a kernel runs at on the CPU. The kernels are written to a file, as inductor's
+    # are, so that the tool can read their source.
+    script = tmp_path / "kernels.py"
+    script.write_text(textwrap.dedent("""
+        import gpu_code_on_cpu as tool  # first: Triton's functions defined from here on run in its interpreter
+        import torch, triton, triton.language as tl
+        from triton import Config
+        from torch._inductor.runtime import triton_helpers
+        from torch._inductor.runtime.hints import HeuristicType
+
+        @triton.jit
+        def row_sums(in_ptr0, out_ptr0, xnumel, r0_numel, XBLOCK: tl.constexpr, R0_BLOCK: tl.constexpr):
+            x = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)[:, None]
+            acc = tl.zeros([XBLOCK, R0_BLOCK], tl.float32)
+            for r0_offset in tl.range(0, r0_numel, R0_BLOCK):
+                r = r0_offset + tl.arange(0, R0_BLOCK)[None, :]
+                acc += tl.load(in_ptr0 + x * r0_numel + r, (x < xnumel) & (r < r0_numel), other=0.0)
+            tl.store(out_ptr0 + x, tl.sum(acc, 1)[:, None], x < xnumel)
+
+        @triton.jit
+        def row_maxes(in_ptr0, out_ptr0, xnumel, r0_numel, XBLOCK: tl.constexpr, R0_BLOCK: tl.constexpr):
+            x = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)[:, None]
+            acc = tl.full([XBLOCK, R0_BLOCK], float("-inf"), tl.float32)
+            for r0_offset in tl.range(0, r0_numel, R0_BLOCK):
+                r = r0_offset + tl.arange(0, R0_BLOCK)[None, :]
+                v = tl.load(in_ptr0 + x * r0_numel + r, (x < xnumel) & (r < r0_numel), other=float("-inf"))
+                acc = tl.maximum(acc, v)
+            # inductor's max2 reduces with a combining function of its own, which the interpreter
+            # applies element by element in Python
+            tl.store(out_ptr0 + x, triton_helpers.max2(acc, 1)[:, None], x < xnumel)
+
+        class Kernel:  # what the tool needs of inductor's CachingAutotuner
+            triton_meta = {"signature": {"in_ptr0": "*fp32", "out_ptr0": "*fp32", "xnumel": "i32",
+                                         "r0_numel": "i32", "XBLOCK": "constexpr", "R0_BLOCK": "constexpr"}}
+
+            def __init__(self, fn, heuristic, combo=False):
+                self.fn, self.heuristic_type = fn, heuristic
+                self.inductor_meta = {"grid_type": "SequentialComboKernelGrid" if combo else "Grid1D"}
+
+            def _interpret_args_grid(self, args, config):
+                return args, (-(-args[2] // config.kwargs["XBLOCK"]), 1, 1)
+
+        torch.manual_seed(0)
+        x = torch.randn(5000, 300)
+        start = Config({"XBLOCK": 8, "R0_BLOCK": 16})
+        for fn, reference in [(row_sums, x.sum(1)), (row_maxes, x.amax(1))]:
+            for heuristic, combo in [(HeuristicType.REDUCTION, False), (HeuristicType.PERSISTENT_REDUCTION, False),
+                                     (HeuristicType.REDUCTION, True)]:
+                kernel = Kernel(fn, heuristic, combo)
+                args = (x, torch.empty(5000), 5000, 300)
+                config = tool._fewer_programs(kernel, start, args, 1)
+                fn[kernel._interpret_args_grid(args, config)[1]](*args, **config.kwargs)
+                close = torch.allclose(args[1], reference, rtol=1e-5, atol=1e-4)
+                print(fn.__name__, heuristic.name, "combo" if combo else "plain", config.kwargs, close)
+    """))
+    done = run(str(script))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    # Every result matches torch's (to float32's rounding of the sums). A looped sum grows its reduction block too, up to a tile of 2**15
+    # elements; a looped max with its own combining function gets R0_BLOCK 1. X never passes
+    # inductor's largest block (4096): where every block up to it divides a size, inductor leaves the
+    # masks out, and a larger block would write past the buffer.
+    assert all(line.endswith(" True") for line in lines) and len(lines) == 6, done.stdout
+    assert "row_sums REDUCTION plain {'XBLOCK': 1024, 'R0_BLOCK': 32} True" in lines, done.stdout
+    assert "row_maxes REDUCTION plain {'XBLOCK': 4096, 'R0_BLOCK': 1} True" in lines, done.stdout
+    # A persistent reduction's R block is its whole reduction, and a combo kernel may hold one: both kept.
+    for name in ("row_sums", "row_maxes"):
+        assert f"{name} PERSISTENT_REDUCTION plain {{'XBLOCK': 2048, 'R0_BLOCK': 16}} True" in lines, done.stdout
+        assert f"{name} REDUCTION combo {{'XBLOCK': 2048, 'R0_BLOCK': 16}} True" in lines, done.stdout
+    refused = run("tools/gpu_code_on_cpu.py", "--impl", "fold+bf16+cl+compile+combo+unfold+graph", "--programs", "8",
+                  "--all-configs", "combo")
+    assert refused.returncode == 2 and "only without --all-configs" in refused.stderr, refused.stderr
 
 
 def test_a_row_that_compiles_nothing_is_refused_by_name():
