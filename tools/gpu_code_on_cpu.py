@@ -9,14 +9,17 @@ interpreter with device asserts on. It reports, and exits 1 on:
 
 * a device assert (on the GPU: "device-side assert triggered");
 * a write outside a buffer the wrapper allocated (each has 4 KiB of sentinel bytes either side);
+* with ``--order-check``: a kernel whose outputs depend on the order its programs run in (a race
+  between programs on the GPU, where they run at once);
 * with ``--all-configs``: a kernel whose outputs differ between its block sizes (inductor's
   configs and each block size halved, quartered, doubled and quadrupled, as coordinate descent
   moves them), or that leaves bytes of its outputs unwritten (a second run on zeroed outputs).
 
     python tools/gpu_code_on_cpu.py --impl fold+bf16+cl+compile+combo+unfold+grouped+graph --all-configs combo
     python tools/gpu_code_on_cpu.py --combo train -- --device cpu --compile --batched fold ...
+    python tools/gpu_code_on_cpu.py --impl fold+bf16+cl+compile+combo+unfold+grouped+graph --programs 16 --order-check all
 
-What it cannot see: Triton's compiler (PTX, SASS), streams and their races, cuDNN's own kernels,
+What it cannot see: Triton's compiler (PTX, SASS), races between kernels or streams, cuDNN's own kernels,
 memory the step did not allocate through the wrapper, and time. The interpreter is slow: one
 Conv4 meta-step at 28 px takes minutes (fewer with ``--programs``: block sizes chosen for the
 interpreter). Triton 3.6 (torch 2.11, the GPU machine's) needs numpy older than 2.4 in its
@@ -27,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import os
 import sys
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 os.environ["TRITON_INTERPRET"] = "1"  # read when a kernel is defined: every kernel then runs in the interpreter
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # a cache hit would bypass the lowering
@@ -53,9 +57,10 @@ class Emulation:
     """The process-wide patches, and what the emulated kernels did."""
 
     def __init__(self, all_configs: str = "none", max_programs: int = 20000, combo: bool = False,
-                 sentinel: int = 0x7F, programs: int | None = None, progress: bool = False) -> None:
+                 sentinel: int = 0x7F, programs: int | None = None, progress: bool = False,
+                 order_check: str = "none") -> None:
         self.all_configs, self.max_programs, self.combo, self.sentinel = all_configs, max_programs, combo, sentinel
-        self.programs, self.progress = programs, progress
+        self.programs, self.progress, self.order_check = programs, progress, order_check
         self.problems: list[str] = []
         self.launches: list[tuple[str, int, float]] = []  # kernel, configs run, seconds
         self.graphs = 0
@@ -168,8 +173,12 @@ class Emulation:
             config = max(kernel.configs, key=_block_elements)  # fewest programs
             if self.programs is not None:
                 config = _fewer_programs(kernel, config, args, self.programs)
-            self._launch(kernel, config, args, kwargs, name)
-            runs, sizes = 1, config.kwargs
+            if self.order_check == "all" or (self.order_check == "combo" and combo):
+                runs = self._both_orders(kernel, config, args, kwargs, name)
+            else:
+                self._launch(kernel, config, args, kwargs, name)
+                runs = 1
+            sizes = config.kwargs
         self._check_guards(name)
         self.launches.append((name, runs, time.time() - started))
         if self.progress:
@@ -184,6 +193,33 @@ class Emulation:
             self._problem(f"{name} with {config.kwargs}, grid {grid}: {type(error).__name__}: {str(error)[:300]}")
             return False
         return True
+
+    def _both_orders(self, kernel: Any, config: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     name: str) -> int:
+        """``kernel`` run from the same bytes with its programs in order, then in reverse order. On a GPU its
+        programs run at once, in no set order: a result that depends on the order is a race there (one
+        program reading what another writes), which the interpreter's one-by-one order hides. The step
+        goes on with the in-order result."""
+        names = list(kernel.triton_meta["signature"])
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        before = [_bytes(args[i]).clone() for i in tensors]
+        if not self._launch(kernel, config, args, kwargs, name):
+            return 1
+        in_order = [_bytes(args[i]).clone() for i in tensors]
+        for i, saved in zip(tensors, before):
+            _bytes(args[i]).copy_(saved)
+        with _programs_reversed():
+            if not self._launch(kernel, config, args, kwargs, name):
+                return 2
+        for i, a in zip(tensors, in_order):
+            differ = int((_bytes(args[i]) != a).sum())
+            if differ:
+                atomic = " (the kernel adds atomically: float sums in another order may round differently)" \
+                    if "atomic_add" in (_source(kernel) or "") else ""
+                self._problem(f"{name}: {differ} bytes of {names[i]} differ when its programs run in reverse order "
+                              f"with {config.kwargs}: a race between programs on the GPU{atomic}")
+            _bytes(args[i]).copy_(a)
+        return 2
 
     def _every_config(self, kernel: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         names = list(kernel.triton_meta["signature"])
@@ -363,13 +399,38 @@ def _fewer_programs(kernel: Any, config: Any, args: tuple[Any, ...], limit: int)
 def _combines_in_python(kernel: Any) -> bool:
     """Whether ``kernel`` reduces with a combining function the interpreter applies element by element
     (anything but its numpy sum, max and min)."""
+    source = _source(kernel)
+    if source is None:
+        return True  # unknown: R blocks of 1 are correct either way, only slower for a plain sum
+    return any(name in source for name in ("welford", "max2(", "min2(", "prod(", "_with_index(", "tl.reduce("))
+
+
+def _source(kernel: Any) -> str | None:
     import inspect
 
     try:
-        source = inspect.getsource(getattr(kernel.fn, "fn", kernel.fn))
+        return inspect.getsource(getattr(kernel.fn, "fn", kernel.fn))
     except (OSError, TypeError):
-        return True  # unknown: R blocks of 1 are correct either way, only slower for a plain sum
-    return any(name in source for name in ("welford", "max2(", "min2(", "prod(", "_with_index(", "tl.reduce("))
+        return None
+
+
+@contextlib.contextmanager
+def _programs_reversed() -> Iterator[None]:
+    """Inside the block, Triton's interpreter runs a grid's programs last to first: it still walks the
+    grid in order, but each program is handed the mirrored index."""
+    from triton.runtime.interpreter import interpreter_builder as builder
+
+    in_order = builder.set_grid_idx
+
+    def mirrored(x: int, y: int, z: int) -> None:
+        nx, ny, nz = builder.grid_dim
+        in_order(nx - 1 - x, ny - 1 - y, nz - 1 - z)
+
+    builder.set_grid_idx = mirrored
+    try:
+        yield
+    finally:
+        del builder.set_grid_idx  # the class's method again
 
 
 def _configs(kernel: Any) -> list[Any]:
@@ -405,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs", type=int,
                         help="without --all-configs: block sizes chosen for the interpreter, each kernel's doubled "
                              "(up to inductor's largest) until it needs at most this many programs")
+    parser.add_argument("--order-check", choices=("none", "combo", "all"), default="none",
+                        help="without --all-configs: kernels (combo: inductor's combo kernels only) run again with "
+                             "their programs in reverse order; a different result is a race on the GPU")
     parser.add_argument("--progress", action="store_true", help="a line per kernel launch")
     parser.add_argument("--combo", action="store_true",
                         help="inductor's combo kernels in every compiled graph (for settings an app refuses)")
@@ -420,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--check goes with --impl, not with train")
     if args.programs is not None and (args.programs < 1 or args.all_configs != "none"):
         parser.error(f"--programs {args.programs}: a count >= 1, and only without --all-configs")
+    if args.order_check != "none" and args.all_configs != "none":
+        parser.error(f"--order-check {args.order_check}: only without --all-configs")
     emulation = Emulation(args.all_configs, args.max_programs, args.combo, programs=args.programs,
-                          progress=args.progress)
+                          progress=args.progress, order_check=args.order_check)
     emulation.install()
     started = time.time()
     if args.command == "train":

@@ -137,6 +137,85 @@ def test_a_kernel_that_misses_its_last_block_or_writes_past_a_buffer_is_reported
     assert "wrote outside a buffer of 80 bytes (0 bytes before it, 4 after)" in problems, done.stdout
 
 
+def test_a_kernel_whose_programs_race_is_reported_and_the_step_keeps_the_in_order_result():
+    # --order-check: on a GPU a kernel's programs run at once, in no set order; the interpreter runs
+    # them one by one. A result that changes when they run last to first is a race on the GPU.
+    done = run_python("""
+        import torch, triton, triton.language as tl
+        from triton import Config
+        import gpu_code_on_cpu as tool
+
+        @triton.jit
+        def shift(in_out_ptr0, xnumel, XBLOCK: tl.constexpr):  # each program reads the next one's block
+            index = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+            ahead = tl.load(in_out_ptr0 + index + XBLOCK, index + XBLOCK < xnumel, other=0.0)
+            tl.store(in_out_ptr0 + index, ahead + 1, index < xnumel)
+
+        @triton.jit
+        def bump(in_out_ptr0, xnumel, XBLOCK: tl.constexpr):  # each program its own block only
+            index = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+            tl.store(in_out_ptr0 + index, tl.load(in_out_ptr0 + index, index < xnumel) + 1, index < xnumel)
+
+        class Kernel:  # what the tool needs of inductor's CachingAutotuner
+            configs = [Config({"XBLOCK": 4})]
+            triton_meta = {"signature": {"in_out_ptr0": "*fp32", "xnumel": "i32", "XBLOCK": "constexpr"}}
+
+            def __init__(self, fn, grid_type):
+                self.fn = fn
+                self.inductor_meta = {"kernel_name": fn.__name__, "grid_type": grid_type}
+
+            def _interpret_args_grid(self, args, config):
+                return args, (-(-args[1] // config.kwargs["XBLOCK"]), 1, 1)
+
+        for fn, grid_type, check in [(shift, "Grid1D", "all"), (bump, "Grid1D", "all"),
+                                     (shift, "Grid1D", "combo"), (shift, "RoundRobinComboKernelGrid", "combo")]:
+            emulation = tool.Emulation(order_check=check)
+            x = torch.arange(16.0)
+            emulation._run(Kernel(fn, grid_type), (x, 16), {})
+            in_order = torch.cat([torch.arange(4.0, 16.0) + 1, torch.ones(4)]) if fn is shift else torch.arange(16.0) + 1
+            print(fn.__name__, grid_type, check, "runs", emulation.launches[0][1], "in order", torch.equal(x, in_order),
+                  "problems", len(emulation.problems), *emulation.problems)
+        # the mirrored program ids are undone afterwards: the next plain launch runs in order again
+        x = torch.arange(16.0)
+        shift[(4,)](x, 16, XBLOCK=4)
+        print("after", torch.equal(x, torch.cat([torch.arange(4.0, 16.0) + 1, torch.ones(4)])))
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("PROBLEM")]
+    race = ("bytes of in_out_ptr0 differ when its programs run in reverse order with {'XBLOCK': 4}: "
+            "a race between programs on the GPU")
+    # Reverse order, program 3 writes its block first, and program 2 then reads the new values: the
+    # blocks of programs 0-2 differ (20 of their 48 bytes; the others happen to match).
+    assert lines[0] == f"shift Grid1D all runs 2 in order True problems 1 shift: 20 {race}", done.stdout
+    assert lines[1] == "bump Grid1D all runs 2 in order True problems 0", done.stdout
+    # --order-check combo runs only inductor's combo kernels twice.
+    assert lines[2] == "shift Grid1D combo runs 1 in order True problems 0", done.stdout
+    assert lines[3] == f"shift RoundRobinComboKernelGrid combo runs 2 in order True problems 1 shift: 20 {race}", done.stdout
+    assert lines[4] == "after True", done.stdout
+    refused = run("tools/gpu_code_on_cpu.py", "--impl", "fold+bf16+cl+compile+combo+unfold+graph", "--order-check",
+                  "combo", "--all-configs", "combo")
+    assert refused.returncode == 2 and "only without --all-configs" in refused.stderr, refused.stderr
+
+
+def test_our_pooling_kernels_with_their_programs_in_reverse_order_still_equal_aten():
+    # The +tpool rows' kernels run outside inductor's launcher, so --order-check does not reach them:
+    # here they run last program first over tests/core/test_poolkernels.py's cases.
+    done = run_python(f"""
+        import sys
+        import gpu_code_on_cpu as tool  # first: Triton's functions defined from here on run in its interpreter
+        sys.path.insert(0, {str(ROOT / "tests" / "core")!r})
+        import test_poolkernels as t
+        from dropgrad import poolkernels
+        import torch
+        assert poolkernels._use_kernels(torch.zeros(1, 1, 2, 2)), "the interpreter path is not taken"
+        with tool._programs_reversed():
+            failed = [(tuple(x.shape), x.dtype, w, p) for x, w in t.cases() for p in [t.compare(x, w)] if p]
+        print("cases", len(list(t.cases())), "failed", failed)
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "cases 40 failed []", done.stdout[-3000:]
+
+
 def test_larger_blocks_for_the_interpreter_stay_within_inductors_and_give_torchs_values(tmp_path):
     # --programs: the sizes a kernel runs at on the CPU. The kernels are written to a file, as inductor's
     # are, so that the tool can read their source.
