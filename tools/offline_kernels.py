@@ -181,7 +181,8 @@ def pretend_sm90() -> dict[str, tuple[Any, Any]]:
     original = torch_triton.has_triton
     for module in list(sys.modules.values()):
         if getattr(module, "has_triton", None) is original:
-            module.has_triton = lambda: True
+            # torch 2.15 asks has_triton(include_cpu=True) while tracing.
+            module.has_triton = lambda *a, **k: True
     if hasattr(fake_tensor, "init_gpu_context"):
         fake_tensor.init_gpu_context = lambda device: None
     # Without a GPU, ATen picks its reference convolution for CUDA tensors, whose fake outputs are

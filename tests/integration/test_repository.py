@@ -1,6 +1,7 @@
 """Repository-level promises: packaging metadata, CI running the README's test command, layering."""
 
 import ast
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -144,3 +145,57 @@ def test_member_licenses_are_the_root_license():
     root = (ROOT / "LICENSE").read_text()
     for path in MEMBERS:
         assert (ROOT / path / "LICENSE").read_text() == root, f"{path}/LICENSE differs from LICENSE"
+
+
+def _declared_ranges():
+    spec = importlib.util.spec_from_file_location("declared_ranges", ROOT / "tools" / "declared_ranges.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pins(name: str) -> dict[str, str]:
+    normalize = _declared_ranges().normalize
+    pins = {}
+    for number, line in enumerate((ROOT / name).read_text().splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][A-Za-z0-9.+]*", line), f"{name}:{number}: expected NAME==VERSION, got {line!r}"
+            dist, version = line.split("==")
+            pins[normalize(dist)] = version
+    return pins
+
+
+def test_oldest_requirements_are_exactly_the_members_lower_bounds():
+    # tools/test_versions.sh oldest installs requirements-oldest.txt; what it tests must be what
+    # the metadata promises, so a raised floor and its tested pin move together.
+    from packaging.version import Version
+
+    ranges = _declared_ranges()
+    oldest = _pins("requirements-oldest.txt")
+    floors: dict[str, str] = {}
+    for folder, requirements in ranges.member_requirements().items():
+        for requirement in requirements:
+            name = ranges.requirement_name(requirement)
+            match = re.fullmatch(r"[A-Za-z0-9._-]+>=([0-9][0-9.]*)", requirement.replace(" ", ""))
+            assert match, f"{folder}/pyproject.toml: {requirement!r} should be NAME>=FLOOR, no upper cap"
+            assert floors.setdefault(name, match.group(1)) == match.group(1), (
+                f"{folder}/pyproject.toml: {name} floor {match.group(1)} differs from another member's {floors[name]}")
+    for name, floor in floors.items():
+        assert name in oldest, f"requirements-oldest.txt does not pin {name} (floor {floor})"
+        assert Version(oldest[name]) == Version(floor), f"requirements-oldest.txt pins {name}=={oldest[name]}, the floor is {floor}"
+    tools = {ranges.requirement_name(r) for r in ranges.tool_requirements()}
+    assert set(oldest) - set(floors) <= tools, f"requirements-oldest.txt pins {sorted(set(oldest) - set(floors) - tools)}, which no member declares"
+
+
+def test_the_pinned_requirements_lie_within_every_declared_range():
+    from packaging.requirements import Requirement
+
+    ranges = _declared_ranges()
+    pins = _pins("requirements.txt")
+    for folder, requirements in ranges.member_requirements().items():
+        for requirement in requirements:
+            req = Requirement(requirement)
+            name = ranges.normalize(req.name)
+            assert name in pins, f"requirements.txt does not pin {name}, which {folder} needs"
+            assert req.specifier.contains(pins[name], prereleases=True), f"requirements.txt: {name}=={pins[name]} is outside {folder}'s {requirement!r}"
