@@ -40,7 +40,11 @@ def member_requirements(root: Path = ROOT) -> dict[str, list[str]]:
 
 
 def tool_requirements(root: Path = ROOT) -> list[str]:
-    """The root's dev group (poetry's ``^``/``>=`` strings as PEP 508) and the build backend."""
+    """The root's dev group and the members' build backend, as PEP 508 strings.
+
+    The dev group's poetry constraints are written as ``>=`` ranges, which read the same in
+    PEP 508 once joined to the name.
+    """
     meta = tomllib.loads((root / "pyproject.toml").read_text())
     dev = meta["tool"]["poetry"]["group"]["dev"]["dependencies"]
     build = tomllib.loads((root / MEMBER_DIRS[0] / "pyproject.toml").read_text())["build-system"]["requires"]
