@@ -1,4 +1,5 @@
-"""Shared test settings: `gpu` tests skip without CUDA; real data samples come from ../shared/data."""
+"""Shared test settings: `gpu` tests skip without CUDA, `torch_at_least(major, minor, why)` tests on an
+older torch; real data samples come from ../shared/data."""
 
 import os
 from pathlib import Path
@@ -17,13 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def _torch_release() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu); none is available here")
+    gpu_skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu); none is available here")
+    release = _torch_release()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(gpu_skip)
+        mark = item.get_closest_marker("torch_at_least")
+        if mark is not None:
+            major, minor, why = mark.args
+            if release < (major, minor):
+                item.add_marker(pytest.mark.skip(
+                    reason=f"needs torch >= {major}.{minor} (torch {torch.__version__} here): {why}"))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,13 @@ must not scatter, which stock inductor does where torch's table has the scatter-
 decomposition (the reason for the backend).
 """
 
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,3 +115,50 @@ def test_mode_and_options_reach_inductor(monkeypatch):
     assert seen["max_autotune"] and seen["combo_kernels"] and not seen["decomposes max-pool backward"]
     assert seen["post_grad_custom_post_pass"].uuid().startswith("dropgrad.compiling")  # the caches' key
     assert (op in select_decomp_table()) == stock, "the table is restored after compiling"
+
+
+# ------------------------------------------------------------------ torch versions
+def test_compiled_steps_warn_on_a_torch_older_than_the_tested_one(monkeypatch):
+    from dropgrad import MAML
+    from dropgrad.compiling import COMPILE_TESTED_FROM, torch_release, warn_if_compile_untested
+
+    assert torch_release("2.11.0+cu130") == (2, 11) and torch_release("2.6.0") == (2, 6)
+    assert torch_release("2.14.0a0+git1234") == (2, 14)
+    with pytest.warns(RuntimeWarning, match=r"torch 2\.13\.1: .* tested from torch 2\.14"):
+        assert warn_if_compile_untested("2.13.1")
+    newest = f"{COMPILE_TESTED_FROM[0]}.{COMPILE_TESTED_FROM[1]}.0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_compile_untested(newest)
+        assert not warn_if_compile_untested("3.0.0")
+        MAML(torch.nn.Linear(2, 2), inner_lr=0.1, steps=1)  # not compiled: nothing to say
+    # A learner asked to compile says it, and still compiles.
+    monkeypatch.setattr(torch, "__version__", "2.11.0")
+    with pytest.warns(RuntimeWarning, match="compile_forward, fewshot-train --compile"):
+        learner = MAML(torch.nn.Linear(2, 2), inner_lr=0.1, steps=1, compile_forward="aot_eager")
+    assert learner.compiled
+
+
+def test_tests_marked_torch_at_least_skip_on_an_older_torch_and_say_why(tmp_path):
+    # tests/conftest.py loaded as a plugin into a separate pytest run of two marked tests.
+    (tmp_path / "test_marked.py").write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.torch_at_least(99, 0, "a torch from the future")
+        def test_future():
+            assert False
+
+        @pytest.mark.torch_at_least(1, 0, "any torch")
+        def test_past():
+            pass
+    '''))
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rs", "-W",
+         "ignore::pytest.PytestUnknownMarkWarning", str(tmp_path / "test_marked.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 passed, 1 skipped" in done.stdout, done.stdout[-3000:]
+    assert f"needs torch >= 99.0 (torch {torch.__version__} here): a torch from the future" in done.stdout, done.stdout

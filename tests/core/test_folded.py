@@ -402,6 +402,8 @@ def test_indexed_max_pooling_is_aten_max_pooling_value_and_gradient_ties_and_nan
     assert got_grad.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.torch_at_least(2, 14, "torch 2.6 traces the indexed pooling without its autograd.Function, and "
+                              "torch 2.11's inductor writes CPU code for its bounds check that does not compile")
 def test_compiled_folded_max_pooling_backward_selects_at_the_saved_indices():
     torch.manual_seed(0)
     x = torch.randint(-3, 4, (T * N, 3, 9, 8)).double().to(memory_format=torch.channels_last).requires_grad_()

@@ -31,6 +31,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return run("-c", textwrap.dedent(code))
 
 
+@pytest.mark.torch_at_least(2, 11, "the tool sets torch._functorch.config.decompose_custom_triton_ops, which torch 2.6 lacks")
 def test_the_gpu_code_of_a_compiled_step_runs_on_the_cpu_and_equals_eager():
     done = run_python("""
         import torch, torch.nn.functional as F
@@ -64,6 +65,7 @@ def test_the_gpu_code_of_a_compiled_step_runs_on_the_cpu_and_equals_eager():
     assert "index out of bounds: 0 <= tmp" in out.split("after", 1)[1], out
 
 
+@pytest.mark.torch_at_least(2, 11, "the tool sets torch._functorch.config.decompose_custom_triton_ops, which torch 2.6 lacks")
 def test_a_compiled_step_with_our_triton_pooling_op_runs_and_equals_eager():
     # The +tpool rows: the op's kernels are defined under the interpreter, which torch.library.wrap_triton
     # refuses unless the tool lets it trace them.
@@ -197,6 +199,7 @@ def test_a_kernel_whose_programs_race_is_reported_and_the_step_keeps_the_in_orde
     assert refused.returncode == 2 and "only without --all-configs" in refused.stderr, refused.stderr
 
 
+@pytest.mark.torch_at_least(2, 14, "older torch.library.wrap_triton refuses kernels under Triton's interpreter")
 def test_our_pooling_kernels_with_their_programs_in_reverse_order_still_equal_aten():
     # The +tpool rows' kernels run outside inductor's launcher, so --order-check does not reach them:
     # here they run last program first over tests/core/test_poolkernels.py's cases.
@@ -216,6 +219,8 @@ def test_our_pooling_kernels_with_their_programs_in_reverse_order_still_equal_at
     assert done.stdout.strip().splitlines()[-1] == "cases 40 failed []", done.stdout[-3000:]
 
 
+@pytest.mark.torch_at_least(2, 11, "the tool reads reduction block sizes as R0_BLOCK, which "
+                              "torch 2.6's inductor calls RBLOCK")
 def test_larger_blocks_for_the_interpreter_stay_within_inductors_and_give_torchs_values(tmp_path):
     # --programs: the sizes a kernel runs at on the CPU. The kernels are written to a file, as inductor's
     # are, so that the tool can read their source.

@@ -30,6 +30,7 @@ def run_tool(*args: str, timeout: int = 600) -> str:
     return run.stdout
 
 
+@pytest.mark.torch_at_least(2, 11, "the tool passes Triton's ASTSource a constexprs keyword, which the Triton of torch 2.6 lacks")
 def test_the_triton_pooling_backward_takes_a_third_of_inductors_instructions():
     # Inductor's own pooling backward for the Conv4 step took 72-133 SASS instructions per element
     # on torch 2.11 (docs/performance.md); the hand-written kernel's index arithmetic is the lever.

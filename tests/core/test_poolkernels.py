@@ -107,6 +107,7 @@ print("FAILED", failed) if failed else print("ALL EQUAL")
 
 
 @pytest.mark.skipif(not poolkernels.has_triton(), reason="needs Triton (the kernels are Triton's)")
+@pytest.mark.torch_at_least(2, 14, "older torch.library.wrap_triton refuses kernels under Triton's interpreter")
 def test_the_kernels_under_tritons_interpreter_equal_aten_pooling():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, "-c", _INTERPRETED, str(Path(__file__).parent)], env=env,

@@ -621,7 +621,13 @@ def test_cuda_graph_is_for_gpus_only():
 
 
 @pytest.mark.parametrize(("batched", "extra"), [
-    ("off", []), ("fold", []), ("fold", ["--compile-combo"]), ("fold", ["--compile-forms", "unfold,idxpool,grouped"]),
+    ("off", []),
+    pytest.param("fold", [], marks=pytest.mark.torch_at_least(
+        2, 11, "on torch 2.6 the compiled losses are 4.6e-5 (relative) off eager's, past this test's 1e-5")),
+    pytest.param("fold", ["--compile-combo"], marks=pytest.mark.torch_at_least(
+        2, 11, "torch 2.6's inductor fails an assertion in its scheduler with combo kernels")),
+    pytest.param("fold", ["--compile-forms", "unfold,idxpool,grouped"], marks=pytest.mark.torch_at_least(
+        2, 14, "torch 2.11's inductor writes CPU code for the indexed pooling's bounds check that does not compile")),
 ], ids=["loop", "fold", "fold-combo", "fold-forms"])
 def test_compiled_first_order_training_equals_eager_training(batched, extra, tmp_path, monkeypatch):
     from dropgrad import folded

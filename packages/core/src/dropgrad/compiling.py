@@ -21,6 +21,10 @@ stock inductor would be found again here (and the reverse). The backend therefor
 post-grad pass that does nothing but name this variant (``_Variant``), and the pass's uuid
 enters the caches' keys. A ``post_grad_custom_post_pass`` in the options takes its place.
 
+Versions: compiled steps are tested from torch 2.14 (``COMPILE_TESTED_FROM``); the rest of dropgrad
+from torch 2.6. :func:`warn_if_compile_untested` says so when a compiled step is asked for on an
+older torch (README, "Supported versions", has what the tests showed there).
+
 Scope: only the functions ``MAML`` compiles get this backend. torch's decomposition table is
 changed only while one of them compiles, and restored right after, so other ``torch.compile``
 calls are unaffected (unless another thread compiles at that very time).
@@ -29,12 +33,47 @@ calls are unaffected (unless another thread compiles at that very time).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["inductor_backend"]
+__all__ = ["COMPILE_TESTED_FROM", "inductor_backend", "torch_release", "warn_if_compile_untested"]
+
+# The oldest torch release on which every test of the compiled steps passes.
+COMPILE_TESTED_FROM: tuple[int, int] = (2, 14)
+
+
+def torch_release(version: str | None = None) -> tuple[int, int]:
+    """``(major, minor)`` of a torch version string, by default the installed torch's.
+
+    >>> torch_release("2.11.0+cu130")
+    (2, 11)
+    """
+    major, minor = (version or torch.__version__).split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def warn_if_compile_untested(version: str | None = None) -> bool:
+    """Warn (``RuntimeWarning``) when torch is older than ``COMPILE_TESTED_FROM``; whether it is.
+
+    Why a warning and not an error: on torch 2.6 and 2.11 most compiled steps pass the tests that
+    compare them with eager steps, and the failures seen are errors or extra graphs, not silently
+    wrong numbers beyond float32 rounding; users held to such a torch can still try them.
+    """
+    version = version or torch.__version__
+    if torch_release(version) >= COMPILE_TESTED_FROM:
+        return False
+    warnings.warn(
+        f"torch {version}: dropgrad's compiled steps (compile_forward, fewshot-train --compile) are tested from torch "
+        f"{COMPILE_TESTED_FROM[0]}.{COMPILE_TESTED_FROM[1]}. On torch 2.6 and 2.11 the tests saw compiled second-order "
+        "steps split at a graph break (slower), inductor fail to build some steps (combo kernels on 2.6, indexed "
+        "pooling on 2.11's CPU code), and compiled first-order training off eager by 5e-5 (relative, float32); "
+        "see the README's 'Supported versions'",
+        RuntimeWarning, stacklevel=3,
+    )
+    return True
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .compiling import inductor_backend
+from .compiling import inductor_backend, warn_if_compile_untested
 from .dropout import has_consistent_dropout, resample_dropout_masks
 from .fast import decomposed_norms, is_channels_last
 from .folded import FoldedTasks, compiled_forms
@@ -172,6 +172,7 @@ def _forward_with(model: nn.Module, tensors: dict[str, Tensor], x: Tensor) -> Te
 
 def _compile_kwargs(compile_forward: bool | str | Mapping[str, Any]) -> dict[str, Any]:
     """``torch.compile`` keywords for ``MAML(compile_forward=...)``; ValueError names what is wrong."""
+    warn_if_compile_untested()
     if compile_forward is True:
         return {"backend": "inductor"}
     if isinstance(compile_forward, str) and compile_forward:

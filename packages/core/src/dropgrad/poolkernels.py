@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, List
 
 import torch
 import torch.nn.functional as F
@@ -184,8 +184,9 @@ def _forward_op(x: Tensor, kh: int, kw: int) -> tuple[Tensor, Tensor]:
     return out, which
 
 
+# typing.List, not list: torch 2.6's schema inference accepts only the typing form.
 @torch.library.triton_op("dropgrad::window_max_pool_backward", mutates_args=())
-def _backward_op(grad: Tensor, which: Tensor, shape: list[int], kh: int, kw: int) -> Tensor:
+def _backward_op(grad: Tensor, which: Tensor, shape: List[int], kh: int, kw: int) -> Tensor:  # noqa: UP006
     if not _use_kernels(grad):
         return _reference_backward(grad, which, shape, kh, kw)
     n, c, h, w = shape
