@@ -1,4 +1,4 @@
-"""Print the external requirements the members declare, one per line (``torch>=2.14``).
+"""Print the external requirements the members declare, one per line (``torch>=2.6``).
 
 That is every member's ``[project] dependencies`` (the members themselves left out), the root's
 dev group and the members' build backend. ``tools/test_versions.sh newest`` installs these,

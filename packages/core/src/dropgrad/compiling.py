@@ -67,8 +67,8 @@ def warn_if_compile_untested(version: str | None = None) -> bool:
         return False
     warnings.warn(
         f"torch {version}: dropgrad's compiled steps (compile_forward, fewshot-train --compile) are tested from torch "
-        f"{COMPILE_TESTED_FROM[0]}.{COMPILE_TESTED_FROM[1]}. On torch 2.6 and 2.11 the tests saw compiled second-order "
-        "steps split at a graph break (slower), inductor fail to build some steps (combo kernels on 2.6, indexed "
+        f"{COMPILE_TESTED_FROM[0]}.{COMPILE_TESTED_FROM[1]}. On torch 2.6 and 2.11 the tests saw folded second-order "
+        "compiled steps split at a graph break (slower), inductor fail to build some steps (combo kernels on 2.6, indexed "
         "pooling on 2.11's CPU code), and compiled first-order training off eager by 5e-5 (relative, float32); "
         "see the README's 'Supported versions'",
         RuntimeWarning, stacklevel=3,
