@@ -18,16 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def _torch_release() -> tuple[int, int]:
-    major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    return int(major), int(minor)
-
-
 def pytest_collection_modifyitems(config, items):
+    from dropgrad.compiling import torch_release
+
     gpu_skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu); none is available here")
-    release = _torch_release()
+    has_gpu, release = torch.cuda.is_available(), torch_release()
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if "gpu" in item.keywords and not has_gpu:
             item.add_marker(gpu_skip)
         mark = item.get_closest_marker("torch_at_least")
         if mark is not None:
